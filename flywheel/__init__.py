@@ -1,0 +1,1 @@
+"""Flywheel: an event-sourced online data flywheel for LLM post-training."""

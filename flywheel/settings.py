@@ -1,0 +1,42 @@
+"""Runtime settings, read once at start-up from FLYWHEEL_* variables and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_home() -> Path:
+    return Path.home() / ".flywheel"
+
+
+class Settings(BaseSettings):
+    """Everything a process needs; empty URLs mean "use the embedded local stack"."""
+
+    model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="ignore")
+
+    home: Path = Field(default_factory=default_home)
+    database_url: str = ""
+    kafka_bootstrap: str = ""
+
+    feedback_topic: str = "flywheel.feedback"
+    deadletter_topic: str = "flywheel.deadletter"
+    rounds_topic: str = "flywheel.rounds"
+    partitions: int = 4
+    consumer_group: str = "flywheel-ingest"
+
+    batch_size: int = 2000
+    batch_timeout: float = 0.25
+    max_event_bytes: int = 256 * 1024
+    # Feedback whose interaction has not arrived is parked this long before it is dead-lettered.
+    grace_seconds: float = 300.0
+    sweep_interval: float = 5.0
+    # Short sessions make group joins fast on the local broker; production brokers can use more.
+    kafka_session_timeout: float = 6.0
+    metrics_port: int = 0
+
+    @property
+    def stack_dir(self) -> Path:
+        return self.home / "stack"

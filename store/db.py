@@ -1,0 +1,46 @@
+"""Connections and schema creation; nothing is opened at import."""
+
+from __future__ import annotations
+
+import psycopg
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+from sqlmodel import SQLModel
+
+from store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+_SCHEMA_LOCK = 0x466C7977  # advisory lock key: concurrent workers create the schema one at a time
+
+
+def sqlalchemy_url(url: str) -> str:
+    """postgresql://… → postgresql+psycopg://… (psycopg 3 driver)."""
+    scheme, _, rest = url.partition("://")
+    return f"postgresql+psycopg://{rest}" if scheme in ("postgres", "postgresql") else url
+
+
+def libpq_url(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"postgresql://{rest}" if scheme.startswith("postgresql+") else url
+
+
+def engine(url: str) -> Engine:
+    return create_engine(sqlalchemy_url(url), pool_pre_ping=True)
+
+
+def create_schema(url: str) -> None:
+    """Create every table that does not exist yet (idempotent, safe to run from many processes)."""
+    eng = engine(url)
+    try:
+        with eng.begin() as conn:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            SQLModel.metadata.create_all(conn)
+    finally:
+        eng.dispose()
+
+
+async def connect(url: str) -> psycopg.AsyncConnection:
+    return await psycopg.AsyncConnection.connect(libpq_url(url))
+
+
+def connect_sync(url: str) -> psycopg.Connection:
+    return psycopg.Connection.connect(libpq_url(url))

@@ -1,0 +1,276 @@
+"""One consumed batch → one transaction: log append, projections, parking, dead letters and tracking rows."""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import psycopg
+
+from flywheel.ingest import (
+    DUPLICATE_INTERACTION,
+    UNKNOWN_INTERACTION,
+    Accepted,
+    InvalidEvent,
+    decode,
+)
+from store.eventstore import NewEvent, StoredEvent, append
+from store.projections import project
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """A consumed message, as the broker delivered it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    reason: str
+    detail: str
+    source: Incoming
+
+    def envelope(self) -> bytes:
+        """The dead-letter topic's message: the reason, where it came from, and the original bytes."""
+        s = self.source
+        return orjson.dumps({
+            "reason": self.reason,
+            "detail": self.detail,
+            "topic": s.topic,
+            "partition": s.partition,
+            "offset": s.offset,
+            "key_b64": base64.b64encode(s.key).decode() if s.key is not None else None,
+            "original_b64": base64.b64encode(s.value).decode(),
+        })
+
+
+Publish = Callable[[Sequence[DeadLetter]], Awaitable[None]]
+
+
+@dataclass
+class BatchOutcome:
+    stored: Counter[str] = field(default_factory=Counter)  # by event type
+    dead: Counter[str] = field(default_factory=Counter)  # by reason
+    parked: int = 0
+    released: int = 0
+    duplicates: int = 0
+    redelivered: int = 0
+    redactions: int = 0
+    # (topic, partition) → offset to rewind to: the broker is ahead of what the store has.
+    rewind: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+def _new_event(a: Accepted) -> NewEvent:
+    e = a.event
+    return NewEvent(
+        event_id=a.data["event_id"],
+        type=e.type,
+        occurred_at=a.data["occurred_at"],
+        data=a.data,
+        interaction_id=e.interaction_id,
+        app_id=e.app_id,
+    )
+
+
+async def ingest_batch(
+    conn: psycopg.AsyncConnection,
+    messages: Sequence[Incoming],
+    *,
+    consumer_group: str,
+    max_event_bytes: int,
+    publish: Publish,
+) -> BatchOutcome:
+    """Store a batch exactly once. Dead letters are published before the commit, so a stored reject is
+    always on the topic; a crash before the commit redelivers the batch and the tracking rows make the
+    already-stored part a no-op."""
+    out = BatchOutcome()
+    async with conn.transaction():
+        fresh = await _claim(conn, consumer_group, messages, out)
+        dead: list[DeadLetter] = []
+        accepted: list[tuple[Incoming, Accepted]] = []
+        seen: set[str] = set()
+        for m in fresh:
+            try:
+                a = decode(m.value, max_bytes=max_event_bytes)
+            except InvalidEvent as e:
+                dead.append(DeadLetter(e.reason, e.detail, m))
+                continue
+            if a.data["event_id"] in seen:
+                out.duplicates += 1
+                continue
+            seen.add(a.data["event_id"])
+            out.redactions += a.redactions
+            accepted.append((m, a))
+
+        ready, parked = await _resolve_references(conn, accepted, dead)
+        stored = await append(conn, [_new_event(a) for _, a in ready])
+        await project(conn, stored)
+        out.duplicates += len(ready) - len(stored)
+        out.stored.update(s.type for s in stored)
+        out.parked = await _park(conn, parked)
+        out.duplicates += len(parked) - out.parked
+
+        released = await release_parked(conn, [s.data["interaction_id"] for s in stored if s.type == "interaction"])
+        out.released = len(released)
+        out.stored.update(s.type for s in released)
+
+        await record_dead_letters(conn, dead, publish)
+        out.dead.update(d.reason for d in dead)
+    return out
+
+
+async def _claim(
+    conn: psycopg.AsyncConnection, group: str, messages: Sequence[Incoming], out: BatchOutcome
+) -> list[Incoming]:
+    """Lock this batch's tracking rows, drop redeliveries, detect a broker ahead of the store, move offsets."""
+    by_tp: dict[tuple[str, int], list[Incoming]] = {}
+    for m in messages:
+        by_tp.setdefault((m.topic, m.partition), []).append(m)
+    fresh: list[Incoming] = []
+    async with conn.cursor() as cur:
+        for (topic, partition), msgs in sorted(by_tp.items()):
+            await cur.execute(
+                'INSERT INTO tracking (consumer_group, topic, partition, "offset") VALUES (%s, %s, %s, -1)'
+                " ON CONFLICT DO NOTHING",
+                (group, topic, partition),
+            )
+            await cur.execute(
+                'SELECT "offset" FROM tracking WHERE consumer_group = %s AND topic = %s AND partition = %s'
+                " FOR UPDATE",
+                (group, topic, partition),
+            )
+            row = await cur.fetchone()
+            tracked = int(row[0]) if row else -1
+            msgs.sort(key=lambda m: m.offset)
+            new = [m for m in msgs if m.offset > tracked]
+            out.redelivered += len(msgs) - len(new)
+            if not new:
+                continue
+            if tracked >= 0 and new[0].offset > tracked + 1:
+                # Kafka's committed offset got ahead of the store: re-read from what the store has.
+                out.rewind[(topic, partition)] = tracked + 1
+                continue
+            fresh.extend(new)
+            await cur.execute(
+                'UPDATE tracking SET "offset" = %s WHERE consumer_group = %s AND topic = %s AND partition = %s',
+                (new[-1].offset, group, topic, partition),
+            )
+    return fresh
+
+
+async def _resolve_references(
+    conn: psycopg.AsyncConnection, accepted: list[tuple[Incoming, Accepted]], dead: list[DeadLetter]
+) -> tuple[list[tuple[Incoming, Accepted]], list[tuple[Incoming, Accepted]]]:
+    """Split into (ready to store, parked until their interaction arrives); conflicting interactions die."""
+    wanted = {ref for _, a in accepted for ref in (a.event.interaction_id, *a.event.referenced_interactions())}
+    known: dict[str, str] = {}
+    if wanted:
+        cur = await conn.execute(
+            "SELECT interaction_id, event_id::text FROM interactions WHERE interaction_id = ANY(%s)", [list(wanted)]
+        )
+        known = dict(await cur.fetchall())
+    ready, parked = [], []
+    for m, a in accepted:
+        e = a.event
+        if e.type == "interaction":
+            owner = known.setdefault(e.interaction_id, a.data["event_id"])
+            if owner != a.data["event_id"]:
+                dead.append(DeadLetter(DUPLICATE_INTERACTION, f"interaction {e.interaction_id} already stored by "
+                                                              f"event {owner}", m))
+                continue
+            ready.append((m, a))
+        elif all(ref in known for ref in e.referenced_interactions()):
+            ready.append((m, a))
+        else:
+            parked.append((m, a))
+    return ready, parked
+
+
+async def _park(conn: psycopg.AsyncConnection, parked: list[tuple[Incoming, Accepted]]) -> int:
+    if not parked:
+        return 0
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            'INSERT INTO parked (event_id, topic, partition, "offset", key, original, data, waiting_for)'
+            " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING",
+            [
+                (a.data["event_id"], m.topic, m.partition, m.offset, m.key, m.value,
+                 orjson.dumps(a.data).decode(), list(a.event.referenced_interactions()))
+                for m, a in parked
+            ],
+        )
+        return cur.rowcount
+
+
+async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[str] | None) -> list[StoredEvent]:
+    """Append parked feedback whose interactions are all stored now (None: check every parked event)."""
+    if interaction_ids == []:
+        return []
+    scope = "" if interaction_ids is None else "p.waiting_for && %(ids)s::text[] AND"
+    cur = await conn.execute(
+        f"""
+        DELETE FROM parked p WHERE {scope} NOT EXISTS (
+            SELECT 1 FROM unnest(p.waiting_for) w(id)
+            WHERE NOT EXISTS (SELECT 1 FROM interactions i WHERE i.interaction_id = w.id))
+        RETURNING topic, partition, "offset", data
+        """,
+        {"ids": interaction_ids},
+    )
+    rows = sorted(await cur.fetchall(), key=lambda r: (r[0], r[1], r[2]))
+    events = [
+        NewEvent(event_id=d["event_id"], type=d["type"], occurred_at=d["occurred_at"], data=d,
+                 interaction_id=d["interaction_id"], app_id=d["app_id"])
+        for *_, d in rows
+    ]
+    stored = await append(conn, events)
+    await project(conn, stored)
+    return stored
+
+
+async def expire_parked(
+    conn: psycopg.AsyncConnection, *, grace_seconds: float, publish: Publish
+) -> tuple[list[StoredEvent], list[DeadLetter]]:
+    """The periodic sweep: release what can be released, dead-letter what waited past the grace period."""
+    async with conn.transaction():
+        released = await release_parked(conn, None)
+        cur = await conn.execute(
+            """
+            DELETE FROM parked WHERE parked_at < now() - make_interval(secs => %s)
+            RETURNING topic, partition, "offset", key, original, waiting_for
+            """,
+            [grace_seconds],
+        )
+        dead = [
+            DeadLetter(UNKNOWN_INTERACTION,
+                       f"interaction(s) {', '.join(waiting)} not stored within {grace_seconds:g}s",
+                       Incoming(topic, partition, offset, key, original))
+            for topic, partition, offset, key, original, waiting in sorted(await cur.fetchall(), key=_source)
+        ]
+        await record_dead_letters(conn, dead, publish)
+    return released, dead
+
+
+def _source(row: tuple[Any, ...]) -> tuple[str, int, int]:
+    return (row[0], row[1], row[2])
+
+
+async def record_dead_letters(conn: psycopg.AsyncConnection, dead: Sequence[DeadLetter], publish: Publish) -> None:
+    if not dead:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            'INSERT INTO dead_letters (reason, detail, topic, partition, "offset", key, original)'
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(d.reason, d.detail, d.source.topic, d.source.partition, d.source.offset, d.source.key,
+              d.source.value) for d in dead],
+        )
+    await publish(dead)

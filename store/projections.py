@@ -1,0 +1,134 @@
+"""Read models as projections of the log: one code path for live ingest, replay and replay --check.
+
+Table names are unqualified on purpose: `check()` shadows them with temp tables (pg_temp comes first
+on the search path), so the very same statements rebuild into scratch copies.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+import psycopg
+
+from store.eventstore import StoredEvent, read
+from store.tables import READ_MODELS
+
+_INTERACTION_COLUMNS = (
+    "interaction_id, position, event_id, app_id, model_version, prompt_version, user_id_hash,"
+    " consent_training, occurred_at, messages, response, sampling, tags, last_position"
+)
+_FEEDBACK_COLUMNS = (
+    "position, event_id, type, interaction_id, app_id, model_version, prompt_version, user_id_hash,"
+    " consent_training, occurred_at, payload"
+)
+# feedback type → counter column on the interaction it is about
+_COUNTER = {"edit": "edits", "regenerate": "regenerations", "rating": "ratings", "comparison": "comparisons"}
+_COUNTERS = ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons")
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _counter(e: StoredEvent) -> str:
+    if e.type == "thumbs":
+        return "thumbs_up" if e.data["payload"]["value"] == "up" else "thumbs_down"
+    return _COUNTER[e.type]
+
+
+async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
+    """Apply events (in position order) to the read models, inside the caller's transaction."""
+    interactions = [e for e in events if e.type == "interaction"]
+    feedback = [e for e in events if e.type != "interaction" and "payload" in e.data and "user" in e.data]
+    async with conn.cursor() as cur:
+        if interactions:
+            async with cur.copy(f"COPY interactions ({_INTERACTION_COLUMNS}) FROM STDIN") as copy:
+                for e in interactions:
+                    d, p = e.data, e.data["payload"]
+                    await copy.write_row((
+                        d["interaction_id"], e.position, e.event_id, d["app_id"], d["model_version"],
+                        d["prompt_version"], d["user"]["id_hash"], d["user"]["consent_training"],
+                        d["occurred_at"], _json(p["messages"]), p["response"], _json(p.get("sampling", {})),
+                        p.get("tags", []), e.position,
+                    ))
+        if not feedback:
+            return
+        async with cur.copy(f"COPY feedback ({_FEEDBACK_COLUMNS}) FROM STDIN") as copy:
+            for e in feedback:
+                d = e.data
+                await copy.write_row((
+                    e.position, e.event_id, e.type, d["interaction_id"], d["app_id"], d["model_version"],
+                    d["prompt_version"], d["user"]["id_hash"], d["user"]["consent_training"],
+                    d["occurred_at"], _json(d["payload"]),
+                ))
+        deltas: dict[str, list[int]] = defaultdict(lambda: [0] * (len(_COUNTERS) + 1))
+        for e in feedback:
+            p = e.data["payload"]
+            about = (
+                (p["chosen_interaction_id"], p["rejected_interaction_id"])
+                if e.type == "comparison"
+                else (e.data["interaction_id"],)
+            )
+            column = _COUNTERS.index(_counter(e))
+            for interaction_id in about:
+                row = deltas[interaction_id]
+                row[column] += 1
+                row[-1] = max(row[-1], e.position)
+        ids = list(deltas)
+        columns = [list(col) for col in zip(*deltas.values(), strict=True)]
+        sets = ", ".join(f"{c} = i.{c} + d.{c}" for c in _COUNTERS)
+        arrays = ", ".join(["%s::int[]"] * len(_COUNTERS))
+        await cur.execute(
+            f"""
+            UPDATE interactions i SET {sets}, last_position = greatest(i.last_position, d.last_position)
+            FROM unnest(%s::text[], {arrays}, %s::bigint[])
+                 AS d(interaction_id, {", ".join(_COUNTERS)}, last_position)
+            WHERE i.interaction_id = d.interaction_id
+            """,
+            [ids, *columns],
+        )
+
+
+async def _project_log(conn: psycopg.AsyncConnection, upto: int | None = None) -> int:
+    count = 0
+    async for chunk in read(conn, upto=upto):
+        await project(conn, chunk)
+        count += len(chunk)
+    return count
+
+
+async def rebuild(conn: psycopg.AsyncConnection) -> int:
+    """Throw the live read models away and project the whole log again, atomically."""
+    async with conn.transaction():
+        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        await conn.execute(f"TRUNCATE {', '.join(READ_MODELS)}")
+        return await _project_log(conn)
+
+
+@dataclass(frozen=True)
+class Drift:
+    table: str
+    missing: int  # rows the rebuild has that the live table lacks
+    extra: int  # rows the live table has that the rebuild lacks
+
+
+async def check(conn: psycopg.AsyncConnection) -> list[Drift]:
+    """Rebuild into scratch tables from one snapshot and compare with the live read models."""
+    drifts = []
+    async with conn.transaction():
+        await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        for table in READ_MODELS:
+            await conn.execute(f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING ALL) ON COMMIT DROP")
+        await _project_log(conn)
+        for table in READ_MODELS:
+            cur = await conn.execute(
+                f"SELECT (SELECT count(*) FROM (TABLE pg_temp.{table} EXCEPT ALL TABLE public.{table}) a),"
+                f"       (SELECT count(*) FROM (TABLE public.{table} EXCEPT ALL TABLE pg_temp.{table}) b)"
+            )
+            row = await cur.fetchone()
+            assert row is not None
+            drifts.append(Drift(table, int(row[0]), int(row[1])))
+    return drifts

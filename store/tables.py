@@ -1,0 +1,137 @@
+"""SQLModel tables: the append-only event log, its tracking rows, and the read models projected from it."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlmodel import Field, SQLModel
+
+
+class EventRow(SQLModel, table=True):
+    """The log. `position` is global, gap-free in commit order (appends hold an exclusive table lock)."""
+
+    __tablename__ = "events"
+
+    position: int | None = Field(
+        default=None, sa_column=Column(BigInteger, Identity(always=False), primary_key=True)
+    )
+    event_id: UUID = Field(unique=True)
+    type: str = Field(index=True)
+    interaction_id: str | None = Field(default=None, index=True)
+    app_id: str | None = None
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    recorded_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
+    data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+
+
+class TrackingRow(SQLModel, table=True):
+    """Last offset whose effects are in the store, written in the same transaction as those effects."""
+
+    __tablename__ = "tracking"
+
+    consumer_group: str = Field(primary_key=True)
+    topic: str = Field(primary_key=True)
+    partition: int = Field(primary_key=True)
+    offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
+
+
+class DeadLetterRow(SQLModel, table=True):
+    """A consumed message the store refused, with its reason; mirrors what went to the dead-letter topic."""
+
+    __tablename__ = "dead_letters"
+    __table_args__ = (UniqueConstraint("topic", "partition", "offset"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
+    reason: str = Field(index=True)
+    detail: str
+    topic: str
+    partition: int
+    offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
+    key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    original: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    dead_lettered_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
+
+
+class ParkedRow(SQLModel, table=True):
+    """Valid feedback waiting for the interaction it refers to; released or dead-lettered after a grace period."""
+
+    __tablename__ = "parked"
+
+    event_id: UUID = Field(primary_key=True)
+    topic: str
+    partition: int
+    offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
+    key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    original: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    waiting_for: list[str] = Field(sa_column=Column(ARRAY(Text), nullable=False))
+    parked_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
+
+
+# ---- read models: pure projections of the log, rebuilt identically by `flywheel replay` ----
+
+
+class InteractionView(SQLModel, table=True):
+    __tablename__ = "interactions"
+
+    interaction_id: str = Field(primary_key=True)
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    event_id: UUID
+    app_id: str = Field(index=True)
+    model_version: str = Field(index=True)
+    prompt_version: str
+    user_id_hash: str
+    consent_training: bool
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    messages: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    response: str
+    sampling: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    tags: list[str] = Field(sa_column=Column(ARRAY(Text), nullable=False))
+    thumbs_up: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    thumbs_down: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    edits: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    regenerations: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    ratings: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    comparisons: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    last_position: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class FeedbackView(SQLModel, table=True):
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_interaction", "interaction_id", "position"),)
+
+    position: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    event_id: UUID
+    type: str = Field(index=True)
+    interaction_id: str
+    app_id: str
+    model_version: str
+    prompt_version: str
+    user_id_hash: str
+    consent_training: bool
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+
+
+READ_MODELS = ("interactions", "feedback")
