@@ -9,7 +9,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def default_home() -> Path:
-    return Path.home() / ".flywheel"
+    # Project-local like .venv: a home directory is often private (mode 700), and the embedded
+    # PostgreSQL must run as an unprivileged user who can reach its data directory.
+    return Path.cwd() / ".flywheel"
 
 
 class Settings(BaseSettings):
@@ -36,6 +38,7 @@ class Settings(BaseSettings):
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0
     metrics_port: int = 0
+    audit_cron: str = "30 2 * * *"
 
     @property
     def stack_dir(self) -> Path:

@@ -1,0 +1,27 @@
+"""Topic creation up front (kafka-python admin): the worker never relies on broker auto-creation."""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from flywheel.settings import Settings
+
+
+def ensure_topics(bootstrap: str, settings: Settings) -> None:
+    wanted = {
+        settings.feedback_topic: settings.partitions,
+        settings.deadletter_topic: 1,
+        settings.rounds_topic: 1,
+    }
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="flywheel-admin")
+    try:
+        missing = [name for name in wanted if name not in set(admin.list_topics())]
+        for name in missing:
+            try:
+                admin.create_topics([NewTopic(name, num_partitions=wanted[name], replication_factor=1)])
+            except TopicAlreadyExistsError:
+                pass  # another process created it between list and create
+    finally:
+        admin.close()

@@ -1,0 +1,1 @@
+"""Faust stream processors: ingest (and later projections and generation workers)."""

@@ -1,0 +1,86 @@
+"""The Faust worker: a thin ingest agent around store.ingest, plus the parked-feedback sweep."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import faust
+import psycopg
+from faust.types import TP
+
+from flywheel.endpoints import Endpoints
+from flywheel.settings import Settings
+from store.db import connect
+from store.ingest import DeadLetter, Incoming, expire_parked, ingest_batch
+from streams.metrics import Metrics
+
+log = logging.getLogger("flywheel.worker")
+
+
+def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None = None) -> faust.App:
+    """A Faust app whose consumer group is settings.consumer_group: start more of them to scale out."""
+    metrics = metrics or Metrics()
+    app = faust.App(
+        settings.consumer_group,
+        broker=f"kafka://{endpoints.kafka_bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=settings.partitions,
+        topic_allow_declare=False,  # topics are created up front by flywheel.topics
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
+        broker_commit_every=settings.batch_size,
+        stream_buffer_maxsize=max(4096, settings.batch_size * 2),
+        producer_acks=-1,
+    )
+    feedback = app.topic(settings.feedback_topic, key_serializer="raw", value_serializer="raw")
+    deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
+
+    async def publish(dead: Sequence[DeadLetter]) -> None:
+        """Send dead letters and wait for the broker's ack, before the store commits them."""
+        pending = [await deadletter.send(key=d.source.key, value=d.envelope()) for d in dead]
+        await asyncio.gather(*pending)
+
+    async def open_db() -> psycopg.AsyncConnection:
+        return await connect(endpoints.database_url)
+
+    @app.agent(feedback, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        conn = await open_db()
+        try:
+            async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout):
+                messages = [
+                    Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
+                    for e in events
+                ]
+                with metrics.batch_seconds.time():
+                    outcome = await ingest_batch(
+                        conn,
+                        messages,
+                        consumer_group=settings.consumer_group,
+                        max_event_bytes=settings.max_event_bytes,
+                        publish=publish,
+                    )
+                metrics.observe(outcome)
+                for (topic, partition), offset in outcome.rewind.items():
+                    log.warning("store is behind the broker on %s[%d]: re-reading from %d", topic, partition, offset)
+                    await app.consumer.seek(TP(topic, partition), offset)
+        finally:
+            await conn.close()
+
+    @app.timer(settings.sweep_interval)
+    async def sweep_parked() -> None:
+        conn = await open_db()
+        try:
+            released, dead = await expire_parked(conn, grace_seconds=settings.grace_seconds, publish=publish)
+        finally:
+            await conn.close()
+        for s in released:
+            metrics.stored.labels(s.type).inc()
+        for d in dead:
+            metrics.dead_lettered.labels(d.reason).inc()
+
+    return app
