@@ -1,0 +1,171 @@
+"""store.ingest against the real Postgres: exactly-once, parking, dead letters, rewind, replay."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from flywheel.endpoints import Endpoints
+from store.db import connect, connect_sync
+from store.ingest import DeadLetter, Incoming, expire_parked, ingest_batch
+from store.projections import check, rebuild
+from tests.factories import comparison, interaction, raw, thumbs
+
+pytestmark = pytest.mark.integration
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.sent: list[DeadLetter] = []
+
+    async def __call__(self, dead: Sequence[DeadLetter]) -> None:
+        self.sent.extend(dead)
+
+
+def messages(values: list[bytes], partition: int = 0, first_offset: int = 0) -> list[Incoming]:
+    return [Incoming("feedback", partition, first_offset + i, b"k", v) for i, v in enumerate(values)]
+
+
+def ingest(url: str, msgs: list[Incoming], publish: Recorder | None = None) -> Any:
+    async def run() -> Any:
+        conn = await connect(url)
+        try:
+            return await ingest_batch(conn, msgs, consumer_group="g", max_event_bytes=10_000,
+                                      publish=publish or Recorder())
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with connect_sync(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def test_batch_is_stored_once_and_redelivery_is_a_no_op(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    batch = messages([raw(interaction("i1", prompt="mail me at ann@example.com")), raw(thumbs("i1", "down"))])
+    first = ingest(url, batch)
+    again = ingest(url, batch)
+
+    assert dict(first.stored) == {"interaction": 1, "thumbs": 1}
+    assert again.stored == {} and again.redelivered == 2
+    assert query(url, "SELECT position, type FROM events ORDER BY position") == [(1, "interaction"), (2, "thumbs")]
+    assert query(url, "SELECT thumbs_down, messages->0->>'content' FROM interactions") == [(1, "mail me at [EMAIL]")]
+    assert query(url, 'SELECT partition, "offset" FROM tracking') == [(0, 1)]
+
+
+def test_same_event_under_a_new_offset_is_a_duplicate_not_a_second_row(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    e = raw(interaction("i1"))
+    ingest(url, messages([e]))
+    out = ingest(url, messages([e], first_offset=1))
+    assert out.duplicates == 1
+    assert query(url, "SELECT count(*) FROM events") == [(1,)]
+
+
+def test_bad_input_is_dead_lettered_with_reason_and_original_bytes(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    sent = Recorder()
+    bad = [b"\xff\xfe", b"{nope", raw({**interaction("i9"), "schema_version": 7})]
+    out = ingest(url, messages([raw(interaction("i1")), *bad]), sent)
+
+    assert dict(out.dead) == {"bad_encoding": 1, "bad_json": 1, "unknown_schema_version": 1}
+    assert [d.source.value for d in sent.sent] == bad
+    assert query(url, "SELECT reason, original FROM dead_letters ORDER BY \"offset\"") == [
+        ("bad_encoding", bad[0]), ("bad_json", bad[1]), ("unknown_schema_version", bad[2])]
+
+
+def test_a_second_interaction_with_the_same_id_is_refused(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    out = ingest(url, messages([raw(interaction("i1")), raw(interaction("i1", response="other"))]))
+    assert dict(out.dead) == {"duplicate_interaction": 1}
+    assert query(url, "SELECT response FROM interactions") == [("Open settings, then security.",)]
+
+
+def test_feedback_before_its_interaction_waits_then_is_released(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    early = ingest(url, messages([raw(thumbs("i1")), raw(comparison("i1", "i2"))], partition=1))
+    assert early.parked == 2 and early.stored == {}
+    late = ingest(url, messages([raw(interaction("i1")), raw(interaction("i2"))], partition=2))
+
+    assert late.released == 2
+    assert query(url, "SELECT type FROM events ORDER BY position") == [
+        ("interaction",), ("interaction",), ("thumbs",), ("comparison",)]
+    assert query(url, "SELECT interaction_id, thumbs_up, comparisons FROM interactions ORDER BY 1") == [
+        ("i1", 1, 1), ("i2", 0, 1)]
+    assert query(url, "SELECT count(*) FROM parked") == [(0,)]
+
+
+def test_feedback_whose_interaction_never_comes_is_dead_lettered_after_the_grace_period(
+    endpoints: Endpoints,
+) -> None:
+    url = endpoints.database_url
+    orphan = raw(thumbs("ghost"))
+    ingest(url, messages([orphan]))
+    sent = Recorder()
+
+    async def sweep(grace: float) -> Any:
+        conn = await connect(url)
+        try:
+            return await expire_parked(conn, grace_seconds=grace, publish=sent)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(sweep(3600)) == ([], [])  # still within its grace period
+    _, dead = asyncio.run(sweep(0))
+    assert [(d.reason, d.source.value) for d in dead] == [("unknown_interaction", orphan)]
+    assert sent.sent == dead
+    assert query(url, "SELECT reason FROM dead_letters") == [("unknown_interaction",)]
+    assert query(url, "SELECT count(*) FROM parked") == [(0,)]
+
+
+def test_a_broker_ahead_of_the_store_is_rewound_not_skipped(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest(url, messages([raw(interaction("i1"))]))
+    out = ingest(url, messages([raw(interaction("i3"))], first_offset=5))
+    assert out.rewind == {("feedback", 0): 1}
+    assert query(url, "SELECT count(*) FROM events") == [(1,)]
+
+
+def test_replay_rebuilds_the_same_read_models(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest(url, messages([raw(interaction(f"i{i}")) for i in range(30)]))
+    ingest(url, messages([raw(thumbs(f"i{i % 7}", "up" if i % 3 else "down")) for i in range(50)], partition=1))
+    ingest(url, messages([raw(comparison("i1", "i2", "tie"))], partition=2))
+    before = query(url, "SELECT * FROM interactions ORDER BY interaction_id")
+
+    async def run() -> Any:
+        conn = await connect(url)
+        try:
+            drifts = await check(conn)
+            rebuilt = await rebuild(conn)
+            return drifts, rebuilt
+        finally:
+            await conn.close()
+
+    drifts, rebuilt = asyncio.run(run())
+    assert rebuilt == 81
+    assert all(d.missing == 0 and d.extra == 0 for d in drifts)
+    assert query(url, "SELECT * FROM interactions ORDER BY interaction_id") == before
+
+
+def test_check_notices_a_tampered_read_model(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest(url, messages([raw(interaction("i1")), raw(thumbs("i1"))]))
+    with connect_sync(url) as conn:
+        conn.execute("UPDATE interactions SET thumbs_up = 5")
+
+    async def run() -> Any:
+        conn = await connect(url)
+        try:
+            return await check(conn)
+        finally:
+            await conn.close()
+
+    drifts = {d.table: (d.missing, d.extra) for d in asyncio.run(run())}
+    assert drifts == {"interactions": (1, 1), "feedback": (0, 0)}
