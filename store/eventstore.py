@@ -28,45 +28,39 @@ class StoredEvent:
     data: dict[str, Any]
 
 
-_STAGING = """
-CREATE TEMP TABLE IF NOT EXISTS staging_events (
-    ord int, event_id uuid, type text, interaction_id text, app_id text, occurred_at timestamptz, data jsonb
-) ON COMMIT DELETE ROWS
-"""
-
-
 async def append(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> list[StoredEvent]:
     """Append in order inside the caller's transaction; returns the events that were new, by position.
 
-    The EXCLUSIVE lock serialises appenders so positions become visible in order: a reader that has
-    seen position N never later finds a smaller one committed behind it (round watermarks rely on it).
+    Appenders take an EXCLUSIVE lock and number events themselves, so positions are gap-free and
+    become visible in order: a reader that has seen position N never later finds a smaller one
+    committed behind it (round watermarks rely on this). The lock also makes the duplicate check
+    race-free, which lets the rows go in with one COPY.
     """
     if not events:
         return []
     async with conn.cursor() as cur:
-        await cur.execute(_STAGING)
-        async with cur.copy(
-            "COPY staging_events (ord, event_id, type, interaction_id, app_id, occurred_at, data) FROM STDIN"
-        ) as copy:
-            for i, e in enumerate(events):
-                await copy.write_row(
-                    (i, e.event_id, e.type, e.interaction_id, e.app_id, e.occurred_at, orjson.dumps(e.data).decode())
-                )
         await cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await cur.execute(
-            """
-            INSERT INTO events (event_id, type, interaction_id, app_id, occurred_at, data)
-            SELECT event_id, type, interaction_id, app_id, occurred_at, data FROM staging_events ORDER BY ord
-            ON CONFLICT (event_id) DO NOTHING
-            RETURNING position, event_id::text
-            """
+            "SELECT event_id::text FROM events WHERE event_id = ANY(%s::uuid[])", [[e.event_id for e in events]]
         )
-        positions = {event_id: pos for pos, event_id in await cur.fetchall()}
-        await cur.execute("TRUNCATE staging_events")
-    stored = [
-        StoredEvent(positions[e.event_id], e.event_id, e.type, e.data) for e in events if e.event_id in positions
-    ]
-    stored.sort(key=lambda s: s.position)
+        existing = {row[0] for row in await cur.fetchall()}
+        await cur.execute("SELECT coalesce(max(position), 0) FROM events")
+        row = await cur.fetchone()
+        position = int(row[0]) if row else 0
+        stored: list[StoredEvent] = []
+        async with cur.copy(
+            "COPY events (position, event_id, type, interaction_id, app_id, occurred_at, data) FROM STDIN"
+        ) as copy:
+            for e in events:
+                if e.event_id in existing:
+                    continue
+                existing.add(e.event_id)
+                position += 1
+                await copy.write_row(
+                    (position, e.event_id, e.type, e.interaction_id, e.app_id, e.occurred_at,
+                     orjson.dumps(e.data).decode())
+                )
+                stored.append(StoredEvent(position, e.event_id, e.type, e.data))
     return stored
 
 

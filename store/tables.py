@@ -23,16 +23,15 @@ from sqlmodel import Field, SQLModel
 
 
 class EventRow(SQLModel, table=True):
-    """The log. `position` is global, gap-free in commit order (appends hold an exclusive table lock)."""
+    """The log. `position` is global and gap-free in commit order: appenders hold an exclusive table
+    lock and number the events themselves (store.eventstore.append)."""
 
     __tablename__ = "events"
 
-    position: int | None = Field(
-        default=None, sa_column=Column(BigInteger, Identity(always=False), primary_key=True)
-    )
+    position: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
     event_id: UUID = Field(unique=True)
-    type: str = Field(index=True)
-    interaction_id: str | None = Field(default=None, index=True)
+    type: str
+    interaction_id: str | None = None
     app_id: str | None = None
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     recorded_at: datetime = Field(

@@ -1,0 +1,171 @@
+"""Ingest benchmark: the pipeline's end-to-end rate against raw consume and raw COPY of the same data.
+
+    python bench/ingest.py [--events 50000] [--workers 1]
+
+Starts its own embedded stack (or uses FLYWHEEL_DATABASE_URL / FLYWHEEL_KAFKA_BOOTSTRAP), produces
+realistic traffic once, then measures in the same run:
+  raw consume  plain kafka-python consumer draining the topic
+  raw COPY     one psycopg COPY of the very rows the pipeline stored, into a table shaped like the log
+  pipeline     `flywheel worker` process(es): decode, validate, redact, append, project, track offsets
+All rates are steady-state: from the first record seen to the last, so group joins are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import psycopg
+from kafka import KafkaConsumer, KafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flywheel.settings import Settings  # noqa: E402
+from flywheel.simulate import generate  # noqa: E402
+from flywheel.topics import ensure_topics  # noqa: E402
+from store.db import create_schema  # noqa: E402
+
+
+def produce(bootstrap: str, topic: str, events: int, seed: int) -> int:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024,
+                             enable_idempotence=False, acks="all")
+    n = 0
+    for sim in generate(events, seed=seed, bad_fraction=0.0):
+        producer.send(topic, key=sim.key, value=sim.value)
+        n += 1
+    producer.flush()
+    producer.close()
+    return n
+
+
+def raw_consume(bootstrap: str, topic: str, expected: int) -> float:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"bench-raw-{uuid.uuid4().hex[:6]}",
+                             auto_offset_reset="earliest", enable_auto_commit=False,
+                             session_timeout_ms=6000, heartbeat_interval_ms=1000, max_poll_records=2000)
+    seen, first_at, first_n = 0, 0.0, 0
+    deadline = time.monotonic() + 600
+    while seen < expected and time.monotonic() < deadline:
+        for records in consumer.poll(timeout_ms=500).values():
+            for r in records:
+                _ = r.value  # touch it, as a real consumer would
+            if not first_at:
+                first_at, first_n = time.perf_counter(), len(records)
+            seen += len(records)
+    took = time.perf_counter() - first_at
+    consumer.close()
+    if seen < expected:
+        raise SystemExit(f"raw consumer saw only {seen}/{expected}")
+    return (seen - first_n) / took
+
+
+def stored(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+
+def pipeline(settings: Settings, expected: int, workers: int) -> float:
+    env = {**os.environ, **{f"FLYWHEEL_{k.upper()}": str(v) for k, v in settings.model_dump().items()}}
+    procs = [subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker", "--loglevel", "warn"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+    try:
+        first_at, first_n = 0.0, 0
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            n = stored(settings.database_url)
+            if n and not first_at:
+                first_at, first_n = time.perf_counter(), n
+            if n >= expected:
+                return (n - first_n) / (time.perf_counter() - first_at)
+            time.sleep(0.05)
+        raise SystemExit(f"pipeline stored only {stored(settings.database_url)}/{expected}")
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait(30)
+
+
+def raw_copy(url: str) -> float:
+    with psycopg.connect(url) as conn:
+        buf = io.BytesIO()
+        with conn.cursor().copy(
+            "COPY (SELECT event_id, type, interaction_id, app_id, occurred_at, data FROM events"
+            " ORDER BY position) TO STDOUT"
+        ) as copy:
+            for block in copy:
+                buf.write(block)
+        conn.execute("DROP TABLE IF EXISTS bench_copy")
+        conn.execute("CREATE TABLE bench_copy (LIKE events INCLUDING ALL)")
+        conn.commit()
+        rows = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])  # type: ignore[index]
+        data = buf.getvalue()
+        started = time.perf_counter()
+        with conn.cursor().copy(
+            "COPY bench_copy (event_id, type, interaction_id, app_id, occurred_at, data) FROM STDIN"
+        ) as copy:
+            copy.write(data)
+        conn.commit()
+        took = time.perf_counter() - started
+        conn.execute("DROP TABLE bench_copy")
+        conn.commit()
+    return rows / took
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=50_000)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+
+    base = Settings()
+    root = None
+    if base.database_url and base.kafka_bootstrap:
+        db_url, bootstrap = base.database_url, base.kafka_bootstrap
+    else:
+        from infra.stack import LocalStack
+
+        root = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
+        root.chmod(0o755)
+        env = LocalStack(root / "stack").up()
+        db_url, bootstrap = env.database_url, env.kafka_bootstrap
+    tag = uuid.uuid4().hex[:8]
+    settings = base.model_copy(update={
+        "database_url": db_url, "kafka_bootstrap": bootstrap, "feedback_topic": f"bench-feedback-{tag}",
+        "deadletter_topic": f"bench-deadletter-{tag}", "rounds_topic": f"bench-rounds-{tag}",
+        "consumer_group": f"bench-ingest-{tag}", "metrics_port": 0,
+    })
+    try:
+        create_schema(db_url)
+        ensure_topics(bootstrap, settings)
+        print(f"producing {args.events} events …", flush=True)
+        n = produce(bootstrap, settings.feedback_topic, args.events, args.seed)
+        consume_rate = raw_consume(bootstrap, settings.feedback_topic, n)
+        print(f"raw consume (kafka-python)   {consume_rate:>10,.0f} events/s", flush=True)
+        before = stored(db_url)
+        pipe_rate = pipeline(settings, before + n, args.workers)
+        print(f"pipeline ({args.workers} worker{'s' if args.workers > 1 else ''})          "
+              f"{pipe_rate:>10,.0f} events/s", flush=True)
+        copy_rate = raw_copy(db_url)
+        print(f"raw COPY (psycopg)           {copy_rate:>10,.0f} events/s")
+        ratio = pipe_rate / min(consume_rate, copy_rate)
+        print(f"ratio pipeline / min(raw)    {ratio:>10.2f}   (target >= 0.5)")
+    finally:
+        if root is not None:
+            from infra.stack import LocalStack
+
+            LocalStack(root / "stack").purge()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""docker-compose.yml is a valid Compose file, checked without Docker.
+
+The file is validated against the official Compose Specification JSON schema, shipped as
+infra/compose-spec.json. That copy is `schema/compose-spec.json` of github.com/compose-spec/compose-spec
+(Apache-2.0, licence text in infra/compose-spec.LICENSE), taken unmodified from the copy vendored in the
+PyPI package check-jsonschema 0.39.0 (check_jsonschema/builtin_schemas/vendor/compose-spec.json,
+sha256 d549057ebc2925f39f62799eab0db7b9e2c18b35b6c00595199116da3ed10e64). To refresh it, copy that file
+from a newer check-jsonschema release.
+
+Like `docker compose config`, variables are interpolated before the checks; the environment is empty,
+so every `${VAR}` in the file must carry a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import yaml
+import jsonschema
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+SCHEMA = ROOT / "infra" / "compose-spec.json"
+DOCKERFILE = ROOT / "infra" / "Dockerfile"
+DOCKERIGNORE = ROOT / ".dockerignore"
+
+CORE_SERVICES = {"kafka", "postgres", "worker", "scheduler"}
+FLYWHEEL_SERVICES = ("worker", "scheduler")
+
+# ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, ${VAR+alt}; $$ escapes.
+_VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})")
+# Go durations, as Compose parses healthcheck intervals and grace periods (the schema only says "string").
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose variable interpolation over a loaded document (nested defaults are not used here)."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, arg = m.group("name"), m.group("op"), m.group("arg")
+        current = env.get(name)
+        unset = current is None or (op is not None and op.startswith(":") and current == "")
+        if op in ("-", ":-"):
+            return arg if unset else str(current)
+        if op in ("?", ":?"):
+            if unset:
+                raise KeyError(f"${{{name}}} is required: {arg}")
+            return str(current)
+        if op in ("+", ":+"):
+            return "" if unset else arg
+        if current is None:
+            raise KeyError(f"${{{name}}} has no default: docker compose would warn and use ''")
+        return current
+
+    return _VAR.sub(sub, value)
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    with COMPOSE.open() as f:
+        doc = yaml.safe_load(f)  # resolves the x-flywheel anchors and `<<:` merge keys
+    assert isinstance(doc, dict)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def compose(raw: dict[str, Any]) -> dict[str, Any]:
+    return interpolate(raw, env={})
+
+
+@pytest.fixture(scope="module")
+def validator() -> Any:
+    schema = json.loads(SCHEMA.read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _errors(validator: Any, doc: dict[str, Any]) -> list[str]:
+    return [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+# ---- the schema itself ----
+
+
+def test_schema_is_the_compose_specification(validator: Any) -> None:
+    assert validator.schema["title"] == "Compose Specification"
+    assert validator.schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    licence = (ROOT / "infra" / "compose-spec.LICENSE").read_text()
+    assert "Apache License" in licence and "Version 2.0" in licence
+
+
+def test_schema_rejects_a_broken_file(validator: Any, compose: dict[str, Any]) -> None:
+    """The check is not vacuous: typos and wrong types in a copy of our file are reported."""
+    bad = copy.deepcopy(compose)
+    bad["services"]["worker"]["restrat"] = "always"
+    bad["services"]["postgres"]["healthcheck"]["intervall"] = "5s"
+    bad["services"]["kafka"]["ports"] = "29092"
+    bad["services"]["vllm"]["deploy"]["resources"]["reservations"]["devices"][0].pop("capabilities")
+    errors = _errors(validator, bad)
+    joined = "\n".join(errors)
+    for fragment in ("restrat", "intervall", "services/kafka/ports", "capabilities"):
+        assert fragment in joined, joined
+
+
+# ---- the compose file ----
+
+
+def test_compose_file_is_valid_against_the_compose_spec(validator: Any, compose: dict[str, Any]) -> None:
+    errors = _errors(validator, compose)
+    assert not errors, "docker-compose.yml violates the Compose Specification:\n" + "\n".join(errors)
+
+
+def test_uninterpolated_file_is_valid_too(validator: Any, raw: dict[str, Any]) -> None:
+    errors = _errors(validator, raw)
+    assert not errors, "\n".join(errors)
+
+
+def test_services_exist(compose: dict[str, Any]) -> None:
+    assert set(compose["services"]) == CORE_SERVICES | {"vllm"}
+
+
+def test_vllm_is_only_in_the_gpu_profile(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["vllm"]["profiles"] == ["gpu"]
+    for name in CORE_SERVICES:
+        assert "profiles" not in services[name], f"{name} must start without --profile"
+    # Nothing that starts by default may depend on the optional service.
+    for name in CORE_SERVICES:
+        assert "vllm" not in services[name].get("depends_on", {})
+
+
+def test_vllm_serves_the_configured_model_on_a_gpu(raw: dict[str, Any], compose: dict[str, Any]) -> None:
+    vllm = compose["services"]["vllm"]
+    assert vllm["image"].startswith("vllm/vllm-openai:")
+    assert any(p.endswith(":8000") for p in vllm["ports"])
+    command = raw["services"]["vllm"]["command"]
+    model = command[command.index("--model") + 1]
+    assert model.startswith("${VLLM_MODEL:-") and model.endswith("}"), "the model comes from VLLM_MODEL"
+    assert interpolate(model, {"VLLM_MODEL": "org/other"}) == "org/other"
+    devices = vllm["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+
+
+@pytest.mark.parametrize("name", FLYWHEEL_SERVICES)
+def test_flywheel_env(compose: dict[str, Any], name: str) -> None:
+    env = _env(compose["services"][name])
+    assert env["FLYWHEEL_DATABASE_URL"] == "postgresql://postgres:postgres@postgres:5432/flywheel"
+    assert env["FLYWHEEL_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    assert env["FLYWHEEL_METRICS_PORT"] == "9464"
+    assert env["FLYWHEEL_VLLM_URL"] == "http://vllm:8000/v1"
+
+
+def test_worker_and_scheduler_share_one_image_and_env(raw: dict[str, Any], compose: dict[str, Any]) -> None:
+    assert "x-flywheel" in raw, "the shared definition lives under the x-flywheel extension key"
+    worker, scheduler = (compose["services"][n] for n in FLYWHEEL_SERVICES)
+    assert _env(worker) == _env(scheduler)
+    assert worker["image"] == scheduler["image"]
+    assert worker["build"] == scheduler["build"] == {"context": ".", "dockerfile": "infra/Dockerfile"}
+    assert (ROOT / worker["build"]["context"] / worker["build"]["dockerfile"]).is_file()
+    assert worker["command"] == ["flywheel", "worker"]
+    assert scheduler["command"] == ["flywheel", "scheduler"]
+    assert worker["deploy"]["replicas"] >= 2
+    assert scheduler["deploy"]["replicas"] == 1, "a second scheduler would fire every job twice"
+
+
+def test_env_names_are_real_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLYWHEEL_* variables reach Settings fields (a typo would be silently ignored by extra="ignore")."""
+    from flywheel.settings import Settings
+
+    env = _env(compose["services"]["worker"])
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.database_url == env["FLYWHEEL_DATABASE_URL"]
+    assert settings.kafka_bootstrap == env["FLYWHEEL_KAFKA_BOOTSTRAP"]
+    assert settings.metrics_port == 9464
+    known = {f"FLYWHEEL_{f.upper()}" for f in Settings.model_fields}
+    # Consumed by the vLLM generator once it lands; everything else must be a Settings field.
+    future = {"FLYWHEEL_VLLM_URL", "FLYWHEEL_VLLM_MODEL"}
+    assert set(env) - known <= future
+
+
+@pytest.mark.parametrize("name", FLYWHEEL_SERVICES)
+def test_flywheel_waits_for_healthy_infra(compose: dict[str, Any], name: str) -> None:
+    depends = compose["services"][name]["depends_on"]
+    assert depends == {
+        "kafka": {"condition": "service_healthy"},
+        "postgres": {"condition": "service_healthy"},
+    }
+    for dep in depends:
+        assert "test" in compose["services"][dep]["healthcheck"]
+
+
+def test_postgres(compose: dict[str, Any]) -> None:
+    pg = compose["services"]["postgres"]
+    assert pg["image"].split(":")[0] == "postgres" and pg["image"].split(":")[1].startswith("16")
+    env = _env(pg)
+    assert env["POSTGRES_DB"] == "flywheel"
+    url = _env(compose["services"]["worker"])["FLYWHEEL_DATABASE_URL"]
+    assert url == f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/flywheel"
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
+
+
+def test_password_override_reaches_both_sides(raw: dict[str, Any]) -> None:
+    doc = interpolate(raw, {"POSTGRES_PASSWORD": "s3cret"})
+    assert _env(doc["services"]["postgres"])["POSTGRES_PASSWORD"] == "s3cret"
+    assert "postgres:s3cret@postgres" in _env(doc["services"]["worker"])["FLYWHEEL_DATABASE_URL"]
+
+
+def test_kafka_is_single_node_kraft(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    env = _env(kafka)
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == f"{env['KAFKA_NODE_ID']}@kafka:9093"
+    listeners = dict(item.split("://", 1) for item in env["KAFKA_LISTENERS"].split(","))
+    advertised = dict(item.split("://", 1) for item in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    protocols = dict(item.split(":", 1) for item in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert env["KAFKA_CONTROLLER_LISTENER_NAMES"] in listeners
+    assert set(listeners) <= set(protocols)
+    assert "CONTROLLER" not in advertised
+    bootstrap = _env(compose["services"]["worker"])["FLYWHEEL_KAFKA_BOOTSTRAP"]
+    assert bootstrap in advertised.values(), "workers must reach the broker at an advertised address"
+    assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert "/var/lib/kafka/data" in env["KAFKA_LOG_DIRS"]
+    assert any(v.endswith(":/var/lib/kafka/data") for v in kafka["volumes"])
+
+
+def test_durations_parse_as_go_durations(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for key in ("interval", "timeout", "start_period", "start_interval"):
+            value = service.get("healthcheck", {}).get(key)
+            if value is not None:
+                assert _DURATION.match(value), f"{name}.healthcheck.{key}={value!r}"
+        if "stop_grace_period" in service:
+            assert _DURATION.match(service["stop_grace_period"]), name
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes", {}))
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            if not source.startswith((".", "/", "~")):
+                assert source in declared, f"{name} mounts undeclared volume {source}"
+
+
+# ---- the image ----
+
+
+def test_dockerfile_builds_the_package_as_a_non_root_user() -> None:
+    text = DOCKERFILE.read_text()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    assert any(re.search(r"\bpip install \.(\s|$)", ln) for ln in lines)
+    users = [ln.split()[1] for ln in lines if ln.startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+
+
+def test_dockerignore_keeps_local_state_out_of_the_context() -> None:
+    entries = {ln.strip().rstrip("/") for ln in DOCKERIGNORE.read_text().splitlines()}
+    assert {".venv", ".git", ".flywheel"} <= entries
+    assert {"pyproject.toml", "flywheel", "store", "streams", "infra"}.isdisjoint(entries)
