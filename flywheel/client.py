@@ -49,11 +49,11 @@ class FeedbackClient:
         value = orjson.dumps(to_wire(model))
         if len(value) > self.max_event_bytes:
             raise InvalidEvent(OVERSIZE, f"{len(value)} bytes > limit {self.max_event_bytes}")
-        return self._producer.send(self.topic, key=model.interaction_id.encode(), value=value)  # type: ignore[no-any-return]
+        return self._producer.send(self.topic, key=model.interaction_id.encode(), value=value)
 
     def send_raw(self, key: bytes | None, value: bytes) -> Future[Any]:
         """Send bytes unvalidated: for replaying captured traffic and for testing the dead-letter path."""
-        return self._producer.send(self.topic, key=key, value=value)  # type: ignore[no-any-return]
+        return self._producer.send(self.topic, key=key, value=value)
 
     def flush(self, timeout: float | None = None) -> None:
         self._producer.flush(timeout)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
-from flywheel.events import EVENT_CLASSES, SUPPORTED_SCHEMA_VERSIONS, FeedbackEvent, BaseEvent, to_wire
+from flywheel.events import EVENT_CLASSES, SUPPORTED_SCHEMA_VERSIONS, BaseEvent, FeedbackEvent, to_wire
 from flywheel.redact import Redactor
 
 # Machine-readable reasons a message is dead-lettered.
@@ -66,15 +67,29 @@ def parse(raw: bytes, *, max_bytes: int) -> FeedbackEvent:
         raise InvalidEvent(BAD_JSON, str(e)) from None
     if not isinstance(obj, dict):
         raise InvalidEvent(NOT_AN_OBJECT, f"top level is {type(obj).__name__}")
-    return _validate_json(_event_class(obj), raw)
+    return _validate_json(_checked_class(obj), raw)
 
 
 def validate(obj: dict[str, Any]) -> FeedbackEvent:
     """Validate a decoded event dict; raises InvalidEvent with a reason code."""
-    return _validate_json(_event_class(obj), orjson.dumps(obj))
+    return _validate_json(_checked_class(obj), orjson.dumps(obj))
+
+
+_STARTS_WITH_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _checked_class(obj: dict[str, Any]) -> type[BaseEvent]:
+    cls = _event_class(obj)
+    at = obj.get("occurred_at")
+    # Strict JSON mode still reads a string like "1700000000" as Unix time in UTC, a zone nobody sent.
+    if isinstance(at, str) and not _STARTS_WITH_DATE.match(at):
+        raise InvalidEvent(INVALID_FIELD, "occurred_at: must be an RFC 3339 date-time with a zone")
+    return cls
 
 
 def _event_class(obj: dict[str, Any]) -> type[BaseEvent]:
+    if "type" not in obj:
+        raise InvalidEvent(MISSING_FIELD, "type: field required")
     kind = obj.get("type")
     cls = EVENT_CLASSES.get(kind) if isinstance(kind, str) else None
     if cls is None:

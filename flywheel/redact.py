@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # Order matters: secrets and cards are matched before the looser phone pattern can eat their digits.
@@ -19,17 +19,31 @@ _SECRET = re.compile(
       | eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]{8,}  # JWTs
     )
     | (?i:\bbearer\s+)[A-Za-z0-9_\-\.=]{20,}
-    | (?i:\b(?:api[_\-]?key|secret|token|passw(?:or)?d)\b["']?\s*[:=]\s*["']?)[^\s"',;]{8,}
+    # name = value, also as an env var (AWS_SECRET_ACCESS_KEY=...). A value must not read like code
+    # (`token = tokenizer.encode(text)`); a key's value must also look machine-made (a digit, or 16+
+    # characters) so prose survives (`The secret: practice.`), while any password of 8+ characters goes.
+    | (?i:(?<![A-Za-z0-9])(?:[A-Za-z0-9]+[_\-]){0,4}passw(?:or)?d\b["']?\s*[:=]\s*["']?)
+      (?![A-Za-z_][\w.]*[(\[])[^\s"',;]{8,}
+    | (?i:(?<![A-Za-z0-9])(?:[A-Za-z0-9]+[_\-]){0,4}
+          (?:api[_\-]?key|access[_\-]?key|secret(?:[_\-]?key)?|token)\b["']?\s*[:=]\s*["']?)
+      (?![A-Za-z_][\w.]*[(\[])(?=[^\s"',;]*\d|[^\s"',;]{16})[^\s"',;]{8,}
     """,
     re.VERBOSE,
 )
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b")
+# The local part is bounded (RFC 5321: 64) so "a.a.a.a...@" cannot make the scan quadratic.
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b")
 _CARD = re.compile(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])")
+# How cards are written: one run, 4-4-4-4(-3), Amex 4-6-5, Diners 4-6-4.
+_CARD_LAYOUT = re.compile(r"\d{13,19}|\d{4}(?:[ \-]\d{4}){2}[ \-]\d{1,7}|\d{4}[ \-]\d{6}[ \-]\d{4,5}")
 _PHONE = re.compile(
     r"""(?<![\w+])
-    (?:\+\d{1,3}[\s.\-]?)?            # country code
-    (?:\(\d{2,4}\)[\s.\-]?|\d{2,4}[\s.\-])  # area code
-    \d{3,4}[\s.\-]?\d{3,4}
+    (?:
+        \+[1-9]\d{6,14}                   # E.164 without separators: +14155550132
+      | (?:\+\d{1,3}[\s.\-]?)?            # country code
+        (?:\(\d{2,4}\)[\s.\-]?|\d{2,4}[\s.\-])  # area code
+        \d{3,4}[\s.\-]?\d{3,4}
+      | \+[1-9]\d{0,2}(?:[\s.\-]\d{1,5}){2,6}  # other international groupings: +33 1 42 68 53 00
+    )
     (?![\w])""",
     re.VERBOSE,
 )
@@ -49,11 +63,16 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+def _is_card(text: str) -> bool:
+    digits = re.sub(r"\D", "", text)
+    return 13 <= len(digits) <= 19 and luhn_ok(digits)
+
+
 @dataclass
 class Redactor:
     """Replaces PII with typed placeholders and counts what it replaced."""
 
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def __call__(self, text: str) -> str:
         if not text:
@@ -68,24 +87,33 @@ class Redactor:
             text = _PHONE.sub(self._phone, text)
         return text
 
-    def _tag(self, kind: str):  # type: ignore[no-untyped-def]
+    def _tag(self, kind: str) -> Callable[[re.Match[str]], str]:
         def replace(_: re.Match[str]) -> str:
-            self.counts[kind] += 1
+            self.counts[kind] = self.counts.get(kind, 0) + 1
             return f"[{kind}]"
 
         return replace
 
     def _card(self, m: re.Match[str]) -> str:
-        digits = re.sub(r"\D", "", m.group())
-        if 13 <= len(digits) <= 19 and luhn_ok(digits):
-            self.counts["CARD"] += 1
+        text = m.group()
+        if _is_card(text):
+            self.counts["CARD"] = self.counts.get("CARD", 0) + 1
             return "[CARD]"
-        return m.group()
+        # The pattern is greedy, so a card next to other digits ("4111 1111 1111 1111 12/25", expiry or CVV)
+        # arrives as one run that fails Luhn: look for a card-shaped window in it, leftmost then longest.
+        groups = [g.span() for g in re.finditer(r"\d+", text)]
+        for i, (start, _) in enumerate(groups):
+            for j in range(len(groups), i, -1):
+                end = groups[j - 1][1]
+                if _CARD_LAYOUT.fullmatch(text[start:end]) and _is_card(text[start:end]):
+                    self.counts["CARD"] = self.counts.get("CARD", 0) + 1
+                    return text[:start] + "[CARD]" + text[end:]
+        return text
 
     def _phone(self, m: re.Match[str]) -> str:
         digits = sum(ch.isdigit() for ch in m.group())
         if 7 <= digits <= 15:
-            self.counts["PHONE"] += 1
+            self.counts["PHONE"] = self.counts.get("PHONE", 0) + 1
             return "[PHONE]"
         return m.group()
 

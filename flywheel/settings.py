@@ -32,8 +32,10 @@ class Settings(BaseSettings):
     batch_size: int = 2000
     batch_timeout: float = 0.25
     max_event_bytes: int = 256 * 1024
-    # Feedback whose interaction has not arrived is parked this long before it is dead-lettered.
+    # Feedback whose interaction has not arrived is parked this long (in event time) before it is dead-lettered.
     grace_seconds: float = 300.0
+    # A worker with nothing to read for this long is caught up (see store.ingest.expire_parked).
+    idle_seconds: float = 60.0
     sweep_interval: float = 5.0
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -19,9 +21,7 @@ def ensure_topics(bootstrap: str, settings: Settings) -> None:
     try:
         missing = [name for name in wanted if name not in set(admin.list_topics())]
         for name in missing:
-            try:
+            with suppress(TopicAlreadyExistsError):  # another process created it between list and create
                 admin.create_topics([NewTopic(name, num_partitions=wanted[name], replication_factor=1)])
-            except TopicAlreadyExistsError:
-                pass  # another process created it between list and create
     finally:
         admin.close()

@@ -6,6 +6,7 @@ import base64
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -111,6 +112,7 @@ async def ingest_batch(
             out.redactions += a.redactions
             accepted.append((m, a))
 
+        await _advance(conn, consumer_group, fresh, accepted)
         ready, parked = await _resolve_references(conn, accepted, dead)
         stored = await append(conn, [_new_event(a) for _, a in ready])
         await project(conn, stored)
@@ -160,11 +162,29 @@ async def _claim(
                 out.rewind[(topic, partition)] = tracked + 1
                 continue
             fresh.extend(new)
-            await cur.execute(
-                'UPDATE tracking SET "offset" = %s WHERE consumer_group = %s AND topic = %s AND partition = %s',
-                (new[-1].offset, group, topic, partition),
-            )
     return fresh
+
+
+async def _advance(
+    conn: psycopg.AsyncConnection, group: str, fresh: list[Incoming], accepted: list[tuple[Incoming, Accepted]]
+) -> None:
+    """Move each partition's offset, and its event-time progress (what the parked sweep waits on)."""
+    last: dict[tuple[str, int], int] = {}
+    event_time: dict[tuple[str, int], datetime] = {}
+    for m in fresh:
+        last[(m.topic, m.partition)] = max(m.offset, last.get((m.topic, m.partition), -1))
+    for m, a in accepted:
+        tp, at = (m.topic, m.partition), a.event.occurred_at
+        if tp not in event_time or at > event_time[tp]:
+            event_time[tp] = at
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            'UPDATE tracking SET "offset" = %s, updated_at = now(),'
+            " event_time = greatest(event_time, %s::timestamptz)"
+            " WHERE consumer_group = %s AND topic = %s AND partition = %s",
+            [(offset, event_time.get(tp), group, *tp) for tp, offset in sorted(last.items())],
+        )
+
 
 
 async def _resolve_references(
@@ -200,11 +220,11 @@ async def _park(conn: psycopg.AsyncConnection, parked: list[tuple[Incoming, Acce
         return 0
     async with conn.cursor() as cur:
         await cur.executemany(
-            'INSERT INTO parked (event_id, topic, partition, "offset", key, original, data, waiting_for)'
-            " VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING",
+            'INSERT INTO parked (event_id, topic, partition, "offset", key, original, data, waiting_for,'
+            " occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT DO NOTHING",
             [
                 (a.data["event_id"], m.topic, m.partition, m.offset, m.key, m.value,
-                 orjson.dumps(a.data).decode(), list(a.event.referenced_interactions()))
+                 orjson.dumps(a.data).decode(), list(a.event.referenced_interactions()), a.data["occurred_at"])
                 for m, a in parked
             ],
         )
@@ -237,21 +257,35 @@ async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[st
 
 
 async def expire_parked(
-    conn: psycopg.AsyncConnection, *, grace_seconds: float, publish: Publish
+    conn: psycopg.AsyncConnection, *, consumer_group: str, grace_seconds: float, caught_up: bool,
+    publish: Publish,
 ) -> tuple[list[StoredEvent], list[DeadLetter]]:
-    """The periodic sweep: release what can be released, dead-letter what waited past the grace period."""
+    """The periodic sweep: release what can be released, dead-letter what waited past the grace period.
+
+    The grace period runs in event time: parked feedback expires once every partition of its topic
+    has been read past its occurred_at + grace, so a lagging or stalled partition that may still hold
+    the interaction never makes feedback die early. When the consumer is `caught_up` (it has had
+    nothing to read for a while) event time stops, and the grace period runs on the wall clock.
+    """
     async with conn.transaction():
         released = await release_parked(conn, None)
         cur = await conn.execute(
             """
-            DELETE FROM parked WHERE parked_at < now() - make_interval(secs => %s)
-            RETURNING topic, partition, "offset", key, original, waiting_for
+            WITH progress AS (
+                SELECT topic, min(event_time) AS watermark FROM tracking
+                WHERE consumer_group = %(group)s GROUP BY topic
+            )
+            DELETE FROM parked p
+            WHERE p.occurred_at + make_interval(secs => %(grace)s)
+                  < (SELECT watermark FROM progress w WHERE w.topic = p.topic)
+               OR (%(caught_up)s AND p.parked_at < now() - make_interval(secs => %(grace)s))
+            RETURNING p.topic, p.partition, p."offset", p.key, p.original, p.waiting_for
             """,
-            [grace_seconds],
+            {"group": consumer_group, "grace": grace_seconds, "caught_up": caught_up},
         )
         dead = [
             DeadLetter(UNKNOWN_INTERACTION,
-                       f"interaction(s) {', '.join(waiting)} not stored within {grace_seconds:g}s",
+                       f"interaction(s) {', '.join(waiting)} not stored within the {grace_seconds:g}s grace period",
                        Incoming(topic, partition, offset, key, original))
             for topic, partition, offset, key, original, waiting in sorted(await cur.fetchall(), key=_source)
         ]

@@ -49,6 +49,11 @@ class TrackingRow(SQLModel, table=True):
     topic: str = Field(primary_key=True)
     partition: int = Field(primary_key=True)
     offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
+    # Newest occurred_at read on this partition: the event-time progress the parked sweep waits on.
+    event_time: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+    updated_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
 
 
 class DeadLetterRow(SQLModel, table=True):
@@ -83,6 +88,7 @@ class ParkedRow(SQLModel, table=True):
     original: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
     waiting_for: list[str] = Field(sa_column=Column(ARRAY(Text), nullable=False))
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     parked_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
     )

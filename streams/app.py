@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import faust
@@ -47,11 +48,15 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
     async def open_db() -> psycopg.AsyncConnection:
         return await connect(endpoints.database_url)
 
+    last_read = [time.monotonic()]  # when this worker last had something to read
+
     @app.agent(feedback, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         conn = await open_db()
         try:
-            async for events in stream.take_events(settings.batch_size, within=settings.batch_timeout):
+            batches = stream.take_events(settings.batch_size, within=settings.batch_timeout)  # type: ignore[attr-defined]
+            async for events in batches:
+                last_read[0] = time.monotonic()
                 messages = [
                     Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                     for e in events
@@ -75,7 +80,10 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
     async def sweep_parked() -> None:
         conn = await open_db()
         try:
-            released, dead = await expire_parked(conn, grace_seconds=settings.grace_seconds, publish=publish)
+            released, dead = await expire_parked(
+                conn, consumer_group=settings.consumer_group, grace_seconds=settings.grace_seconds,
+                caught_up=time.monotonic() - last_read[0] > settings.idle_seconds, publish=publish,
+            )
         finally:
             await conn.close()
         for s in released:

@@ -67,6 +67,7 @@ def settings(endpoints: Endpoints, tmp_path: Path) -> Settings:
         partitions=4,
         batch_size=500,
         grace_seconds=2.0,
+        idle_seconds=3.0,
         sweep_interval=1.0,
     )
 
@@ -120,5 +121,7 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str, inte
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            last = getattr(predicate, "last", None)
+            seen = f"; last seen: {last}" if last else ""
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{seen}")
         time.sleep(interval)

@@ -56,7 +56,8 @@ def test_batch_is_stored_once_and_redelivery_is_a_no_op(endpoints: Endpoints) ->
     assert again.stored == {} and again.redelivered == 2
     assert query(url, "SELECT position, type FROM events ORDER BY position") == [(1, "interaction"), (2, "thumbs")]
     assert query(url, "SELECT thumbs_down, messages->0->>'content' FROM interactions") == [(1, "mail me at [EMAIL]")]
-    assert query(url, 'SELECT partition, "offset" FROM tracking') == [(0, 1)]
+    assert query(url, 'SELECT partition, "offset", event_time::text FROM tracking') == [
+        (0, 1, "2026-11-23 10:00:00+00")]
 
 
 def test_same_event_under_a_new_offset_is_a_duplicate_not_a_second_row(endpoints: Endpoints) -> None:
@@ -105,19 +106,22 @@ def test_feedback_whose_interaction_never_comes_is_dead_lettered_after_the_grace
     endpoints: Endpoints,
 ) -> None:
     url = endpoints.database_url
-    orphan = raw(thumbs("ghost"))
+    orphan = raw(thumbs("ghost"))  # occurred 10:00
     ingest(url, messages([orphan]))
     sent = Recorder()
 
     async def sweep(grace: float) -> Any:
         conn = await connect(url)
         try:
-            return await expire_parked(conn, grace_seconds=grace, publish=sent)
+            return await expire_parked(conn, consumer_group="g", grace_seconds=grace, caught_up=False,
+                                       publish=sent)
         finally:
             await conn.close()
 
-    assert asyncio.run(sweep(3600)) == ([], [])  # still within its grace period
-    _, dead = asyncio.run(sweep(0))
+    assert asyncio.run(sweep(0)) == ([], [])  # the partition has not read past 10:00 yet
+    ingest(url, messages([raw(interaction("i1", occurred_at="2026-11-23T10:30:00+00:00"))], first_offset=1))
+    assert asyncio.run(sweep(3600)) == ([], [])  # 10:30 is still within an hour's grace
+    _, dead = asyncio.run(sweep(600))
     assert [(d.reason, d.source.value) for d in dead] == [("unknown_interaction", orphan)]
     assert sent.sent == dead
     assert query(url, "SELECT reason FROM dead_letters") == [("unknown_interaction",)]
@@ -169,3 +173,23 @@ def test_check_notices_a_tampered_read_model(endpoints: Endpoints) -> None:
 
     drifts = {d.table: (d.missing, d.extra) for d in asyncio.run(run())}
     assert drifts == {"interactions": (1, 1), "feedback": (0, 0)}
+
+
+def test_a_stalled_partition_holds_the_grace_period_back(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest(url, messages([raw(interaction("i1", occurred_at="2026-11-23T09:00:00+00:00"))], partition=1))
+    ingest(url, messages([raw(thumbs("i-on-partition-1")),
+                          raw(interaction("i2", occurred_at="2026-11-23T12:00:00+00:00"))], partition=0))
+
+    async def sweep(caught_up: bool) -> Any:
+        conn = await connect(url)
+        try:
+            return await expire_parked(conn, consumer_group="g", grace_seconds=0, caught_up=caught_up,
+                                       publish=Recorder())
+        finally:
+            await conn.close()
+
+    # Partition 0 read up to 12:00, but partition 1 (where the interaction may still be) only to 09:00.
+    assert asyncio.run(sweep(caught_up=False))[1] == []
+    # Nothing left to read anywhere: the grace period then runs on the wall clock.
+    assert [d.reason for d in asyncio.run(sweep(caught_up=True))[1]] == ["unknown_interaction"]

@@ -19,10 +19,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-import yaml
 import jsonschema
+import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"

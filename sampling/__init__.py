@@ -1,0 +1,1 @@
+"""Hard-case sampling, multi-candidate generation, scoring and selection."""
