@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import faust
 import psycopg
@@ -48,7 +49,22 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
     async def open_db() -> psycopg.AsyncConnection:
         return await connect(endpoints.database_url)
 
-    last_read = [time.monotonic()]  # when this worker last had something to read
+    # Caught up = partitions assigned, and nothing to read from them for idle_seconds. Before its
+    # assignment (group join, restart) a worker knows nothing, so it never counts as caught up then.
+    progress: dict[str, float | None] = {"last_read": None}
+
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types receivers as a union mypy cannot match
+    def _assigned(sender: Any, *args: Any, signal: Any, **_: Any) -> None:
+        assigned: set[TP] = args[0]
+        progress["last_read"] = time.monotonic() if assigned else None
+
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
+    def _revoked(sender: Any, *args: Any, signal: Any, **_: Any) -> None:
+        progress["last_read"] = None
+
+    def caught_up() -> bool:
+        last = progress["last_read"]
+        return last is not None and time.monotonic() - last > settings.idle_seconds
 
     @app.agent(feedback, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
@@ -56,7 +72,7 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
         try:
             batches = stream.take_events(settings.batch_size, within=settings.batch_timeout)  # type: ignore[attr-defined]
             async for events in batches:
-                last_read[0] = time.monotonic()
+                progress["last_read"] = time.monotonic()
                 messages = [
                     Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
                     for e in events
@@ -82,7 +98,7 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
         try:
             released, dead = await expire_parked(
                 conn, consumer_group=settings.consumer_group, grace_seconds=settings.grace_seconds,
-                caught_up=time.monotonic() - last_read[0] > settings.idle_seconds, publish=publish,
+                caught_up=caught_up(), publish=publish,
             )
         finally:
             await conn.close()
