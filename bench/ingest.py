@@ -98,7 +98,7 @@ def raw_copy(url: str) -> float:
     with psycopg.connect(url) as conn:
         buf = io.BytesIO()
         with conn.cursor().copy(
-            "COPY (SELECT event_id, type, interaction_id, app_id, occurred_at, data FROM events"
+            "COPY (SELECT position, event_id, type, interaction_id, app_id, occurred_at, data FROM events"
             " ORDER BY position) TO STDOUT"
         ) as copy:
             for block in copy:
@@ -110,7 +110,7 @@ def raw_copy(url: str) -> float:
         data = buf.getvalue()
         started = time.perf_counter()
         with conn.cursor().copy(
-            "COPY bench_copy (event_id, type, interaction_id, app_id, occurred_at, data) FROM STDIN"
+            "COPY bench_copy (position, event_id, type, interaction_id, app_id, occurred_at, data) FROM STDIN"
         ) as copy:
             copy.write(data)
         conn.commit()
