@@ -57,6 +57,21 @@ class DeadLetter:
 Publish = Callable[[Sequence[DeadLetter]], Awaitable[None]]
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A message after the pure edge: the stored form of its event, or why it must be dead-lettered."""
+
+    message: Incoming
+    result: Accepted | InvalidEvent
+
+
+def decode_message(message: Incoming, *, max_event_bytes: int) -> Decoded:
+    try:
+        return Decoded(message, decode(message.value, max_bytes=max_event_bytes))
+    except InvalidEvent as e:
+        return Decoded(message, e)
+
+
 @dataclass
 class BatchOutcome:
     stored: Counter[str] = field(default_factory=Counter)  # by event type
@@ -84,26 +99,26 @@ def _new_event(a: Accepted) -> NewEvent:
 
 async def ingest_batch(
     conn: psycopg.AsyncConnection,
-    messages: Sequence[Incoming],
+    batch: Sequence[Decoded],
     *,
     consumer_group: str,
-    max_event_bytes: int,
     publish: Publish,
 ) -> BatchOutcome:
-    """Store a batch exactly once. Dead letters are published before the commit, so a stored reject is
-    always on the topic; a crash before the commit redelivers the batch and the tracking rows make the
-    already-stored part a no-op."""
+    """Store a decoded batch exactly once. Dead letters are published before the commit, so a stored
+    reject is always on the topic; a crash before the commit redelivers the batch and the tracking
+    rows make the already-stored part a no-op. (Decoding is separate so the worker can decode the
+    next batch while this one waits on Postgres.)"""
     out = BatchOutcome()
     async with conn.transaction():
-        fresh = await _claim(conn, consumer_group, messages, out)
+        fresh_ids = {id(m) for m in await _claim(conn, consumer_group, [d.message for d in batch], out)}
+        fresh = [d for d in batch if id(d.message) in fresh_ids]
         dead: list[DeadLetter] = []
         accepted: list[tuple[Incoming, Accepted]] = []
         seen: set[str] = set()
-        for m in fresh:
-            try:
-                a = decode(m.value, max_bytes=max_event_bytes)
-            except InvalidEvent as e:
-                dead.append(DeadLetter(e.reason, e.detail, m))
+        for d in fresh:
+            m, a = d.message, d.result
+            if isinstance(a, InvalidEvent):
+                dead.append(DeadLetter(a.reason, a.detail, m))
                 continue
             if a.data["event_id"] in seen:
                 out.duplicates += 1
@@ -112,7 +127,7 @@ async def ingest_batch(
             out.redactions += a.redactions
             accepted.append((m, a))
 
-        await _advance(conn, consumer_group, fresh, accepted)
+        await _advance(conn, consumer_group, [d.message for d in fresh], accepted)
         ready, parked = await _resolve_references(conn, accepted, dead)
         stored = await append(conn, [_new_event(a) for _, a in ready])
         await project(conn, stored)

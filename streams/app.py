@@ -15,7 +15,7 @@ from faust.types import TP
 from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
 from store.db import connect
-from store.ingest import DeadLetter, Incoming, expire_parked, ingest_batch
+from store.ingest import DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
 from streams.metrics import Metrics
 
 log = logging.getLogger("flywheel.worker")
@@ -68,22 +68,22 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
 
     @app.agent(feedback, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
+        def decode_on_arrival(value: bytes) -> Decoded:
+            # A stream processor runs as each message arrives, also while the agent below awaits
+            # Postgres: the next batch is decoded during the current batch's commit.
+            m = stream.current_event.message  # type: ignore[union-attr]
+            return decode_message(Incoming(m.topic, m.partition, m.offset, m.key, value),
+                                  max_event_bytes=settings.max_event_bytes)
+
+        stream.add_processor(decode_on_arrival)  # type: ignore[misc]
         conn = await open_db()
         try:
-            batches = stream.take_events(settings.batch_size, within=settings.batch_timeout)  # type: ignore[attr-defined]
-            async for events in batches:
+            # take() acks a batch's events only after this loop body returns, i.e. after the commit.
+            async for batch in stream.take(settings.batch_size, within=settings.batch_timeout):
                 progress["last_read"] = time.monotonic()
-                messages = [
-                    Incoming(e.message.topic, e.message.partition, e.message.offset, e.message.key, e.message.value)
-                    for e in events
-                ]
                 with metrics.batch_seconds.time():
                     outcome = await ingest_batch(
-                        conn,
-                        messages,
-                        consumer_group=settings.consumer_group,
-                        max_event_bytes=settings.max_event_bytes,
-                        publish=publish,
+                        conn, batch, consumer_group=settings.consumer_group, publish=publish
                     )
                 metrics.observe(outcome)
                 for (topic, partition), offset in outcome.rewind.items():

@@ -10,7 +10,7 @@ import pytest
 
 from flywheel.endpoints import Endpoints
 from store.db import connect, connect_sync
-from store.ingest import DeadLetter, Incoming, expire_parked, ingest_batch
+from store.ingest import DeadLetter, Incoming, decode_message, expire_parked, ingest_batch
 from store.projections import check, rebuild
 from tests.factories import comparison, interaction, raw, thumbs
 
@@ -33,8 +33,8 @@ def ingest(url: str, msgs: list[Incoming], publish: Recorder | None = None) -> A
     async def run() -> Any:
         conn = await connect(url)
         try:
-            return await ingest_batch(conn, msgs, consumer_group="g", max_event_bytes=10_000,
-                                      publish=publish or Recorder())
+            batch = [decode_message(m, max_event_bytes=10_000) for m in msgs]
+            return await ingest_batch(conn, batch, consumer_group="g", publish=publish or Recorder())
         finally:
             await conn.close()
 
