@@ -45,6 +45,7 @@ BAD_KINDS = (
     UNKNOWN_INTERACTION,
 )
 PII_RATE = 0.06  # share of chats whose user text carries an email, phone, card or API key
+PANEL_FRACTION = 0.04  # a realistic share of interactions that several other users also judge
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +118,15 @@ def generate(
     bad_fraction: float = 0.0,
     start: datetime = DEFAULT_START,
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    panel_fraction: float = 0.0,
 ) -> Iterator[Simulated]:
     """Exactly `events` messages in stream order; same arguments, same bytes.
 
     Feedback always follows the interactions it refers to; about `bad_fraction` of the messages are bad
-    input, spread evenly through the stream and rotating through BAD_KINDS.
+    input, spread evenly through the stream and rotating through BAD_KINDS. About `panel_fraction` of the
+    interactions are also judged by a panel of 2 to 4 other users of the app, each giving a thumbs or the
+    same kind of rating on their own, so inter-rater agreement can be measured (PANEL_FRACTION is a
+    realistic share). At 0, the default, the stream is byte for byte what it was before panels existed.
     """
     if events < 0:
         raise ValueError("events must be >= 0")
@@ -131,7 +136,9 @@ def generate(
         raise ValueError(f"max_event_bytes must be >= {MIN_MAX_EVENT_BYTES}")
     if start.tzinfo is None:
         raise ValueError("start must be timezone-aware")
-    traffic = _Traffic(random.Random(seed), start, max_event_bytes)
+    if not 0.0 <= panel_fraction <= 1.0:
+        raise ValueError("panel_fraction must be within 0..1")
+    traffic = _Traffic(random.Random(seed), start, max_event_bytes, panel_fraction)
     # Error diffusion with a seeded phase: the bad count is within one of events * bad_fraction.
     phase = traffic.rng.random()
     total_bad = min(events, int(events * bad_fraction + phase))
@@ -578,8 +585,11 @@ def _trivial_edit(rng: random.Random, text: str) -> str:
 class _Traffic:
     """The state of the simulated world: the clock, and what has been served so far."""
 
-    def __init__(self, rng: random.Random, start: datetime, max_event_bytes: int) -> None:
+    def __init__(self, rng: random.Random, start: datetime, max_event_bytes: int,
+                 panel_fraction: float = 0.0) -> None:
         self.rng = rng
+        self.panel_fraction = panel_fraction
+        self.panels: deque[_Served] = deque()  # served, waiting for their panel of other users
         self.clock = start
         self.max_event_bytes = max_event_bytes
         self.users = {app.app_id: _personas(app) for app in APPS}
@@ -595,8 +605,9 @@ class _Traffic:
         self.clock += timedelta(milliseconds=self.rng.randint(20, 3000))
         return self.clock.isoformat(timespec="milliseconds")
 
-    def _envelope(self, kind: str, served: _Served, payload: dict[str, Any]) -> dict[str, Any]:
-        user = served.chat.user
+    def _envelope(self, kind: str, served: _Served, payload: dict[str, Any],
+                  user: Persona | None = None) -> dict[str, Any]:
+        user = user or served.chat.user
         return {
             "event_id": self._uuid(),
             "type": kind,
@@ -617,6 +628,8 @@ class _Traffic:
 
     def valid(self, room: int) -> list[Simulated]:
         """The next few valid messages (at most `room`): a new chat, or feedback on a recent one."""
+        if self.panels and room >= 2:
+            return self._panel(self.panels.popleft(), room)
         roll = self.rng.random()
         if roll < 0.40 or not self.recent:
             return self._new_chat()
@@ -684,6 +697,9 @@ class _Traffic:
         payload = {"messages": list(served.chat.messages), "response": served.response, "sampling": sampling,
                    "tags": list(served.chat.tags), "finish_reason": finish}
         self.recent.append(served)
+        # Guarded so that without panels not one extra random number is drawn: old seeds keep their bytes.
+        if self.panel_fraction and rng.random() < self.panel_fraction:
+            self.panels.append(served)
         return self._message(self._envelope("interaction", served, payload))
 
     def _feedback(
@@ -721,6 +737,24 @@ class _Traffic:
         else:
             edited = f"{target.response}\n\n{rng.choice(target.chat.app.addenda)}"
         return {"edited_response": edited}
+
+    def _panel(self, target: _Served, room: int) -> list[Simulated]:
+        """Other users of the app judge the same response, each on their own, and sometimes disagree."""
+        rng = self.rng
+        others = [u for u in self.users[target.chat.app.app_id] if u != target.chat.user]
+        raters = rng.sample(others, min(rng.randint(2, 4), room, len(others)))
+        if rng.random() < 0.6:
+            return [self._message(self._envelope("thumbs", target, self._thumbs(target), user=u)) for u in raters]
+        # Everyone rates on the same dimension (or none): one item, several raters.
+        dimension = rng.choice((None, *_DIMENSIONS))
+        scores = (3, 4, 5, 5) if target.good else (1, 1, 2, 3)
+        messages = []
+        for u in raters:
+            payload: dict[str, Any] = {"score": rng.choice(scores), "scale": 5}
+            if dimension is not None:
+                payload["dimension"] = dimension
+            messages.append(self._message(self._envelope("rating", target, payload, user=u)))
+        return messages
 
     def _regenerate(self, target: _Served) -> list[Simulated]:
         # Users mostly regenerate bad answers; a good answer is regenerated only now and then.

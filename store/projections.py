@@ -13,11 +13,13 @@ from dataclasses import dataclass
 import orjson
 import psycopg
 
+from flywheel.signals import SignalConfig, prompt_key
 from store.eventstore import StoredEvent, read
+from store.signals import rederive
 from store.tables import READ_MODELS
 
 _INTERACTION_COLUMNS = (
-    "interaction_id, position, event_id, app_id, model_version, prompt_version, user_id_hash,"
+    "interaction_id, position, event_id, app_id, model_version, prompt_version, prompt_key, user_id_hash,"
     " consent_training, occurred_at, messages, response, sampling, tags, last_position"
 )
 _FEEDBACK_COLUMNS = (
@@ -27,6 +29,7 @@ _FEEDBACK_COLUMNS = (
 # feedback type → counter column on the interaction it is about
 _COUNTER = {"edit": "edits", "regenerate": "regenerations", "rating": "ratings", "comparison": "comparisons"}
 _COUNTERS = ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons")
+DEFAULT_SIGNALS = SignalConfig()
 
 
 def _json(value: object) -> str:
@@ -39,8 +42,15 @@ def _counter(e: StoredEvent) -> str:
     return _COUNTER[e.type]
 
 
-async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
+async def project(
+    conn: psycopg.AsyncConnection, events: Sequence[StoredEvent], signals: SignalConfig = DEFAULT_SIGNALS
+) -> None:
     """Apply events (in position order) to the read models, inside the caller's transaction."""
+    await _project_rows(conn, events)
+    await rederive(conn, events, signals)
+
+
+async def _project_rows(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
     interactions = [e for e in events if e.type == "interaction"]
     feedback = [e for e in events if e.type != "interaction" and "payload" in e.data and "user" in e.data]
     async with conn.cursor() as cur:
@@ -50,7 +60,8 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
                     d, p = e.data, e.data["payload"]
                     await copy.write_row((
                         d["interaction_id"], e.position, e.event_id, d["app_id"], d["model_version"],
-                        d["prompt_version"], d["user"]["id_hash"], d["user"]["consent_training"],
+                        d["prompt_version"], prompt_key(p["messages"]), d["user"]["id_hash"],
+                        d["user"]["consent_training"],
                         d["occurred_at"], _json(p["messages"]), p["response"], _json(p.get("sampling", {})),
                         p.get("tags", []), e.position,
                     ))

@@ -106,6 +106,7 @@ class InteractionView(SQLModel, table=True):
     app_id: str = Field(index=True)
     model_version: str = Field(index=True)
     prompt_version: str
+    prompt_key: str = Field(index=True)  # hash of the conversation: the prompt group signals derive over
     user_id_hash: str
     consent_training: bool
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
@@ -139,4 +140,25 @@ class FeedbackView(SQLModel, table=True):
     payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
 
 
-READ_MODELS = ("interactions", "feedback")
+class SignalView(SQLModel, table=True):
+    """Preference pairs, KTO labels, SFT samples, hard-case candidates and disagreements of each prompt
+    group; the whole record (with its lineage) is in `data`."""
+
+    __tablename__ = "signals"
+
+    prompt_key: str = Field(primary_key=True)
+    signal_id: str = Field(primary_key=True)
+    kind: str = Field(index=True)  # pair | kto | sft | hard_case | disagreement
+    rule: str
+    rule_version: int
+    interaction_id: str | None = Field(default=None, index=True)
+    app_id: str | None = None
+    model_version: str | None = None
+    prompt_version: str | None = None
+    consent: bool
+    disagreement: bool
+    status: str | None = None
+    data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+
+
+READ_MODELS = ("interactions", "feedback", "signals")

@@ -1,0 +1,96 @@
+"""Signals derived by the streaming path equal those of a replay of the log (real Postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flywheel.endpoints import Endpoints
+from flywheel.simulate import generate
+from store.db import connect, connect_sync
+from store.ingest import Incoming, decode_message, ingest_batch
+from store.projections import check
+from tests.factories import event, interaction, raw
+
+pytestmark = pytest.mark.integration
+
+
+async def _nothing(_: Any) -> None:
+    return None
+
+
+def ingest_all(url: str, values: list[bytes], sizes: list[int]) -> None:
+    async def run() -> None:
+        conn = await connect(url)
+        try:
+            start, i = 0, 0
+            while start < len(values):
+                size = sizes[i % len(sizes)]
+                batch = [decode_message(Incoming("feedback", 0, start + k, b"k", v), max_event_bytes=256 * 1024)
+                         for k, v in enumerate(values[start:start + size])]
+                await ingest_batch(conn, batch, consumer_group="g", publish=_nothing)
+                start, i = start + size, i + 1
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+def drift(url: str) -> dict[str, tuple[int, int]]:
+    async def run() -> dict[str, tuple[int, int]]:
+        conn = await connect(url)
+        try:
+            return {d.table: (d.missing, d.extra) for d in await check(conn)}
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def signals(url: str) -> list[tuple[Any, ...]]:
+    with connect_sync(url) as conn:
+        return conn.execute("SELECT kind, rule, status, data FROM signals ORDER BY signal_id").fetchall()
+
+
+def test_an_edit_becomes_a_pair_and_an_sft_sample(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    edited = "Open Settings → Security → Reset password, then follow the link we email you within 10 minutes."
+    ingest_all(url, [raw(interaction("i1")), raw(event("edit", "i1", {"edited_response": edited}))], [10])
+
+    by_kind = {kind: (rule, status, data) for kind, rule, status, data in signals(url)}
+    assert set(by_kind) >= {"pair", "sft"}
+    rule, status, pair = by_kind["pair"]
+    assert (rule, status) == ("edit_pair", "accepted")
+    assert pair["chosen"] == edited and pair["rejected"] == "Open settings, then security."
+    assert pair["prompt"] == [{"role": "user", "content": "How do I reset my password?"}]
+    assert len(pair["source_event_ids"]) == 2 and pair["model_version"] == "m-1"
+    assert by_kind["sft"][2]["messages"][-1] == {"role": "assistant", "content": edited}
+
+
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(1, 400), min_size=1, max_size=5))
+def test_streaming_signals_equal_a_replay_of_the_log(endpoints: Endpoints, seed: int, sizes: list[int]) -> None:
+    url = endpoints.database_url
+    with connect_sync(url) as conn:
+        conn.execute("TRUNCATE events, interactions, feedback, signals, tracking, parked, dead_letters")
+    values = [m.value for m in generate(1200, seed=seed) if m.expected_reason is None]
+    ingest_all(url, values, sizes)
+
+    assert drift(url) == {"interactions": (0, 0), "feedback": (0, 0), "signals": (0, 0)}
+    kinds = {row[0] for row in signals(url)}
+    assert {"pair", "kto", "sft", "hard_case"} <= kinds
+    # and the rows are a pure function of the log: a different batching gives byte-identical signals
+    first = signals(url)
+    with connect_sync(url) as conn:
+        conn.execute("TRUNCATE events, interactions, feedback, signals, tracking, parked, dead_letters")
+    ingest_all(url, values, [len(values)])
+    assert signals(url) == first
+    # every signal's lineage points at events in the log
+    sources = sorted({e for *_, data in first for e in data["source_event_ids"]})
+    with connect_sync(url) as conn:
+        found = conn.execute("SELECT count(*) FROM events WHERE event_id = ANY(%s::uuid[])", [sources]).fetchone()
+    assert sources and found == (len(sources),)
