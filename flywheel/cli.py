@@ -175,6 +175,7 @@ def simulate(
     events: int = typer.Option(1000, "--events", "-n", help="How many messages to send."),
     seed: int = typer.Option(0, help="Same seed, same traffic."),
     bad_fraction: float = typer.Option(0.05, help="Share of malformed messages, sent raw."),
+    panel_fraction: float = typer.Option(0.04, help="Share of interactions also judged by a panel of other users."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Send realistic synthetic production traffic through FeedbackClient."""
@@ -187,7 +188,8 @@ def simulate(
     sent = []
     with FeedbackClient(endpoints.kafka_bootstrap, topic=settings.feedback_topic,
                         max_event_bytes=settings.max_event_bytes) as client:
-        stream = generate(events, seed=seed, bad_fraction=bad_fraction, max_event_bytes=settings.max_event_bytes)
+        stream = generate(events, seed=seed, bad_fraction=bad_fraction, panel_fraction=panel_fraction,
+                          max_event_bytes=settings.max_event_bytes)
         with typer.progressbar(stream, length=events, label="sending", file=sys.stderr) as bar:
             for sim in bar:
                 if sim.event is not None:
@@ -227,6 +229,46 @@ def _describe_stats(d: dict[str, Any]) -> str:
     for c in d["consumers"]:
         lag = "n/a" if c.get("lag") is None else c["lag"]
         lines.append(f"  {c['consumer_group']} {c['topic']}[{c['partition']}] offset {c['offset']} lag {lag}")
+    return "\n".join(lines)
+
+
+@app.command()
+def signals(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Derived preference data: counts by rule, rater agreement, length and position bias."""
+    from store.db import connect_sync, create_schema
+    from store.stats import signal_report
+
+    settings = _settings()
+    endpoints = _endpoints(settings)
+    create_schema(endpoints.database_url)
+    with connect_sync(endpoints.database_url) as conn:
+        report = signal_report(conn)
+    _print(report, as_json, _describe_signals(report))
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _describe_signals(r: dict[str, Any]) -> str:
+    lines = ["signals by rule                      count  disagree  no-consent"]
+    for c in r["signals"]:
+        name = f"{c['kind']}/{c['rule']}" + (f" [{c['status']}]" if c["status"] else "")
+        lines.append(f"  {name:<33}{c['count']:>7}{c['disagreement']:>10}{c['no_consent']:>12}")
+    for kind, by in r["agreement"].items():
+        for key, groups in by.items():
+            lines.append(f"agreement on {kind} by {key}")
+            for group, a in groups.items():
+                figures = []
+                for name in ("cohen_kappa", "fleiss_kappa", "krippendorff_alpha"):
+                    f = a[name]
+                    figures.append(f"{name} {_fmt(f['value'])} ({f['band']})" if f else f"{name} n/a")
+                lines.append(f"  {group:<22} items {a['items']:>5}  " + "  ".join(figures))
+    lb, pb = r["length_bias"], r["position_bias"]
+    lines.append(f"length bias      longer response chosen in {_fmt(lb['chosen_longer_rate'])} of {lb['pairs']} "
+                 f"pairs, r(length diff, margin) = {_fmt(lb['correlation'])}")
+    lines.append(f"position bias    first-shown wins {_fmt(pb['first_shown_win_rate'])} of {pb['comparisons']} "
+                 f"comparisons (p = {_fmt(pb['p_value'], 3)}), ties {pb['ties']}")
     return "\n".join(lines)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
@@ -32,3 +33,70 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
         "read_models": read_models,
         "consumers": tracking,
     }
+
+
+def signal_report(conn: psycopg.Connection) -> dict[str, Any]:
+    """`flywheel signals`: counts by rule, inter-rater agreement per app and model version, bias audits."""
+    from flywheel.quality import agreement_by, judgements_from, length_bias, position_bias
+    from flywheel.signals import InteractionRecord
+
+    counts = [
+        {"kind": k, "rule": r, "status": s, "count": n, "disagreement": d, "no_consent": c}
+        for k, r, s, n, d, c in conn.execute(
+            "SELECT kind, rule, status, count(*), count(*) FILTER (WHERE disagreement),"
+            " count(*) FILTER (WHERE NOT consent) FROM signals GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
+        ).fetchall()
+    ]
+    # Agreement needs items judged by several users: load just those.
+    judged = conn.execute(
+        "SELECT interaction_id FROM feedback WHERE type IN ('thumbs', 'rating')"
+        " GROUP BY interaction_id HAVING count(DISTINCT user_id_hash) > 1"
+    ).fetchall()
+    ids = [r[0] for r in judged]
+    interactions = [
+        InteractionRecord(interaction_id=i, event_id=e, position=p, app_id=a, model_version=m, prompt_version=v,
+                          user_id_hash=u, consent_training=c, occurred_at=t, messages=(), response="", tags=())
+        for i, e, p, a, m, v, u, c, t in conn.execute(
+            "SELECT interaction_id, event_id::text, position, app_id, model_version, prompt_version, user_id_hash,"
+            " consent_training, occurred_at FROM interactions WHERE interaction_id = ANY(%s)", [ids]
+        ).fetchall()
+    ]
+    feedback = _feedback(conn, "interaction_id = ANY(%s) AND type IN ('thumbs', 'rating')", [ids])
+    agreement: dict[str, Any] = {}
+    for kind in ("thumbs", "rating"):
+        judgements = judgements_from(interactions, feedback, kind=kind)
+        agreement[kind] = {
+            key: {k: asdict(v) for k, v in agreement_by(judgements, key).items()}
+            for key in ("app_id", "model_version")
+        } if judgements else {}
+    pairs = [_PairView(*row) for row in conn.execute(
+        "SELECT data->>'chosen', data->>'rejected', (data->>'margin')::float, (data->>'tie')::bool"
+        " FROM signals WHERE kind = 'pair'"
+    ).fetchall()]
+    return {
+        "signals": counts,
+        "agreement": agreement,
+        "length_bias": asdict(length_bias(pairs)),
+        "position_bias": asdict(position_bias(_feedback(conn, "type = 'comparison'", []))),
+    }
+
+
+@dataclass(frozen=True)
+class _PairView:
+    chosen: str
+    rejected: str
+    margin: float
+    tie: bool
+
+
+def _feedback(conn: psycopg.Connection, where: str, params: list[Any]) -> list[Any]:
+    from flywheel.signals import FeedbackRecord
+
+    return [
+        FeedbackRecord(event_id=e, position=p, type=t, interaction_id=i, user_id_hash=u, consent_training=c,
+                       occurred_at=at, payload=payload)
+        for e, p, t, i, u, c, at, payload in conn.execute(
+            "SELECT event_id::text, position, type, interaction_id, user_id_hash, consent_training, occurred_at,"
+            f" payload FROM feedback WHERE {where}", params
+        ).fetchall()
+    ]

@@ -49,8 +49,9 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
     async def open_db() -> psycopg.AsyncConnection:
         return await connect(endpoints.database_url)
 
-    # Caught up = partitions assigned, and nothing to read from them for idle_seconds. Before its
-    # assignment (group join, restart) a worker knows nothing, so it never counts as caught up then.
+    # "Caught up" stops event time, and parked feedback then expires on the wall clock. It must mean
+    # it: partitions assigned, every one fetched up to the high watermark the broker reported in its
+    # fetch responses, and no batch for idle_seconds (so what was fetched has been stored).
     progress: dict[str, float | None] = {"last_read": None}
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types receivers as a union mypy cannot match
@@ -62,9 +63,17 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
     def _revoked(sender: Any, *args: Any, signal: Any, **_: Any) -> None:
         progress["last_read"] = None
 
-    def caught_up() -> bool:
+    async def caught_up() -> bool:
         last = progress["last_read"]
-        return last is not None and time.monotonic() - last > settings.idle_seconds
+        if last is None or time.monotonic() - last <= settings.idle_seconds:
+            return False
+        for tp in app.consumer.assignment():
+            if tp.topic != settings.feedback_topic:
+                continue
+            highwater, position = app.consumer.highwater(tp), await app.consumer.position(tp)
+            if highwater is None or position is None or position < highwater:
+                return False
+        return True
 
     @app.agent(feedback, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
@@ -98,7 +107,7 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
         try:
             released, dead = await expire_parked(
                 conn, consumer_group=settings.consumer_group, grace_seconds=settings.grace_seconds,
-                caught_up=caught_up(), publish=publish,
+                caught_up=await caught_up(), publish=publish,
             )
         finally:
             await conn.close()
