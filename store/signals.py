@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict
 from typing import Any
 
 import orjson
@@ -88,13 +87,13 @@ def rows(key: str, signals: Signals) -> Iterable[tuple[Any, ...]]:
     ]
     for kind, id_field, records in kinds:
         for r in records:
-            data = asdict(r)
+            # orjson serialises the frozen dataclasses directly (dataclasses.asdict deep-copies: 5x slower)
             yield (
-                data[id_field], kind, key, data.get("rule", kind), data.get("rule_version", 1),
-                data.get("interaction_id", data.get("rejected_interaction_id")), data.get("app_id"),
-                data.get("model_version"), data.get("prompt_version"), data["consent"],
-                data.get("disagreement", kind == "disagreement"), data.get("status"),
-                orjson.dumps(data).decode(),
+                getattr(r, id_field), kind, key, getattr(r, "rule", kind), getattr(r, "rule_version", 1),
+                getattr(r, "interaction_id", None) or getattr(r, "rejected_interaction_id", None),
+                getattr(r, "app_id", None), getattr(r, "model_version", None), getattr(r, "prompt_version", None),
+                r.consent, getattr(r, "disagreement", kind == "disagreement"), getattr(r, "status", None),
+                orjson.dumps(r).decode(),
             )
 
 
