@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import typer
@@ -201,18 +202,23 @@ def simulate(
     _print(summary.as_dict(), as_json, summary.describe())
 
 
+def _query_store(query: Callable[[Any], dict[str, Any]]) -> tuple[dict[str, Any], Endpoints]:
+    """Run a read-only report against the store the settings point at."""
+    from store.db import connect_sync, create_schema
+
+    endpoints = _endpoints(_settings())
+    create_schema(endpoints.database_url)
+    with connect_sync(endpoints.database_url) as conn:
+        return query(conn), endpoints
+
+
 @app.command()
 def stats(as_json: bool = typer.Option(False, "--json")) -> None:
     """Events stored by type, dead-lettered by reason, read-model counts, consumer lag."""
     from flywheel.lag import with_lag
-    from store.db import connect_sync, create_schema
     from store.stats import store_stats
 
-    settings = _settings()
-    endpoints = _endpoints(settings)
-    create_schema(endpoints.database_url)
-    with connect_sync(endpoints.database_url) as conn:
-        data = store_stats(conn)
+    data, endpoints = _query_store(store_stats)
     data["consumers"] = with_lag(endpoints.kafka_bootstrap, data["consumers"])
     _print(data, as_json, _describe_stats(data))
 
@@ -235,14 +241,9 @@ def _describe_stats(d: dict[str, Any]) -> str:
 @app.command()
 def signals(as_json: bool = typer.Option(False, "--json")) -> None:
     """Derived preference data: counts by rule, rater agreement, length and position bias."""
-    from store.db import connect_sync, create_schema
     from store.stats import signal_report
 
-    settings = _settings()
-    endpoints = _endpoints(settings)
-    create_schema(endpoints.database_url)
-    with connect_sync(endpoints.database_url) as conn:
-        report = signal_report(conn)
+    report, _ = _query_store(signal_report)
     _print(report, as_json, _describe_signals(report))
 
 
