@@ -72,7 +72,12 @@ def parse(raw: bytes, *, max_bytes: int) -> FeedbackEvent:
 
 def validate(obj: dict[str, Any]) -> FeedbackEvent:
     """Validate a decoded event dict; raises InvalidEvent with a reason code."""
-    return _validate_json(_checked_class(obj), orjson.dumps(obj))
+    cls = _checked_class(obj)
+    try:
+        raw = orjson.dumps(obj)
+    except orjson.JSONEncodeError as e:  # e.g. an int beyond 64 bits, or a value JSON cannot carry
+        raise InvalidEvent(INVALID_FIELD, f"not representable as JSON: {e}") from None
+    return _validate_json(cls, raw)
 
 
 _STARTS_WITH_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")

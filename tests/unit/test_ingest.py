@@ -306,3 +306,12 @@ def test_dropping_any_required_field_gives_missing_field(data: st.DataObject) ->
 
     assert caught.value.reason == MISSING_FIELD
     assert caught.value.detail.startswith(".".join(str(p) for p in path))
+
+
+def test_validate_refuses_a_dict_json_cannot_carry_with_a_reason() -> None:
+    from flywheel.ingest import INVALID_FIELD, InvalidEvent, validate
+    from tests.factories import event
+
+    with pytest.raises(InvalidEvent) as caught:
+        validate(event("rating", "i1", {"score": 2**70}))
+    assert caught.value.reason == INVALID_FIELD
