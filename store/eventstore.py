@@ -19,6 +19,12 @@ class NewEvent:
     interaction_id: str | None = None
     app_id: str | None = None
 
+    @classmethod
+    def of(cls, data: dict[str, Any]) -> NewEvent:
+        """The log entry of a stored-form feedback event (flywheel.ingest.Accepted.data)."""
+        return cls(event_id=data["event_id"], type=data["type"], occurred_at=data["occurred_at"], data=data,
+                   interaction_id=data["interaction_id"], app_id=data["app_id"])
+
 
 @dataclass(frozen=True, slots=True)
 class StoredEvent:

@@ -85,18 +85,6 @@ class BatchOutcome:
     rewind: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-def _new_event(a: Accepted) -> NewEvent:
-    e = a.event
-    return NewEvent(
-        event_id=a.data["event_id"],
-        type=e.type,
-        occurred_at=a.data["occurred_at"],
-        data=a.data,
-        interaction_id=e.interaction_id,
-        app_id=e.app_id,
-    )
-
-
 async def ingest_batch(
     conn: psycopg.AsyncConnection,
     batch: Sequence[Decoded],
@@ -110,8 +98,8 @@ async def ingest_batch(
     next batch while this one waits on Postgres.)"""
     out = BatchOutcome()
     async with conn.transaction():
-        fresh_ids = {id(m) for m in await _claim(conn, consumer_group, [d.message for d in batch], out)}
-        fresh = [d for d in batch if id(d.message) in fresh_ids]
+        floor = await _claim(conn, consumer_group, [d.message for d in batch], out)
+        fresh = [d for d in batch if d.message.offset > floor.get((d.message.topic, d.message.partition), _SKIP)]
         dead: list[DeadLetter] = []
         accepted: list[tuple[Incoming, Accepted]] = []
         seen: set[str] = set()
@@ -129,7 +117,7 @@ async def ingest_batch(
 
         await _advance(conn, consumer_group, [d.message for d in fresh], accepted)
         ready, parked = await _resolve_references(conn, accepted, dead)
-        stored = await append(conn, [_new_event(a) for _, a in ready])
+        stored = await append(conn, [NewEvent.of(a.data) for _, a in ready])
         await project(conn, stored)
         out.duplicates += len(ready) - len(stored)
         out.stored.update(s.type for s in stored)
@@ -145,16 +133,21 @@ async def ingest_batch(
     return out
 
 
+_SKIP = 2**63  # no offset exceeds it: the floor of a partition being rewound
+
+
 async def _claim(
     conn: psycopg.AsyncConnection, group: str, messages: Sequence[Incoming], out: BatchOutcome
-) -> list[Incoming]:
-    """Lock this batch's tracking rows, drop redeliveries, detect a broker ahead of the store, move offsets."""
-    by_tp: dict[tuple[str, int], list[Incoming]] = {}
+) -> dict[tuple[str, int], int]:
+    """Lock this batch's tracking rows and return, per partition, the stored offset that a message must
+    exceed to be new (redeliveries are counted). A partition whose batch starts past the stored offset
+    (the broker is ahead of the store) is left out and recorded in out.rewind."""
+    by_tp: dict[tuple[str, int], list[int]] = {}
     for m in messages:
-        by_tp.setdefault((m.topic, m.partition), []).append(m)
-    fresh: list[Incoming] = []
+        by_tp.setdefault((m.topic, m.partition), []).append(m.offset)
+    floor: dict[tuple[str, int], int] = {}
     async with conn.cursor() as cur:
-        for (topic, partition), msgs in sorted(by_tp.items()):
+        for (topic, partition), offsets in sorted(by_tp.items()):
             await cur.execute(
                 'INSERT INTO tracking (consumer_group, topic, partition, "offset") VALUES (%s, %s, %s, -1)'
                 " ON CONFLICT DO NOTHING",
@@ -167,17 +160,14 @@ async def _claim(
             )
             row = await cur.fetchone()
             tracked = int(row[0]) if row else -1
-            msgs.sort(key=lambda m: m.offset)
-            new = [m for m in msgs if m.offset > tracked]
-            out.redelivered += len(msgs) - len(new)
-            if not new:
-                continue
-            if tracked >= 0 and new[0].offset > tracked + 1:
+            new = [o for o in offsets if o > tracked]
+            out.redelivered += len(offsets) - len(new)
+            if new and tracked >= 0 and min(new) > tracked + 1:
                 # Kafka's committed offset got ahead of the store: re-read from what the store has.
                 out.rewind[(topic, partition)] = tracked + 1
                 continue
-            fresh.extend(new)
-    return fresh
+            floor[(topic, partition)] = tracked
+    return floor
 
 
 async def _advance(
@@ -260,13 +250,8 @@ async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[st
         """,
         {"ids": interaction_ids},
     )
-    rows = sorted(await cur.fetchall(), key=lambda r: (r[0], r[1], r[2]))
-    events = [
-        NewEvent(event_id=d["event_id"], type=d["type"], occurred_at=d["occurred_at"], data=d,
-                 interaction_id=d["interaction_id"], app_id=d["app_id"])
-        for *_, d in rows
-    ]
-    stored = await append(conn, events)
+    rows = sorted(await cur.fetchall(), key=_source)
+    stored = await append(conn, [NewEvent.of(data) for *_, data in rows])
     await project(conn, stored)
     return stored
 
