@@ -257,15 +257,16 @@ async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[st
 
 
 async def expire_parked(
-    conn: psycopg.AsyncConnection, *, consumer_group: str, grace_seconds: float, caught_up: bool,
-    publish: Publish,
+    conn: psycopg.AsyncConnection, *, consumer_group: str, grace_seconds: float, partitions: dict[str, int],
+    caught_up: bool, publish: Publish,
 ) -> tuple[list[StoredEvent], list[DeadLetter]]:
     """The periodic sweep: release what can be released, dead-letter what waited past the grace period.
 
-    The grace period runs in event time: parked feedback expires once every partition of its topic
-    has been read past its occurred_at + grace, so a lagging or stalled partition that may still hold
-    the interaction never makes feedback die early. When the consumer is `caught_up` (it has had
-    nothing to read for a while) event time stops, and the grace period runs on the wall clock.
+    The grace period runs in event time: parked feedback expires once every one of its topic's
+    `partitions` (topic → partition count) has been read past its occurred_at + grace, so a lagging,
+    stalled or not yet read partition that may still hold the interaction never makes feedback die
+    early. When the consumer is `caught_up` (it has had nothing to read for a while) event time
+    stops, and the grace period runs on the wall clock.
     """
     async with conn.transaction():
         released = await release_parked(conn, None)
@@ -273,7 +274,8 @@ async def expire_parked(
             """
             WITH progress AS (
                 SELECT topic, min(event_time) AS watermark FROM tracking
-                WHERE consumer_group = %(group)s GROUP BY topic
+                WHERE consumer_group = %(group)s AND event_time IS NOT NULL
+                GROUP BY topic HAVING count(*) >= (%(partitions)s::jsonb ->> topic)::int
             )
             DELETE FROM parked p
             WHERE p.occurred_at + make_interval(secs => %(grace)s)
@@ -281,7 +283,8 @@ async def expire_parked(
                OR (%(caught_up)s AND p.parked_at < now() - make_interval(secs => %(grace)s))
             RETURNING p.topic, p.partition, p."offset", p.key, p.original, p.waiting_for
             """,
-            {"group": consumer_group, "grace": grace_seconds, "caught_up": caught_up},
+            {"group": consumer_group, "grace": grace_seconds, "caught_up": caught_up,
+             "partitions": orjson.dumps(partitions).decode()},
         )
         dead = [
             DeadLetter(UNKNOWN_INTERACTION,

@@ -51,8 +51,9 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
 
     # "Caught up" stops event time, and parked feedback then expires on the wall clock. It must mean
     # it: partitions assigned, every one fetched up to the high watermark the broker reported in its
-    # fetch responses, and no batch for idle_seconds (so what was fetched has been stored).
-    progress: dict[str, float | None] = {"last_read": None}
+    # fetch responses, no batch in flight, and none finished for idle_seconds (so what was fetched
+    # has been stored). `last_read` is when the last batch was committed (or partitions assigned).
+    progress: dict[str, float | None] = {"last_read": None, "in_flight": None}
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]  # mode types receivers as a union mypy cannot match
     def _assigned(sender: Any, *args: Any, signal: Any, **_: Any) -> None:
@@ -65,7 +66,7 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
 
     async def caught_up() -> bool:
         last = progress["last_read"]
-        if last is None or time.monotonic() - last <= settings.idle_seconds:
+        if last is None or progress["in_flight"] is not None or time.monotonic() - last <= settings.idle_seconds:
             return False
         for tp in app.consumer.assignment():
             if tp.topic != settings.feedback_topic:
@@ -89,11 +90,14 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
         try:
             # take() acks a batch's events only after this loop body returns, i.e. after the commit.
             async for batch in stream.take(settings.batch_size, within=settings.batch_timeout):
-                progress["last_read"] = time.monotonic()
-                with metrics.batch_seconds.time():
-                    outcome = await ingest_batch(
-                        conn, batch, consumer_group=settings.consumer_group, publish=publish
-                    )
+                progress["in_flight"] = time.monotonic()
+                try:
+                    with metrics.batch_seconds.time():
+                        outcome = await ingest_batch(
+                            conn, batch, consumer_group=settings.consumer_group, publish=publish
+                        )
+                finally:
+                    progress["in_flight"], progress["last_read"] = None, time.monotonic()
                 metrics.observe(outcome)
                 for (topic, partition), offset in outcome.rewind.items():
                     log.warning("store is behind the broker on %s[%d]: re-reading from %d", topic, partition, offset)
@@ -107,6 +111,7 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
         try:
             released, dead = await expire_parked(
                 conn, consumer_group=settings.consumer_group, grace_seconds=settings.grace_seconds,
+                partitions={settings.feedback_topic: app.consumer.topic_partitions(settings.feedback_topic) or 0},
                 caught_up=await caught_up(), publish=publish,
             )
         finally:

@@ -113,8 +113,8 @@ def test_feedback_whose_interaction_never_comes_is_dead_lettered_after_the_grace
     async def sweep(grace: float) -> Any:
         conn = await connect(url)
         try:
-            return await expire_parked(conn, consumer_group="g", grace_seconds=grace, caught_up=False,
-                                       publish=sent)
+            return await expire_parked(conn, consumer_group="g", grace_seconds=grace, partitions={"feedback": 1},
+                                       caught_up=False, publish=sent)
         finally:
             await conn.close()
 
@@ -184,8 +184,8 @@ def test_a_stalled_partition_holds_the_grace_period_back(endpoints: Endpoints) -
     async def sweep(caught_up: bool) -> Any:
         conn = await connect(url)
         try:
-            return await expire_parked(conn, consumer_group="g", grace_seconds=0, caught_up=caught_up,
-                                       publish=Recorder())
+            return await expire_parked(conn, consumer_group="g", grace_seconds=0, partitions={"feedback": 2},
+                                       caught_up=caught_up, publish=Recorder())
         finally:
             await conn.close()
 
@@ -193,3 +193,22 @@ def test_a_stalled_partition_holds_the_grace_period_back(endpoints: Endpoints) -
     assert asyncio.run(sweep(caught_up=False))[1] == []
     # Nothing left to read anywhere: the grace period then runs on the wall clock.
     assert [d.reason for d in asyncio.run(sweep(caught_up=True))[1]] == ["unknown_interaction"]
+
+
+def test_a_partition_not_read_yet_holds_the_grace_period_back(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest(url, messages([raw(thumbs("i-elsewhere")),
+                          raw(interaction("i2", occurred_at="2026-11-23T12:00:00+00:00"))], partition=0))
+
+    async def sweep() -> Any:
+        conn = await connect(url)
+        try:
+            return await expire_parked(conn, consumer_group="g", grace_seconds=0, partitions={"feedback": 2},
+                                       caught_up=False, publish=Recorder())
+        finally:
+            await conn.close()
+
+    # Partition 0 read up to 12:00; partition 1 (where the interaction may be) has no progress at all.
+    assert asyncio.run(sweep())[1] == []
+    ingest(url, messages([raw(interaction("i3", occurred_at="2026-11-23T12:00:00+00:00"))], partition=1))
+    assert [d.reason for d in asyncio.run(sweep())[1]] == ["unknown_interaction"]
