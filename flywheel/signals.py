@@ -60,6 +60,11 @@ class InteractionRecord:
     messages: tuple[dict[str, Any], ...]  # the conversation up to the response (role/content dicts)
     response: str
     tags: tuple[str, ...]
+    prompt_key: str = ""  # prompt_key(messages), computed when not given (the store passes its column)
+
+    def __post_init__(self) -> None:
+        if not self.prompt_key:
+            object.__setattr__(self, "prompt_key", prompt_key(self.messages))
 
     @classmethod
     def from_event(cls, event: Interaction, position: int) -> InteractionRecord:
@@ -343,7 +348,7 @@ class _Group:
         self.interactions: dict[str, InteractionRecord] = {}
         for i in _by_position(interactions):
             self.interactions.setdefault(i.interaction_id, i)  # ingest refuses duplicates; first one wins
-        self.keys = {iid: prompt_key(i.messages) for iid, i in self.interactions.items()}
+        self.keys = {iid: i.prompt_key for iid, i in self.interactions.items()}
         # Feedback about an interaction outside the group cannot be judged: it has no prompt here.
         self.feedback = [f for f in _by_position(feedback)
                          if f.type in FEEDBACK_TYPES and all(r in self.interactions for r in _references(f))]

@@ -60,7 +60,7 @@ async def _load(
         groups[key][0].append(InteractionRecord(
             interaction_id=iid, event_id=eid, position=pos, app_id=app, model_version=model,
             prompt_version=prompt, user_id_hash=user, consent_training=consent, occurred_at=at,
-            messages=tuple(messages), response=response, tags=tuple(tags),
+            messages=tuple(messages), response=response, tags=tuple(tags), prompt_key=key,
         ))
     await cur.execute(
         "SELECT i.prompt_key, f.event_id::text, f.position, f.type, f.interaction_id, f.user_id_hash,"
