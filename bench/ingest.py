@@ -6,7 +6,8 @@ Starts its own embedded stack (or uses FLYWHEEL_DATABASE_URL / FLYWHEEL_KAFKA_BO
 realistic traffic once, then measures in the same run:
   raw consume  plain kafka-python consumer draining the topic
   raw COPY     one psycopg COPY of the very rows the pipeline stored, into a table shaped like the log
-  pipeline     `flywheel worker` process(es): decode, validate, redact, append, project, track offsets
+  pipeline     `flywheel worker` process(es): decode, validate, redact, append, project, track offsets,
+               and derive signals (the pipeline is done when the signals projector has the last event)
 All rates are steady-state: from the first record seen to the last, so group joins are not counted.
 """
 
@@ -72,6 +73,13 @@ def stored(url: str) -> int:
         return int(row[0]) if row else 0
 
 
+def signals_done(url: str) -> int:
+    """Events the signals projector has applied (positions are gap-free, so its checkpoint is a count)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT position FROM checkpoints WHERE name = 'signals'").fetchone()
+        return int(row[0]) if row else 0
+
+
 def pipeline(settings: Settings, expected: int, workers: int) -> float:
     env = {**os.environ, **{f"FLYWHEEL_{k.upper()}": str(v) for k, v in settings.model_dump().items()}}
     procs = [subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker", "--loglevel", "warn"], env=env,
@@ -83,7 +91,7 @@ def pipeline(settings: Settings, expected: int, workers: int) -> float:
             n = stored(settings.database_url)
             if n and not first_at:
                 first_at, first_n = time.perf_counter(), n
-            if n >= expected:
+            if n >= expected and signals_done(settings.database_url) >= expected:
                 return (n - first_n) / (time.perf_counter() - first_at)
             time.sleep(0.05)
         raise SystemExit(f"pipeline stored only {stored(settings.database_url)}/{expected}")

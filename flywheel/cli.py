@@ -234,6 +234,7 @@ def _describe_stats(d: dict[str, Any]) -> str:
     lines.append(f"parked (waiting)   {d['parked']:>9}")
     lines.append("read models")
     lines += [f"  {k:<16} {v:>9}" for k, v in d["read_models"].items()]
+    lines.append(f"signals behind     {d['signals_behind']:>9} events")
     lines.append("consumers")
     for c in d["consumers"]:
         lag = "n/a" if c.get("lag") is None else c["lag"]

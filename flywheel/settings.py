@@ -37,6 +37,10 @@ class Settings(BaseSettings):
     # A worker with nothing to read for this long is caught up (see store.ingest.expire_parked).
     idle_seconds: float = 60.0
     sweep_interval: float = 5.0
+    # The signals projector runs this often and takes everything committed since its last run (at most
+    # signals_max_events): a longer interval derives each hot prompt group less often, signals lag more.
+    signals_interval: float = 1.0
+    signals_max_events: int = 50_000
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0
     metrics_port: int = 0

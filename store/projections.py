@@ -1,7 +1,9 @@
 """Read models as projections of the log: one code path for live ingest, replay and replay --check.
 
-Table names are unqualified on purpose: `check()` shadows them with temp tables (pg_temp comes first
-on the search path), so the very same statements rebuild into scratch copies.
+interactions and feedback are projected in the ingest transaction; signals follow the log a moment
+later (store.signals.catch_up). Table names are unqualified on purpose: `check()` shadows them with
+temp tables (pg_temp comes first on the search path), so the very same statements rebuild into
+scratch copies.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import orjson
 import psycopg
 
 from flywheel.signals import SignalConfig, prompt_key
-from store.eventstore import StoredEvent, read
-from store.signals import rederive
+from store.eventstore import StoredEvent, head, read
+from store.signals import CHECKPOINT, derive_groups, touched_groups
 from store.tables import READ_MODELS
 
 _INTERACTION_COLUMNS = (
@@ -42,15 +44,8 @@ def _counter(e: StoredEvent) -> str:
     return _COUNTER[e.type]
 
 
-async def project(
-    conn: psycopg.AsyncConnection, events: Sequence[StoredEvent], signals: SignalConfig = DEFAULT_SIGNALS
-) -> None:
-    """Apply events (in position order) to the read models, inside the caller's transaction."""
-    await _project_rows(conn, events)
-    await rederive(conn, events, signals)
-
-
-async def _project_rows(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
+async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
+    """Apply events (in position order) to interactions and feedback, inside the caller's transaction."""
     interactions = [e for e in events if e.type == "interaction"]
     feedback = [e for e in events if e.type != "interaction" and "payload" in e.data and "user" in e.data]
     async with conn.cursor() as cur:
@@ -103,20 +98,30 @@ async def _project_rows(conn: psycopg.AsyncConnection, events: Sequence[StoredEv
         )
 
 
-async def _project_log(conn: psycopg.AsyncConnection, upto: int | None = None) -> int:
+async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig) -> int:
+    """Project the whole log into the (empty) read models, then derive every prompt group once."""
     count = 0
-    async for chunk in read(conn, upto=upto):
+    async for chunk in read(conn):
         await project(conn, chunk)
         count += len(chunk)
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT DISTINCT prompt_key FROM interactions ORDER BY 1")
+        await derive_groups(cur, [row[0] for row in await cur.fetchall()], config)
     return count
 
 
-async def rebuild(conn: psycopg.AsyncConnection) -> int:
+async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig = DEFAULT_SIGNALS) -> int:
     """Throw the live read models away and project the whole log again, atomically."""
     async with conn.transaction():
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        # Hold the signals checkpoint first, so a worker's projector waits instead of deadlocking with us.
+        await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+                           [CHECKPOINT])
+        await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
         await conn.execute(f"TRUNCATE {', '.join(READ_MODELS)}")
-        return await _project_log(conn)
+        count = await _project_log(conn, config)
+        await conn.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [await head(conn), CHECKPOINT])
+        return count
 
 
 @dataclass(frozen=True)
@@ -126,18 +131,30 @@ class Drift:
     extra: int  # rows the live table has that the rebuild lacks
 
 
-async def check(conn: psycopg.AsyncConnection) -> list[Drift]:
-    """Rebuild into scratch tables from one snapshot and compare with the live read models."""
+async def check(conn: psycopg.AsyncConnection, config: SignalConfig = DEFAULT_SIGNALS) -> list[Drift]:
+    """Rebuild into scratch tables from one snapshot and compare with the live read models.
+
+    Signals are compared for every prompt group the projector is up to date on: groups touched by
+    events past its checkpoint are still to be re-derived, so they are left out (none when it has
+    caught up)."""
     drifts = []
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        cur = await conn.execute("SELECT position FROM checkpoints WHERE name = %s", [CHECKPOINT])
+        row = await cur.fetchone()
+        checkpoint, newest = (int(row[0]) if row else 0), await head(conn)
         for table in READ_MODELS:
             await conn.execute(f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING ALL) ON COMMIT DROP")
-        await _project_log(conn)
+        await _project_log(conn, config)
+        async with conn.cursor() as c:
+            pending = await touched_groups(c, checkpoint, newest) if newest > checkpoint else []
         for table in READ_MODELS:
+            where = " WHERE prompt_key <> ALL(%(pending)s)" if table == "signals" else ""
+            rebuilt, live = f"SELECT * FROM pg_temp.{table}{where}", f"SELECT * FROM public.{table}{where}"
             cur = await conn.execute(
-                f"SELECT (SELECT count(*) FROM (TABLE pg_temp.{table} EXCEPT ALL TABLE public.{table}) a),"
-                f"       (SELECT count(*) FROM (TABLE public.{table} EXCEPT ALL TABLE pg_temp.{table}) b)"
+                f"SELECT (SELECT count(*) FROM ({rebuilt} EXCEPT ALL {live}) a),"
+                f"       (SELECT count(*) FROM ({live} EXCEPT ALL {rebuilt}) b)",
+                {"pending": pending},
             )
             row = await cur.fetchone()
             assert row is not None

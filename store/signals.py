@@ -1,47 +1,56 @@
-"""Signals as a read model: each touched prompt group is re-derived (flywheel.signals.derive) and its rows
-replaced, inside the ingest transaction. derive is a pure function of the group's events, so the
-streaming path, a replay and `replay --check` give the same rows."""
+"""Signals as a read model that follows the event log.
+
+A projector re-derives (flywheel.signals.derive) every prompt group that the events past its
+checkpoint touched, replaces the groups' rows and moves the checkpoint, in one transaction. It runs
+a moment behind ingest and takes everything committed since its last run at once, so a hot prompt
+group is derived once per run, not once per ingest batch. derive is a pure function of a group's
+interactions and feedback, so the streaming path, a replay and `replay --check` give the same rows.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg
 
 from flywheel.signals import FeedbackRecord, InteractionRecord, SignalConfig, Signals, derive
-from store.eventstore import StoredEvent
 
+CHECKPOINT = "signals"
 _COLUMNS = (
     "signal_id, kind, prompt_key, rule, rule_version, interaction_id, app_id, model_version, prompt_version,"
     " consent, disagreement, status, data"
 )
 
 
-def _referenced(e: StoredEvent) -> tuple[str, ...]:
-    p = e.data["payload"]
-    if e.type == "comparison":
-        return (p["chosen_interaction_id"], p["rejected_interaction_id"])
-    if e.type == "regenerate":
-        return (e.data["interaction_id"], p["new_interaction_id"])
-    return (e.data["interaction_id"],)
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One projector run: the log range (after, upto] it applied and the prompt groups it re-derived."""
+
+    after: int
+    upto: int
+    groups: int
+    rows: int
 
 
-async def _touched_groups(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredEvent]) -> list[str]:
-    """Prompt groups whose signals may have changed: those that got feedback, or a second response."""
-    judged = sorted({i for e in events if e.type != "interaction" for i in _referenced(e)})
-    new = sorted({e.data["interaction_id"] for e in events if e.type == "interaction"})
+async def touched_groups(cur: psycopg.AsyncCursor[Any], after: int, upto: int) -> list[str]:
+    """Prompt groups whose signals events in (after, upto] may have changed: the groups of every
+    interaction judged there, and groups that got a second response there."""
     await cur.execute(
         """
-        SELECT DISTINCT prompt_key FROM interactions WHERE interaction_id = ANY(%s)
+        SELECT DISTINCT prompt_key FROM interactions WHERE interaction_id IN (
+            SELECT unnest(ARRAY[interaction_id, payload ->> 'chosen_interaction_id',
+                                payload ->> 'rejected_interaction_id', payload ->> 'new_interaction_id'])
+            FROM feedback WHERE position > %(after)s AND position <= %(upto)s)
         UNION
         SELECT prompt_key FROM interactions
-        WHERE prompt_key IN (SELECT prompt_key FROM interactions WHERE interaction_id = ANY(%s))
+        WHERE prompt_key IN (SELECT prompt_key FROM interactions WHERE position > %(after)s AND position <= %(upto)s)
         GROUP BY prompt_key HAVING count(*) > 1
         """,
-        [judged, new],
+        {"after": after, "upto": upto},
     )
     return sorted(row[0] for row in await cur.fetchall())
 
@@ -97,19 +106,51 @@ def rows(key: str, signals: Signals) -> Iterable[tuple[Any, ...]]:
             )
 
 
-async def rederive(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent], config: SignalConfig) -> int:
-    """Replace the signals of every prompt group these (just projected) events touched."""
-    async with conn.cursor() as cur:
-        keys = await _touched_groups(cur, events)
-        if not keys:
-            return 0
-        groups = await _load(cur, keys)
-        await cur.execute("DELETE FROM signals WHERE prompt_key = ANY(%s)", [keys])
-        count = 0
+async def derive_groups(cur: psycopg.AsyncCursor[Any], keys: Sequence[str], config: SignalConfig) -> int:
+    """Replace the signal rows of these prompt groups with a fresh derivation; returns the row count."""
+    count = 0
+    for start in range(0, len(keys), _GROUPS_PER_QUERY):
+        chunk = list(keys[start:start + _GROUPS_PER_QUERY])
+        groups = await _load(cur, chunk)
+        await cur.execute("DELETE FROM signals WHERE prompt_key = ANY(%s)", [chunk])
         async with cur.copy(f"COPY signals ({_COLUMNS}) FROM STDIN") as copy:
-            for key in keys:
+            for key in chunk:
                 interactions, feedback = groups[key]
                 for row in rows(key, derive(interactions, feedback, config)):
                     await copy.write_row(row)
                     count += 1
     return count
+
+
+_GROUPS_PER_QUERY = 2000  # bounds the memory of one load
+
+
+async def catch_up(
+    conn: psycopg.AsyncConnection, config: SignalConfig, *, max_events: int = 50_000, wait: bool = False
+) -> Progress | None:
+    """One projector run over at most max_events of the log past the checkpoint, in one transaction.
+
+    Returns None when another worker's projector holds the checkpoint (unless `wait`): one runs at a
+    time, whichever worker gets there first. The log is safe to follow by position: appends number
+    events under a table lock, so once a position is visible every lower one is too.
+    """
+    async with conn.transaction(), conn.cursor() as cur:
+        await cur.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+                          [CHECKPOINT])
+        await cur.execute(
+            f"SELECT position FROM checkpoints WHERE name = %s FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
+            [CHECKPOINT],
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        after = int(row[0])
+        await cur.execute("SELECT coalesce(max(position), 0) FROM events")
+        head = await cur.fetchone()
+        upto = min(int(head[0]) if head else 0, after + max_events)
+        if upto <= after:
+            return Progress(after, after, 0, 0)
+        keys = await touched_groups(cur, after, upto)
+        count = await derive_groups(cur, keys, config)
+        await cur.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [upto, CHECKPOINT])
+    return Progress(after, upto, len(keys), count)

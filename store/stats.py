@@ -19,6 +19,7 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
     dead = _pairs(conn, "SELECT reason, count(*) FROM dead_letters GROUP BY 1 ORDER BY 1")
     parked = conn.execute("SELECT count(*) FROM parked").fetchone()
     head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()
+    projected = conn.execute("SELECT position FROM checkpoints WHERE name = 'signals'").fetchone()
     read_models = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in READ_MODELS}  # type: ignore[index]
     tracking = [
         {"consumer_group": g, "topic": t, "partition": p, "offset": o}
@@ -31,6 +32,8 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
         "dead_lettered": {"total": sum(dead.values()), "by_reason": dead},
         "parked": int(parked[0]) if parked else 0,
         "read_models": read_models,
+        # log positions the signals projector has still to apply (it runs a moment behind ingest)
+        "signals_behind": (int(head[0]) if head else 0) - (int(projected[0]) if projected else 0),
         "consumers": tracking,
     }
 

@@ -56,6 +56,16 @@ class TrackingRow(SQLModel, table=True):
     )
 
 
+class CheckpointRow(SQLModel, table=True):
+    """How far a log-following projection (e.g. signals) has got: the last position it has applied,
+    updated in the same transaction as the projection's rows."""
+
+    __tablename__ = "checkpoints"
+
+    name: str = Field(primary_key=True)
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
 class DeadLetterRow(SQLModel, table=True):
     """A consumed message the store refused, with its reason; mirrors what went to the dead-letter topic."""
 
@@ -101,7 +111,7 @@ class InteractionView(SQLModel, table=True):
     __tablename__ = "interactions"
 
     interaction_id: str = Field(primary_key=True)
-    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    position: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
     event_id: UUID
     app_id: str = Field(index=True)
     model_version: str = Field(index=True)

@@ -16,6 +16,8 @@ from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
 from store.db import connect
 from store.ingest import DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
+from store.projections import DEFAULT_SIGNALS
+from store.signals import catch_up
 from streams.metrics import Metrics
 
 log = logging.getLogger("flywheel.worker")
@@ -120,5 +122,18 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
             metrics.stored.labels(s.type).inc()
         for d in dead:
             metrics.dead_lettered.labels(d.reason).inc()
+
+    @app.timer(settings.signals_interval)
+    async def derive_signals() -> None:
+        """The signals projector: every worker runs it, one at a time gets the checkpoint. A run takes
+        all that was committed since the last one, so a busy prompt group is derived once a tick."""
+        conn = await open_db()
+        try:
+            run = await catch_up(conn, DEFAULT_SIGNALS, max_events=settings.signals_max_events)
+            if run is not None and run.upto > run.after:
+                metrics.signal_groups.inc(run.groups)
+                metrics.signals_position.set(run.upto)
+        finally:
+            await conn.close()
 
     return app

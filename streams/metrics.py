@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from store.ingest import BatchOutcome
 
@@ -21,6 +21,13 @@ class Metrics:
         self.batch_seconds = Histogram(
             "flywheel_batch_seconds", "Latency of one consumed batch, consume to commit", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+        )
+
+        self.signal_groups = Counter(
+            "flywheel_signal_groups_derived", "Prompt groups re-derived by the signals projector", registry=r
+        )
+        self.signals_position = Gauge(
+            "flywheel_signals_position", "Last event-log position the signals projector applied", registry=r
         )
 
     def observe(self, outcome: BatchOutcome) -> None:
