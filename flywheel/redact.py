@@ -47,9 +47,9 @@ _PHONE = re.compile(
     (?![\w])""",
     re.VERBOSE,
 )
-# Cheap guards: most text holds no PII, and a substring test is ~50x cheaper than the patterns above.
-_SECRET_HINTS = ("sk-", "akia", "asia", "gh", "github_pat_", "xox", "aiza", "eyj", "bearer", "key", "secret",
-                 "token", "passw")
+# Cheap guards: most text holds no PII, and one literal scan is far cheaper than the patterns above.
+# Matched against the lower-cased text, so it finds every start _SECRET can match, in any case.
+_SECRET_HINTS = re.compile(r"sk-|akia|asia|gh[pousr]_|github_pat_|xox|aiza|eyj|bearer|key|secret|token|passw")
 _DIGIT_RUN = re.compile(r"\d[\d \-.()]{5,}\d")
 
 
@@ -77,8 +77,7 @@ class Redactor:
     def __call__(self, text: str) -> str:
         if not text:
             return text
-        lower = text.lower()
-        if any(hint in lower for hint in _SECRET_HINTS):
+        if _SECRET_HINTS.search(text.lower()):
             text = _SECRET.sub(self._tag("SECRET"), text)
         if "@" in text:
             text = _EMAIL.sub(self._tag("EMAIL"), text)
