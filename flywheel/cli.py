@@ -34,12 +34,13 @@ def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
         raise typer.Exit(2) from None
 
 
-def _prepare(settings: Settings, endpoints: Endpoints) -> None:
+def _prepare(settings: Settings, endpoints: Endpoints) -> dict[str, int]:
+    """Schema and topics; returns each topic's partition count."""
     from flywheel.topics import ensure_topics
     from store.db import create_schema
 
     create_schema(endpoints.database_url)
-    ensure_topics(endpoints.kafka_bootstrap, settings)
+    return ensure_topics(endpoints.kafka_bootstrap, settings)
 
 
 def _print(data: Any, as_json: bool, human: str) -> None:
@@ -102,11 +103,11 @@ def worker(loglevel: str = typer.Option("info", help="crit|error|warn|info|debug
 
     settings = _settings()
     endpoints = _endpoints(settings)
-    _prepare(settings, endpoints)
+    partitions = _prepare(settings, endpoints)
     metrics = Metrics()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
-    faust_app = create_app(settings, endpoints, metrics)
+    faust_app = create_app(settings, endpoints, metrics, partitions=partitions.get(settings.feedback_topic))
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 

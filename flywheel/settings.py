@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     # signals_max_events): a longer interval derives each hot prompt group less often, signals lag more.
     signals_interval: float = 1.0
     signals_max_events: int = 50_000
+    signals_max_share: float = 0.25  # of a worker's time; a long run delays the next one accordingly
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0
     metrics_port: int = 0

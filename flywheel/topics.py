@@ -11,7 +11,8 @@ from kafka.errors import TopicAlreadyExistsError
 from flywheel.settings import Settings
 
 
-def ensure_topics(bootstrap: str, settings: Settings) -> None:
+def ensure_topics(bootstrap: str, settings: Settings) -> dict[str, int]:
+    """Create the missing topics; returns every topic's partition count as the broker reports it."""
     wanted = {
         settings.feedback_topic: settings.partitions,
         settings.deadletter_topic: 1,
@@ -23,5 +24,6 @@ def ensure_topics(bootstrap: str, settings: Settings) -> None:
         for name in missing:
             with suppress(TopicAlreadyExistsError):  # another process created it between list and create
                 admin.create_topics([NewTopic(name, num_partitions=wanted[name], replication_factor=1)])
+        return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
     finally:
         admin.close()

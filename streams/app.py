@@ -23,8 +23,12 @@ from streams.metrics import Metrics
 log = logging.getLogger("flywheel.worker")
 
 
-def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None = None) -> faust.App:
-    """A Faust app whose consumer group is settings.consumer_group: start more of them to scale out."""
+def create_app(
+    settings: Settings, endpoints: Endpoints, metrics: Metrics | None = None, *, partitions: int | None = None
+) -> faust.App:
+    """A Faust app whose consumer group is settings.consumer_group: start more of them to scale out.
+    `partitions`: the feedback topic's partition count at start-up (the consumer's metadata wins once
+    it has one)."""
     metrics = metrics or Metrics()
     app = faust.App(
         settings.consumer_group,
@@ -107,13 +111,20 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
         finally:
             await conn.close()
 
+    def known_partitions() -> dict[str, int]:
+        # A group member's metadata may not know the topic (None or 0); without any count there is no
+        # topic watermark and event time waits (a partial min() over the partitions read so far would
+        # let feedback expire while its interaction sits unread on another partition).
+        count = app.consumer.topic_partitions(settings.feedback_topic) or partitions
+        return {settings.feedback_topic: count} if count else {}
+
     @app.timer(settings.sweep_interval)
     async def sweep_parked() -> None:
         conn = await open_db()
         try:
             released, dead = await expire_parked(
                 conn, consumer_group=settings.consumer_group, grace_seconds=settings.grace_seconds,
-                partitions={settings.feedback_topic: app.consumer.topic_partitions(settings.feedback_topic) or 0},
+                partitions=known_partitions(),
                 caught_up=await caught_up(), publish=publish,
             )
         finally:
@@ -123,17 +134,26 @@ def create_app(settings: Settings, endpoints: Endpoints, metrics: Metrics | None
         for d in dead:
             metrics.dead_lettered.labels(d.reason).inc()
 
+    projector: dict[str, float] = {"next_run": 0.0}
+
     @app.timer(settings.signals_interval)
     async def derive_signals() -> None:
         """The signals projector: every worker runs it, one at a time gets the checkpoint. A run takes
-        all that was committed since the last one, so a busy prompt group is derived once a tick."""
+        all that was committed since the last one, so a busy prompt group is derived once a run; after
+        a long run it waits longer, so it never takes more than signals_max_share of the worker and a
+        backlog is derived in larger, cheaper runs."""
+        if time.monotonic() < projector["next_run"]:
+            return
+        started = time.monotonic()
         conn = await open_db()
         try:
             run = await catch_up(conn, DEFAULT_SIGNALS, max_events=settings.signals_max_events)
-            if run is not None and run.upto > run.after:
-                metrics.signal_groups.inc(run.groups)
-                metrics.signals_position.set(run.upto)
         finally:
             await conn.close()
+        took = time.monotonic() - started
+        projector["next_run"] = started + took / settings.signals_max_share
+        if run is not None and run.upto > run.after:
+            metrics.signal_groups.inc(run.groups)
+            metrics.signals_position.set(run.upto)
 
     return app
