@@ -307,6 +307,143 @@ def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scrat
     raise typer.Exit(asyncio.run(run()))
 
 
+# ---- hard cases, generation, selection ----
+
+
+def _in_store(work: Callable[[Any], Any]) -> Any:
+    """Run an async unit of work on one store connection."""
+    from store.db import connect, create_schema
+
+    endpoints = _endpoints(_settings())
+    create_schema(endpoints.database_url)
+
+    async def run() -> Any:
+        conn = await connect(endpoints.database_url, autocommit=True)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+@app.command()
+def sample(
+    budget: int = typer.Option(100, help="How many hard cases at most."),
+    seed: int = typer.Option(0, help="Breaks ties between equal scores (with the watermark)."),
+    watermark: int = typer.Option(None, help="Event-log position to sample at (default: as far as signals go)."),
+    max_cluster_share: float = typer.Option(0.05, help="Largest share of the budget one near-duplicate cluster gets."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Choose hard cases from the read models and record them as a HardCasesSampled event."""
+    from flywheel.generation import sample_hard_cases
+    from sampling.hardcases import SamplerConfig
+
+    config = SamplerConfig(budget=budget, seed=seed, max_cluster_share=max_cluster_share)
+    out = _in_store(lambda conn: sample_hard_cases(conn, config, watermark=watermark))
+    r = out.result
+    data = {"sample_id": out.sample_id, "new": out.new, "watermark": r.watermark, "chosen": len(r.chosen),
+            "clusters": r.clusters, "excluded": r.excluded_counts, "config_version": r.config_version,
+            "cases": [{"prompt_key": c.prompt_key, "app_id": c.app_id, "model_version": c.model_version,
+                       "cluster_id": c.cluster_id, "score": round(c.score.total, 4)} for c in r.chosen]}
+    human = [f"sample {out.sample_id} at watermark {r.watermark}{'' if out.new else ' (already recorded)'}",
+             f"chosen {len(r.chosen)} of budget {budget} from {r.clusters} near-duplicate clusters",
+             "excluded " + ", ".join(f"{k} {v}" for k, v in r.excluded_counts.items())]
+    _print(data, as_json, "\n".join(human))
+
+
+def _generator(settings: Settings) -> Any:
+    from sampling.generation import OpenAIServerGenerator, VLLMGenerator
+
+    if settings.generator_url:
+        return OpenAIServerGenerator(settings.generator_url, settings.generator_model,
+                                     settings.generator_model_version)
+    if not settings.generator_model:
+        typer.echo("error: set FLYWHEEL_GENERATOR_MODEL (a local model directory) or FLYWHEEL_GENERATOR_URL "
+                   "(an OpenAI-compatible vLLM server)", err=True)
+        raise typer.Exit(2)
+    return VLLMGenerator(settings.generator_model, settings.generator_model_version)
+
+
+@app.command()
+def generate(
+    n: int = typer.Option(4, "-n", help="Candidates per prompt (one request with n, not n requests)."),
+    temperature: float = typer.Option(1.0),
+    top_p: float = typer.Option(1.0),
+    max_tokens: int = typer.Option(128),
+    seed: int = typer.Option(0),
+    sample_id: str = typer.Option(None, "--sample", help="A HardCasesSampled event id (default: the newest)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Generate a candidate group for every hard case of a sample, with vLLM; each group is an event."""
+    from flywheel.generation import generate_candidates
+    from sampling.generation import SamplingSpec
+
+    settings = _settings()
+    spec = SamplingSpec(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    generator = _generator(settings)
+    generator.load()
+    try:
+        with typer.progressbar(length=1, label="generating", file=sys.stderr) as bar:
+            def advance(k: int) -> None:
+                bar.length = max(bar.length or 0, bar.pos + k)
+                bar.update(k)
+
+            out = _in_store(lambda conn: generate_candidates(conn, generator, spec, sample_id=sample_id,
+                                                             progress=advance))
+    finally:
+        generator.unload()
+    data = {"sample_id": out.sample_id, "prompts": out.prompts, "groups_new": out.groups_new,
+            "candidates": out.candidates, "completion_tokens": out.completion_tokens}
+    _print(data, as_json, f"sample {out.sample_id}: {out.groups_new} new candidate groups for {out.prompts} hard "
+                          f"cases, {out.candidates} candidates, {out.completion_tokens} completion tokens")
+
+
+def _scorers(settings: Settings, *, verify_json: bool) -> list[Any]:
+    from sampling.verifiers import JsonFormatVerifier
+
+    scorers: list[Any] = []
+    if settings.reward_model:
+        from sampling.scorers_rm import RewardModelScorer
+
+        scorers.append(RewardModelScorer(settings.reward_model))
+    if verify_json:
+        scorers.append(JsonFormatVerifier())
+    if not scorers:
+        typer.echo("error: no scorer: set FLYWHEEL_REWARD_MODEL or pass --verify-json", err=True)
+        raise typer.Exit(2)
+    return scorers
+
+
+@app.command("select")
+def select_cmd(
+    min_margin: float = typer.Option(0.2, help="Smallest best-vs-worst margin that makes a DPO pair."),
+    sft_threshold: float = typer.Option(0.8, help="Smallest best-of-n score that makes an SFT sample."),
+    verify_json: bool = typer.Option(False, "--verify-json", help="Also score with the JSON format verifier."),
+    sample_id: str = typer.Option(None, "--sample", help="Only groups of this sample."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Score unselected candidate groups; RSFT best-of-n and best-vs-worst pairs, recorded as events."""
+    from flywheel.generation import select_candidates
+    from sampling.selection import SelectionConfig
+
+    settings = _settings()
+    config = SelectionConfig(sft_threshold=sft_threshold, min_margin=min_margin,
+                             length_guard_margin=max(min_margin, 0.4))
+    scorers = _scorers(settings, verify_json=verify_json)
+    with typer.progressbar(length=1, label="selecting", file=sys.stderr) as bar:
+        def advance(k: int) -> None:
+            bar.length = max(bar.length or 0, bar.pos + k)
+            bar.update(k)
+
+        out = _in_store(lambda conn: select_candidates(conn, scorers, config, sample_id=sample_id,
+                                                       progress=advance))
+    data = {"groups": out.groups, "sft_samples": out.sft_samples, "pairs": out.pairs, "reasons": out.reasons,
+            "length_bias": out.length_bias}
+    _print(data, as_json, f"{out.groups} groups: {out.sft_samples} SFT samples, {out.pairs} DPO pairs; "
+                          f"not selected: {out.reasons or 'none'}")
+
+
 def main() -> None:
     app()
 

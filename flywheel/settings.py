@@ -45,6 +45,11 @@ class Settings(BaseSettings):
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0
     metrics_port: int = 0
+    # Generation: a local model directory for in-process vLLM, or the URL of an OpenAI-compatible vLLM server.
+    generator_model: str = ""
+    generator_url: str = ""
+    generator_model_version: str = "local"
+    reward_model: str = ""  # a sequence-classification model directory for the reward-model scorer
     audit_cron: str = "30 2 * * *"
 
     @property

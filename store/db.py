@@ -40,8 +40,10 @@ def create_schema(url: str) -> None:
         eng.dispose()
 
 
-async def connect(url: str) -> psycopg.AsyncConnection:
-    conn = await psycopg.AsyncConnection.connect(libpq_url(url))
+async def connect(url: str, *, autocommit: bool = False) -> psycopg.AsyncConnection:
+    """autocommit=True for units of work that own their transactions (`async with conn.transaction()`)
+    and read outside them; otherwise the first read opens a transaction that the blocks only nest in."""
+    conn = await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=autocommit)
     set_json_loads(orjson.loads, conn)  # jsonb read back (signal groups, sweeps): orjson is ~5x stdlib json
     return conn
 

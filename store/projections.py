@@ -16,6 +16,7 @@ import orjson
 import psycopg
 
 from flywheel.signals import SignalConfig, prompt_key
+from store.candidates import CANDIDATES_GENERATED, CANDIDATES_SELECTED, project_candidates
 from store.eventstore import StoredEvent, head, read
 from store.signals import CHECKPOINT, derive_groups, touched_groups
 from store.tables import READ_MODELS
@@ -45,7 +46,12 @@ def _counter(e: StoredEvent) -> str:
 
 
 async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
-    """Apply events (in position order) to interactions and feedback, inside the caller's transaction."""
+    """Apply events (in position order) to interactions, feedback and candidate_groups, inside the caller's
+    transaction (signals follow later: store.signals.catch_up)."""
+    generated = [e for e in events if e.type in (CANDIDATES_GENERATED, CANDIDATES_SELECTED)]
+    if generated:
+        async with conn.cursor() as cur:
+            await project_candidates(cur, generated)
     interactions = [e for e in events if e.type == "interaction"]
     feedback = [e for e in events if e.type != "interaction" and "payload" in e.data and "user" in e.data]
     async with conn.cursor() as cur:

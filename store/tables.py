@@ -171,4 +171,27 @@ class SignalView(SQLModel, table=True):
     data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
 
 
-READ_MODELS = ("interactions", "feedback", "signals")
+class CandidateGroupView(SQLModel, table=True):
+    """One generated candidate group (a CandidatesGenerated event) and, once made, its selection
+    (the CandidatesSelected event about it): scores, the RSFT sample, the DPO pair, and why not."""
+
+    __tablename__ = "candidate_groups"
+
+    group_id: UUID = Field(primary_key=True)  # the CandidatesGenerated event's id
+    position: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    sample_id: UUID | None = Field(default=None, index=True)  # the HardCasesSampled event it came from
+    prompt_key: str = Field(index=True)
+    model_version: str
+    generator: str
+    prompt: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    candidates: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
+    sampling: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    selected_position: int | None = Field(default=None, sa_column=Column(BigInteger))
+    scores: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONB))
+    sft: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    pair: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
+    margin: float | None = None
+    reasons: list[str] | None = Field(default=None, sa_column=Column(ARRAY(Text)))
+
+
+READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups")

@@ -172,7 +172,7 @@ def test_check_notices_a_tampered_read_model(endpoints: Endpoints) -> None:
             await conn.close()
 
     drifts = {d.table: (d.missing, d.extra) for d in asyncio.run(run())}
-    assert drifts == {"interactions": (1, 1), "feedback": (0, 0), "signals": (0, 0)}
+    assert drifts == {"interactions": (1, 1), "feedback": (0, 0), "signals": (0, 0), "candidate_groups": (0, 0)}
 
 
 def test_a_stalled_partition_holds_the_grace_period_back(endpoints: Endpoints) -> None:

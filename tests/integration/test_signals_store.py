@@ -90,7 +90,7 @@ def test_streaming_signals_equal_a_replay_of_the_log(
     values = [m.value for m in generate(1200, seed=seed) if m.expected_reason is None]
     ingest_all(url, values, sizes, project_every)
 
-    assert drift(url) == {"interactions": (0, 0), "feedback": (0, 0), "signals": (0, 0)}
+    assert drift(url) == {"interactions": (0, 0), "feedback": (0, 0), "signals": (0, 0), "candidate_groups": (0, 0)}
     kinds = {row[0] for row in signals(url)}
     assert {"pair", "kto", "sft", "hard_case"} <= kinds
     # and the rows are a pure function of the log: a different batching gives byte-identical signals
@@ -121,7 +121,7 @@ def test_signals_follow_the_log_from_a_checkpoint(endpoints: Endpoints) -> None:
 
     assert signals(url) == []
     # check() leaves out the groups the projector has still to derive
-    assert drift(url) == {"interactions": (0, 0), "feedback": (0, 0), "signals": (0, 0)}
+    assert drift(url) == {"interactions": (0, 0), "feedback": (0, 0), "signals": (0, 0), "candidate_groups": (0, 0)}
     with connect_sync(url) as holder:  # another worker's projector holds the checkpoint ...
         holder.execute("INSERT INTO checkpoints VALUES ('signals', 0)")
         holder.commit()
@@ -130,7 +130,7 @@ def test_signals_follow_the_log_from_a_checkpoint(endpoints: Endpoints) -> None:
     run = asyncio.run(project())
     assert (run.after, run.upto, run.groups) == (0, 2, 1)
     assert {row[0] for row in signals(url)} >= {"pair", "sft"}
-    assert drift(url) == {"interactions": (0, 0), "feedback": (0, 0), "signals": (0, 0)}
+    assert drift(url) == {"interactions": (0, 0), "feedback": (0, 0), "signals": (0, 0), "candidate_groups": (0, 0)}
     assert asyncio.run(project()).upto == 2  # nothing new: the checkpoint stays
     with connect_sync(url) as conn:
         conn.execute("DELETE FROM signals WHERE kind = 'sft'")  # and a caught-up projector is checked in full

@@ -1,0 +1,87 @@
+"""Hard cases sampled from real read models, candidate groups and their selection in the log (real Postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from flywheel.endpoints import Endpoints
+from flywheel.generation import sample_hard_cases, select_candidates
+from flywheel.simulate import generate
+from sampling.generation import Candidate, CandidateGroup, SamplingSpec
+from sampling.hardcases import SamplerConfig
+from sampling.selection import SelectionConfig
+from sampling.verifiers import JsonFormatVerifier
+from store.candidates import generated_event, record
+from store.db import connect, connect_sync
+from store.projections import check
+from tests.integration.test_signals_store import ingest_all
+
+pytestmark = pytest.mark.integration
+
+
+def run(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        conn = await connect(url, autocommit=True)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with connect_sync(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest_all(url, [m.value for m in generate(1500, seed=3) if m.expected_reason is None], [500])
+    config = SamplerConfig(budget=12, seed=1, max_cluster_share=0.25)
+
+    first = run(url, lambda conn: sample_hard_cases(conn, config))
+    assert first.new and 0 < len(first.result.chosen) <= 12
+    again = run(url, lambda conn: sample_hard_cases(conn, config))
+    assert (again.sample_id, again.new) == (first.sample_id, False)  # same config, seed, watermark: one event
+    assert [c.prompt_key for c in again.result.chosen] == [c.prompt_key for c in first.result.chosen]
+    # every chosen prompt really drew objections inside the watermark, and every user consented
+    keys = [c.prompt_key for c in first.result.chosen]
+    rows = query(url, "SELECT DISTINCT i.prompt_key FROM interactions i JOIN feedback f USING (interaction_id)"
+                      " WHERE i.prompt_key = ANY(%s) AND (f.type IN ('regenerate', 'edit')"
+                      " OR f.payload ->> 'value' = 'down' OR f.type IN ('rating', 'comparison'))", [keys])
+    assert {r[0] for r in rows} == set(keys)
+    assert query(url, "SELECT count(*) FROM interactions WHERE prompt_key = ANY(%s) AND NOT consent_training",
+                 [keys]) == [(0,)]
+    [(payload,)] = query(url, "SELECT data -> 'payload' FROM events WHERE event_id = %s::uuid", [first.sample_id])
+    assert payload["watermark"] == first.result.watermark and len(payload["chosen"]) == len(keys)
+    assert all(c["messages"] for c in payload["chosen"])
+
+    # Two candidate groups as a generator would return them: one with a clear winner, one all-equal.
+    spec = SamplingSpec(n=3, seed=7)
+    texts = [['{"answer": 42}', "forty-two, I think", "{broken"], ["same", "same", "same"]]
+    groups = [CandidateGroup(prompt=tuple(c["messages"]), candidates=tuple(
+        Candidate(text=t, token_count=len(t.split()), cumulative_logprob=None, finish_reason="stop") for t in ts),
+        spec=spec, seed=spec.prompt_seed(i), model_version="m-test", prompt_tokens=10, generator="vllm")
+        for i, (c, ts) in enumerate(zip(payload["chosen"], texts, strict=False))]
+    events = [generated_event(first.sample_id, c["prompt_key"], g.to_event_payload())
+              for c, g in zip(payload["chosen"], groups, strict=False)]
+    assert len(run(url, lambda conn: record(conn, events))) == 2
+    assert run(url, lambda conn: record(conn, events)) == []  # a re-run appends nothing
+
+    selection = SelectionConfig(sft_threshold=1.0, min_margin=0.5, length_guard_margin=0.5)
+    out = run(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection))
+    assert (out.groups, out.sft_samples, out.pairs) == (2, 1, 1)
+    assert out.reasons == {"tie": 1, "below_sft_threshold": 1}  # "same" x3 is not JSON: all score 0
+    rows = query(url, "SELECT pair ->> 'chosen', pair ->> 'rejected', margin, reasons FROM candidate_groups"
+                      " WHERE selected_position IS NOT NULL ORDER BY position")
+    # among the equally bad, the longer one is the rejected (the tie-break leans against length bias)
+    assert rows[0][:3] == ('{"answer": 42}', "forty-two, I think", 1.0) and "tie" in rows[1][3]
+    assert run(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection)).groups == 0
+
+    drifts = {d.table: (d.missing, d.extra) for d in run(url, check)}
+    assert drifts["candidate_groups"] == (0, 0) and all(v == (0, 0) for v in drifts.values())
