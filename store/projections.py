@@ -18,6 +18,7 @@ import psycopg
 from flywheel.signals import SignalConfig, prompt_key
 from store.candidates import CANDIDATES_GENERATED, CANDIDATES_SELECTED, project_candidates
 from store.eventstore import StoredEvent, head, read
+from store.rounds import ROUND_EVENTS, project_rounds
 from store.signals import CHECKPOINT, derive_groups, touched_groups
 from store.tables import READ_MODELS
 
@@ -49,9 +50,11 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
     """Apply events (in position order) to interactions, feedback and candidate_groups, inside the caller's
     transaction (signals follow later: store.signals.catch_up)."""
     generated = [e for e in events if e.type in (CANDIDATES_GENERATED, CANDIDATES_SELECTED)]
-    if generated:
+    rounds = [e for e in events if e.type in ROUND_EVENTS]
+    if generated or rounds:
         async with conn.cursor() as cur:
             await project_candidates(cur, generated)
+            await project_rounds(cur, rounds)
     interactions = [e for e in events if e.type == "interaction"]
     feedback = [e for e in events if e.type != "interaction" and "payload" in e.data and "user" in e.data]
     async with conn.cursor() as cur:

@@ -55,15 +55,17 @@ async def touched_groups(cur: psycopg.AsyncCursor[Any], after: int, upto: int) -
     return sorted(row[0] for row in await cur.fetchall())
 
 
-async def _load(
-    cur: psycopg.AsyncCursor[Any], keys: list[str]
+async def load_groups(
+    cur: psycopg.AsyncCursor[Any], keys: list[str], upto: int | None = None
 ) -> dict[str, tuple[list[InteractionRecord], list[FeedbackRecord]]]:
+    """The interactions and feedback of these prompt groups (only events at or before `upto`, when given)."""
+    upto = 2**62 if upto is None else upto
     groups: dict[str, tuple[list[InteractionRecord], list[FeedbackRecord]]] = defaultdict(lambda: ([], []))
     await cur.execute(
         "SELECT prompt_key, interaction_id, event_id::text, position, app_id, model_version, prompt_version,"
         " user_id_hash, consent_training, occurred_at, messages, response, tags"
-        " FROM interactions WHERE prompt_key = ANY(%s)",
-        [keys],
+        " FROM interactions WHERE prompt_key = ANY(%s) AND position <= %s",
+        [keys, upto],
     )
     for key, iid, eid, pos, app, model, prompt, user, consent, at, messages, response, tags in await cur.fetchall():
         groups[key][0].append(InteractionRecord(
@@ -74,8 +76,9 @@ async def _load(
     await cur.execute(
         "SELECT i.prompt_key, f.event_id::text, f.position, f.type, f.interaction_id, f.user_id_hash,"
         " f.consent_training, f.occurred_at, f.payload"
-        " FROM feedback f JOIN interactions i USING (interaction_id) WHERE i.prompt_key = ANY(%s)",
-        [keys],
+        " FROM feedback f JOIN interactions i USING (interaction_id)"
+        " WHERE i.prompt_key = ANY(%s) AND f.position <= %s AND i.position <= %s",
+        [keys, upto, upto],
     )
     for key, eid, pos, kind, iid, user, consent, at, payload in await cur.fetchall():
         groups[key][1].append(FeedbackRecord(
@@ -111,7 +114,7 @@ async def derive_groups(cur: psycopg.AsyncCursor[Any], keys: Sequence[str], conf
     count = 0
     for start in range(0, len(keys), _GROUPS_PER_QUERY):
         chunk = list(keys[start:start + _GROUPS_PER_QUERY])
-        groups = await _load(cur, chunk)
+        groups = await load_groups(cur, chunk)
         await cur.execute("DELETE FROM signals WHERE prompt_key = ANY(%s)", [chunk])
         async with cur.copy(f"COPY signals ({_COLUMNS}) FROM STDIN") as copy:
             for key in chunk:

@@ -194,4 +194,49 @@ class CandidateGroupView(SQLModel, table=True):
     reasons: list[str] | None = Field(default=None, sa_column=Column(ARRAY(Text)))
 
 
-READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups")
+class RoundView(SQLModel, table=True):
+    """Published rounds and what happened to them since (RoundPublished / RoundRolledBack / RoundRestored /
+    RoundConsumed events). The `current` round is the newest one not rolled back."""
+
+    __tablename__ = "rounds"
+
+    number: int = Field(primary_key=True)
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    path: str
+    content_hash: str
+    watermark: int = Field(sa_column=Column(BigInteger, nullable=False))
+    parent: int | None = None
+    quarantine_version: str
+    summary: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))  # counts per kind and split
+    rolled_back: bool = False
+    rollback_reason: str | None = None
+    rolled_back_position: int | None = Field(default=None, sa_column=Column(BigInteger))
+    consumed_by: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
+
+
+class QuarantineItemView(SQLModel, table=True):
+    """Benchmark / eval items no round may contain (QuarantineItemsAdded events)."""
+
+    __tablename__ = "quarantine_items"
+
+    item_id: str = Field(primary_key=True)
+    list_name: str = Field(index=True)
+    prompt: str
+    answer: str
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class QuarantineSliceView(SQLModel, table=True):
+    """Slices of events excluded from every later build by a rollback (undone by a restore)."""
+
+    __tablename__ = "quarantine_slices"
+
+    round_number: int = Field(primary_key=True)
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    filters: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    reason: str
+    active: bool = True
+
+
+READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups", "rounds", "quarantine_items",
+               "quarantine_slices")
