@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -442,6 +443,221 @@ def select_cmd(
             "length_bias": out.length_bias}
     _print(data, as_json, f"{out.groups} groups: {out.sft_samples} SFT samples, {out.pairs} DPO pairs; "
                           f"not selected: {out.reasons or 'none'}")
+
+
+# ---- quarantine and rounds (on-call) ----
+
+quarantine_app = typer.Typer(help="Benchmark and eval items no round may contain.", no_args_is_help=True)
+rounds_app = typer.Typer(help="Round-tagged datasets: build, inspect, roll back.", no_args_is_help=True)
+app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(rounds_app, name="rounds")
+
+
+def _read_items(path: Path) -> list[tuple[str, str]]:
+    items = []
+    for n, line in enumerate(path.read_bytes().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str) \
+                or not isinstance(obj.get("answer", ""), str) or not obj["prompt"].strip():
+            raise ValueError(f"{path}:{n}: need an object with a non-empty string 'prompt' and a string 'answer'")
+        items.append((obj["prompt"], obj.get("answer", "")))
+    if not items:
+        raise ValueError(f"{path}: no items")
+    return items
+
+
+@quarantine_app.command("add")
+def quarantine_add(
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: {prompt, answer} per line."),
+    name: str = typer.Option(..., "--name", help="The list's name, e.g. the benchmark."),
+) -> None:
+    """Add benchmark/eval items to the quarantine list (an event; every later round is checked against it)."""
+    from store.rounds import quarantine_added, record
+
+    try:
+        items = _read_items(file)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    stored = _in_store(lambda conn: record(conn, [quarantine_added(name, items)]))
+    typer.echo(f"{len(items)} items {'added to' if stored else 'already in'} quarantine list {name!r}")
+
+
+@quarantine_app.command("list")
+def quarantine_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Quarantine lists, their item counts, the version rounds record, and active rollback slices."""
+    from store.rounds import quarantine
+
+    version, items, slices = _in_store(quarantine)
+    lists: dict[str, int] = {}
+    for _, list_name, _, _ in items:
+        lists[list_name] = lists.get(list_name, 0) + 1
+    data = {"version": version, "lists": lists, "slices": slices}
+    human = [f"quarantine version {version}"] + [f"  {k:<24} {v:>7} items" for k, v in sorted(lists.items())]
+    human += [f"  slice from rollback of round {sl['round']}: "
+              + ", ".join(f"{k}={v}" for k, v in sl.items() if k != "round") for sl in slices]
+    _print(data, as_json, "\n".join(human))
+
+
+@quarantine_app.command("show")
+def quarantine_show(name: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """The items of one quarantine list."""
+    from store.rounds import quarantine
+
+    _, items, _ = _in_store(quarantine)
+    rows = [{"item_id": i, "prompt": p, "answer": a} for i, n, p, a in items if n == name]
+    if not rows:
+        typer.echo(f"error: no quarantine list {name!r}", err=True)
+        raise typer.Exit(1)
+    _print(rows, as_json, "\n".join(f"{r['item_id']}  {r['prompt'][:60]!r} -> {r['answer'][:30]!r}" for r in rows))
+
+
+def _announcer(settings: Settings) -> Callable[[dict[str, Any]], None]:
+    endpoints = _endpoints(settings)
+
+    def announce(message: dict[str, Any]) -> None:
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all", enable_idempotence=False)
+        try:
+            producer.send(settings.rounds_topic, value=json.dumps(message, sort_keys=True).encode()).get(timeout=30)
+        finally:
+            producer.close()
+
+    return announce
+
+
+def _describe_round(r: dict[str, Any]) -> str:
+    state = f"ROLLED BACK ({r['rollback_reason']})" if r["rolled_back"] else "published"
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(r["summary"].get("rows", {}).items()))
+    return (f"round {r['number']:>4}  {state}  watermark {r['watermark']}  parent {r['parent']}  "
+            f"hash {r['content_hash'][:12]}  {counts}\n            {r['path']}"
+            + (f"\n            consumed by {', '.join(r['consumed_by'])}" if r["consumed_by"] else ""))
+
+
+@rounds_app.command("list")
+def rounds_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every round, newest last, with its state (run history of the nightly build)."""
+    from store.rounds import rounds
+
+    rows = _in_store(rounds)
+    _print(rows, as_json, "\n".join(_describe_round(r) for r in rows) or "no rounds yet")
+
+
+@rounds_app.command("show")
+def rounds_show(number: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """One round and its manifest."""
+    from store.rounds import round_by_number
+
+    r = _in_store(lambda conn: round_by_number(conn, number))
+    if r is None:
+        typer.echo(f"error: no round {number}", err=True)
+        raise typer.Exit(1)
+    manifest_path = Path(r["path"]) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    _print({**r, "manifest": manifest}, as_json,
+           _describe_round(r) + ("" if manifest else "\n            (manifest file missing)"))
+
+
+@rounds_app.command("diff")
+def rounds_diff(a: int = typer.Argument(...), b: int = typer.Argument(...),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """What changed between two rounds: rows per kind and split, sources, gate removals."""
+    from store.rounds import round_by_number
+
+    found = _in_store(lambda conn: asyncio.gather(round_by_number(conn, a), round_by_number(conn, b)))
+    missing = [n for n, r in zip((a, b), found, strict=True) if r is None]
+    if missing:
+        typer.echo(f"error: no round {missing[0]}", err=True)
+        raise typer.Exit(1)
+    diff = _summary_diff(found[0]["summary"], found[1]["summary"])
+    _print({"a": a, "b": b, "changes": diff}, as_json,
+           "\n".join(f"{k:<40} {va!s:>10} -> {vb!s:<10}" for k, (va, vb) in diff.items()) or "no differences")
+
+
+def _summary_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.update(_summary_diff(va, vb, f"{prefix}{key}."))
+        elif va != vb:
+            out[f"{prefix}{key}"] = (va, vb)
+    return out
+
+
+@rounds_app.command("current")
+def rounds_current() -> None:
+    """The current round's directory (the newest one not rolled back)."""
+    from store.rounds import current_round
+
+    r = _in_store(current_round)
+    if r is None:
+        typer.echo("error: no current round", err=True)
+        raise typer.Exit(1)
+    typer.echo(r["path"])
+
+
+@rounds_app.command("rollback")
+def rounds_rollback(
+    number: int = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason", help="Why: goes into the log and the marker file."),
+    quarantine_slice: list[str] = typer.Option(
+        [], "--quarantine", help="Exclude this slice from every later build: app_id=, model_version=, "
+                                 "prompt_version=, since=, until= (repeat to combine)."),
+) -> None:
+    """Roll a round back: RoundRolledBack event, `current` moves to the newest good round, announced."""
+    from flywheel.oncall import parse_slice, rollback
+
+    settings = _settings()
+    try:
+        filters = parse_slice(quarantine_slice)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        out = _in_store(lambda conn: rollback(conn, settings.rounds_root, number, reason=reason,
+                                              quarantine=filters, announce=_announcer(settings)))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"round {number} {'rolled back' if out.changed else 'was already rolled back'}; "
+               f"current round: {out.current if out.current is not None else 'none'}")
+
+
+@rounds_app.command("restore")
+def rounds_restore(number: int = typer.Argument(...)) -> None:
+    """Undo a rollback."""
+    from flywheel.oncall import restore
+
+    settings = _settings()
+    try:
+        out = _in_store(lambda conn: restore(conn, settings.rounds_root, number, announce=_announcer(settings)))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"round {number} {'restored' if out.changed else 'was not rolled back'}; "
+               f"current round: {out.current if out.current is not None else 'none'}")
+
+
+@rounds_app.command("consume")
+def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..., "--run", help="Training run id.")
+                   ) -> None:
+    """Record that a training run used a round (its training-consumption manifest)."""
+    from flywheel.oncall import consume
+
+    settings = _settings()
+    try:
+        new = _in_store(lambda conn: consume(conn, settings.rounds_root, number, run))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"round {number}: run {run} {'recorded' if new else 'was already recorded'}")
 
 
 def main() -> None:

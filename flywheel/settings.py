@@ -51,7 +51,13 @@ class Settings(BaseSettings):
     generator_model_version: str = "local"
     reward_model: str = ""  # a sequence-classification model directory for the reward-model scorer
     audit_cron: str = "30 2 * * *"
+    rounds_dir: str = ""
 
     @property
     def stack_dir(self) -> Path:
         return self.home / "stack"
+
+    @property
+    def rounds_root(self) -> Path:
+        """Where round directories and the `current` pointer live (FLYWHEEL_ROUNDS_DIR, default home/rounds)."""
+        return Path(self.rounds_dir) if self.rounds_dir else self.home / "rounds"
