@@ -78,7 +78,7 @@ async def generate_candidates(
         cases = todo[start:start + batch]
         groups = generator.generate([c["messages"] for c in cases], spec)
         payloads = [g.to_event_payload() for g in groups]
-        stored = await record(conn, [generated_event(sampled.event_id, c["prompt_key"], p)
+        stored = await record(conn, [generated_event(sampled.event_id, c, p)
                                      for c, p in zip(cases, payloads, strict=True)])
         new += len(stored)
         candidates += sum(len(p["candidates"]) for p in payloads)

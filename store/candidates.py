@@ -29,12 +29,14 @@ def group_id(sample_id: str, key: str, payload: dict[str, Any]) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{CANDIDATES_GENERATED}:{sample_id}:{key}:{what}"))
 
 
-def generated_event(sample_id: str, key: str, payload: dict[str, Any]) -> NewEvent:
-    """The CandidatesGenerated event of one group of the hard case `key` (a prompt_key); payload:
-    sampling.generation.CandidateGroup.to_event_payload()."""
+def generated_event(sample_id: str, case: dict[str, Any], payload: dict[str, Any]) -> NewEvent:
+    """The CandidatesGenerated event of one group for a sampled hard case (its prompt_key, app_id, tags);
+    payload: sampling.generation.CandidateGroup.to_event_payload()."""
+    key = case["prompt_key"]
     event_id, at = group_id(sample_id, key, payload), _now()
     data = {"event_id": event_id, "type": CANDIDATES_GENERATED, "schema_version": 1, "occurred_at": at,
-            "sample_id": sample_id, "prompt_key": key, "payload": payload}
+            "sample_id": sample_id, "prompt_key": key, "app_id": case.get("app_id"),
+            "tags": list(case.get("tags") or ()), "payload": payload}
     return NewEvent(event_id=event_id, type=CANDIDATES_GENERATED, occurred_at=at, data=data)
 
 
@@ -64,8 +66,9 @@ async def project_candidates(cur: psycopg.AsyncCursor[Any], events: Sequence[Sto
             p = d["payload"]
             await cur.execute(
                 "INSERT INTO candidate_groups (group_id, position, sample_id, prompt_key, model_version, generator,"
-                " prompt, candidates, sampling) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                " app_id, tags, prompt, candidates, sampling) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
                 (d["event_id"], e.position, d["sample_id"], d["prompt_key"], p["model_version"], p["generator"],
+                 d["app_id"], d["tags"],
                  orjson.dumps(p["prompt"]).decode(), orjson.dumps(p["candidates"]).decode(),
                  orjson.dumps({**p["sampling"], "seed": p["seed"], "prompt_tokens": p["prompt_tokens"],
                                "completion_tokens": p["completion_tokens"]}).decode()),
@@ -73,12 +76,8 @@ async def project_candidates(cur: psycopg.AsyncCursor[Any], events: Sequence[Sto
         elif e.type == CANDIDATES_SELECTED:
             p = d["payload"]
             await cur.execute(
-                "UPDATE candidate_groups SET selected_position = %s, scores = %s, sft = %s, pair = %s, margin = %s,"
-                " reasons = %s WHERE group_id = %s",
-                (e.position, orjson.dumps(p["scores"]).decode(),
-                 None if p["sft"] is None else orjson.dumps(p["sft"]).decode(),
-                 None if p["pair"] is None else orjson.dumps(p["pair"]).decode(),
-                 p["margin"], list(p["reasons"]), d["group_id"]),
+                "UPDATE candidate_groups SET selected_position = %s, selection = %s, margin = %s WHERE group_id = %s",
+                (e.position, orjson.dumps(p).decode(), p["margin"], d["group_id"]),
             )
 
 

@@ -50,8 +50,8 @@ async def prompt_candidates(
                 JOIN events e ON e.event_id = src.id::uuid WHERE e.position > %(w)s)
             GROUP BY s.prompt_key
         ), margins AS (
-            SELECT prompt_key, (array_agg(margin ORDER BY position DESC))[1] AS margin
-            FROM candidate_groups WHERE position <= %(w)s AND margin IS NOT NULL GROUP BY prompt_key
+            SELECT prompt_key, (array_agg(margin ORDER BY selected_position DESC))[1] AS margin
+            FROM candidate_groups WHERE selected_position <= %(w)s AND margin IS NOT NULL GROUP BY prompt_key
         ), hard AS (
             SELECT prompt_key FROM judged WHERE thumbs_down + regenerations > 0
             UNION SELECT prompt_key FROM derived UNION SELECT prompt_key FROM margins

@@ -68,14 +68,15 @@ async def stream_rows(
     async with conn.cursor(name="round_candidate_groups") as groups_cur:
         await groups_cur.execute(
             "SELECT g.group_id::text, g.position, e.occurred_at, g.prompt_key, g.model_version, g.generator,"
-            " g.prompt, g.candidates, g.sampling,"
-            " CASE WHEN g.selected_position <= %(w)s THEN jsonb_build_object('scores', g.scores, 'sft', g.sft,"
-            "   'pair', g.pair, 'margin', g.margin, 'reasons', to_jsonb(g.reasons)) END"
+            " g.prompt, g.candidates, g.sampling, CASE WHEN g.selected_position <= %(w)s THEN g.selection END,"
+            " g.sample_id::text, g.app_id, g.tags"
             " FROM candidate_groups g JOIN events e ON e.position = g.position"
             " WHERE g.position <= %(w)s ORDER BY g.position",
             {"w": watermark},
         )
-        async for gid, pos, occurred, key, model, generator, prompt, candidates, sampling, selection in groups_cur:
+        async for (gid, pos, occurred, key, model, generator, prompt, candidates, sampling, selection, sample,
+                   app, tags) in groups_cur:
             yield SourceRow("group", {"group_id": gid, "prompt_key": key, "model_version": model,
                                       "generator": generator, "prompt": prompt, "candidates": candidates,
-                                      "sampling": sampling, "selection": selection}, pos, occurred)
+                                      "sampling": sampling, "selection": selection, "sample_id": sample,
+                                      "app_id": app, "tags": tags}, pos, occurred)

@@ -186,12 +186,11 @@ class CandidateGroupView(SQLModel, table=True):
     prompt: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
     candidates: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
     sampling: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    app_id: str | None = None  # of the hard case the prompt came from
+    tags: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
     selected_position: int | None = Field(default=None, sa_column=Column(BigInteger))
-    scores: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONB))
-    sft: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
-    pair: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))
-    margin: float | None = None
-    reasons: list[str] | None = Field(default=None, sa_column=Column(ARRAY(Text)))
+    selection: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB))  # scores, sft, pair, reasons
+    margin: float | None = None  # best - worst of the deciding score (the sampler's prior margin)
 
 
 class RoundView(SQLModel, table=True):

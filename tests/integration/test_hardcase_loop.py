@@ -68,7 +68,7 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
         Candidate(text=t, token_count=len(t.split()), cumulative_logprob=None, finish_reason="stop") for t in ts),
         spec=spec, seed=spec.prompt_seed(i), model_version="m-test", prompt_tokens=10, generator="vllm")
         for i, (c, ts) in enumerate(zip(payload["chosen"], texts, strict=False))]
-    events = [generated_event(first.sample_id, c["prompt_key"], g.to_event_payload())
+    events = [generated_event(first.sample_id, c, g.to_event_payload())
               for c, g in zip(payload["chosen"], groups, strict=False)]
     assert len(run(url, lambda conn: record(conn, events))) == 2
     assert run(url, lambda conn: record(conn, events)) == []  # a re-run appends nothing
@@ -77,8 +77,9 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
     out = run(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection))
     assert (out.groups, out.sft_samples, out.pairs) == (2, 1, 1)
     assert out.reasons == {"tie": 1, "below_sft_threshold": 1}  # "same" x3 is not JSON: all score 0
-    rows = query(url, "SELECT pair ->> 'chosen', pair ->> 'rejected', margin, reasons FROM candidate_groups"
-                      " WHERE selected_position IS NOT NULL ORDER BY position")
+    rows = query(url, "SELECT selection #>> '{pair,chosen}', selection #>> '{pair,rejected}', margin,"
+                      " selection -> 'reasons' FROM candidate_groups WHERE selected_position IS NOT NULL"
+                      " ORDER BY position")
     # among the equally bad, the longer one is the rejected (the tie-break leans against length bias)
     assert rows[0][:3] == ('{"answer": 42}', "forty-two, I think", 1.0) and "tie" in rows[1][3]
     assert run(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection)).groups == 0
