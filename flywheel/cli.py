@@ -354,16 +354,13 @@ def sample(
 
 
 def _generator(settings: Settings) -> Any:
-    from sampling.generation import OpenAIServerGenerator, VLLMGenerator
+    from flywheel.generation import make_generator
 
-    if settings.generator_url:
-        return OpenAIServerGenerator(settings.generator_url, settings.generator_model,
-                                     settings.generator_model_version)
-    if not settings.generator_model:
-        typer.echo("error: set FLYWHEEL_GENERATOR_MODEL (a local model directory) or FLYWHEEL_GENERATOR_URL "
-                   "(an OpenAI-compatible vLLM server)", err=True)
-        raise typer.Exit(2)
-    return VLLMGenerator(settings.generator_model, settings.generator_model_version)
+    try:
+        return make_generator(settings)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -518,18 +515,9 @@ def quarantine_show(name: str = typer.Argument(...), as_json: bool = typer.Optio
 
 
 def _announcer(settings: Settings) -> Callable[[dict[str, Any]], None]:
-    endpoints = _endpoints(settings)
+    from flywheel.oncall import kafka_announcer
 
-    def announce(message: dict[str, Any]) -> None:
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all", enable_idempotence=False)
-        try:
-            producer.send(settings.rounds_topic, value=json.dumps(message, sort_keys=True).encode()).get(timeout=30)
-        finally:
-            producer.close()
-
-    return announce
+    return kafka_announcer(_endpoints(settings).kafka_bootstrap, settings.rounds_topic)
 
 
 def _describe_round(r: dict[str, Any]) -> str:
@@ -538,6 +526,30 @@ def _describe_round(r: dict[str, Any]) -> str:
     return (f"round {r['number']:>4}  {state}  watermark {r['watermark']}  parent {r['parent']}  "
             f"hash {r['content_hash'][:12]}  {counts}\n            {r['path']}"
             + (f"\n            consumed by {', '.join(r['consumed_by'])}" if r["consumed_by"] else ""))
+
+
+@rounds_app.command("build")
+def rounds_build(
+    watermark: int = typer.Option(None, help="Event-log position to cut at (default: the head of the log)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Cut the next round from the log: gates, splits, files, manifests, report; published atomically."""
+    from flywheel.roundbuild import BuilderBusy, build_round
+    from flywheel.rounds import RoundConfig
+
+    settings = _settings()
+    try:
+        out = _in_store(lambda conn: build_round(conn, settings.rounds_root, RoundConfig(), watermark=watermark,
+                                                 announce=_announcer(settings)))
+    except (BuilderBusy, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    data = {"round": out.round, "path": str(out.path), "content_hash": out.content_hash,
+            "watermark": out.watermark, "rows_in": out.rows_in, "rows_out": out.rows_out,
+            "sliced_out": out.sliced_out}
+    _print(data, as_json, f"round {out.round} published at {out.path}\n  watermark {out.watermark}, "
+                          f"{out.rows_out} of {out.rows_in} rows kept ({out.sliced_out} in rolled-back slices), "
+                          f"content hash {out.content_hash[:16]}")
 
 
 @rounds_app.command("list")

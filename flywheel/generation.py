@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import psycopg
 
+from flywheel.settings import Settings
 from sampling.generation import Generator, SamplingSpec
 from sampling.hardcases import SampledHardCases, SamplerConfig, sample
 from sampling.selection import ScoredCandidate, Selection, SelectionConfig, length_bias, score_group, select
@@ -21,6 +22,20 @@ from store.candidates import generated_event, record, selected_event, unselected
 from store.hardcases import load_sample, prompt_candidates, record_sample, signals_watermark
 
 Progress = Callable[[int], None]  # called with how many items were just done
+
+
+def make_generator(settings: Settings) -> Generator:
+    """The configured generator: an OpenAI-compatible vLLM server (FLYWHEEL_GENERATOR_URL) or an
+    in-process vLLM engine on a local model directory (FLYWHEEL_GENERATOR_MODEL)."""
+    from sampling.generation import OpenAIServerGenerator, VLLMGenerator
+
+    if settings.generator_url:
+        return OpenAIServerGenerator(settings.generator_url, settings.generator_model,
+                                     settings.generator_model_version)
+    if not settings.generator_model:
+        raise ValueError("set FLYWHEEL_GENERATOR_MODEL (a local model directory) or FLYWHEEL_GENERATOR_URL "
+                         "(an OpenAI-compatible vLLM server)")
+    return VLLMGenerator(settings.generator_model, settings.generator_model_version)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from store.db import connect
 from store.projections import check
@@ -29,3 +30,14 @@ def audit_projections(database_url: str) -> bool:
     if ok:
         log.info("read models match a rebuild from the log")
     return ok
+
+
+def nightly_pipeline(settings: dict[str, Any]) -> dict[str, Any]:
+    """The nightly round: sample → generate → select → build, each step skippable (FLYWHEEL_NIGHTLY_STEPS).
+
+    Steps that need what is not configured (no generator model or URL, no reward model) are skipped and
+    say so; one builder runs at a time across instances (the build holds a Postgres advisory lock)."""
+    from flywheel.settings import Settings
+    from flywheel.steps import run_steps
+
+    return run_steps(Settings(**settings))

@@ -33,6 +33,21 @@ MARKER = "ROLLED_BACK"
 Announce = Callable[[dict[str, Any]], None]  # sends a message to the rounds topic
 
 
+def kafka_announcer(bootstrap: str, topic: str) -> Announce:
+    """Announce round changes on the rounds topic (kafka-python), waiting for the broker's ack."""
+
+    def announce(message: dict[str, Any]) -> None:
+        from kafka import KafkaProducer
+
+        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+        try:
+            producer.send(topic, value=orjson.dumps(message, option=orjson.OPT_SORT_KEYS)).get(timeout=30)
+        finally:
+            producer.close()
+
+    return announce
+
+
 def round_dir(root: Path, number: int) -> Path:
     return root / f"round-{number:04d}"
 

@@ -26,4 +26,13 @@ def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints
         name="nightly read-model audit (replay --check)",
         replace_existing=True,
     )
+    scheduler.add_job(
+        "flywheel.jobs:nightly_pipeline",
+        CronTrigger.from_crontab(settings.nightly_cron, timezone="UTC"),
+        kwargs={"settings": {**settings.model_dump(mode="json"), "database_url": endpoints.database_url,
+                             "kafka_bootstrap": endpoints.kafka_bootstrap}},
+        id="nightly_pipeline",
+        name="nightly round: sample, generate, select, build",
+        replace_existing=True,
+    )
     return scheduler

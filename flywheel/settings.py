@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     reward_model: str = ""  # a sequence-classification model directory for the reward-model scorer
     audit_cron: str = "30 2 * * *"
     rounds_dir: str = ""
+    nightly_cron: str = "0 3 * * *"
+    nightly_steps: str = "sample,generate,select,build"  # drop a step to skip it
+    nightly_budget: int = 200  # hard cases sampled per night
 
     @property
     def stack_dir(self) -> Path:

@@ -26,7 +26,8 @@ async def _nothing(_: Any) -> None:
     return None
 
 
-def ingest_all(url: str, values: list[bytes], sizes: list[int], project_every: int | None = 1) -> None:
+def ingest_all(url: str, values: list[bytes], sizes: list[int], project_every: int | None = 1,
+               first_offset: int = 0) -> None:
     """Ingest in batches of the given sizes (cycled); the signals projector runs after every
     `project_every` batches and at the end, as a worker's timer would (None: never)."""
     async def run() -> None:
@@ -35,7 +36,8 @@ def ingest_all(url: str, values: list[bytes], sizes: list[int], project_every: i
             start, i = 0, 0
             while start < len(values):
                 size = sizes[i % len(sizes)]
-                batch = [decode_message(Incoming("feedback", 0, start + k, b"k", v), max_event_bytes=256 * 1024)
+                batch = [decode_message(Incoming("feedback", 0, first_offset + start + k, b"k", v),
+                                        max_event_bytes=256 * 1024)
                          for k, v in enumerate(values[start:start + size])]
                 await ingest_batch(conn, batch, consumer_group="g", publish=_nothing)
                 start, i = start + size, i + 1

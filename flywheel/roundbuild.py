@@ -1,0 +1,163 @@
+"""BuildRound: cut the log at a watermark into a round directory and publish it atomically.
+
+The rows stream from Postgres (store.roundrows, a server-side cursor in one REPEATABLE READ snapshot)
+into the pure builder (flywheel.rounds.build), which runs in a thread and pulls them in chunks: memory
+stays flat whatever the round's size. The files are written under a hidden temporary directory; the
+round becomes visible by a rename to round-NNNN inside the transaction that appends RoundPublished,
+so a crash at any point leaves no round that the log does not know. Leftovers of a crashed build are
+removed by the next one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from flywheel.oncall import ROUNDS_LOCK, Announce, point_current, round_dir
+from flywheel.rounds import (
+    QuarantineItem,
+    QuarantineList,
+    RoundConfig,
+    Row,
+    build,
+    report_html,
+    row_from_signal,
+    rows_from_group,
+)
+from flywheel.signals import SignalConfig
+from store.eventstore import head
+from store.roundrows import SourceRow, stream_rows
+from store.rounds import current_round, quarantine, record, round_published
+
+_CHUNK = 500
+_KIND = {"pair": "dpo", "kto": "kto", "sft": "sft"}
+
+
+class BuilderBusy(RuntimeError):
+    """Another instance is building (or changing) rounds right now."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Published:
+    round: int
+    path: Path
+    content_hash: str
+    watermark: int
+    rows_in: int
+    rows_out: int
+    sliced_out: int  # rows left out because a rollback quarantined their slice
+
+
+def in_slice(row: SourceRow, converted: Row, slices: list[dict[str, Any]]) -> bool:
+    """Whether a row falls in a slice excluded by a rollback (all of a slice's filters must match)."""
+    for s in slices:
+        if "app_id" in s and converted.app_id != s["app_id"]:
+            continue
+        if "model_version" in s and converted.model_version != s["model_version"]:
+            continue
+        if "prompt_version" in s and converted.prompt_version != s["prompt_version"]:
+            continue
+        if "since" in s and row.occurred_at < datetime.fromisoformat(s["since"]):
+            continue
+        if "until" in s and row.occurred_at >= datetime.fromisoformat(s["until"]):
+            continue
+        return True
+    return False
+
+
+async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], sliced: list[int]
+                ) -> AsyncIterator[list[Row]]:
+    chunk: list[Row] = []
+    async for row in source:
+        converted = ([r] if (r := row_from_signal(_KIND[row.kind], row.data, row.position)) else []) \
+            if row.kind in _KIND else rows_from_group(row.data, row.position)
+        for c in converted:
+            if slices and in_slice(row, c, slices):
+                sliced[0] += 1
+            else:
+                chunk.append(c)
+        if len(chunk) >= _CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _pull(loop: asyncio.AbstractEventLoop, chunks: AsyncIterator[list[Row]]) -> Iterator[Row]:
+    """A plain iterator over an async one, for the builder's thread: one hop to the loop per chunk."""
+    while True:
+        chunk = asyncio.run_coroutine_threadsafe(anext(chunks, None), loop).result()
+        if chunk is None:
+            return
+        yield from chunk
+
+
+async def build_round(
+    conn: psycopg.AsyncConnection, root: Path, config: RoundConfig, *, watermark: int | None = None,
+    signals: SignalConfig | None = None, announce: Announce | None = None,
+) -> Published:
+    """Build and publish the next round from the log up to `watermark` (default: its head)."""
+    root.mkdir(parents=True, exist_ok=True)
+    loop = asyncio.get_running_loop()
+    tmp: Path | None = None
+    final: Path | None = None
+    try:
+        async with conn.transaction():
+            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [ROUNDS_LOCK])
+            locked = await cur.fetchone()
+            if not locked or not locked[0]:
+                raise BuilderBusy("another round build or rollback is running")
+            newest = await head(conn)
+            watermark = newest if watermark is None else watermark
+            if not 0 < watermark <= newest:
+                raise ValueError(f"watermark {watermark} is outside the log (1..{newest})")
+            cur = await conn.execute("SELECT coalesce(max(number), 0) + 1 FROM rounds")
+            number = int((await cur.fetchone() or (1,))[0])
+            parent = await current_round(conn)
+            version, items, slices = await quarantine(conn)
+            qlist = QuarantineList(version=version, items=tuple(
+                QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items))
+
+            final = round_dir(root, number)
+            for stale in [*root.glob(".building-*"), final]:
+                shutil.rmtree(stale, ignore_errors=True)  # a crashed build's leftovers: never published
+            tmp = root / f".building-{number:04d}-{uuid.uuid4().hex[:8]}"
+            sliced = [0]
+            chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig()), slices, sliced)
+            result = await asyncio.to_thread(
+                build, _pull(loop, chunks), config, qlist, tmp, watermark=watermark,
+                parent=None if parent is None else str(parent["number"]), round_number=number)
+            (tmp / "report.html").write_text(report_html(result.manifest))
+            summary = {"rows": _rows_by_kind(result.manifest), "rows_in": result.rows_in,
+                       "rows_out": result.rows_out, "sliced_out": sliced[0],
+                       "files": {k: result.files[k] for k in sorted(result.files)}}
+            await record(conn, [round_published({
+                "round": number, "path": str(final.resolve()), "content_hash": result.content_hash,
+                "watermark": watermark, "parent": None if parent is None else parent["number"],
+                "quarantine_version": version, "config_version": config.version(), "summary": summary})])
+            tmp.rename(final)  # visible from here on; the commit (leaving this block) makes it official
+    except BaseException:
+        for path in (tmp, final):
+            if path is not None:
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+    point_current(root, number)
+    if announce:
+        announce({"type": "round_published", "round": number, "path": str(final.resolve()),
+                  "content_hash": result.content_hash, "watermark": watermark})
+    return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
+                     rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced[0])
+
+
+def _rows_by_kind(manifest: dict[str, Any]) -> dict[str, int]:
+    counts = manifest["data_sources"].get("rows_by_kind") or manifest["data_sources"].get("counts_by_kind") or {}
+    return {str(k): int(v) for k, v in counts.items()}

@@ -1,0 +1,310 @@
+"""The round builder: stream rows through the gates into split files, hashing as it writes, then the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import orjson
+
+from flywheel.rounds.config import BUILDER_VERSION, RoundConfig
+from flywheel.rounds.gates import (
+    CONSENT,
+    CONTAMINATION,
+    DEDUP,
+    DISTRIBUTION_CAP,
+    GATES,
+    PII,
+    QUALITY,
+    QUALITY_REASONS,
+    SPLITS,
+    DistributionCap,
+    _digest,
+    _quality,
+    fold,
+    has_pii,
+    split_of,
+)
+from flywheel.rounds.quarantine import QuarantineIndex, QuarantineList, words
+from flywheel.rounds.rows import KINDS, Row
+
+FILE_NAMES = {"sft": "sft.jsonl", "dpo": "dpo.jsonl", "kto": "kto.jsonl", "group": "groups.jsonl"}
+MANIFEST = "manifest.json"
+# Upper bounds (exclusive, in characters of prompt plus answers) of the length buckets of the distribution report.
+LENGTH_BUCKETS: tuple[tuple[float, str], ...] = (
+    (256, "<256"), (1024, "256-1k"), (4096, "1k-4k"), (16384, "4k-16k"), (float("inf"), ">=16k"),
+)
+_JSON = orjson.OPT_SORT_KEYS
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundResult:
+    """What a build wrote: the manifest (as written to manifest.json), its file hashes and the content hash."""
+
+    round_number: int
+    content_hash: str
+    files: dict[str, str]  # relative path ("train/sft.jsonl") -> sha256
+    rows_in: int
+    rows_out: int
+    manifest: dict[str, Any]
+    manifest_path: Path
+
+
+class _Writer:
+    """The twelve split files of a round, each hashed (sha256) and counted while it is written."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self._files: dict[tuple[str, str], IO[bytes]] = {}
+        self._hashes: dict[tuple[str, str], Any] = {}
+        self.rows: Counter[tuple[str, str]] = Counter()
+        self.bytes: Counter[tuple[str, str]] = Counter()
+
+    def __enter__(self) -> _Writer:
+        try:
+            for split in SPLITS:
+                (self.out_dir / split).mkdir(parents=True, exist_ok=True)
+                for kind in KINDS:
+                    self._files[(split, kind)] = open(self.out_dir / split / FILE_NAMES[kind], "wb")  # noqa: SIM115
+                    self._hashes[(split, kind)] = hashlib.sha256()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+
+    def write(self, split: str, kind: str, record: dict[str, Any]) -> None:
+        line = orjson.dumps(record, option=_JSON) + b"\n"
+        self._files[(split, kind)].write(line)
+        self._hashes[(split, kind)].update(line)
+        self.rows[(split, kind)] += 1
+        self.bytes[(split, kind)] += len(line)
+
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        return {
+            f"{split}/{FILE_NAMES[kind]}": {"sha256": self._hashes[(split, kind)].hexdigest(),
+                                            "rows": self.rows[(split, kind)], "bytes": self.bytes[(split, kind)]}
+            for split in SPLITS for kind in KINDS
+        }
+
+
+def _by_kind(counter: Counter[str]) -> dict[str, int]:
+    return {kind: counter[kind] for kind in KINDS}
+
+
+def _shares(counter: Counter[str], total: int) -> dict[str, dict[str, float | int]]:
+    return {value: {"count": n, "share": round(n / total, 6) if total else 0.0} for value, n in sorted(counter.items())}
+
+
+class _Stats:
+    """Counters only: what came in, what each gate removed, what was kept, and where it came from."""
+
+    def __init__(self, quarantine: QuarantineList) -> None:
+        self.list_of = {i.item_id: i.list_name for i in quarantine.items}
+        self.rows_in: Counter[str] = Counter()
+        self.excluded_kinds: Counter[str] = Counter()
+        self.removed: dict[str, Counter[str]] = {gate: Counter() for gate in GATES}
+        self.quality: dict[str, Counter[str]] = {reason: Counter() for reason in QUALITY_REASONS}
+        self.item_hits: Counter[str] = Counter()
+        self.list_hits: Counter[str] = Counter()
+        # Kept rows by (kind, split, source, app, model version, prompt version, tags, length bucket): one counter
+        # update per row; its size grows with the number of distinct combinations, not with the rows.
+        self.kept: Counter[tuple[str, str, str, str, str, str | None, tuple[str, ...], str]] = Counter()
+        self.min_position: int | None = None
+        self.max_position: int | None = None
+
+    def contaminated(self, item_ids: set[str]) -> None:
+        self.item_hits.update(item_ids)
+        self.list_hits.update({self.list_of.get(i, "") for i in item_ids})
+
+    def keep(self, row: Row, split: str, length: int) -> None:
+        bucket = next(name for bound, name in LENGTH_BUCKETS if length < bound)
+        self.kept[(row.kind, split, row.source, row.app_id, row.model_version, row.prompt_version, row.tags,
+                   bucket)] += 1
+        if self.min_position is None or row.position < self.min_position:
+            self.min_position = row.position
+        if self.max_position is None or row.position > self.max_position:
+            self.max_position = row.position
+
+    def _sum(self, field: int) -> Counter[Any]:
+        out: Counter[Any] = Counter()
+        for key, n in self.kept.items():
+            out[key[field]] += n
+        return out
+
+    def data_sources(self) -> dict[str, Any]:
+        sources: dict[str, Counter[str]] = {kind: Counter() for kind in KINDS}
+        for key, n in self.kept.items():
+            sources[key[0]][key[2]] += n
+        return {
+            "apps": sorted(self._sum(3)),
+            "model_versions": sorted(self._sum(4)),
+            "prompt_versions": sorted(v for v in self._sum(5) if v is not None),
+            "positions": {"min": self.min_position, "max": self.max_position},
+            "rows_by_kind": _by_kind(self._sum(0)),
+            "sources_by_kind": {kind: dict(sorted(sources[kind].items())) for kind in KINDS},
+        }
+
+    def sample_processing(self) -> dict[str, Any]:
+        kept = self._sum(0)
+        rows_in, rows_out = sum(self.rows_in.values()), sum(kept.values())
+        splits: dict[str, Counter[str]] = {split: Counter() for split in SPLITS}
+        tags: Counter[str] = Counter()
+        for key, n in self.kept.items():
+            splits[key[1]][key[0]] += n
+            for tag in set(key[6]) or {""}:
+                tags[tag] += n
+        lengths = self._sum(7)
+        return {
+            "gate_order": list(GATES),
+            "rows_in": rows_in,
+            "rows_in_by_kind": _by_kind(self.rows_in),
+            "excluded_kinds": _by_kind(self.excluded_kinds),
+            "removed": {gate: _by_kind(self.removed[gate]) for gate in GATES},
+            "quality_reasons": {reason: _by_kind(self.quality[reason]) for reason in QUALITY_REASONS},
+            "rows_out": rows_out,
+            "rows_out_by_kind": _by_kind(kept),
+            "effective_sample_rate": round(rows_out / rows_in, 6) if rows_in else 0.0,
+            "splits": {split: _by_kind(splits[split]) for split in SPLITS},
+            "distribution": {
+                "rows": rows_out,
+                "by_kind": _shares(kept, rows_out),
+                "by_app": _shares(self._sum(3), rows_out),
+                "by_model_version": _shares(self._sum(4), rows_out),
+                # A row counts once under each of its tags ("" when it has none), so shares may sum above 1.
+                "by_tag": _shares(tags, rows_out),
+                "by_length": {name: {"count": lengths[name],
+                                     "share": round(lengths[name] / rows_out, 6) if rows_out else 0.0}
+                              for _, name in LENGTH_BUCKETS},
+            },
+        }
+
+    @property
+    def rows_out(self) -> int:
+        return sum(self.kept.values())
+
+
+def _record(row: Row) -> dict[str, Any]:
+    record = dict(row.body)
+    record["source"] = row.source
+    record["lineage"] = {**row.lineage, "id": row.key, "kind": row.kind, "app_id": row.app_id,
+                         "model_version": row.model_version, "prompt_version": row.prompt_version,
+                         "tags": list(row.tags), "position": row.position}
+    return record
+
+
+def content_hash(files: dict[str, str], *, config_version: str, watermark: int, quarantine_version: str) -> str:
+    """sha256 over the sorted (path, file sha256) list, the config version, the watermark and the quarantine
+    list version."""
+    canonical = {"files": sorted([path, digest] for path, digest in files.items()), "config_version": config_version,
+                 "watermark": watermark, "quarantine_version": quarantine_version}
+    return hashlib.sha256(orjson.dumps(canonical, option=_JSON)).hexdigest()
+
+
+def build(rows: Iterable[Row], config: RoundConfig, quarantine: QuarantineList, out_dir: Path, *,
+          watermark: int, parent: str | None, round_number: int) -> RoundResult:
+    """Cut a round: run every row through the gates (consent, PII, contamination, dedup, quality, distribution
+    cap; see flywheel.rounds.gates), write the kept ones to `out_dir/{train,calibration,audit}/{sft,dpo,kto,
+    groups}.jsonl` (all twelve files, empty ones too) and `out_dir/manifest.json`.
+
+    A pure function of (rows in the order given, config, quarantine list, watermark, parent, round number):
+    the same inputs give byte-identical files and the same content hash. Rows are streamed: memory holds
+    counters and one 16-byte dedup digest per kept-so-far distinct row, never rows or files. Existing files of
+    the same names are overwritten; a failed build leaves partial files, so build into a fresh directory and
+    publish it once this returns. Raises ValueError for a row newer than the watermark.
+    """
+    if watermark < 0 or round_number < 0:
+        raise ValueError("watermark and round_number must be >= 0")
+    index = QuarantineIndex.for_config(quarantine, config)
+    cap = DistributionCap(config.stratum_cap_share, config.cap_warmup)
+    stats = _Stats(quarantine)
+    seen: dict[str, set[bytes]] = {kind: set() for kind in KINDS}
+    kinds = frozenset(config.kinds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _Writer(out_dir) as writer:
+        for row in rows:
+            if row.position > watermark:
+                raise ValueError(f"row {row.key!r} at position {row.position} is newer than watermark {watermark}")
+            kind = row.kind
+            stats.rows_in[kind] += 1
+            if kind not in kinds:
+                stats.excluded_kinds[kind] += 1
+                continue
+            if not row.consent:
+                stats.removed[CONSENT][kind] += 1
+                continue
+            if has_pii(row):
+                stats.removed[PII][kind] += 1
+                continue
+            prompt, answers = row.prompt_text(), row.answer_texts()
+            prompt_words = words(prompt)
+            hit_ids = index.hits_words(prompt_words)
+            for answer in answers:
+                hit_ids |= index.hits(answer)
+            if hit_ids:
+                stats.removed[CONTAMINATION][kind] += 1
+                stats.contaminated(hit_ids)
+                continue
+            folded = [fold(a) for a in answers]
+            digest = _digest(row, fold(prompt), folded)
+            if digest in seen[kind]:
+                stats.removed[DEDUP][kind] += 1
+                continue
+            seen[kind].add(digest)
+            reason = _quality(row, config, prompt, answers, folded)
+            if reason is not None:
+                stats.removed[QUALITY][kind] += 1
+                stats.quality[reason][kind] += 1
+                continue
+            if not cap.admit(kind, row.stratum):
+                stats.removed[DISTRIBUTION_CAP][kind] += 1
+                continue
+            split = split_of(prompt, config, normalised=" ".join(prompt_words))
+            writer.write(split, kind, _record(row))
+            stats.keep(row, split, len(prompt) + sum(len(a) for a in answers))
+    files_manifest = writer.manifest()
+    files = {path: entry["sha256"] for path, entry in files_manifest.items()}
+    config_version = config.version()
+    digest_hex = content_hash(files, config_version=config_version, watermark=watermark,
+                              quarantine_version=quarantine.version)
+    manifest: dict[str, Any] = {
+        "round": round_number,
+        "parent": parent,
+        "watermark": watermark,
+        "builder_version": BUILDER_VERSION,
+        "config": config.as_dict(),
+        "config_version": config_version,
+        "files": files_manifest,
+        "content_hash": digest_hex,
+        "data_sources": stats.data_sources(),
+        "sample_processing": stats.sample_processing(),
+        "training_consumption": [],
+        "evaluation_isolation": {
+            "quarantine_version": quarantine.version,
+            "quarantine_digest": quarantine.digest(),
+            "items": len(quarantine.items),
+            "indexed_texts": index.indexed_texts,
+            "method": {"ngram": config.ngram, "min_item_words": config.min_item_words,
+                       "shingle_words": config.shingle_words, "minhash_threshold": config.minhash_threshold,
+                       "num_perm": config.num_perm},
+            "contaminated_rows": _by_kind(stats.removed[CONTAMINATION]),
+            "hits": dict(sorted(stats.item_hits.items())),
+            "hits_by_list": dict(sorted(stats.list_hits.items())),
+        },
+    }
+    manifest_path = out_dir / MANIFEST
+    manifest_path.write_bytes(orjson.dumps(manifest, option=_JSON | orjson.OPT_INDENT_2) + b"\n")
+    return RoundResult(round_number=round_number, content_hash=digest_hex, files=files,
+                       rows_in=sum(stats.rows_in.values()), rows_out=stats.rows_out,
+                       manifest=manifest, manifest_path=manifest_path)

@@ -1,0 +1,97 @@
+"""A self-contained HTML report of a round manifest: inline SVG bar charts, no external assets."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from html import escape
+from typing import Any
+
+_BAR_HEIGHT = 18
+_GAP = 6
+_LABEL_WIDTH = 240
+_BAR_WIDTH = 360
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 2rem; }
+table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: left; border-bottom: 1px solid #ddd; }
+code { font-size: 0.9em; } svg text { font-size: 12px; }
+"""
+
+
+def bar_chart(bars: Sequence[tuple[str, float]], *, title: str) -> str:
+    """One horizontal bar per (label, value), scaled to the largest value; an empty chart says so."""
+    if not bars:
+        return f'<p class="empty">{escape(title)}: nothing to show</p>'
+    top = max((value for _, value in bars), default=0.0) or 1.0
+    height = len(bars) * (_BAR_HEIGHT + _GAP) + _GAP
+    width = _LABEL_WIDTH + _BAR_WIDTH + 80
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="{escape(title)}">']
+    for i, (label, value) in enumerate(bars):
+        y = _GAP + i * (_BAR_HEIGHT + _GAP)
+        length = round(_BAR_WIDTH * value / top, 1)
+        text_y = y + _BAR_HEIGHT - 4
+        shown = f"{value:g}"
+        parts.append(
+            f'<text x="{_LABEL_WIDTH - 6}" y="{text_y}" text-anchor="end">{escape(label)}</text>'
+            f'<rect x="{_LABEL_WIDTH}" y="{y}" width="{length}" height="{_BAR_HEIGHT}" fill="#4a78b5">'
+            f"<title>{escape(label)}: {escape(shown)}</title></rect>"
+            f'<text x="{_LABEL_WIDTH + length + 6}" y="{text_y}">{escape(shown)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _counts(shares: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, float]]:
+    return [(value or "(none)", float(entry["count"])) for value, entry in shares.items()]
+
+
+def report_html(manifest: Mapping[str, Any]) -> str:
+    """The HTML page of a round: identity, signal mix by kind and source, gate removals, and the distribution by
+    app, model version, tag and length. Every string from the manifest is escaped."""
+    sources = manifest["data_sources"]
+    processing = manifest["sample_processing"]
+    isolation = manifest["evaluation_isolation"]
+    distribution = processing["distribution"]
+
+    mix = [(f"{kind} / {source}", float(n))
+           for kind, by_source in sources["sources_by_kind"].items() for source, n in by_source.items()]
+    removed = [(f"{gate} ({kind})", float(n))
+               for gate, by_kind in processing["removed"].items() for kind, n in by_kind.items() if n]
+    quality = [(f"{reason} ({kind})", float(n))
+               for reason, by_kind in processing["quality_reasons"].items() for kind, n in by_kind.items() if n]
+    hits = sorted(isolation["hits"].items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+
+    identity = [
+        ("round", manifest["round"]), ("parent", manifest["parent"]), ("watermark", manifest["watermark"]),
+        ("content hash", manifest["content_hash"]), ("config version", manifest["config_version"]),
+        ("quarantine list", f'{isolation["quarantine_version"]} ({isolation["items"]} items)'),
+        ("rows in / out", f'{processing["rows_in"]} / {processing["rows_out"]}'),
+        ("effective sample rate", processing["effective_sample_rate"]),
+        ("event positions", f'{sources["positions"]["min"]} .. {sources["positions"]["max"]}'),
+    ]
+    rows = "".join(f"<tr><th>{escape(str(k))}</th><td><code>{escape(str(v))}</code></td></tr>" for k, v in identity)
+    splits = "".join(
+        f"<tr><th>{escape(split)}</th>" + "".join(f"<td>{escape(str(n))}</td>" for n in by_kind.values()) + "</tr>"
+        for split, by_kind in processing["splits"].items()
+    )
+    kinds: Mapping[str, int] = next(iter(processing["splits"].values()), {})
+    split_head = "<tr><th></th>" + "".join(f"<th>{escape(k)}</th>" for k in kinds) + "</tr>"
+
+    sections = [
+        f"<h1>Round {escape(str(manifest['round']))}</h1><table>{rows}</table>",
+        f"<h2>Splits</h2><table>{split_head}{splits}</table>",
+        "<h2>Signal mix by kind and source</h2>" + bar_chart(mix, title="signal mix"),
+        "<h2>Removed by each gate</h2>" + bar_chart(removed, title="gate removals"),
+        "<h2>Quality gate reasons</h2>" + bar_chart(quality, title="quality reasons"),
+        "<h2>Contamination hits (top 20 items)</h2>"
+        + bar_chart([(k, float(v)) for k, v in hits], title="contamination hits"),
+        "<h2>By app</h2>" + bar_chart(_counts(distribution["by_app"]), title="by app"),
+        "<h2>By model version</h2>" + bar_chart(_counts(distribution["by_model_version"]), title="by model version"),
+        "<h2>By tag</h2>" + bar_chart(_counts(distribution["by_tag"]), title="by tag"),
+        "<h2>By length (characters)</h2>" + bar_chart(_counts(distribution["by_length"]), title="by length"),
+    ]
+    title = f"Flywheel round {manifest['round']}"
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{escape(title)}</title><style>{_STYLE}</style></head><body>"
+            + "\n".join(sections) + "</body></html>\n")

@@ -1,0 +1,234 @@
+"""Round input rows: one TRL record with its origin, and converters from signal records and candidate groups."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["sft", "dpo", "kto", "group"]
+KINDS: tuple[Kind, ...] = ("sft", "dpo", "kto", "group")
+
+# The `source` of rows made from a candidate group and its selection (signal rows carry their rule name).
+SOURCE_RSFT = "rsft"
+SOURCE_RM_SELECTION = "rm_selection"
+SOURCE_CANDIDATE_GROUP = "candidate_group"
+
+# Store kinds of signal records that are never training rows.
+_NOT_TRAINING = ("hard_case", "disagreement")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Row:
+    """One training record (`body`, in TRL conversational format) with where it came from.
+
+    body by kind: sft {"messages"}; dpo {"prompt", "chosen", "rejected", "margin"}; kto {"prompt", "completion",
+    "label"}; group {"prompt", "candidates": [{"index", "text", "scores", "finish_reason"}]}.
+    """
+
+    kind: Kind
+    key: str  # stable id: signal id, selection id or group id
+    position: int  # newest event-log position the row was derived from
+    app_id: str
+    model_version: str
+    prompt_version: str | None
+    tags: tuple[str, ...]
+    consent: bool
+    source: str  # signal rule name, or rsft / rm_selection / candidate_group
+    lineage: dict[str, Any]
+    body: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown row kind {self.kind!r}")
+
+    @property
+    def primary_tag(self) -> str:
+        return self.tags[0] if self.tags else ""
+
+    @property
+    def stratum(self) -> tuple[str, str, str]:
+        return (self.app_id, self.model_version, self.primary_tag)
+
+    def prompt_messages(self) -> list[dict[str, Any]]:
+        """The conversation before the answer: an SFT sample's messages without the final assistant turn."""
+        if self.kind == "sft":
+            messages = self.body.get("messages") or []
+            if messages and messages[-1].get("role") == "assistant":
+                return list(messages[:-1])
+            return list(messages)
+        return list(self.body.get("prompt") or ())
+
+    def prompt_text(self) -> str:
+        """The prompt messages' texts joined by newlines."""
+        return _turns_text(self.prompt_messages())
+
+    def answer_texts(self) -> list[str]:
+        """The texts a model is trained to produce (or to rank): empty when the record has none."""
+        b = self.body
+        if self.kind == "sft":
+            messages = b.get("messages") or ()
+            if messages and messages[-1].get("role") == "assistant":
+                return [content_text(messages[-1].get("content"))]
+            return []
+        if self.kind == "dpo":
+            return [_turns_text(b.get("chosen")), _turns_text(b.get("rejected"))]
+        if self.kind == "kto":
+            return [_turns_text(b.get("completion"))]
+        return [str(c.get("text") or "") for c in b.get("candidates") or ()]
+
+
+def content_text(content: Any) -> str:
+    """The text of a message's content: a string, or the text parts of a list of content parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(str(p.get("text") or "") if isinstance(p, Mapping) else str(p) for p in content)
+    return str(content)
+
+
+def _turns_text(turns: Sequence[Mapping[str, Any]] | None) -> str:
+    if not turns:
+        return ""
+    if len(turns) == 1:
+        return content_text(turns[0].get("content"))
+    return "\n".join([content_text(t.get("content")) for t in turns])
+
+
+def _assistant(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": text}]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Origin:
+    """The fields every row made from one record shares."""
+
+    position: int
+    app_id: str
+    model_version: str
+    prompt_version: str | None
+    tags: tuple[str, ...]
+    consent: bool
+
+    def row(self, *, kind: Kind, key: str, source: str, lineage: dict[str, Any], body: dict[str, Any]) -> Row:
+        return Row(kind=kind, key=key, position=self.position, app_id=self.app_id, model_version=self.model_version,
+                   prompt_version=self.prompt_version, tags=self.tags, consent=self.consent, source=source,
+                   lineage=lineage, body=body)
+
+
+# ---- converters ----
+
+
+def row_from_signal(kind: str, data: Mapping[str, Any], position: int) -> Row | None:
+    """The row of one signal record as the store holds it (the JSON of flywheel.signals.PreferencePair,
+    KTOLabel or SFTSample; store kind "pair"/"dpo", "kto", "sft").
+
+    None for a record that is not a training row: a tied or not (yet) accepted pair, a hard case, a
+    disagreement. Raises ValueError for an unknown kind.
+    """
+    origin = _Origin(position=position, app_id=str(data["app_id"]), model_version=str(data["model_version"]),
+                     prompt_version=data.get("prompt_version"), tags=tuple(str(t) for t in data.get("tags") or ()),
+                     consent=bool(data["consent"]))
+    rule = str(data["rule"])
+    lineage = {
+        "source_event_ids": list(data.get("source_event_ids") or ()),
+        "rule": rule,
+        "rule_version": data.get("rule_version"),
+        "confidence": data.get("confidence"),
+        "disagreement": bool(data.get("disagreement", False)),
+    }
+    if kind in ("pair", "dpo"):
+        if data.get("tie") or data.get("status") != "accepted":
+            return None
+        lineage.update({
+            "preference_reason": data.get("preference_reason"),
+            "chosen_interaction_id": data.get("chosen_interaction_id"),
+            "rejected_interaction_id": data.get("rejected_interaction_id"),
+            "chosen_model_version": data.get("chosen_model_version"),
+            "chosen_prompt_version": data.get("chosen_prompt_version"),
+            "dimension": data.get("dimension"),
+        })
+        body = {"prompt": [dict(m) for m in data["prompt"]], "chosen": _assistant(str(data["chosen"])),
+                "rejected": _assistant(str(data["rejected"])), "margin": float(data["margin"])}
+        return origin.row(kind="dpo", key=str(data["pair_id"]), source=rule, lineage=lineage, body=body)
+    if kind == "kto":
+        lineage.update({"preference_reason": data.get("preference_reason"),
+                        "interaction_id": data.get("interaction_id"), "dimension": data.get("dimension")})
+        body = {"prompt": [dict(m) for m in data["prompt"]], "completion": _assistant(str(data["completion"])),
+                "label": bool(data["desirable"])}
+        return origin.row(kind="kto", key=str(data["label_id"]), source=rule, lineage=lineage, body=body)
+    if kind == "sft":
+        lineage["interaction_id"] = data.get("interaction_id")
+        body = {"messages": [dict(m) for m in data["messages"]]}
+        return origin.row(kind="sft", key=str(data["sample_id"]), source=rule, lineage=lineage, body=body)
+    if kind in _NOT_TRAINING:
+        return None
+    raise ValueError(f"unknown signal kind {kind!r}")
+
+
+def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:
+    """The rows of one candidate group: the scored group itself (kind "group", for RM/GRPO), its RSFT sample
+    (kind "sft", source "rsft") and its best-vs-worst pair (kind "dpo", source "rm_selection"), when selected.
+
+    `group` is a candidate_groups row: group_id, prompt, candidates [{index, text, finish_reason, ...}],
+    model_version, generator, and the selection (scores [{index, scores}], sft, pair, margin, reasons,
+    best_index, worst_index) either at the top level or under "selection". Optional: app_id, prompt_version,
+    tags, consent, prompt_key, sample_id, sampling. A group without a selection gives no rows: its candidates
+    have no scores yet. Consent defaults to True because the hard-case sampler never samples a prompt without
+    consent; a caller that knows otherwise passes "consent".
+    """
+    selection = group.get("selection", group)
+    if not selection or selection.get("scores") is None:
+        return []
+    group_id = str(group["group_id"])
+    origin = _Origin(position=position, app_id=str(group.get("app_id") or ""),
+                     model_version=str(group["model_version"]), prompt_version=group.get("prompt_version"),
+                     tags=tuple(str(t) for t in group.get("tags") or ()), consent=bool(group.get("consent", True)))
+    base_lineage = {
+        "source_event_ids": [group_id],
+        "group_id": group_id,
+        "generator": group.get("generator"),
+        "prompt_key": group.get("prompt_key"),
+        "sample_id": group.get("sample_id"),
+    }
+    scores = {int(s["index"]): list(s.get("scores") or ()) for s in selection["scores"]}
+    candidates = sorted(((int(c.get("index", i)), c) for i, c in enumerate(group["candidates"])),
+                        key=lambda ic: ic[0])
+    finish = {i: c.get("finish_reason") for i, c in candidates}
+    prompt = [dict(m) for m in group["prompt"]]
+    rows = [origin.row(
+        kind="group", key=group_id, source=SOURCE_CANDIDATE_GROUP,
+        lineage={**base_lineage, "sampling": group.get("sampling"), "margin": selection.get("margin"),
+                 "best_index": selection.get("best_index"), "worst_index": selection.get("worst_index"),
+                 "reasons": list(selection.get("reasons") or ())},
+        body={"prompt": prompt, "candidates": [
+            {"index": i, "text": str(c.get("text") or ""), "scores": scores.get(i, []),
+             "finish_reason": c.get("finish_reason")}
+            for i, c in candidates]},
+    )]
+    sft = selection.get("sft")
+    if sft:
+        index = int(sft["candidate_index"])
+        rows.append(origin.row(
+            kind="sft", key=str(sft["sample_id"]), source=SOURCE_RSFT,
+            lineage={**base_lineage, "rule": sft.get("rule"), "rule_version": sft.get("rule_version"),
+                     "candidate_index": index, "value": sft.get("value"), "scores": list(sft.get("scores") or ()),
+                     "finish_reasons": [finish.get(index)]},
+            body={"messages": [dict(m) for m in sft["messages"]]},
+        ))
+    pair = selection.get("pair")
+    if pair:
+        chosen, rejected = int(pair["chosen_index"]), int(pair["rejected_index"])
+        rows.append(origin.row(
+            kind="dpo", key=str(pair["pair_id"]), source=SOURCE_RM_SELECTION,
+            lineage={**base_lineage, "rule": pair.get("rule"), "rule_version": pair.get("rule_version"),
+                     "chosen_index": chosen, "rejected_index": rejected,
+                     "chosen_scores": list(pair.get("chosen_scores") or ()),
+                     "rejected_scores": list(pair.get("rejected_scores") or ()),
+                     "finish_reasons": [finish.get(chosen), finish.get(rejected)]},
+            body={"prompt": [dict(m) for m in pair["prompt"]], "chosen": _assistant(str(pair["chosen"])),
+                  "rejected": _assistant(str(pair["rejected"])), "margin": float(pair["margin"])},
+        ))
+    return rows
