@@ -182,9 +182,13 @@ def simulate(
     seed: int = typer.Option(0, help="Same seed, same traffic."),
     bad_fraction: float = typer.Option(0.05, help="Share of malformed messages, sent raw."),
     panel_fraction: float = typer.Option(0.04, help="Share of interactions also judged by a panel of other users."),
+    start: str = typer.Option("now", help="Event time of the first event (RFC 3339, or 'now'): a second run "
+                                          "continues after the first, as real traffic does."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Send realistic synthetic production traffic through FeedbackClient."""
+    from datetime import UTC, datetime
+
     from flywheel.client import FeedbackClient
     from flywheel.simulate import Summary, generate
 
@@ -195,7 +199,8 @@ def simulate(
     with FeedbackClient(endpoints.kafka_bootstrap, topic=settings.feedback_topic,
                         max_event_bytes=settings.max_event_bytes) as client:
         stream = generate(events, seed=seed, bad_fraction=bad_fraction, panel_fraction=panel_fraction,
-                          max_event_bytes=settings.max_event_bytes)
+                          max_event_bytes=settings.max_event_bytes,
+                          start=datetime.now(UTC) if start == "now" else datetime.fromisoformat(start))
         with typer.progressbar(stream, length=events, label="sending", file=sys.stderr) as bar:
             for sim in bar:
                 if sim.event is not None:

@@ -119,6 +119,11 @@ class Generator(Protocol):
     @property
     def name(self) -> str: ...
 
+    @property
+    def model_version(self) -> str:
+        """The version recorded on every candidate group (and part of its identity)."""
+        ...
+
     def load(self) -> None: ...
 
     def unload(self) -> None: ...
@@ -232,12 +237,12 @@ class VLLMGenerator:
             self.last_timing = GenerationTiming(total_seconds=0.0, engine_seconds=0.0)
             return []
         params = [self.sampling_params(spec, spec.prompt_seed(i)) for i in range(len(conversations))]
-        engine_started = time.perf_counter()
         messages: Any = [list(c) for c in conversations]
+        engine_started = time.perf_counter()
         outputs = self._llm.chat(messages, params, use_tqdm=False)
         engine_seconds = time.perf_counter() - engine_started
         groups = [
-            self._group(conversation, output, spec, params[i].seed or 0)
+            self._group(conversation, output, spec, spec.prompt_seed(i))
             for i, (conversation, output) in enumerate(zip(conversations, outputs, strict=True))
         ]
         self.last_timing = GenerationTiming(

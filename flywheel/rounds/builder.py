@@ -24,11 +24,10 @@ from flywheel.rounds.gates import (
     QUALITY_REASONS,
     SPLITS,
     DistributionCap,
+    Splitter,
     _digest,
     _quality,
-    fold,
     has_pii,
-    split_of,
 )
 from flywheel.rounds.quarantine import QuarantineIndex, QuarantineList, words
 from flywheel.rounds.rows import KINDS, Row
@@ -85,7 +84,7 @@ class _Writer:
             f.close()
 
     def write(self, split: str, kind: str, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record, option=_JSON) + b"\n"
+        line = orjson.dumps(record, option=_JSON | orjson.OPT_APPEND_NEWLINE)
         self._files[(split, kind)].write(line)
         self._hashes[(split, kind)].update(line)
         self.rows[(split, kind)] += 1
@@ -129,7 +128,11 @@ class _Stats:
         self.list_hits.update({self.list_of.get(i, "") for i in item_ids})
 
     def keep(self, row: Row, split: str, length: int) -> None:
-        bucket = next(name for bound, name in LENGTH_BUCKETS if length < bound)
+        bucket = LENGTH_BUCKETS[-1][1]
+        for bound, name in LENGTH_BUCKETS:
+            if length < bound:
+                bucket = name
+                break
         self.kept[(row.kind, split, row.source, row.app_id, row.model_version, row.prompt_version, row.tags,
                    bucket)] += 1
         if self.min_position is None or row.position < self.min_position:
@@ -212,6 +215,76 @@ def content_hash(files: dict[str, str], *, config_version: str, watermark: int, 
     return hashlib.sha256(orjson.dumps(canonical, option=_JSON)).hexdigest()
 
 
+class _Gates:
+    """The gates of one build in their order, with their state: dedup digests and the distribution cap."""
+
+    def __init__(self, config: RoundConfig, index: QuarantineIndex, stats: _Stats) -> None:
+        self.config = config
+        self.index = index
+        self.stats = stats
+        self.kinds = frozenset(config.kinds)
+        self.cap = DistributionCap(config.stratum_cap_share, config.cap_warmup)
+        self.splitter = Splitter(config)
+        # One 16-byte digest per distinct row that got past contamination: the only state that grows with rows.
+        self.seen: dict[str, set[bytes]] = {kind: set() for kind in KINDS}
+
+    def _remove(self, gate: str, kind: str) -> None:
+        """Count a row removed by `gate`; the caller returns None (no split)."""
+        self.stats.removed[gate][kind] += 1
+
+    def split(self, row: Row) -> str | None:
+        """The split a row goes to, or None when a gate removed it (counted under that gate)."""
+        kind = row.kind
+        self.stats.rows_in[kind] += 1
+        if kind not in self.kinds:
+            self.stats.excluded_kinds[kind] += 1
+            return None
+        if not row.consent:
+            self._remove(CONSENT, kind)
+            return None
+        if has_pii(row):
+            self._remove(PII, kind)
+            return None
+        prompt, answers = row.prompt_text(), row.answer_texts()
+        prompt_words = words(prompt)
+        answer_words = [words(a) for a in answers]
+        if self._contaminated(prompt_words, answer_words):
+            self._remove(CONTAMINATION, kind)
+            return None
+        normalised_prompt = " ".join(prompt_words)
+        normalised = [" ".join(tokens) for tokens in answer_words]
+        return self._rest(row, prompt, answers, normalised_prompt, normalised)
+
+    def _contaminated(self, prompt_words: list[str], answer_words: list[list[str]]) -> bool:
+        hit_ids = self.index.hits_words(prompt_words)
+        for tokens in answer_words:
+            hit_ids |= self.index.hits_words(tokens)
+        if hit_ids:
+            self.stats.contaminated(hit_ids)
+        return bool(hit_ids)
+
+    def _rest(self, row: Row, prompt: str, answers: list[str], normalised_prompt: str,
+              normalised: list[str]) -> str | None:
+        kind = row.kind
+        digest = _digest(row, normalised_prompt, normalised)
+        seen = self.seen[kind]
+        if digest in seen:
+            self._remove(DEDUP, kind)
+            return None
+        seen.add(digest)
+        reason = _quality(row, self.config, prompt, answers, normalised)
+        if reason is not None:
+            self.stats.quality[reason][kind] += 1
+            self._remove(QUALITY, kind)
+            return None
+        if not self.cap.admit(kind, row.stratum):
+            self._remove(DISTRIBUTION_CAP, kind)
+            return None
+        split = self.splitter(normalised_prompt)
+        self.stats.keep(row, split, len(prompt) + sum(len(a) for a in answers))
+        return split
+
+
 def build(rows: Iterable[Row], config: RoundConfig, quarantine: QuarantineList, out_dir: Path, *,
           watermark: int, parent: str | None, round_number: int) -> RoundResult:
     """Cut a round: run every row through the gates (consent, PII, contamination, dedup, quality, distribution
@@ -220,65 +293,39 @@ def build(rows: Iterable[Row], config: RoundConfig, quarantine: QuarantineList, 
 
     A pure function of (rows in the order given, config, quarantine list, watermark, parent, round number):
     the same inputs give byte-identical files and the same content hash. Rows are streamed: memory holds
-    counters and one 16-byte dedup digest per kept-so-far distinct row, never rows or files. Existing files of
-    the same names are overwritten; a failed build leaves partial files, so build into a fresh directory and
-    publish it once this returns. Raises ValueError for a row newer than the watermark.
+    counters and one 16-byte dedup digest per distinct row past contamination, never rows or files. Existing
+    files of the same names are overwritten; a failed build leaves partial files, so build into a fresh
+    directory and publish it once this returns. Raises ValueError for a row newer than the watermark.
     """
     if watermark < 0 or round_number < 0:
         raise ValueError("watermark and round_number must be >= 0")
     index = QuarantineIndex.for_config(quarantine, config)
-    cap = DistributionCap(config.stratum_cap_share, config.cap_warmup)
     stats = _Stats(quarantine)
-    seen: dict[str, set[bytes]] = {kind: set() for kind in KINDS}
-    kinds = frozenset(config.kinds)
+    gates = _Gates(config, index, stats)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _Writer(out_dir) as writer:
         for row in rows:
             if row.position > watermark:
                 raise ValueError(f"row {row.key!r} at position {row.position} is newer than watermark {watermark}")
-            kind = row.kind
-            stats.rows_in[kind] += 1
-            if kind not in kinds:
-                stats.excluded_kinds[kind] += 1
-                continue
-            if not row.consent:
-                stats.removed[CONSENT][kind] += 1
-                continue
-            if has_pii(row):
-                stats.removed[PII][kind] += 1
-                continue
-            prompt, answers = row.prompt_text(), row.answer_texts()
-            prompt_words = words(prompt)
-            hit_ids = index.hits_words(prompt_words)
-            for answer in answers:
-                hit_ids |= index.hits(answer)
-            if hit_ids:
-                stats.removed[CONTAMINATION][kind] += 1
-                stats.contaminated(hit_ids)
-                continue
-            folded = [fold(a) for a in answers]
-            digest = _digest(row, fold(prompt), folded)
-            if digest in seen[kind]:
-                stats.removed[DEDUP][kind] += 1
-                continue
-            seen[kind].add(digest)
-            reason = _quality(row, config, prompt, answers, folded)
-            if reason is not None:
-                stats.removed[QUALITY][kind] += 1
-                stats.quality[reason][kind] += 1
-                continue
-            if not cap.admit(kind, row.stratum):
-                stats.removed[DISTRIBUTION_CAP][kind] += 1
-                continue
-            split = split_of(prompt, config, normalised=" ".join(prompt_words))
-            writer.write(split, kind, _record(row))
-            stats.keep(row, split, len(prompt) + sum(len(a) for a in answers))
-    files_manifest = writer.manifest()
+            split = gates.split(row)
+            if split is not None:
+                writer.write(split, row.kind, _record(row))
+    manifest = _manifest(config, quarantine, index, stats, writer.manifest(), watermark=watermark, parent=parent,
+                         round_number=round_number)
+    manifest_path = out_dir / MANIFEST
+    manifest_path.write_bytes(orjson.dumps(manifest, option=_JSON | orjson.OPT_INDENT_2) + b"\n")
+    return RoundResult(round_number=round_number, content_hash=manifest["content_hash"],
+                       files={path: entry["sha256"] for path, entry in manifest["files"].items()},
+                       rows_in=sum(stats.rows_in.values()), rows_out=stats.rows_out, manifest=manifest,
+                       manifest_path=manifest_path)
+
+
+def _manifest(config: RoundConfig, quarantine: QuarantineList, index: QuarantineIndex, stats: _Stats,
+              files_manifest: dict[str, dict[str, Any]], *, watermark: int, parent: str | None,
+              round_number: int) -> dict[str, Any]:
     files = {path: entry["sha256"] for path, entry in files_manifest.items()}
     config_version = config.version()
-    digest_hex = content_hash(files, config_version=config_version, watermark=watermark,
-                              quarantine_version=quarantine.version)
-    manifest: dict[str, Any] = {
+    return {
         "round": round_number,
         "parent": parent,
         "watermark": watermark,
@@ -286,7 +333,8 @@ def build(rows: Iterable[Row], config: RoundConfig, quarantine: QuarantineList, 
         "config": config.as_dict(),
         "config_version": config_version,
         "files": files_manifest,
-        "content_hash": digest_hex,
+        "content_hash": content_hash(files, config_version=config_version, watermark=watermark,
+                                     quarantine_version=quarantine.version),
         "data_sources": stats.data_sources(),
         "sample_processing": stats.sample_processing(),
         "training_consumption": [],
@@ -303,8 +351,3 @@ def build(rows: Iterable[Row], config: RoundConfig, quarantine: QuarantineList, 
             "hits_by_list": dict(sorted(stats.list_hits.items())),
         },
     }
-    manifest_path = out_dir / MANIFEST
-    manifest_path.write_bytes(orjson.dumps(manifest, option=_JSON | orjson.OPT_INDENT_2) + b"\n")
-    return RoundResult(round_number=round_number, content_hash=digest_hex, files=files,
-                       rows_in=sum(stats.rows_in.values()), rows_out=stats.rows_out,
-                       manifest=manifest, manifest_path=manifest_path)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import re
-import unicodedata
 from collections import Counter
 from typing import Any
 
@@ -77,26 +77,19 @@ def has_pii(row: Row) -> bool:
     return bool(texts) and bool(find_pii("\x00".join(texts)))
 
 
-def fold(text: str) -> str:
-    """NFKC, casefolded, whitespace runs collapsed to one space, ends stripped; punctuation kept."""
-    if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
-    return " ".join(text.casefold().split())
-
-
 def _blank(text: str) -> bool:
     return not text or text.isspace()
 
 
 def content_digest(row: Row) -> bytes:
     """What dedup compares, per kind: the roles of the prompt messages, the prompt text and the answers after
-    `fold` (punctuation is kept: it matters in code and maths), and the label for KTO (the same completion
-    labelled both ways is two rows). Margins, scores and lineage do not count."""
-    return _digest(row, fold(row.prompt_text()), [fold(a) for a in row.answer_texts()])
+    `normalise` (as contamination sees them: case, punctuation and whitespace do not count), and the label for
+    KTO (the same completion labelled both ways is two rows). Margins, scores and lineage do not count."""
+    return _digest(row, normalise(row.prompt_text()), [normalise(a) for a in row.answer_texts()])
 
 
-def _digest(row: Row, folded_prompt: str, folded_answers: list[str]) -> bytes:
-    parts: list[Any] = [row.kind, [m.get("role") for m in row.prompt_messages()], folded_prompt, folded_answers]
+def _digest(row: Row, prompt: str, answers: list[str]) -> bytes:
+    parts: list[Any] = [row.kind, [m.get("role") for m in row.prompt_messages()], prompt, answers]
     if row.kind == "kto":
         parts.append(bool(row.body.get("label")))
     return hashlib.sha256(orjson.dumps(parts)).digest()[:16]
@@ -114,27 +107,42 @@ def quality_reason(row: Row, config: RoundConfig) -> str | None:
     - too_long: the prompt text or an answer has more than `max_chars` characters.
     - garbled: more than `max_garbled_share` of all characters (prompt and answers) are control characters
       other than tab/newline/CR, or U+FFFD.
-    - degenerate: a DPO pair whose chosen and rejected texts are equal after `fold`.
+    - degenerate: a DPO pair whose chosen and rejected texts are equal after `normalise`.
     Text that ends mid-sentence is not judged truncated: code, lists and short answers end without
     punctuation.
     """
     answers = row.answer_texts()
-    return _quality(row, config, row.prompt_text(), answers, [fold(a) for a in answers])
+    return _quality(row, config, row.prompt_text(), answers, [normalise(a) for a in answers])
 
 
-def _quality(row: Row, config: RoundConfig, prompt: str, answers: list[str], folded: list[str]) -> str | None:
-    if _blank(prompt) or not answers or any(_blank(a) for a in answers):
+def _quality(row: Row, config: RoundConfig, prompt: str, answers: list[str],
+             normalised: list[str]) -> str | None:
+    if _blank(prompt) or not answers:
         return EMPTY
-    if "length" in (row.lineage.get("finish_reasons") or ()):
+    longest = len(prompt)
+    total = len(prompt)
+    bad = len(_GARBLED_CHARS.findall(prompt)) if _GARBLED_CHARS.search(prompt) else 0
+    short = False
+    for a in answers:
+        if _blank(a):
+            return EMPTY
+        if len(a) > longest:
+            longest = len(a)
+        total += len(a)
+        if _GARBLED_CHARS.search(a):
+            bad += len(_GARBLED_CHARS.findall(a))
+        if config.min_chars > 1 and len(a.strip()) < config.min_chars:
+            short = True
+    finish_reasons = row.lineage.get("finish_reasons")
+    if finish_reasons and "length" in finish_reasons:
         return TRUNCATED
-    if config.min_chars > 1 and any(len(a.strip()) < config.min_chars for a in answers):
+    if short:
         return TOO_SHORT
-    if len(prompt) > config.max_chars or any(len(a) > config.max_chars for a in answers):
+    if longest > config.max_chars:
         return TOO_LONG
-    bad = sum(len(_GARBLED_CHARS.findall(t)) for t in (prompt, *answers) if _GARBLED_CHARS.search(t))
-    if bad and bad > config.max_garbled_share * (len(prompt) + sum(len(a) for a in answers)):
+    if bad and bad > config.max_garbled_share * total:
         return GARBLED
-    if row.kind == "dpo" and folded[0] == folded[1]:
+    if row.kind == "dpo" and normalised[0] == normalised[1]:
         return DEGENERATE
     return None
 
@@ -143,10 +151,15 @@ class DistributionCap:
     """Keeps one (app, model version, primary tag) stratum from dominating a kind, streaming and deterministic.
 
     Per kind, with `kept` rows of that kind admitted so far, `kept[s]` of them from stratum s, and k the number
-    of distinct strata of that kind that reached this gate so far (this row's included): a row of stratum s is
-    admitted when kept < `cap_warmup`, or when kept[s] + 1 <= max(cap_share, 1/k) * (kept + 1).
-    The 1/k floor keeps a lone stratum (or k strata with cap_share < 1/k) from stalling the round. The rule
-    reads only the rows before, so the outcome depends on the caller's (deterministic) row order.
+    of distinct strata of that kind that reached this gate so far (this row's included), a row of stratum s is
+    admitted when kept < `warmup`, or when
+
+        kept[s] + 1 <= ceil(max(cap_share, 1/k) * (kept + 1))
+
+    i.e. admitting it leaves s at most its share of the kept rows, rounded up to a whole row. The 1/k floor lets
+    a lone stratum through (and k strata when cap_share < 1/k), and the rounding up means the least-kept stratum
+    is never refused, so the cap can throttle a dominant stratum but never stall a round. The rule reads only
+    the rows before, so the outcome follows the caller's (deterministic) row order.
     """
 
     def __init__(self, cap_share: float, warmup: int) -> None:
@@ -167,7 +180,8 @@ class DistributionCap:
         kept = self.kept[kind]
         if kept >= self.warmup:
             share = max(self.cap_share, 1.0 / len(seen))
-            if by_stratum[stratum] + 1 > share * (kept + 1) + 1e-9:
+            # 1e-9: 0.6 * 10 is 6.000000000000001 in floating point, and must round up to 6, not 7.
+            if by_stratum[stratum] + 1 > math.ceil(share * (kept + 1) - 1e-9):
                 return False
         self.kept[kind] = kept + 1
         by_stratum[stratum] += 1
@@ -175,19 +189,38 @@ class DistributionCap:
 
 
 def split_of(prompt_text: str, config: RoundConfig, *, normalised: str | None = None) -> str:
-    """train / calibration / audit from u = sha256(audit_salt, normalised prompt text) as a number in [0, 1):
-    audit when u < audit_share, calibration when u < audit_share + calibration_share, train otherwise.
+    """train / calibration / audit from u = sha256(audit_salt, 0x1f, normalised prompt text), its first 8 bytes
+    read as a number in [0, 1): audit when u < audit_share, calibration when u < audit_share +
+    calibration_share, train otherwise.
 
-    The key is the prompt alone (normalised as for contamination), never the round or the row's id: the same
+    The key is the prompt alone (`normalise`d as for contamination), never the round or the row's id: the same
     prompt lands in the same split in every round and for every kind, so audit prompts are never trained on,
     and changing the calibration share never moves a prompt into or out of audit. `normalised` is
     normalise(prompt_text) when the caller has it already.
     """
-    key = normalise(prompt_text) if normalised is None else normalised
-    digest = hashlib.sha256(f"{config.audit_salt}\x1f{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2.0**64
-    if u < config.audit_share:
-        return AUDIT
-    if u < config.audit_share + config.calibration_share:
-        return CALIBRATION
-    return TRAIN
+    return Splitter(config)(normalise(prompt_text) if normalised is None else normalised)
+
+
+class Splitter:
+    """`split_of` with the salt and the share bounds computed once (the builder calls it for every row)."""
+
+    def __init__(self, config: RoundConfig) -> None:
+        self._salted = hashlib.sha256(f"{config.audit_salt}\x1f".encode())
+        # u < share  <=>  first 8 digest bytes < share * 2**64  <=>  digest < that bound as 8 bytes + 24 zeros
+        self._audit = self._bound(config.audit_share)
+        self._calibration = self._bound(config.audit_share + config.calibration_share)
+
+    @staticmethod
+    def _bound(share: float) -> bytes:
+        value = min(math.ceil(share * 2.0**64), 2**64)
+        return b"\xff" * 33 if value >= 2**64 else value.to_bytes(8, "big") + bytes(24)
+
+    def __call__(self, normalised: str) -> str:
+        h = self._salted.copy()
+        h.update(normalised.encode())
+        digest = h.digest()
+        if digest < self._audit:
+            return AUDIT
+        if digest < self._calibration:
+            return CALIBRATION
+        return TRAIN

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import re
@@ -61,6 +62,13 @@ def shingles(tokens: list[str], size: int) -> list[str]:
     return [" ".join(tokens[i:i + size]) for i in range(len(tokens) - size + 1)]
 
 
+@functools.cache
+def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
+    """The (bands, rows) datasketch picks for a threshold: a numerical optimisation worth doing once."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    return (lsh.b, lsh.r)
+
+
 class QuarantineIndex:
     """Finds quarantine items in a text, by either of two checks on normalised words (see `normalise`):
 
@@ -75,6 +83,11 @@ class QuarantineIndex:
     Both prompts and answers of every item are indexed, and any text can be checked against both. Item texts
     with fewer than `min_item_words` words are not indexed (too short to tell contamination from coincidence).
     A text sharing no shingle with any item text is cleared without computing a MinHash.
+
+    Reach: each changed word breaks up to `shingle_words` shingles on both sides, so with c words changed in an
+    item of S shingles the Jaccard is about (S - 3c) / (S + 3c): at 0.7 the near check tolerates roughly one
+    changed word in 17; beyond that the exact check still catches any 13-word run left intact. Lower the
+    threshold for more recall.
     """
 
     def __init__(self, quarantine: QuarantineList, *, ngram: int = 13, min_item_words: int = 8,
@@ -93,7 +106,7 @@ class QuarantineIndex:
         self._side_items: list[str] = []  # side index -> item id
         self._side_sizes: list[int] = []  # side index -> number of distinct shingles
         self._side_hashes: list[MinHash] = []
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=_lsh_params(threshold, num_perm))
         self._permutations: np.ndarray | None = None
         for item in sorted(quarantine.items, key=lambda i: i.item_id):
             for text in (item.prompt, item.answer):
@@ -184,7 +197,7 @@ class QuarantineIndex:
             if (start, end) not in windows:
                 windows[(start, end)] = self._minhash(set(text_shingles[start:end + 1]))
             m = windows[(start, end)]
-            candidates = {side, *(int(k) for k in self._lsh.query(m))}
+            candidates = {side, *(int(key) for key in self._lsh.query(m))}
             for other in sorted(candidates):
                 if m.jaccard(self._side_hashes[other]) >= self.threshold:
                     found.add(self._side_items[other])

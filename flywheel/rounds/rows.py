@@ -128,6 +128,12 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int) -> Row | 
     None for a record that is not a training row: a tied or not (yet) accepted pair, a hard case, a
     disagreement. Raises ValueError for an unknown kind.
     """
+    if kind in _NOT_TRAINING:
+        return None
+    if kind not in ("pair", "dpo", "kto", "sft"):
+        raise ValueError(f"unknown signal kind {kind!r}")
+    if kind in ("pair", "dpo") and (data.get("tie") or data.get("status") != "accepted"):
+        return None
     origin = _Origin(position=position, app_id=str(data["app_id"]), model_version=str(data["model_version"]),
                      prompt_version=data.get("prompt_version"), tags=tuple(str(t) for t in data.get("tags") or ()),
                      consent=bool(data["consent"]))
@@ -140,8 +146,6 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int) -> Row | 
         "disagreement": bool(data.get("disagreement", False)),
     }
     if kind in ("pair", "dpo"):
-        if data.get("tie") or data.get("status") != "accepted":
-            return None
         lineage.update({
             "preference_reason": data.get("preference_reason"),
             "chosen_interaction_id": data.get("chosen_interaction_id"),
@@ -159,13 +163,9 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int) -> Row | 
         body = {"prompt": [dict(m) for m in data["prompt"]], "completion": _assistant(str(data["completion"])),
                 "label": bool(data["desirable"])}
         return origin.row(kind="kto", key=str(data["label_id"]), source=rule, lineage=lineage, body=body)
-    if kind == "sft":
-        lineage["interaction_id"] = data.get("interaction_id")
-        body = {"messages": [dict(m) for m in data["messages"]]}
-        return origin.row(kind="sft", key=str(data["sample_id"]), source=rule, lineage=lineage, body=body)
-    if kind in _NOT_TRAINING:
-        return None
-    raise ValueError(f"unknown signal kind {kind!r}")
+    lineage["interaction_id"] = data.get("interaction_id")
+    body = {"messages": [dict(m) for m in data["messages"]]}
+    return origin.row(kind="sft", key=str(data["sample_id"]), source=rule, lineage=lineage, body=body)
 
 
 def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:

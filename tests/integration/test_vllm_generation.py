@@ -1,0 +1,198 @@
+"""The vLLM generators against a real engine: a tiny random model served in-process and by the OpenAI server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("vllm")
+
+from sampling import tiny_model  # noqa: E402
+from sampling.generation import CandidateGroup, OpenAIServerGenerator, SamplingSpec, VLLMGenerator  # noqa: E402
+
+pytestmark = pytest.mark.vllm
+
+KV_CACHE_BYTES = 256 * 2**20  # plenty for a 512-token model; the default would reserve 30 % of RAM per engine
+MODEL_VERSION = "tiny-policy@seed0"
+QUESTION = [{"role": "user", "content": "What is two plus two?"}]
+CHAT = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Can you write a haiku about rain?"},
+    {"role": "assistant", "content": "Rain on the roof."},
+    {"role": "user", "content": "Another one, please."},
+]
+
+
+@pytest.fixture(scope="session")
+def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_model.ensure(tmp_path_factory.getbasetemp() / "tiny-model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def generator(policy_dir: Path) -> Iterator[VLLMGenerator]:
+    gen = VLLMGenerator(policy_dir, MODEL_VERSION, kv_cache_memory_bytes=KV_CACHE_BYTES)
+    gen.load()
+    try:
+        yield gen
+    finally:
+        gen.unload()
+
+
+def texts(group: CandidateGroup) -> list[str]:
+    return [c.text for c in group.candidates]
+
+
+def test_one_prompt_gives_n_candidates_and_a_payload(generator: VLLMGenerator, policy_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    spec = SamplingSpec(n=4, max_tokens=24, seed=11, logprobs=0)
+    [group] = generator.generate([QUESTION], spec)
+
+    assert len(group.candidates) == 4
+    assert len(set(texts(group))) > 1  # four samples of a random model at temperature 1 are not all equal
+    for c in group.candidates:
+        assert 1 <= c.token_count <= 24
+        assert c.finish_reason in {"stop", "length"}
+        assert c.finish_reason != "length" or c.token_count == 24
+        assert c.cumulative_logprob is not None and c.cumulative_logprob < 0
+    # The prompt went through the model's chat template.
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    rendered = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    assert rendered == "<|im_start|>user\nWhat is two plus two?<|im_end|>\n<|im_start|>assistant\n"
+    assert group.prompt_tokens == len(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    payload = group.to_event_payload()
+    assert json.loads(json.dumps(payload)) == payload
+    assert payload["prompt"] == QUESTION
+    assert payload["seed"] == 11
+    assert payload["model_version"] == MODEL_VERSION
+    assert payload["generator"] == "vllm"
+    assert payload["sampling"] == {"n": 4, "temperature": 1.0, "top_p": 1.0, "max_tokens": 24, "logprobs": 0}
+    assert [c["token_count"] for c in payload["candidates"]] == [c.token_count for c in group.candidates]
+    assert payload["completion_tokens"] == sum(c.token_count for c in group.candidates)
+
+
+def test_two_prompts_in_one_call(generator: VLLMGenerator) -> None:
+    spec = SamplingSpec(n=3, max_tokens=16, seed=100)
+    groups = generator.generate([QUESTION, CHAT], spec)
+
+    assert [g.prompt for g in groups] == [tuple(QUESTION), tuple(CHAT)]
+    assert [g.seed for g in groups] == [100, 103]
+    assert all(len(g.candidates) == 3 for g in groups)
+    assert groups[0].prompt_tokens is not None and groups[1].prompt_tokens is not None
+    assert groups[1].prompt_tokens > groups[0].prompt_tokens
+    assert all(c.cumulative_logprob is None for g in groups for c in g.candidates)  # no logprobs asked
+    timing = generator.last_timing
+    assert timing is not None and 0 < timing.engine_seconds <= timing.total_seconds
+
+
+def test_same_seed_same_candidates(generator: VLLMGenerator) -> None:
+    spec = SamplingSpec(n=4, max_tokens=16, seed=5)
+    first = generator.generate([QUESTION, CHAT], spec)
+    again = generator.generate([QUESTION, CHAT], spec)
+    other = generator.generate([QUESTION, CHAT], SamplingSpec(n=4, max_tokens=16, seed=6))
+
+    assert [texts(g) for g in first] == [texts(g) for g in again]
+    assert [g.candidates for g in first] == [g.candidates for g in again]
+    assert texts(first[0]) != texts(other[0])
+
+
+def test_a_group_is_reproducible_from_its_recorded_seed(generator: VLLMGenerator) -> None:
+    """Candidate j of a group was sampled with seed + j: k single-sample requests give the same k candidates."""
+    [group] = generator.generate([CHAT], SamplingSpec(n=3, max_tokens=16, seed=40))
+    singles = [
+        generator.generate([CHAT], SamplingSpec(n=1, max_tokens=16, seed=group.seed + j))[0].candidates[0]
+        for j in range(3)
+    ]
+    assert texts(group) == [c.text for c in singles]
+
+
+def test_empty_batch(generator: VLLMGenerator) -> None:
+    assert generator.generate([], SamplingSpec()) == []
+
+
+# ---- the OpenAI-compatible server ----
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(policy_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(policy_dir), "--served-model-name", "tiny",
+        "--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+        "--kv-cache-memory-bytes", str(KV_CACHE_BYTES),
+        "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    base_url = f"http://127.0.0.1:{port}"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vLLM server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"vLLM server not ready in 240 s:\n{log_path.read_text()[-4000:]}")
+            try:
+                with urllib.request.urlopen(f"{base_url}/v1/models", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        yield base_url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_server_gives_n_candidates_per_prompt(server: str) -> None:
+    gen = OpenAIServerGenerator(server, "tiny", MODEL_VERSION)
+    gen.load()
+    spec = SamplingSpec(n=4, max_tokens=16, seed=21, logprobs=0)
+    groups = gen.generate([QUESTION, CHAT], spec)
+
+    assert [g.seed for g in groups] == [21, 25]
+    for g in groups:
+        assert len(g.candidates) == 4
+        assert g.generator == "vllm-openai" and g.model_version == MODEL_VERSION
+        assert g.prompt_tokens is not None and g.prompt_tokens > 0
+        for c in g.candidates:
+            assert 1 <= c.token_count <= 16
+            assert c.finish_reason in {"stop", "length"}
+            assert c.cumulative_logprob is not None
+    assert json.loads(json.dumps(groups[0].to_event_payload())) == groups[0].to_event_payload()
+
+
+def test_server_and_in_process_engine_agree(server: str, generator: VLLMGenerator) -> None:
+    """Same model, spec and seed: the server samples the same candidates as the in-process engine."""
+    spec = SamplingSpec(n=3, max_tokens=16, seed=60, logprobs=0)
+    [remote] = OpenAIServerGenerator(server, "tiny", MODEL_VERSION).generate([CHAT], spec)
+    [local] = generator.generate([CHAT], spec)
+    assert texts(remote) == texts(local)
+    assert [c.token_count for c in remote.candidates] == [c.token_count for c in local.candidates]
+    assert remote.prompt_tokens == local.prompt_tokens
+
+
+def test_server_load_refuses_an_unknown_model(server: str) -> None:
+    with pytest.raises(RuntimeError, match="not served"):
+        OpenAIServerGenerator(server, "no-such-model", MODEL_VERSION).load()
