@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,22 +21,13 @@ from flywheel.simulate import generate  # noqa: E402
 from sampling import tiny_model  # noqa: E402
 from sampling.generation import SamplingSpec, VLLMGenerator  # noqa: E402
 from sampling.hardcases import SamplerConfig  # noqa: E402
-from store.db import connect, connect_sync  # noqa: E402
+from store.db import connect_sync  # noqa: E402
 from tests.conftest import settings_env  # noqa: E402
 from tests.integration.test_signals_store import ingest_all  # noqa: E402
+from tests.store_helpers import in_store  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
-
-def run(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        conn = await connect(url, autocommit=True)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def test_sample_generate_select_build_on_the_real_engine(
@@ -47,7 +36,7 @@ def test_sample_generate_select_build_on_the_real_engine(
 ) -> None:
     url = settings.database_url
     ingest_all(url, [m.value for m in generate(1200, seed=4) if m.expected_reason is None], [400])
-    sampled = run(url, lambda conn: sample_hard_cases(conn, SamplerConfig(budget=4, max_cluster_share=0.5)))
+    sampled = in_store(url, lambda conn: sample_hard_cases(conn, SamplerConfig(budget=4, max_cluster_share=0.5)))
     assert len(sampled.result.chosen) == 4
 
     policy = tiny_model.ensure(tmp_path_factory.getbasetemp() / "tiny-model", seed=0)
@@ -55,8 +44,8 @@ def test_sample_generate_select_build_on_the_real_engine(
     engine.load()
     try:
         spec = SamplingSpec(n=3, max_tokens=12, seed=5)
-        out = run(url, lambda conn: generate_candidates(conn, engine, spec, batch=2))
-        again = run(url, lambda conn: generate_candidates(conn, engine, spec))
+        out = in_store(url, lambda conn: generate_candidates(conn, engine, spec, batch=2))
+        again = in_store(url, lambda conn: generate_candidates(conn, engine, spec))
     finally:
         engine.unload()
     assert (out.groups_new, out.candidates) == (4, 12) and again.groups_new == 0  # a re-run adds nothing
@@ -74,7 +63,7 @@ def test_sample_generate_select_build_on_the_real_engine(
     report = json.loads(selected.stdout)
     assert report["groups"] == 4 and report["sft_samples"] == 4  # every best-of-3 clears a threshold of -100
 
-    published = run(url, lambda conn: build_round(conn, tmp_path / "rounds", RoundConfig()))
+    published = in_store(url, lambda conn: build_round(conn, tmp_path / "rounds", RoundConfig()))
     lines = [json.loads(line) for f in published.path.glob("*/groups.jsonl") for line in f.read_text().splitlines()]
     assert len(lines) == 4 and all(len(g["candidates"]) == 3 for g in lines)
     assert all(c["scores"][0]["scorer"] == "reward_model" for g in lines for c in g["candidates"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -16,22 +14,13 @@ from sampling.hardcases import SamplerConfig
 from sampling.selection import SelectionConfig
 from sampling.verifiers import JsonFormatVerifier
 from store.candidates import generated_event, record
-from store.db import connect, connect_sync
+from store.db import connect_sync
 from store.projections import check
 from tests.integration.test_signals_store import ingest_all
+from tests.store_helpers import in_store
 
 pytestmark = pytest.mark.integration
 
-
-def run(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        conn = await connect(url, autocommit=True)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
@@ -44,9 +33,9 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
     ingest_all(url, [m.value for m in generate(1500, seed=3) if m.expected_reason is None], [500])
     config = SamplerConfig(budget=12, seed=1, max_cluster_share=0.25)
 
-    first = run(url, lambda conn: sample_hard_cases(conn, config))
+    first = in_store(url, lambda conn: sample_hard_cases(conn, config))
     assert first.new and 0 < len(first.result.chosen) <= 12
-    again = run(url, lambda conn: sample_hard_cases(conn, config))
+    again = in_store(url, lambda conn: sample_hard_cases(conn, config))
     assert (again.sample_id, again.new) == (first.sample_id, False)  # same config, seed, watermark: one event
     assert [c.prompt_key for c in again.result.chosen] == [c.prompt_key for c in first.result.chosen]
     # every chosen prompt really drew objections inside the watermark, and every user consented
@@ -70,11 +59,11 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
         for i, (c, ts) in enumerate(zip(payload["chosen"], texts, strict=False))]
     events = [generated_event(first.sample_id, c, g.to_event_payload())
               for c, g in zip(payload["chosen"], groups, strict=False)]
-    assert len(run(url, lambda conn: record(conn, events))) == 2
-    assert run(url, lambda conn: record(conn, events)) == []  # a re-run appends nothing
+    assert len(in_store(url, lambda conn: record(conn, events))) == 2
+    assert in_store(url, lambda conn: record(conn, events)) == []  # a re-run appends nothing
 
     selection = SelectionConfig(sft_threshold=1.0, min_margin=0.5, length_guard_margin=0.5)
-    out = run(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection))
+    out = in_store(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection))
     assert (out.groups, out.sft_samples, out.pairs) == (2, 1, 1)
     assert out.reasons == {"tie": 1, "below_sft_threshold": 1}  # "same" x3 is not JSON: all score 0
     rows = query(url, "SELECT selection #>> '{pair,chosen}', selection #>> '{pair,rejected}', margin,"
@@ -82,7 +71,7 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
                       " ORDER BY position")
     # among the equally bad, the longer one is the rejected (the tie-break leans against length bias)
     assert rows[0][:3] == ('{"answer": 42}', "forty-two, I think", 1.0) and "tie" in rows[1][3]
-    assert run(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection)).groups == 0
+    assert in_store(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection)).groups == 0
 
-    drifts = {d.table: (d.missing, d.extra) for d in run(url, check)}
+    drifts = {d.table: (d.missing, d.extra) for d in in_store(url, check)}
     assert drifts["candidate_groups"] == (0, 0) and all(v == (0, 0) for v in drifts.values())

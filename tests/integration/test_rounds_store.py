@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,22 +13,13 @@ from flywheel.oncall import MARKER, restore, rollback
 from flywheel.roundbuild import build_round
 from flywheel.rounds import RoundConfig
 from flywheel.simulate import generate
-from store.db import connect, connect_sync
+from store.db import connect_sync
 from store.rounds import quarantine_added, record
 from tests.integration.test_signals_store import ingest_all
+from tests.store_helpers import in_store
 
 pytestmark = pytest.mark.integration
 
-
-def run(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
-    async def go() -> Any:
-        conn = await connect(url, autocommit=True)
-        try:
-            return await work(conn)
-        finally:
-            await conn.close()
-
-    return asyncio.run(go())
 
 
 def lines(root: Path) -> list[dict[str, Any]]:
@@ -51,9 +40,9 @@ def test_rounds_publish_roll_back_and_exclude_a_slice(endpoints: Endpoints, tmp_
             "SELECT messages -> -1 ->> 'content', response FROM interactions i WHERE consent_training"
             " AND EXISTS (SELECT 1 FROM feedback f WHERE f.interaction_id = i.interaction_id AND f.type = 'edit')"
             " ORDER BY position LIMIT 1").fetchone()
-    run(url, lambda conn: record(conn, [quarantine_added("canary-bench", [(prompt.upper() + "  ", answer)])]))
+    in_store(url, lambda conn: record(conn, [quarantine_added("canary-bench", [(prompt.upper() + "  ", answer)])]))
 
-    first = run(url, lambda conn: build_round(conn, root, config, announce=announced.append))
+    first = in_store(url, lambda conn: build_round(conn, root, config, announce=announced.append))
     assert first.round == 1 and first.rows_out > 0 and (root / "current").resolve() == first.path.resolve()
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert manifest["evaluation_isolation"]["hits"], "the canary was not caught"
@@ -63,27 +52,27 @@ def test_rounds_publish_roll_back_and_exclude_a_slice(endpoints: Endpoints, tmp_
     assert not list(root.glob(".building-*"))
 
     # Same log, same config, same quarantine: byte-identical data files.
-    again = run(url, lambda conn: build_round(conn, root, config, watermark=first.watermark))
+    again = in_store(url, lambda conn: build_round(conn, root, config, watermark=first.watermark))
     assert again.content_hash == first.content_hash
     for f in sorted(first.path.glob("*/*.jsonl")):
         assert f.read_bytes() == (again.path / f.relative_to(first.path)).read_bytes()
 
     ingest_all(url, values[1500:], [500], first_offset=1500)
-    third = run(url, lambda conn: build_round(conn, root, config))
+    third = in_store(url, lambda conn: build_round(conn, root, config))
     apps = {r["lineage"]["app_id"] for r in lines(third.path)}
     assert third.round == 3
 
-    out = run(url, lambda conn: rollback(conn, root, 3, reason="bad labels from support app",
+    out = in_store(url, lambda conn: rollback(conn, root, 3, reason="bad labels from support app",
                                          quarantine={"app_id": "support-bot"}, announce=announced.append))
     assert (out.changed, out.current) == (True, 2)
     assert (root / "current").resolve() == again.path.resolve() and (third.path / MARKER).exists()
-    assert run(url, lambda conn: rollback(conn, root, 3, reason="again", quarantine=None,
+    assert in_store(url, lambda conn: rollback(conn, root, 3, reason="again", quarantine=None,
                                           announce=announced.append)).changed is False
-    fourth = run(url, lambda conn: build_round(conn, root, config))
+    fourth = in_store(url, lambda conn: build_round(conn, root, config))
     assert fourth.sliced_out > 0
     assert lines(fourth.path) and not any(r["lineage"]["app_id"] == "support-bot" for r in lines(fourth.path))
     assert [m["type"] for m in announced] == ["round_published", "round_rolled_back"]
 
-    back = run(url, lambda conn: restore(conn, root, 3, announce=announced.append))
+    back = in_store(url, lambda conn: restore(conn, root, 3, announce=announced.append))
     assert back.changed and back.current == 4 and not (third.path / MARKER).exists()
     assert "support-bot" in apps  # round 3 had the support app's rows before the rollback sliced them out
