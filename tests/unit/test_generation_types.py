@@ -185,6 +185,7 @@ class FakeGenerator:
     """Answers every prompt with its own index as the judge's score: shows groups fit the judge's port."""
 
     name = "fake"
+    model_version = "fake-1"
 
     def load(self) -> None: ...
 
