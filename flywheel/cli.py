@@ -376,6 +376,8 @@ def generate(
     max_tokens: int = typer.Option(128),
     seed: int = typer.Option(0),
     sample_id: str = typer.Option(None, "--sample", help="A HardCasesSampled event id (default: the newest)."),
+    via_kafka: bool = typer.Option(False, "--via-kafka", help="Send the requests to the generation workers "
+                                                              "(flywheel generation-worker) instead."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Generate a candidate group for every hard case of a sample, with vLLM; each group is an event."""
@@ -384,6 +386,11 @@ def generate(
 
     settings = _settings()
     spec = SamplingSpec(n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, seed=seed)
+    if via_kafka:
+        sent = _send_generation_requests(settings, spec, sample_id)
+        _print(sent, as_json, f"sample {sent['sample_id']}: {sent['requests']} generation requests sent to "
+                              f"{settings.generation_topic}")
+        return
     generator = _generator(settings)
     generator.load()
     try:
@@ -400,6 +407,49 @@ def generate(
             "candidates": out.candidates, "completion_tokens": out.completion_tokens}
     _print(data, as_json, f"sample {out.sample_id}: {out.groups_new} new candidate groups for {out.prompts} hard "
                           f"cases, {out.candidates} candidates, {out.completion_tokens} completion tokens")
+
+
+def _send_generation_requests(settings: Settings, spec: Any, sample_id: str | None) -> dict[str, Any]:
+    from kafka import KafkaProducer
+
+    from store.hardcases import load_sample
+    from streams.generation import request
+
+    endpoints = _endpoints(settings)
+    _prepare(settings, endpoints)
+    sampled = _in_store(lambda conn: load_sample(conn, sample_id))
+    if sampled is None:
+        typer.echo("error: no hard-case sample recorded yet (flywheel sample)", err=True)
+        raise typer.Exit(1)
+    producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all", enable_idempotence=False)
+    try:
+        chosen = sampled.data["payload"]["chosen"]
+        for rank, case in enumerate(chosen):
+            producer.send(settings.generation_topic, key=case["prompt_key"].encode(),
+                          value=request(sampled.event_id, rank, case, spec))
+        producer.flush()
+    finally:
+        producer.close()
+    return {"sample_id": sampled.event_id, "requests": len(chosen)}
+
+
+@app.command("generation-worker")
+def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn|info|debug")) -> None:
+    """Run a generation worker: one engine, requests from the generation topic. Start more to scale out."""
+    import mode.loop
+
+    mode.loop.use("uvloop")
+    from faust.worker import Worker
+
+    from flywheel.generation import make_generator
+    from streams.generation import create_generation_app
+
+    settings = _settings()
+    endpoints = _endpoints(settings)
+    _prepare(settings, endpoints)
+    _generator(settings)  # fail now, with a clear error, when no model is configured
+    faust_app = create_generation_app(settings, endpoints, lambda: make_generator(settings))
+    Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
 def _scorers(settings: Settings, *, verify_json: bool) -> list[Any]:

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     feedback_topic: str = "flywheel.feedback"
     deadletter_topic: str = "flywheel.deadletter"
     rounds_topic: str = "flywheel.rounds"
+    generation_topic: str = "flywheel.generation"  # requests for generation workers (flywheel generate --via-kafka)
+    generation_group: str = "flywheel-generation"
+    generation_batch: int = 32  # requests per engine call
     partitions: int = 4
     consumer_group: str = "flywheel-ingest"
 

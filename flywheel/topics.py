@@ -17,6 +17,7 @@ def ensure_topics(bootstrap: str, settings: Settings) -> dict[str, int]:
         settings.feedback_topic: settings.partitions,
         settings.deadletter_topic: 1,
         settings.rounds_topic: 1,
+        settings.generation_topic: settings.partitions,
     }
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="flywheel-admin")
     try:

@@ -128,9 +128,19 @@ class Generator(Protocol):
 
     def unload(self) -> None: ...
 
-    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec) -> list[CandidateGroup]:
-        """One group per prompt, in prompt order; prompt `i` is sampled with `spec.prompt_seed(i)`."""
+    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
+                 seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
+        """One group per prompt, in prompt order; prompt `i` is sampled with `seeds[i]` when given, else
+        `spec.prompt_seed(i)`."""
         ...
+
+
+def _seeds(spec: SamplingSpec, count: int, seeds: Sequence[int] | None) -> list[int]:
+    if seeds is None:
+        return [spec.prompt_seed(i) for i in range(count)]
+    if len(seeds) != count:
+        raise ValueError(f"{len(seeds)} seeds for {count} prompts")
+    return list(seeds)
 
 
 def _prompt(messages: Messages) -> tuple[dict[str, str], ...]:
@@ -228,7 +238,8 @@ class VLLMGenerator:
             logprobs=spec.logprobs,
         )
 
-    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec) -> list[CandidateGroup]:
+    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
+                 seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
         if self._llm is None:
             raise RuntimeError("VLLMGenerator.generate before load()")
         started = time.perf_counter()
@@ -236,13 +247,14 @@ class VLLMGenerator:
         if not conversations:
             self.last_timing = GenerationTiming(total_seconds=0.0, engine_seconds=0.0)
             return []
-        params = [self.sampling_params(spec, spec.prompt_seed(i)) for i in range(len(conversations))]
+        seed_of = _seeds(spec, len(conversations), seeds)
+        params = [self.sampling_params(spec, seed_of[i]) for i in range(len(conversations))]
         messages: Any = [list(c) for c in conversations]
         engine_started = time.perf_counter()
         outputs = self._llm.chat(messages, params, use_tqdm=False)
         engine_seconds = time.perf_counter() - engine_started
         groups = [
-            self._group(conversation, output, spec, spec.prompt_seed(i))
+            self._group(conversation, output, spec, seed_of[i])
             for i, (conversation, output) in enumerate(zip(conversations, outputs, strict=True))
         ]
         self.last_timing = GenerationTiming(
@@ -331,15 +343,17 @@ class OpenAIServerGenerator:
             detail = e.read().decode(errors="replace")[:500]
             raise RuntimeError(f"chat completion failed: HTTP {e.code}: {detail}") from e
 
-    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec) -> list[CandidateGroup]:
+    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
+                 seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
         """The prompts' requests are in flight together, so the server batches them as the in-process engine does."""
-        bodies = [self.request_body(messages, spec, spec.prompt_seed(i)) for i, messages in enumerate(prompts)]
+        seed_of = _seeds(spec, len(prompts), seeds)
+        bodies = [self.request_body(messages, spec, seed_of[i]) for i, messages in enumerate(prompts)]
         if not bodies:
             return []
         with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(bodies)))) as pool:
             results = list(pool.map(self._post, bodies))
         return [
-            self._group(_prompt(messages), result, spec, spec.prompt_seed(i))
+            self._group(_prompt(messages), result, spec, seed_of[i])
             for i, (messages, result) in enumerate(zip(prompts, results, strict=True))
         ]
 

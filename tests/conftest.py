@@ -95,14 +95,16 @@ def run_cli(settings: Settings) -> Callable[..., subprocess.CompletedProcess[str
 
 
 @pytest.fixture
-def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Starts real `flywheel worker` processes; every one still alive is stopped at teardown."""
+def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    """Starts real `flywheel worker` processes (or another kind: `command`, with `settings` of its own);
+    every one still alive is stopped at teardown."""
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"worker-{len(procs)}.log", "wb")  # noqa: SIM115 - lives as long as the process
+    def start(command: str = "worker", with_settings: Settings | None = None) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"{command}-{len(procs)}.log", "wb")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.cli", "worker"], env=settings_env(settings), stdout=log, stderr=log
+            [sys.executable, "-m", "flywheel.cli", command], env=settings_env(with_settings or settings),
+            stdout=log, stderr=log,
         )
         procs.append(proc)
         return proc

@@ -191,7 +191,8 @@ class FakeGenerator:
 
     def unload(self) -> None: ...
 
-    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec) -> list[CandidateGroup]:
+    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
+                 seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
         return [
             group(
                 prompt=tuple(p),

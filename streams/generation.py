@@ -1,0 +1,100 @@
+"""Generation workers: a Faust agent owning one engine, consuming generation requests in batches.
+
+Scale-out is Kafka's: `flywheel generation-worker` processes in one consumer group share the request
+topic's partitions; each batch of requests is one engine call (n samples per request) and one
+transaction appending CandidatesGenerated events, whose ids are named by what they say, so a
+redelivered request is a no-op. A request that cannot be read or generated is dead-lettered with a
+reason, never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import faust
+import orjson
+
+from flywheel.endpoints import Endpoints
+from flywheel.settings import Settings
+from sampling.generation import Generator, SamplingSpec
+from store.candidates import generated_event, record
+from store.db import connect
+
+log = logging.getLogger("flywheel.generation")
+
+BAD_REQUEST = "bad_generation_request"
+GENERATION_FAILED = "generation_failed"
+
+
+def request(sample_id: str, rank: int, case: dict[str, Any], spec: SamplingSpec) -> bytes:
+    """One generation request: hard case number `rank` of a sample, sampled with seed + rank * n."""
+    return orjson.dumps({"sample_id": sample_id, "rank": rank, "case": case, "spec": spec.to_payload(),
+                         "seed": spec.seed + rank * spec.n})
+
+
+def _read(value: bytes) -> tuple[str, dict[str, Any], SamplingSpec, int]:
+    r = orjson.loads(value)
+    p = r["spec"]
+    spec = SamplingSpec(n=p["n"], temperature=p["temperature"], top_p=p["top_p"], max_tokens=p["max_tokens"],
+                        logprobs=p.get("logprobs"))
+    if not r["case"]["messages"] or not r["case"]["prompt_key"]:
+        raise ValueError("empty case")
+    return str(r["sample_id"]), r["case"], spec, int(r["seed"])
+
+
+def create_generation_app(settings: Settings, endpoints: Endpoints,
+                          make_generator: Callable[[], Generator]) -> faust.App:
+    app = faust.App(
+        settings.generation_group, broker=f"kafka://{endpoints.kafka_bootstrap}", store="memory://",
+        web_enabled=False, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
+        broker_session_timeout=settings.kafka_session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
+        # an engine call can take minutes: the consumer must not be thrown out of the group meanwhile
+        broker_max_poll_interval=3600.0, stream_processing_timeout=3600.0, producer_acks=-1,
+    )
+    requests = app.topic(settings.generation_topic, key_serializer="raw", value_serializer="raw")
+    deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
+
+    async def dead(reason: str, detail: str, values: Sequence[bytes]) -> None:
+        log.error("dead-lettering %d generation request(s): %s: %s", len(values), reason, detail)
+        sent = [await deadletter.send(value=orjson.dumps({
+            "reason": reason, "detail": detail, "topic": settings.generation_topic,
+            "original_b64": base64.b64encode(v).decode()})) for v in values]
+        await asyncio.gather(*sent)
+
+    @app.agent(requests, name="generate")
+    async def generate(stream: faust.StreamT) -> None:
+        generator = make_generator()
+        await asyncio.to_thread(generator.load)
+        conn = await connect(endpoints.database_url, autocommit=True)
+        try:
+            async for values in stream.take(settings.generation_batch, within=1.0):
+                readable: dict[str, list[tuple[bytes, str, dict[str, Any], int]]] = {}
+                specs: dict[str, SamplingSpec] = {}
+                for value in values:
+                    try:
+                        sample_id, case, spec, seed = _read(value)
+                    except (ValueError, KeyError, TypeError) as e:
+                        await dead(BAD_REQUEST, f"{type(e).__name__}: {e}", [value])
+                        continue
+                    key = orjson.dumps(spec.to_payload(), option=orjson.OPT_SORT_KEYS).decode()
+                    readable.setdefault(key, []).append((value, sample_id, case, seed))
+                    specs[key] = spec
+                for key, batch in readable.items():  # one engine call per distinct sampling spec
+                    try:
+                        groups = await asyncio.to_thread(generator.generate, [c["messages"] for _, _, c, _ in batch],
+                                                         specs[key], [seed for *_, seed in batch])
+                    except Exception as e:  # the engine refused these prompts: dead-letter them, keep serving
+                        await dead(GENERATION_FAILED, f"{type(e).__name__}: {e}", [v for v, *_ in batch])
+                        continue
+                    await record(conn, [generated_event(sample_id, case, g.to_event_payload())
+                                        for (_, sample_id, case, _), g in zip(batch, groups, strict=True)])
+        finally:
+            await conn.close()
+            generator.unload()
+
+    return app
