@@ -13,6 +13,8 @@ EVENT_TYPES = ("interaction", "thumbs", "edit", "regenerate", "rating", "compari
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 Text = Annotated[str, Field(max_length=200_000)]
+# JSON numbers the store can write back: pydantic reads any size of integer, orjson writes 64 bits.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
 
 class _Wire(BaseModel):
@@ -34,8 +36,8 @@ class Message(_Wire):
 class SamplingParams(_Wire):
     temperature: float | None = None
     top_p: float | None = None
-    max_tokens: int | None = None
-    seed: int | None = None
+    max_tokens: Int64 | None = None
+    seed: Int64 | None = None
 
 
 class InteractionPayload(_Wire):
@@ -62,8 +64,8 @@ class RegeneratePayload(_Wire):
 
 
 class RatingPayload(_Wire):
-    score: int
-    scale: int = 5
+    score: Int64
+    scale: Int64 = 5
     dimension: str | None = None
 
     @model_validator(mode="after")
