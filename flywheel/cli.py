@@ -529,7 +529,8 @@ def quarantine_add(
     name: str = typer.Option(..., "--name", help="The list's name, e.g. the benchmark."),
 ) -> None:
     """Add benchmark/eval items to the quarantine list (an event; every later round is checked against it)."""
-    from store.rounds import quarantine_added, record
+    from store.projections import record
+    from store.rounds import quarantine_added
 
     try:
         items = _read_items(file)

@@ -18,8 +18,9 @@ from sampling.generation import Generator, SamplingSpec
 from sampling.hardcases import SampledHardCases, SamplerConfig, sample
 from sampling.selection import ScoredCandidate, Selection, SelectionConfig, length_bias, score_group, select
 from sampling.verifiers import Scorer
-from store.candidates import generated_event, record, selected_event, unselected
+from store.candidates import generated_event, selected_event, unselected
 from store.hardcases import load_sample, prompt_candidates, record_sample, signals_watermark
+from store.projections import record
 
 Progress = Callable[[int], None]  # called with how many items were just done
 

@@ -18,10 +18,10 @@ import orjson
 import psycopg
 
 from store.eventstore import head
+from store.projections import record
 from store.rounds import (
     SLICE_FIELDS,
     current_round,
-    record,
     round_by_number,
     round_consumed,
     round_restored,

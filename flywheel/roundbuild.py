@@ -34,8 +34,9 @@ from flywheel.rounds import (
 )
 from flywheel.signals import SignalConfig
 from store.eventstore import head
+from store.projections import record
 from store.roundrows import SourceRow, stream_rows
-from store.rounds import current_round, quarantine, record, round_published
+from store.rounds import current_round, quarantine, round_published
 
 _CHUNK = 500
 _KIND = {"pair": "dpo", "kto": "kto", "sft": "sft"}

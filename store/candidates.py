@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
 
-from store.eventstore import NewEvent, StoredEvent, append
+from store.eventstore import NewEvent, StoredEvent
 
 CANDIDATES_GENERATED = "candidates_generated"
 CANDIDATES_SELECTED = "candidates_selected"
 _NAMESPACE = uuid.UUID("0c6f2b8e-8d1b-4f4e-a7d5-2f0d7b9e4c31")
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat()
 
 
 def group_id(sample_id: str, key: str, payload: dict[str, Any]) -> str:
@@ -33,29 +28,15 @@ def generated_event(sample_id: str, case: dict[str, Any], payload: dict[str, Any
     """The CandidatesGenerated event of one group for a sampled hard case (its prompt_key, app_id, tags);
     payload: sampling.generation.CandidateGroup.to_event_payload()."""
     key = case["prompt_key"]
-    event_id, at = group_id(sample_id, key, payload), _now()
-    data = {"event_id": event_id, "type": CANDIDATES_GENERATED, "schema_version": 1, "occurred_at": at,
-            "sample_id": sample_id, "prompt_key": key, "app_id": case.get("app_id"),
-            "tags": list(case.get("tags") or ()), "payload": payload}
-    return NewEvent(event_id=event_id, type=CANDIDATES_GENERATED, occurred_at=at, data=data)
+    return NewEvent.internal(group_id(sample_id, key, payload), CANDIDATES_GENERATED, payload, sample_id=sample_id,
+                             prompt_key=key, app_id=case.get("app_id"), tags=list(case.get("tags") or ()))
 
 
 def selected_event(group: str, selector_version: str, payload: dict[str, Any]) -> NewEvent:
     """The CandidatesSelected event about one group, named by the group and the scorers/config that judged it."""
-    event_id, at = str(uuid.uuid5(_NAMESPACE, f"{CANDIDATES_SELECTED}:{group}:{selector_version}")), _now()
-    data = {"event_id": event_id, "type": CANDIDATES_SELECTED, "schema_version": 1, "occurred_at": at,
-            "group_id": group, "selector_version": selector_version, "payload": payload}
-    return NewEvent(event_id=event_id, type=CANDIDATES_SELECTED, occurred_at=at, data=data)
-
-
-async def record(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> list[StoredEvent]:
-    """Append and project, in one transaction: the log and the candidate_groups read model move together."""
-    from store.projections import project
-
-    async with conn.transaction():
-        stored = await append(conn, events)
-        await project(conn, stored)
-    return stored
+    event_id = str(uuid.uuid5(_NAMESPACE, f"{CANDIDATES_SELECTED}:{group}:{selector_version}"))
+    return NewEvent.internal(event_id, CANDIDATES_SELECTED, payload, group_id=group,
+                             selector_version=selector_version)
 
 
 async def project_candidates(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredEvent]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,6 +19,15 @@ class NewEvent:
     data: dict[str, Any]
     interaction_id: str | None = None
     app_id: str | None = None
+
+    @classmethod
+    def internal(cls, event_id: str, kind: str, payload: dict[str, Any], **fields: Any) -> NewEvent:
+        """An event the system records itself (a sample, a candidate group, a round …), stamped now; its id is
+        named by the caller after what it says, so recording the same fact twice is a no-op."""
+        at = datetime.now(UTC).isoformat()
+        data = {"event_id": event_id, "type": kind, "schema_version": 1, "occurred_at": at, **fields,
+                "payload": payload}
+        return cls(event_id=event_id, type=kind, occurred_at=at, data=data)
 
     @classmethod
     def of(cls, data: dict[str, Any]) -> NewEvent:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -105,23 +104,16 @@ async def record_sample(
     prompts: dict[str, list[dict[str, Any]]],
 ) -> tuple[str, bool]:
     """Append the HardCasesSampled event (in the caller's transaction); returns its id and whether it is new."""
-    event_id, at = sample_id(config, result.watermark), datetime.now(UTC).isoformat()
-    data = {
-        "event_id": event_id,
-        "type": HARD_CASES_SAMPLED,
-        "schema_version": 1,
-        "occurred_at": at,
-        "payload": {
-            "watermark": result.watermark,
-            "seed": result.seed,
-            "config": asdict(config),
-            "config_version": result.config_version,
-            "clusters": result.clusters,
-            "excluded": result.excluded_counts,
-            "chosen": [{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen],
-        },
-    }
-    stored = await append(conn, [NewEvent(event_id=event_id, type=HARD_CASES_SAMPLED, occurred_at=at, data=data)])
+    event_id = sample_id(config, result.watermark)
+    stored = await append(conn, [NewEvent.internal(event_id, HARD_CASES_SAMPLED, {
+        "watermark": result.watermark,
+        "seed": result.seed,
+        "config": asdict(config),
+        "config_version": result.config_version,
+        "clusters": result.clusters,
+        "excluded": result.excluded_counts,
+        "chosen": [{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen],
+    })])
     return event_id, bool(stored)
 
 

@@ -17,7 +17,7 @@ import psycopg
 
 from flywheel.signals import SignalConfig, prompt_key
 from store.candidates import CANDIDATES_GENERATED, CANDIDATES_SELECTED, project_candidates
-from store.eventstore import StoredEvent, head, read
+from store.eventstore import NewEvent, StoredEvent, append, head, read
 from store.rounds import ROUND_EVENTS, project_rounds
 from store.signals import CHECKPOINT, derive_groups, touched_groups
 from store.tables import READ_MODELS
@@ -105,6 +105,15 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
             """,
             [ids, *columns],
         )
+
+
+async def record(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> list[StoredEvent]:
+    """Append and project in one transaction (the caller's, when it has one): the log and the read models
+    move together. Returns the events that were new."""
+    async with conn.transaction():
+        stored = await append(conn, events)
+        await project(conn, stored)
+    return stored
 
 
 async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig) -> int:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
 
-from store.eventstore import NewEvent, StoredEvent, append
+from store.eventstore import NewEvent, StoredEvent
 
 QUARANTINE_ITEMS_ADDED = "quarantine_items_added"
 ROUND_PUBLISHED = "round_published"
@@ -24,10 +23,7 @@ SLICE_FIELDS = ("app_id", "model_version", "prompt_version", "since", "until")
 
 
 def _event(kind: str, identity: str, payload: dict[str, Any]) -> NewEvent:
-    """An event whose id is named by what it says: appending the same fact twice is a no-op."""
-    event_id, at = str(uuid.uuid5(_NAMESPACE, f"{kind}:{identity}")), datetime.now(UTC).isoformat()
-    data = {"event_id": event_id, "type": kind, "schema_version": 1, "occurred_at": at, "payload": payload}
-    return NewEvent(event_id=event_id, type=kind, occurred_at=at, data=data)
+    return NewEvent.internal(str(uuid.uuid5(_NAMESPACE, f"{kind}:{identity}")), kind, payload)
 
 
 def item_id(prompt: str, answer: str) -> str:
@@ -92,16 +88,6 @@ async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredE
         elif e.type == ROUND_CONSUMED:
             await cur.execute("UPDATE rounds SET consumed_by = array_append(consumed_by, %s) WHERE number = %s"
                               " AND NOT %s = ANY(consumed_by)", (p["run_id"], p["round"], p["run_id"]))
-
-
-async def record(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> list[StoredEvent]:
-    """Append and project in one transaction (the caller's, when it has one)."""
-    from store.projections import project
-
-    async with conn.transaction():
-        stored = await append(conn, events)
-        await project(conn, stored)
-    return stored
 
 
 # ---- queries ----

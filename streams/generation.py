@@ -21,8 +21,9 @@ import orjson
 from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
 from sampling.generation import Generator, SamplingSpec
-from store.candidates import generated_event, record
+from store.candidates import generated_event
 from store.db import connect
+from store.projections import record
 
 log = logging.getLogger("flywheel.generation")
 

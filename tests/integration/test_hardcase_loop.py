@@ -13,9 +13,9 @@ from sampling.generation import Candidate, CandidateGroup, SamplingSpec
 from sampling.hardcases import SamplerConfig
 from sampling.selection import SelectionConfig
 from sampling.verifiers import JsonFormatVerifier
-from store.candidates import generated_event, record
+from store.candidates import generated_event
 from store.db import connect_sync
-from store.projections import check
+from store.projections import check, record
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store
 

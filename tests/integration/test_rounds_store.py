@@ -14,7 +14,8 @@ from flywheel.roundbuild import build_round
 from flywheel.rounds import RoundConfig
 from flywheel.simulate import generate
 from store.db import connect_sync
-from store.rounds import quarantine_added, record
+from store.projections import record
+from store.rounds import quarantine_added
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store
 
