@@ -7,7 +7,7 @@ and appends its result to the log as events; re-running after a crash appends on
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
@@ -88,20 +88,14 @@ async def generate_candidates(
                              [sampled.event_id, generator.name, generator.model_version,
                               orjson.dumps(spec.to_payload()).decode()])
     done = {row[0] for row in await cur.fetchall()}
-    # Hard case number r of the sample is always sampled with seed spec.seed + r * n, however the work is
-    # batched or resumed: batches are runs of consecutive cases still to do.
-    batches: list[list[tuple[int, dict[str, Any]]]] = []
-    for rank, case in enumerate(chosen):
-        if case["prompt_key"] in done:
-            continue
-        if batches and batches[-1][-1][0] == rank - 1 and len(batches[-1]) < batch:
-            batches[-1].append((rank, case))
-        else:
-            batches.append([(rank, case)])
+    # Hard case number r of the sample is always sampled with spec.prompt_seed(r), however the work is batched
+    # or resumed.
+    todo = [(rank, case) for rank, case in enumerate(chosen) if case["prompt_key"] not in done]
+    batches = [todo[start:start + batch] for start in range(0, len(todo), batch)]
     new = candidates = tokens = 0
     for cases in batches:
-        first = cases[0][0]
-        groups = generator.generate([c["messages"] for _, c in cases], replace(spec, seed=spec.seed + first * spec.n))
+        groups = generator.generate([c["messages"] for _, c in cases], spec,
+                                    [spec.prompt_seed(rank) for rank, _ in cases])
         payloads = [g.to_event_payload() for g in groups]
         stored = await record(conn, [generated_event(sampled.event_id, c, p)
                                      for (_, c), p in zip(cases, payloads, strict=True)])

@@ -32,9 +32,9 @@ GENERATION_FAILED = "generation_failed"
 
 
 def request(sample_id: str, rank: int, case: dict[str, Any], spec: SamplingSpec) -> bytes:
-    """One generation request: hard case number `rank` of a sample, sampled with seed + rank * n."""
+    """One generation request: hard case number `rank` of a sample, sampled with spec.prompt_seed(rank)."""
     return orjson.dumps({"sample_id": sample_id, "rank": rank, "case": case, "spec": spec.to_payload(),
-                         "seed": spec.seed + rank * spec.n})
+                         "seed": spec.prompt_seed(rank)})
 
 
 def _read(value: bytes) -> tuple[str, dict[str, Any], SamplingSpec, int]:
