@@ -138,7 +138,10 @@ async def build_round(
                 build, _pull(loop, chunks), config, qlist, tmp, watermark=watermark,
                 parent=None if parent is None else str(parent["number"]), round_number=number)
             (tmp / "report.html").write_text(report_html(result.manifest))
-            summary = {"rows": _rows_by_kind(result.manifest), "rows_in": result.rows_in,
+            sources, processing = result.manifest["data_sources"], result.manifest["sample_processing"]
+            summary = {"rows": sources["rows_by_kind"], "splits": processing["splits"],
+                       "removed": processing["removed"], "apps": sources["apps"],
+                       "model_versions": sources["model_versions"], "rows_in": result.rows_in,
                        "rows_out": result.rows_out, "sliced_out": sliced[0],
                        "files": {k: result.files[k] for k in sorted(result.files)}}
             await record(conn, [round_published({
@@ -158,7 +161,3 @@ async def build_round(
     return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
                      rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced[0])
 
-
-def _rows_by_kind(manifest: dict[str, Any]) -> dict[str, int]:
-    counts = manifest["data_sources"].get("rows_by_kind") or manifest["data_sources"].get("counts_by_kind") or {}
-    return {str(k): int(v) for k, v in counts.items()}

@@ -84,7 +84,8 @@ def test_rounds_rollback_with_quarantine_then_a_clean_round(
     assert rows(r3["path"]) and not any(r["lineage"]["app_id"] == culprit for r in rows(r3["path"]))
     listed = {r["number"]: r for r in json.loads(run_cli("rounds", "list", "--json").stdout)}
     assert listed[2]["rolled_back"] and not listed[3]["rolled_back"] and listed[3]["parent"] == 1
-    assert "rows_out" in run_cli("rounds", "diff", "1", "3").stdout
+    diff = run_cli("rounds", "diff", "1", "3").stdout
+    assert "rows_out" in diff and "splits.train" in diff
     assert "recorded" in run_cli("rounds", "consume", "3", "--run", "run-42").stdout
 
     consumer = KafkaConsumer(settings.rounds_topic, bootstrap_servers=settings.kafka_bootstrap,
