@@ -16,10 +16,8 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -29,6 +27,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._stack import bench_stack  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulate import generate  # noqa: E402
 from flywheel.topics import ensure_topics  # noqa: E402
@@ -136,23 +135,13 @@ def main() -> None:
     args = ap.parse_args()
 
     base = Settings()
-    root = None
-    if base.database_url and base.kafka_bootstrap:
-        db_url, bootstrap = base.database_url, base.kafka_bootstrap
-    else:
-        from infra.stack import LocalStack
-
-        root = Path(tempfile.mkdtemp(prefix="flywheel-bench-"))
-        root.chmod(0o755)
-        env = LocalStack(root / "stack").up()
-        db_url, bootstrap = env.database_url, env.kafka_bootstrap
-    tag = uuid.uuid4().hex[:8]
-    settings = base.model_copy(update={
-        "database_url": db_url, "kafka_bootstrap": bootstrap, "feedback_topic": f"bench-feedback-{tag}",
-        "deadletter_topic": f"bench-deadletter-{tag}", "rounds_topic": f"bench-rounds-{tag}",
-        "consumer_group": f"bench-ingest-{tag}", "metrics_port": 0,
-    })
-    try:
+    with bench_stack(base, "flywheel-bench-") as (db_url, bootstrap):
+        tag = uuid.uuid4().hex[:8]
+        settings = base.model_copy(update={
+            "database_url": db_url, "kafka_bootstrap": bootstrap, "feedback_topic": f"bench-feedback-{tag}",
+            "deadletter_topic": f"bench-deadletter-{tag}", "rounds_topic": f"bench-rounds-{tag}",
+            "consumer_group": f"bench-ingest-{tag}", "metrics_port": 0,
+        })
         create_schema(db_url)
         ensure_topics(bootstrap, settings)
         print(f"producing {args.events} events …", flush=True)
@@ -167,12 +156,6 @@ def main() -> None:
         print(f"raw COPY (psycopg)           {copy_rate:>10,.0f} events/s")
         ratio = pipe_rate / min(consume_rate, copy_rate)
         print(f"ratio pipeline / min(raw)    {ratio:>10.2f}   (target >= 0.5)")
-    finally:
-        if root is not None:
-            from infra.stack import LocalStack
-
-            LocalStack(root / "stack").purge()
-            shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

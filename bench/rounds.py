@@ -31,6 +31,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._stack import bench_stack  # noqa: E402
 from flywheel.oncall import rollback  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulate import generate  # noqa: E402
@@ -101,27 +102,22 @@ def main() -> None:
     args = ap.parse_args()
 
     base = Settings()
-    stack_root = None
-    if base.database_url and base.kafka_bootstrap:
-        server_url, bootstrap = base.database_url, base.kafka_bootstrap
-    else:
-        from infra.stack import LocalStack
+    with bench_stack(base, "flywheel-bench-rounds-") as (server_url, bootstrap):
+        run(base, server_url, bootstrap, sorted(args.events), args.seed)
 
-        stack_root = Path(tempfile.mkdtemp(prefix="flywheel-bench-rounds-"))
-        stack_root.chmod(0o755)
-        env = LocalStack(stack_root / "stack").up()
-        server_url, bootstrap = env.database_url, env.kafka_bootstrap
+
+def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="flywheel-rounds-out-"))
     results = []
     try:
-        for n in sorted(args.events):
+        for n in sizes:
             db = f"bench_rounds_{n}_{uuid.uuid4().hex[:6]}"
             with psycopg.connect(server_url, autocommit=True) as admin:
                 admin.execute(f"CREATE DATABASE {db}")
             url = server_url.rsplit("/", 1)[0] + "/" + db
             create_schema(url)
             print(f"{n:>9} events: ingesting …", flush=True)
-            stored = asyncio.run(ingest(url, n, args.seed))
+            stored = asyncio.run(ingest(url, n, seed))
             copy_s, copy_bytes = raw_copy(url)
             settings = base.model_copy(update={"database_url": url, "rounds_dir": str(work / db),
                                                "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}"})
@@ -138,11 +134,6 @@ def main() -> None:
         print(f"rollback {large} / {small}: {results[-1][4] / results[0][4]:.2f} (target <= 1.5, each < 1 s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        if stack_root is not None:
-            from infra.stack import LocalStack
-
-            LocalStack(stack_root / "stack").purge()
-            shutil.rmtree(stack_root, ignore_errors=True)
 
 
 if __name__ == "__main__":
