@@ -4,7 +4,8 @@
 
 For each size, in a database of its own on the embedded stack (or FLYWHEEL_DATABASE_URL's server):
 simulated traffic is ingested straight through store.ingest (no broker: this measures rounds, not
-ingest), then in the same run
+ingest) and the signals read model is brought up to the head of the log (the workers' projector keeps
+it there; its time is printed, not counted in the build), then in the same run
   raw COPY   `COPY (SELECT … interactions and feedback up to the watermark) TO STDOUT`, the rows a build reads
   build      `flywheel rounds build` in a child process: its wall time and its peak RSS
   rollback   `flywheel.oncall.rollback` of that round, in-process (what on-call waits for)
@@ -37,6 +38,8 @@ from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulate import generate  # noqa: E402
 from store.db import connect, create_schema  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
+from store.projections import DEFAULT_SIGNALS  # noqa: E402
+from store.signals import catch_up  # noqa: E402
 
 BATCH = 5000
 
@@ -59,6 +62,18 @@ async def ingest(url: str, events: int, seed: int) -> int:
             out = await ingest_batch(conn, batch, consumer_group="bench", publish=_nothing)
             stored += sum(out.stored.values())
         return stored
+    finally:
+        await conn.close()
+
+
+async def project_signals(url: str) -> float:
+    """Bring the signals read model up to the head of the log, as the workers' projector keeps it."""
+    conn = await connect(url)
+    try:
+        started = time.perf_counter()
+        while (run := await catch_up(conn, DEFAULT_SIGNALS, wait=True)) is not None and run.upto > run.after:
+            pass
+        return time.perf_counter() - started
     finally:
         await conn.close()
 
@@ -118,13 +133,15 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
             create_schema(url)
             print(f"{n:>9} events: ingesting …", flush=True)
             stored = asyncio.run(ingest(url, n, seed))
+            project_s = asyncio.run(project_signals(url))
             copy_s, copy_bytes = raw_copy(url)
             settings = base.model_copy(update={"database_url": url, "rounds_dir": str(work / db),
                                                "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}"})
             build_s, out, peak_kib = build(settings)
             rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
             results.append((n, build_s, copy_s, peak_kib, rollback_s))
-            print(f"{n:>9} events ({stored} stored, {copy_bytes / 2**20:.0f} MiB copied): raw COPY {copy_s:6.1f} s, "
+            print(f"{n:>9} events ({stored} stored, signals projected in {project_s:.1f} s as the workers do, "
+                  f"{copy_bytes / 2**20:.0f} MiB copied): raw COPY {copy_s:6.1f} s, "
                   f"build {build_s:6.1f} s (ratio {build_s / copy_s:5.1f}, {out['rows_out']} rows), "
                   f"peak RSS {peak_kib / 1024:6.0f} MiB, rollback {rollback_s * 1000:6.1f} ms", flush=True)
         (small, *_), (large, *_) = results[0], results[-1]

@@ -586,7 +586,8 @@ def _describe_round(r: dict[str, Any]) -> str:
 
 @rounds_app.command("build")
 def rounds_build(
-    watermark: int = typer.Option(None, help="Event-log position to cut at (default: the head of the log)."),
+    watermark: int = typer.Option(
+        None, help="Event-log position to cut at (default: the head of the log, once signals are derived to it)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Cut the next round from the log: gates, splits, files, manifests, report; published atomically."""

@@ -34,9 +34,10 @@ from flywheel.rounds import (
 )
 from flywheel.signals import SignalConfig
 from store.eventstore import head
-from store.projections import record
-from store.roundrows import SourceRow, stream_rows
+from store.projections import DEFAULT_SIGNALS, record
+from store.roundrows import SourceRow, signals_checkpoint, stream_rows
 from store.rounds import current_round, quarantine, round_published
+from store.signals import catch_up
 
 _CHUNK = 500
 _KIND = {"pair": "dpo", "kto": "kto", "sft": "sft"}
@@ -105,9 +106,17 @@ async def build_round(
     conn: psycopg.AsyncConnection, root: Path, config: RoundConfig, *, watermark: int | None = None,
     signals: SignalConfig | None = None, announce: Announce | None = None,
 ) -> Published:
-    """Build and publish the next round from the log up to `watermark` (default: its head)."""
+    """Build and publish the next round from the log up to `watermark`.
+
+    Without a watermark, the signals read model is first brought up to the head of the log (the workers'
+    projector normally has it there already) and the round is cut where it stands: its rows are then read,
+    not derived again (store.roundrows)."""
     root.mkdir(parents=True, exist_ok=True)
     loop = asyncio.get_running_loop()
+    if watermark is None:
+        target = await head(conn)
+        while (run := await catch_up(conn, DEFAULT_SIGNALS, wait=True)) is not None and run.upto < target:
+            pass
     tmp: Path | None = None
     final: Path | None = None
     try:
@@ -118,7 +127,7 @@ async def build_round(
             if not locked or not locked[0]:
                 raise BuilderBusy("another round build or rollback is running")
             newest = await head(conn)
-            watermark = newest if watermark is None else watermark
+            watermark = await signals_checkpoint(conn) if watermark is None else watermark
             if not 0 < watermark <= newest:
                 raise ValueError(f"watermark {watermark} is outside the log (1..{newest})")
             cur = await conn.execute("SELECT coalesce(max(number), 0) + 1 FROM rounds")

@@ -124,7 +124,7 @@ async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig) -> i
         count += len(chunk)
     async with conn.cursor() as cur:
         await cur.execute("SELECT DISTINCT prompt_key FROM interactions ORDER BY 1")
-        await derive_groups(cur, [row[0] for row in await cur.fetchall()], config)
+        await derive_groups(cur, [row[0] for row in await cur.fetchall()], config, upto=await head(conn))
     return count
 
 

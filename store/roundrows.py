@@ -1,9 +1,11 @@
-"""What a round is cut from: signals derived afresh from the log up to a watermark, and candidate groups.
+"""What a round is cut from: the signals of the log up to a watermark, and candidate groups.
 
-Signals are re-derived per prompt group from the interactions and feedback at or before the watermark
-(derive is pure), so a round depends only on the log up to its watermark, never on how far the signals
-projector has got or on events after the watermark. Rows stream out group by group through a
-server-side cursor: memory does not grow with the size of the log.
+A round depends only on the log up to its watermark, never on how far the signals projector has got or
+on events after the watermark. When the projector's checkpoint is the watermark, the signals read model
+is exactly that (store.signals derives each group from the log up to its checkpoint), so the rows are read
+from it in derive's order. At any other watermark they are derived afresh per prompt group from the
+interactions and feedback at or before it (derive is pure): the same rows, slower. Either way rows stream
+out through server-side cursors: memory does not grow with the size of the log.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import orjson
 import psycopg
 
 from flywheel.signals import PreferencePair, SignalConfig, derive
-from store.signals import load_groups
+from store.projections import DEFAULT_SIGNALS
+from store.signals import CHECKPOINT, load_groups, newest_sources
 
 _GROUPS_PER_LOAD = 500
+_TRAINING_KINDS = ["pair", "kto", "sft"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,13 @@ async def watermark_time(conn: psycopg.AsyncConnection, watermark: int) -> datet
     return row[0] if row else None
 
 
+async def signals_checkpoint(conn: psycopg.AsyncConnection) -> int:
+    """How far the signals read model has got (0 before its first run)."""
+    cur = await conn.execute("SELECT position FROM checkpoints WHERE name = %s", [CHECKPOINT])
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 def _decided(pair: PreferencePair, at: datetime | None) -> PreferencePair:
     """A pending regeneration pair with nothing contrary before the watermark's time counts as accepted."""
     if pair.status == "pending" and at is not None and pair.decided_after is not None and pair.decided_after <= at:
@@ -43,28 +54,28 @@ def _decided(pair: PreferencePair, at: datetime | None) -> PreferencePair:
     return pair
 
 
+def _decided_json(data: dict[str, Any], at: datetime | None) -> dict[str, Any]:
+    """_decided on a pair as the read model holds it (JSON)."""
+    decided_after = data.get("decided_after")
+    if data.get("status") == "pending" and at is not None and decided_after is not None \
+            and datetime.fromisoformat(decided_after) <= at:
+        data["status"] = "accepted"
+    return data
+
+
 async def stream_rows(
     conn: psycopg.AsyncConnection, watermark: int, config: SignalConfig
 ) -> AsyncIterator[SourceRow]:
     """Every pair, KTO label and SFT sample of the log at `watermark`, by prompt group, then every candidate
-    group generated (and selected) by then. Call inside a transaction (the cursor is server-side)."""
+    group generated (and selected) by then. Call inside a REPEATABLE READ transaction (the cursors are
+    server-side, and the read model must not move between the checkpoint check and the read)."""
     at = await watermark_time(conn, watermark)
-    async with conn.cursor(name="round_groups") as keys_cur, conn.cursor() as cur:
-        keys_cur.itersize = _GROUPS_PER_LOAD
-        await keys_cur.execute("SELECT DISTINCT prompt_key FROM interactions WHERE position <= %s ORDER BY 1",
-                               [watermark])
-        while keys := [row[0] for row in await keys_cur.fetchmany(_GROUPS_PER_LOAD)]:
-            groups = await load_groups(cur, keys, upto=watermark)
-            for key in keys:
-                interactions, feedback = groups[key]
-                positions = {i.event_id: (i.position, i.occurred_at) for i in interactions}
-                positions.update({f.event_id: (f.position, f.occurred_at) for f in feedback})
-                signals = derive(interactions, feedback, config)
-                pairs = [_decided(p, at) for p in signals.pairs]
-                for kind, records in (("pair", pairs), ("kto", signals.kto_labels), ("sft", signals.sft_samples)):
-                    for record in records:
-                        newest = max(positions[e] for e in record.source_event_ids)
-                        yield SourceRow(kind, orjson.loads(orjson.dumps(record)), *newest)
+    if config == DEFAULT_SIGNALS and await signals_checkpoint(conn) == watermark:
+        signals = _read_signals(conn, at)
+    else:
+        signals = _derive_signals(conn, watermark, config, at)
+    async for row in signals:
+        yield row
     async with conn.cursor(name="round_candidate_groups") as groups_cur:
         await groups_cur.execute(
             "SELECT g.group_id::text, g.position, e.occurred_at, g.prompt_key, g.model_version, g.generator,"
@@ -80,3 +91,35 @@ async def stream_rows(
                                       "generator": generator, "prompt": prompt, "candidates": candidates,
                                       "sampling": sampling, "selection": selection, "sample_id": sample,
                                       "app_id": app, "tags": tags}, pos, occurred)
+
+
+async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None) -> AsyncIterator[SourceRow]:
+    """The training records of the signals read model, in the order _derive_signals gives them."""
+    async with conn.cursor(name="round_signals") as cur:
+        cur.itersize = 2000
+        await cur.execute("SELECT kind, data::text, position, occurred_at FROM signals WHERE kind = ANY(%s)"
+                          " ORDER BY prompt_key, ordinal", [_TRAINING_KINDS])
+        async for kind, data, position, occurred_at in cur:
+            record = orjson.loads(data)
+            yield SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position, occurred_at)
+
+
+async def _derive_signals(
+    conn: psycopg.AsyncConnection, watermark: int, config: SignalConfig, at: datetime | None
+) -> AsyncIterator[SourceRow]:
+    """Derive the training records of every prompt group from the log up to `watermark`."""
+    async with conn.cursor(name="round_groups") as keys_cur, conn.cursor() as cur:
+        keys_cur.itersize = _GROUPS_PER_LOAD
+        await keys_cur.execute("SELECT DISTINCT prompt_key FROM interactions WHERE position <= %s ORDER BY 1",
+                               [watermark])
+        while keys := [row[0] for row in await keys_cur.fetchmany(_GROUPS_PER_LOAD)]:
+            groups = await load_groups(cur, keys, upto=watermark)
+            for key in keys:
+                interactions, feedback = groups[key]
+                sources = newest_sources(interactions, feedback)
+                signals = derive(interactions, feedback, config)
+                pairs = [_decided(p, at) for p in signals.pairs]
+                for kind, records in (("pair", pairs), ("kto", signals.kto_labels), ("sft", signals.sft_samples)):
+                    for record in records:
+                        newest = max(sources[e] for e in record.source_event_ids)
+                        yield SourceRow(kind, orjson.loads(orjson.dumps(record)), *newest)

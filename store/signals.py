@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -22,7 +23,7 @@ from flywheel.signals import FeedbackRecord, InteractionRecord, SignalConfig, Si
 CHECKPOINT = "signals"
 _COLUMNS = (
     "signal_id, kind, prompt_key, rule, rule_version, interaction_id, app_id, model_version, prompt_version,"
-    " consent, disagreement, status, data"
+    " consent, disagreement, status, ordinal, position, occurred_at, data"
 )
 
 
@@ -88,8 +89,18 @@ async def load_groups(
     return groups
 
 
-def rows(key: str, signals: Signals) -> Iterable[tuple[Any, ...]]:
-    """One row per derived record: the columns queries filter on, and the whole record as JSON."""
+def newest_sources(
+    interactions: Iterable[InteractionRecord], feedback: Iterable[FeedbackRecord]
+) -> dict[str, tuple[int, datetime]]:
+    """Event id -> (position, occurred_at) of a group's events, to date each record by its newest source."""
+    sources = {i.event_id: (i.position, i.occurred_at) for i in interactions}
+    sources.update({f.event_id: (f.position, f.occurred_at) for f in feedback})
+    return sources
+
+
+def rows(key: str, signals: Signals, sources: dict[str, tuple[int, datetime]]) -> Iterable[tuple[Any, ...]]:
+    """One row per derived record, in derive's order: the columns queries filter on, its newest source
+    event (`sources`: see newest_sources), and the whole record as JSON."""
     kinds: list[tuple[str, str, Sequence[Any]]] = [
         ("pair", "pair_id", signals.pairs),
         ("kto", "label_id", signals.kto_labels),
@@ -97,29 +108,36 @@ def rows(key: str, signals: Signals) -> Iterable[tuple[Any, ...]]:
         ("hard_case", "case_id", signals.hard_cases),
         ("disagreement", "disagreement_id", signals.disagreements),
     ]
+    ordinal = 0
     for kind, id_field, records in kinds:
         for r in records:
+            position, occurred_at = max(sources[e] for e in r.source_event_ids)
             # orjson serialises the frozen dataclasses directly (dataclasses.asdict deep-copies: 5x slower)
             yield (
                 getattr(r, id_field), kind, key, getattr(r, "rule", kind), getattr(r, "rule_version", 1),
                 getattr(r, "interaction_id", None) or getattr(r, "rejected_interaction_id", None),
                 getattr(r, "app_id", None), getattr(r, "model_version", None), getattr(r, "prompt_version", None),
                 r.consent, getattr(r, "disagreement", kind == "disagreement"), getattr(r, "status", None),
-                orjson.dumps(r).decode(),
+                ordinal, position, occurred_at, orjson.dumps(r).decode(),
             )
+            ordinal += 1
 
 
-async def derive_groups(cur: psycopg.AsyncCursor[Any], keys: Sequence[str], config: SignalConfig) -> int:
-    """Replace the signal rows of these prompt groups with a fresh derivation; returns the row count."""
+async def derive_groups(
+    cur: psycopg.AsyncCursor[Any], keys: Sequence[str], config: SignalConfig, *, upto: int
+) -> int:
+    """Replace the signal rows of these prompt groups with a fresh derivation from the log up to `upto`
+    (so the read model at a checkpoint is exactly the log up to it); returns the row count."""
     count = 0
     for start in range(0, len(keys), _GROUPS_PER_QUERY):
         chunk = list(keys[start:start + _GROUPS_PER_QUERY])
-        groups = await load_groups(cur, chunk)
+        groups = await load_groups(cur, chunk, upto=upto)
         await cur.execute("DELETE FROM signals WHERE prompt_key = ANY(%s)", [chunk])
         async with cur.copy(f"COPY signals ({_COLUMNS}) FROM STDIN") as copy:
             for key in chunk:
                 interactions, feedback = groups[key]
-                for row in rows(key, derive(interactions, feedback, config)):
+                sources = newest_sources(interactions, feedback)
+                for row in rows(key, derive(interactions, feedback, config), sources):
                     await copy.write_row(row)
                     count += 1
     return count
@@ -154,6 +172,6 @@ async def catch_up(
         if upto <= after:
             return Progress(after, after, 0, 0)
         keys = await touched_groups(cur, after, upto)
-        count = await derive_groups(cur, keys, config)
+        count = await derive_groups(cur, keys, config, upto=upto)
         await cur.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [upto, CHECKPOINT])
     return Progress(after, upto, len(keys), count)

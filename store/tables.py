@@ -168,6 +168,12 @@ class SignalView(SQLModel, table=True):
     consent: bool
     disagreement: bool
     status: str | None = None
+    # Where the record stands in its group's derivation (pairs, then KTO labels, SFT samples, hard cases,
+    # disagreements, each in derive's order), and the newest event it came from: a round reads these rows
+    # in that order instead of deriving again (store.roundrows).
+    ordinal: int
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
 
 

@@ -77,3 +77,36 @@ def test_rounds_publish_roll_back_and_exclude_a_slice(endpoints: Endpoints, tmp_
     back = in_store(url, lambda conn: restore(conn, root, 3, announce=announced.append))
     assert back.changed and back.current == 4 and not (third.path / MARKER).exists()
     assert "support-bot" in apps  # round 3 had the support app's rows before the rollback sliced them out
+
+
+def _forbid(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    def forbidden(*_: Any) -> None:
+        raise AssertionError(f"this build must not take {path}")
+
+    monkeypatch.setattr(f"store.roundrows.{path}", forbidden)
+
+
+def test_a_round_read_from_the_signals_read_model_equals_one_derived_from_the_log(
+        endpoints: Endpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = endpoints.database_url
+    values = [m.value for m in generate(2400, seed=21) if m.expected_reason is None]
+    root, config = tmp_path / "rounds", RoundConfig()
+    # The projector is left behind on purpose: the default build must bring it up to the head first.
+    ingest_all(url, values[:1200], [400], project_every=None)
+    with connect_sync(url) as conn:
+        newest = conn.execute("SELECT max(position) FROM events").fetchone()[0]
+    with monkeypatch.context() as m:
+        _forbid(m, "_derive_signals")
+        read = in_store(url, lambda conn: build_round(conn, root, config))
+    with connect_sync(url) as conn:
+        assert conn.execute("SELECT position FROM checkpoints WHERE name = 'signals'").fetchone()[0] == newest
+    assert read.watermark == newest
+    ingest_all(url, values[1200:], [400], first_offset=1200)
+    # The checkpoint is past the first watermark now: the same cut is derived again from the log.
+    with monkeypatch.context() as m:
+        _forbid(m, "_read_signals")
+        derived = in_store(url, lambda conn: build_round(conn, root, config, watermark=read.watermark))
+    assert read.rows_out > 0 and derived.content_hash == read.content_hash
+    for f in sorted(read.path.glob("*/*.jsonl")):
+        assert f.read_bytes() == (derived.path / f.relative_to(read.path)).read_bytes()
+    assert '"status":"pending"' not in "".join(f.read_text() for f in read.path.glob("*/dpo.jsonl"))
