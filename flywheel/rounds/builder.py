@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Set
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +29,7 @@ from flywheel.rounds.gates import (
     _digest,
     _quality,
     has_pii,
+    string_has_pii,
 )
 from flywheel.rounds.quarantine import QuarantineIndex, QuarantineList, words
 from flywheel.rounds.rows import KINDS, Row
@@ -39,6 +41,9 @@ LENGTH_BUCKETS: tuple[tuple[float, str], ...] = (
     (256, "<256"), (1024, "256-1k"), (4096, "1k-4k"), (16384, "4k-16k"), (float("inf"), ">=16k"),
 )
 _JSON = orjson.OPT_SORT_KEYS
+# Distinct texts a build remembers the PII check and the reading of: rows repeat the same prompts, system prompts
+# and answers many times over, mostly close together. Bounded, so memory does not grow with the round.
+_CACHE_SIZE = 4096
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,7 +128,7 @@ class _Stats:
         self.min_position: int | None = None
         self.max_position: int | None = None
 
-    def contaminated(self, item_ids: set[str]) -> None:
+    def contaminated(self, item_ids: Set[str]) -> None:
         self.item_hits.update(item_ids)
         self.list_hits.update({self.list_of.get(i, "") for i in item_ids})
 
@@ -227,6 +232,8 @@ class _Gates:
         self.splitter = Splitter(config)
         # One 16-byte digest per distinct row that got past contamination: the only state that grows with rows.
         self.seen: dict[str, set[bytes]] = {kind: set() for kind in KINDS}
+        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(string_has_pii)
+        self._reading = functools.lru_cache(maxsize=_CACHE_SIZE)(self._read)
 
     def _remove(self, gate: str, kind: str) -> None:
         """Count a row removed by `gate`; the caller returns None (no split)."""
@@ -242,26 +249,27 @@ class _Gates:
         if not row.consent:
             self._remove(CONSENT, kind)
             return None
-        if has_pii(row):
+        if has_pii(row, self._has_pii):
             self._remove(PII, kind)
             return None
         prompt, answers = row.prompt_text(), row.answer_texts()
-        prompt_words = words(prompt)
-        answer_words = [words(a) for a in answers]
-        if self._contaminated(prompt_words, answer_words):
-            self._remove(CONTAMINATION, kind)
-            return None
-        normalised_prompt = " ".join(prompt_words)
-        normalised = [" ".join(tokens) for tokens in answer_words]
-        return self._rest(row, prompt, answers, normalised_prompt, normalised)
-
-    def _contaminated(self, prompt_words: list[str], answer_words: list[list[str]]) -> bool:
-        hit_ids = self.index.hits_words(prompt_words)
-        for tokens in answer_words:
-            hit_ids |= self.index.hits_words(tokens)
+        normalised_prompt, hit_ids = self._reading(prompt)
+        normalised = []
+        for answer in answers:
+            text, hits = self._reading(answer)
+            normalised.append(text)
+            hit_ids |= hits
         if hit_ids:
             self.stats.contaminated(hit_ids)
-        return bool(hit_ids)
+            self._remove(CONTAMINATION, kind)
+            return None
+        return self._rest(row, prompt, answers, normalised_prompt, normalised)
+
+    def _read(self, text: str) -> tuple[str, frozenset[str]]:
+        """A text as dedup and splits see it (`normalise`d) and the quarantine items in it; frozen, as it is
+        cached."""
+        tokens = words(text)
+        return " ".join(tokens), frozenset(self.index.hits_words(tokens))
 
     def _rest(self, row: Row, prompt: str, answers: list[str], normalised_prompt: str,
               normalised: list[str]) -> str | None:

@@ -92,6 +92,8 @@ class QuarantineIndex:
 
     def __init__(self, quarantine: QuarantineList, *, ngram: int = 13, min_item_words: int = 8,
                  shingle_words: int = 3, threshold: float = 0.7, num_perm: int = 256, seed: int = 1) -> None:
+        if not 1 <= shingle_words <= min_item_words:
+            raise ValueError("need 1 <= shingle_words <= min_item_words")  # the lookups rely on it
         self.ngram = ngram
         self.min_item_words = min_item_words
         self.shingle_words = shingle_words
@@ -182,8 +184,13 @@ class QuarantineIndex:
             return set()
         text_shingles = shingles(tokens, k)
         found: set[str] = set()
+        # An item gram starts with one of the item's shingles (min_item_words >= shingle_words), so it can only
+        # start where a shingle matched.
+        starts = sorted({pos for matched in positions.values() for pos in matched})
         for length in sorted(self._gram_lengths):
-            for i in range(len(tokens) - length + 1):
+            for i in starts:
+                if i + length > len(tokens):
+                    break
                 ids = self._grams.get(" ".join(tokens[i:i + length]))
                 if ids:
                     found |= ids
