@@ -9,11 +9,13 @@ import re
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import orjson
-from datasketch import MinHash, MinHashLSH
+
+if TYPE_CHECKING:  # datasketch (with scipy) loads only for a non-empty list: a second off every build without one
+    import numpy as np
+    from datasketch import MinHash, MinHashLSH
 
 from flywheel.rounds.config import RoundConfig
 
@@ -65,6 +67,8 @@ def shingles(tokens: list[str], size: int) -> list[str]:
 @functools.cache
 def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """The (bands, rows) datasketch picks for a threshold: a numerical optimisation worth doing once."""
+    from datasketch import MinHashLSH
+
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     return (lsh.b, lsh.r)
 
@@ -108,7 +112,7 @@ class QuarantineIndex:
         self._side_items: list[str] = []  # side index -> item id
         self._side_sizes: list[int] = []  # side index -> number of distinct shingles
         self._side_hashes: list[MinHash] = []
-        self._lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, params=_lsh_params(threshold, num_perm))
+        self._lsh: MinHashLSH | None = None  # made with the first indexed text
         self._permutations: np.ndarray | None = None
         for item in sorted(quarantine.items, key=lambda i: i.item_id):
             for text in (item.prompt, item.answer):
@@ -125,6 +129,8 @@ class QuarantineIndex:
         return len(self._side_items)
 
     def _minhash(self, shingle_set: set[str]) -> MinHash:
+        from datasketch import MinHash
+
         if self._permutations is None:
             m = MinHash(num_perm=self.num_perm, seed=self.seed, scheme=_MINHASH_SCHEME)
             self._permutations = m.permutations
@@ -156,6 +162,11 @@ class QuarantineIndex:
         self._side_items.append(item_id)
         self._side_sizes.append(len(shingle_set))
         self._side_hashes.append(m)
+        if self._lsh is None:
+            from datasketch import MinHashLSH
+
+            self._lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm,
+                                   params=_lsh_params(self.threshold, self.num_perm))
         self._lsh.insert(str(side), m)
 
     def hits(self, text: str) -> set[str]:
@@ -166,8 +177,9 @@ class QuarantineIndex:
 
     def hits_words(self, tokens: list[str]) -> set[str]:
         """`hits` of a text already split by `words`."""
-        if not self._side_items:
+        if self._lsh is None:  # nothing indexed
             return set()
+        lsh = self._lsh
         k = self.shingle_words
         positions: dict[int, list[int]] = {}  # side -> positions of the text's shingles that the side contains
         trie = self._trie
@@ -204,7 +216,7 @@ class QuarantineIndex:
             if (start, end) not in windows:
                 windows[(start, end)] = self._minhash(set(text_shingles[start:end + 1]))
             m = windows[(start, end)]
-            candidates = {side, *(int(key) for key in self._lsh.query(m))}
+            candidates = {side, *(int(key) for key in lsh.query(m))}
             for other in sorted(candidates):
                 if m.jaccard(self._side_hashes[other]) >= self.threshold:
                     found.add(self._side_items[other])
