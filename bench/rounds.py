@@ -7,8 +7,9 @@ simulated traffic is ingested straight through store.ingest (no broker: this mea
 ingest) and the signals read model is brought up to the head of the log (the workers' projector keeps
 it there; its time is printed, not counted in the build), then in the same run
   raw COPY   `COPY (SELECT … interactions and feedback up to the watermark) TO STDOUT`, the rows a build reads
-  build      `flywheel rounds build` in a child process: its wall time and its peak RSS
-  rollback   `flywheel.oncall.rollback` of that round, in-process (what on-call waits for)
+  build      `flywheel rounds build` in a child process: the build's time (as the command reports it), the
+             command's wall time (with interpreter start and imports, ~1 s) and its peak RSS
+  rollback   `flywheel.oncall.rollback` of that round, in-process (what on-call waits for): the median of 5
 Targets: build ≤ 3× raw COPY; peak RSS growth from the smallest to the largest size ≤ 200 MB;
 rollback < 1 s and its ratio largest / smallest ≤ 1.5.
 """
@@ -19,8 +20,9 @@ import argparse
 import asyncio
 import json
 import os
-import resource
+import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,12 +35,13 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack  # noqa: E402
-from flywheel.oncall import rollback  # noqa: E402
+from flywheel.oncall import restore, rollback  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulate import generate  # noqa: E402
 from store.db import connect, create_schema  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
-from store.projections import DEFAULT_SIGNALS  # noqa: E402
+from store.projections import DEFAULT_SIGNALS, record  # noqa: E402
+from store.rounds import quarantine_added  # noqa: E402
 from store.signals import catch_up  # noqa: E402
 
 BATCH = 5000
@@ -66,13 +69,27 @@ async def ingest(url: str, events: int, seed: int) -> int:
         await conn.close()
 
 
+async def add_quarantine(url: str, items: int, seed: int) -> None:
+    """An eval set of `items` prompt/answer pairs in the traffic's own words (so shingles match here and there
+    and the near-duplicate check runs), as a real quarantine list would be: mostly absent from the traffic."""
+    rng = random.Random(seed)
+    vocabulary = sorted({w for sim in generate(300, seed=seed + 1, bad_fraction=0.0)
+                         for w in sim.value.decode(errors="ignore").split() if w.isalpha()})
+    pairs = [(" ".join(rng.choices(vocabulary, k=24)), " ".join(rng.choices(vocabulary, k=16))) for _ in range(items)]
+    conn = await connect(url)
+    try:
+        await record(conn, [quarantine_added("bench-eval", pairs)])
+    finally:
+        await conn.close()
+
+
 async def project_signals(url: str) -> float:
-    """Bring the signals read model up to the head of the log, as the workers' projector keeps it."""
+    """Bring the signals read model up to the head of the log in one projector run (the workers keep it
+    there as traffic arrives)."""
     conn = await connect(url)
     try:
         started = time.perf_counter()
-        while (run := await catch_up(conn, DEFAULT_SIGNALS, wait=True)) is not None and run.upto > run.after:
-            pass
+        await catch_up(conn, DEFAULT_SIGNALS, wait=True, max_events=2**62)
         return time.perf_counter() - started
     finally:
         await conn.close()
@@ -93,19 +110,29 @@ def raw_copy(url: str) -> tuple[float, int]:
 def build(settings: Settings) -> tuple[float, dict[str, object], int]:
     env = {**os.environ, **{f"FLYWHEEL_{k.upper()}": str(v) for k, v in settings.model_dump().items()}}
     started = time.perf_counter()
-    child = subprocess.run([sys.executable, "-m", "flywheel.cli", "rounds", "build", "--json"], env=env,
-                           capture_output=True, text=True, check=True)
-    took = time.perf_counter() - started
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # the largest child so far
-    return took, json.loads(child.stdout), peak_kib
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        child = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "rounds", "build", "--json"], env=env,
+                                 stdout=out, stderr=err)
+        _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
+        child.returncode = os.waitstatus_to_exitcode(status)
+        took = time.perf_counter() - started
+        out.seek(0), err.seek(0)
+        if child.returncode:
+            raise RuntimeError(f"rounds build failed ({child.returncode}): {err.read().decode()}")
+        return took, json.loads(out.read()), usage.ru_maxrss
 
 
-async def time_rollback(url: str, root: Path, number: int) -> float:
+async def time_rollback(url: str, root: Path, number: int, times: int = 5) -> float:
+    """The median of `times` rollbacks of the round (each undone by a restore, untimed)."""
     conn = await connect(url, autocommit=True)
     try:
-        started = time.perf_counter()
-        await rollback(conn, root, number, reason="bench", quarantine=None, announce=lambda _: None)
-        return time.perf_counter() - started
+        took = []
+        for _ in range(times):
+            started = time.perf_counter()
+            await rollback(conn, root, number, reason="bench", quarantine=None, announce=lambda _: None)
+            took.append(time.perf_counter() - started)
+            await restore(conn, root, number, announce=lambda _: None)
+        return statistics.median(took)
     finally:
         await conn.close()
 
@@ -114,14 +141,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--quarantine-items", type=int, default=200)
     args = ap.parse_args()
 
     base = Settings()
     with bench_stack(base, "flywheel-bench-rounds-") as (server_url, bootstrap):
-        run(base, server_url, bootstrap, sorted(args.events), args.seed)
+        run(base, server_url, bootstrap, sorted(args.events), args.seed, args.quarantine_items)
 
 
-def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed: int) -> None:
+def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed: int, quarantine_items: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="flywheel-rounds-out-"))
     results = []
     try:
@@ -133,20 +161,26 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
             create_schema(url)
             print(f"{n:>9} events: ingesting …", flush=True)
             stored = asyncio.run(ingest(url, n, seed))
+            asyncio.run(add_quarantine(url, quarantine_items, seed))
             project_s = asyncio.run(project_signals(url))
             copy_s, copy_bytes = raw_copy(url)
             settings = base.model_copy(update={"database_url": url, "rounds_dir": str(work / db),
                                                "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}"})
-            build_s, out, peak_kib = build(settings)
+            command_s, out, peak_kib = build(settings)
+            build_s = float(out["seconds"])  # type: ignore[arg-type]
             rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
-            results.append((n, build_s, copy_s, peak_kib, rollback_s))
-            print(f"{n:>9} events ({stored} stored, signals projected in {project_s:.1f} s as the workers do, "
-                  f"{copy_bytes / 2**20:.0f} MiB copied): raw COPY {copy_s:6.1f} s, "
-                  f"build {build_s:6.1f} s (ratio {build_s / copy_s:5.1f}, {out['rows_out']} rows), "
-                  f"peak RSS {peak_kib / 1024:6.0f} MiB, rollback {rollback_s * 1000:6.1f} ms", flush=True)
+            results.append((n, build_s, copy_s, peak_kib, rollback_s, command_s))
+            print(f"{n:>9} events ({stored} stored; signals projected in {project_s:.1f} s in one projector run; "
+                  f"{copy_bytes / 2**20:.0f} MiB copied; {quarantine_items} quarantine items): "
+                  f"raw COPY {copy_s:6.1f} s, build {build_s:6.1f} s (ratio {build_s / copy_s:5.1f}, "
+                  f"{out['rows_out']} rows; the command {command_s:.1f} s with interpreter start and imports, "
+                  f"ratio {command_s / copy_s:.1f}), peak RSS {peak_kib / 1024:6.0f} MiB, "
+                  f"rollback {rollback_s * 1000:6.1f} ms", flush=True)
         (small, *_), (large, *_) = results[0], results[-1]
         growth = (results[-1][3] - results[0][3]) / 1024
-        print(f"build / raw COPY at {large}: {results[-1][1] / results[-1][2]:.1f}x (target <= 3)")
+        for n, build_s, copy_s, *_, command_s in results:
+            print(f"build / raw COPY at {n}: {build_s / copy_s:.1f}x, the command's {command_s / copy_s:.1f}x"
+                  " (target <= 3)")
         print(f"peak RSS growth {small} -> {large}: {growth:.0f} MiB (target <= 200)")
         print(f"rollback {large} / {small}: {results[-1][4] / results[0][4]:.2f} (target <= 1.5, each < 1 s)")
     finally:

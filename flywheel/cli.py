@@ -595,6 +595,7 @@ def rounds_build(
     from flywheel.rounds import RoundConfig
 
     settings = _settings()
+    started = time.perf_counter()
     try:
         out = _in_store(lambda conn: build_round(conn, settings.rounds_root, RoundConfig(), watermark=watermark,
                                                  announce=_announcer(settings)))
@@ -603,7 +604,7 @@ def rounds_build(
         raise typer.Exit(1) from None
     data = {"round": out.round, "path": str(out.path), "content_hash": out.content_hash,
             "watermark": out.watermark, "rows_in": out.rows_in, "rows_out": out.rows_out,
-            "sliced_out": out.sliced_out}
+            "sliced_out": out.sliced_out, "seconds": round(time.perf_counter() - started, 3)}
     _print(data, as_json, f"round {out.round} published at {out.path}\n  watermark {out.watermark}, "
                           f"{out.rows_out} of {out.rows_in} rows kept ({out.sliced_out} in rolled-back slices), "
                           f"content hash {out.content_hash[:16]}")

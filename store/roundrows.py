@@ -97,7 +97,9 @@ async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None) -> A
     """The training records of the signals read model, in the order _derive_signals gives them."""
     async with conn.cursor(name="round_signals") as cur:
         cur.itersize = 2000
+        # Tied pairs never become training rows (flywheel.rounds.row_from_signal): not worth reading.
         await cur.execute("SELECT kind, data::text, position, occurred_at FROM signals WHERE kind = ANY(%s)"
+                          " AND NOT (kind = 'pair' AND (data -> 'tie') = 'true')"
                           " ORDER BY prompt_key, ordinal", [_TRAINING_KINDS])
         async for kind, data, position, occurred_at in cur:
             record = orjson.loads(data)
