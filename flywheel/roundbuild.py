@@ -1,8 +1,9 @@
 """BuildRound: cut the log at a watermark into a round directory and publish it atomically.
 
 The rows stream from Postgres (store.roundrows, a server-side cursor in one REPEATABLE READ snapshot)
-into the pure builder (flywheel.rounds.build), which runs in a thread and pulls them in chunks: memory
-stays flat whatever the round's size. The files are written under a hidden temporary directory; the
+into the pure builder (flywheel.rounds.build), which runs in a process of its own (flywheel.rounds.process)
+fed chunks through a bounded queue, so reading and building use two cores: memory stays flat whatever the
+round's size. The files are written under a hidden temporary directory; the
 round becomes visible by a rename to round-NNNN inside the transaction that appends RoundPublished,
 so a crash at any point leaves no round that the log does not know. Leftovers of a crashed build are
 removed by the next one.
@@ -11,12 +12,16 @@ removed by the next one.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
 import shutil
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from multiprocessing.queues import Queue
 from pathlib import Path
+from queue import Full
 from typing import Any
 
 import psycopg
@@ -26,8 +31,9 @@ from flywheel.rounds import (
     QuarantineItem,
     QuarantineList,
     RoundConfig,
+    RoundResult,
     Row,
-    build,
+    process,
     report_html,
     row_from_signal,
     rows_from_group,
@@ -40,6 +46,7 @@ from store.rounds import current_round, quarantine, round_published
 from store.signals import catch_up
 
 _CHUNK = 500
+_CHUNKS_IN_FLIGHT = 8  # queued for the builder process: bounds memory, absorbs jitter
 _KIND = {"pair": "dpo", "kto": "kto", "sft": "sft"}
 
 
@@ -93,13 +100,54 @@ async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], 
         yield chunk
 
 
-def _pull(loop: asyncio.AbstractEventLoop, chunks: AsyncIterator[list[Row]]) -> Iterator[Row]:
-    """A plain iterator over an async one, for the builder's thread: one hop to the loop per chunk."""
-    while True:
-        chunk = asyncio.run_coroutine_threadsafe(anext(chunks, None), loop).result()
-        if chunk is None:
-            return
-        yield from chunk
+async def build_in_process(chunks: AsyncIterator[list[Row]], *args: Any, **kwargs: Any) -> RoundResult:
+    """`build(rows, *args, **kwargs)` in a builder process (flywheel.rounds.process) fed by this one."""
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process running an event loop and threads
+    queue: Queue[list[Row] | None] = ctx.Queue(maxsize=_CHUNKS_IN_FLIGHT)
+    results, child_end = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=process.main, args=(queue, child_end, os.getpid(), args, kwargs),
+                        name="round-builder", daemon=True)
+    child.start()
+    child_end.close()
+
+    def put(chunk: list[Row] | None) -> bool:
+        """False once the builder takes no more rows (it failed, or died: receive() tells which)."""
+        while not results.poll():
+            try:
+                queue.put(chunk, timeout=1.0)
+                return True
+            except Full:
+                if not child.is_alive():
+                    return False
+        return False
+
+    def receive() -> tuple[str, Any]:
+        while not results.poll(1.0):  # also true at end of file: the builder died without a word
+            pass
+        try:
+            return results.recv()
+        except EOFError:
+            child.join()
+            raise RuntimeError(f"the round builder process died (exit code {child.exitcode})") from None
+
+    try:
+        async for chunk in chunks:
+            if not await asyncio.to_thread(put, chunk):
+                break
+        else:
+            await asyncio.to_thread(put, None)
+        status, value = await asyncio.to_thread(receive)
+    except BaseException:
+        child.kill()
+        raise
+    finally:
+        await asyncio.to_thread(child.join)
+        results.close()
+        queue.close()
+        queue.cancel_join_thread()  # a killed child never reads what is left: do not wait to flush it
+    if status == "error":
+        raise value
+    return value
 
 
 async def build_round(
@@ -112,7 +160,6 @@ async def build_round(
     projector normally has it there already) and the round is cut where it stands: its rows are then read,
     not derived again (store.roundrows)."""
     root.mkdir(parents=True, exist_ok=True)
-    loop = asyncio.get_running_loop()
     if watermark is None:
         target = await head(conn)
         while (run := await catch_up(conn, DEFAULT_SIGNALS, wait=True)) is not None and run.upto < target:
@@ -143,8 +190,8 @@ async def build_round(
             tmp = root / f".building-{number:04d}-{uuid.uuid4().hex[:8]}"
             sliced = [0]
             chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig()), slices, sliced)
-            result = await asyncio.to_thread(
-                build, _pull(loop, chunks), config, qlist, tmp, watermark=watermark,
+            result = await build_in_process(
+                chunks, config, qlist, tmp, watermark=watermark,
                 parent=None if parent is None else str(parent["number"]), round_number=number)
             (tmp / "report.html").write_text(report_html(result.manifest))
             sources, processing = result.manifest["data_sources"], result.manifest["sample_processing"]

@@ -1,0 +1,70 @@
+"""The round builder in a process of its own, fed chunks of rows through a queue.
+
+The parent reads rows from Postgres and converts them while this process runs them through the gates
+and writes the files: two cores instead of one (the GIL would serialise threads). The rows arrive in
+the parent's order, so the output is the same as `build` on them in one process. The queue is bounded:
+memory stays flat. The process dies with its parent (a killed build leaves no builder behind).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import queue
+import signal
+import sys
+import traceback
+from collections.abc import Iterator
+from multiprocessing.connection import Connection
+from multiprocessing.queues import Queue
+from typing import Any
+
+from flywheel.rounds.builder import build
+from flywheel.rounds.rows import Row
+
+_PR_SET_PDEATHSIG = 1
+
+
+class ParentGone(RuntimeError):
+    pass
+
+
+def _die_with_parent() -> None:
+    """Ask Linux for SIGKILL when the parent dies; elsewhere the queue's timeout notices."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):  # no prctl: the timeout below still notices
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _rows(chunks: Queue[list[Row] | None], parent_pid: int) -> Iterator[Row]:
+    while True:
+        try:
+            chunk = chunks.get(timeout=1.0)
+        except queue.Empty:
+            if os.getppid() != parent_pid:
+                raise ParentGone("the process feeding the rows is gone") from None
+            continue
+        if chunk is None:
+            return
+        yield from chunk
+
+
+def main(chunks: Queue[list[Row] | None], results: Connection, parent_pid: int, args: tuple[Any, ...],
+         kwargs: dict[str, Any]) -> None:
+    """Run `build(rows, *args, **kwargs)` over the chunks (None ends them); send ("ok", RoundResult) or
+    ("error", exception) back."""
+    _die_with_parent()
+    try:
+        outcome: tuple[str, Any] = ("ok", build(_rows(chunks, parent_pid), *args, **kwargs))
+    except Exception as e:  # sent to the parent, which raises it
+        outcome = ("error", e)
+    try:
+        results.send(outcome)
+    except Exception:
+        if outcome[0] == "ok":
+            raise
+        # an exception that does not pickle: send its text
+        results.send(("error", RuntimeError("".join(traceback.format_exception(outcome[1])))))
+    finally:
+        results.close()

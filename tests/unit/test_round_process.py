@@ -1,0 +1,56 @@
+"""The round builder in a process of its own gives what `build` gives in this one, and fails loudly."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from flywheel.roundbuild import build_in_process
+from flywheel.rounds import RoundConfig, RoundResult, Row
+from tests.unit.test_rounds import EMPTY_QUARANTINE, all_bytes, make_row, run
+
+
+def rows() -> list[Row]:
+    return [make_row(kind, f"{kind}-{i}", f"Question number {i} about invoices?", f"Answer {i}.", position=i + 1)
+            for i in range(400) for kind in ("sft", "dpo", "kto")]
+
+
+async def chunks(rows: list[Row], size: int = 97) -> AsyncIterator[list[Row]]:
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def in_process(rows: list[Row], out: Path, watermark: int = 10**9) -> RoundResult:
+    return asyncio.run(build_in_process(chunks(rows), RoundConfig(), EMPTY_QUARANTINE, out, watermark=watermark,
+                                        parent=None, round_number=1))
+
+
+def test_the_builder_process_writes_what_build_writes_here(tmp_path: Path) -> None:
+    here = run(rows(), tmp_path / "here")
+    there = in_process(rows(), tmp_path / "there")
+    assert (there.content_hash, there.rows_out, there.files) == (here.content_hash, here.rows_out, here.files)
+    assert here.rows_out > 0 and all_bytes(tmp_path / "there") == all_bytes(tmp_path / "here")
+
+
+def test_an_error_in_the_builder_process_is_raised_here(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="newer than watermark"):
+        in_process(rows(), tmp_path / "out", watermark=5)
+
+
+def test_a_builder_process_that_dies_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    async def kill_it_midway() -> AsyncIterator[list[Row]]:
+        async for chunk in chunks(rows() * 20, size=50):
+            yield chunk
+            for child in multiprocessing.active_children():
+                if child.name == "round-builder":
+                    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+
+    with pytest.raises(RuntimeError, match="round builder process died"):
+        asyncio.run(build_in_process(kill_it_midway(), RoundConfig(), EMPTY_QUARANTINE, tmp_path / "out",
+                                     watermark=10**9, parent=None, round_number=1))
