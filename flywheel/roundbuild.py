@@ -190,9 +190,10 @@ async def build_round(
             tmp = root / f".building-{number:04d}-{uuid.uuid4().hex[:8]}"
             sliced = [0]
             chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig()), slices, sliced)
-            result = await build_in_process(
-                chunks, config, qlist, tmp, watermark=watermark,
-                parent=None if parent is None else str(parent["number"]), round_number=number)
+            with process.fewer_collections():
+                result = await build_in_process(
+                    chunks, config, qlist, tmp, watermark=watermark,
+                    parent=None if parent is None else str(parent["number"]), round_number=number)
             (tmp / "report.html").write_text(report_html(result.manifest))
             sources, processing = result.manifest["data_sources"], result.manifest["sample_processing"]
             summary = {"rows": sources["rows_by_kind"], "splits": processing["splits"],
