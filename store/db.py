@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import psycopg
 from psycopg.types.json import set_json_loads
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import create_engine, inspect, text
+from sqlalchemy.engine import Connection, Engine
 from sqlmodel import SQLModel
 
 from store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -30,14 +30,40 @@ def engine(url: str) -> Engine:
 
 
 def create_schema(url: str) -> None:
-    """Create every table that does not exist yet (idempotent, safe to run from many processes)."""
+    """Create every table that does not exist yet (idempotent, safe to run from many processes).
+
+    A read model that follows the log from a checkpoint (signals) and was created by an older version
+    with other columns is dropped and derived again from the log: it holds nothing the log does not.
+    Any other table in an older shape is an error that says what to do."""
     eng = engine(url)
     try:
         with eng.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
+            _renew_outdated_followers(conn)
             SQLModel.metadata.create_all(conn)
     finally:
         eng.dispose()
+
+
+_FOLLOWERS = {"signals": "signals"}  # table -> the checkpoint its projector follows the log from
+
+
+def _renew_outdated_followers(conn: Connection) -> None:
+    inspector = inspect(conn)
+    for name, table in SQLModel.metadata.tables.items():
+        if not inspector.has_table(name):
+            continue
+        have, want = {c["name"] for c in inspector.get_columns(name)}, set(table.columns.keys())
+        if have == want:
+            continue
+        if name not in _FOLLOWERS:
+            raise RuntimeError(
+                f"table {name!r} was made by another version of Flywheel (columns {sorted(have ^ want)} differ): "
+                "start from a fresh database and `flywheel replay` the log into it (locally: "
+                "`flywheel stack down --purge`)")
+        conn.execute(text(f"DROP TABLE {name}"))
+        if inspector.has_table("checkpoints"):
+            conn.execute(text("DELETE FROM checkpoints WHERE name = :n"), {"n": _FOLLOWERS[name]})
 
 
 async def connect(url: str, *, autocommit: bool = False) -> psycopg.AsyncConnection:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from flywheel.endpoints import Endpoints
 from flywheel.simulate import generate
-from store.db import connect, connect_sync
+from store.db import connect, connect_sync, create_schema
 from store.ingest import Incoming, decode_message, ingest_batch
 from store.projections import DEFAULT_SIGNALS, check
 from store.signals import catch_up
@@ -139,3 +139,30 @@ def test_signals_follow_the_log_from_a_checkpoint(endpoints: Endpoints) -> None:
     with connect_sync(url) as conn:
         conn.execute("DELETE FROM signals WHERE kind = 'sft'")  # and a caught-up projector is checked in full
     assert drift(url)["signals"] == (1, 0)
+
+
+def test_a_signals_table_from_an_older_version_is_dropped_and_derived_again(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    values = [m.value for m in generate(300, seed=5) if m.expected_reason is None]
+    ingest_all(url, values, [100])
+    with connect_sync(url) as conn:
+        want = conn.execute("SELECT kind, count(*) FROM signals GROUP BY 1 ORDER BY 1").fetchall()
+        assert want
+        conn.execute("ALTER TABLE signals DROP COLUMN ordinal")  # the shape an older version made
+        conn.commit()
+    create_schema(url)
+    with connect_sync(url) as conn:
+        assert conn.execute("SELECT count(*) FROM signals").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM checkpoints WHERE name = 'signals'").fetchone() == (0,)
+    ingest_all(url, [], [100])  # the projector's next run starts from the beginning of the log
+    with connect_sync(url) as conn:
+        assert conn.execute("SELECT kind, count(*) FROM signals GROUP BY 1 ORDER BY 1").fetchall() == want
+    assert drift(url) == CLEAN
+
+
+def test_another_table_from_an_older_version_is_an_error_that_says_what_to_do(endpoints: Endpoints) -> None:
+    with connect_sync(endpoints.database_url) as conn:
+        conn.execute("ALTER TABLE interactions ADD COLUMN legacy text")
+        conn.commit()
+    with pytest.raises(RuntimeError, match=r"'interactions'.*legacy.*flywheel replay"):
+        create_schema(endpoints.database_url)
