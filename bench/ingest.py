@@ -135,8 +135,11 @@ def main() -> None:
     args = ap.parse_args()
 
     base = Settings()
-    with bench_stack(base, "flywheel-bench-") as (db_url, bootstrap):
+    with bench_stack(base, "flywheel-bench-") as (server_url, bootstrap):
         tag = uuid.uuid4().hex[:8]
+        with psycopg.connect(server_url, autocommit=True) as admin:  # a database of its own: nothing left over
+            admin.execute(f"CREATE DATABASE bench_ingest_{tag}")
+        db_url = server_url.rsplit("/", 1)[0] + f"/bench_ingest_{tag}"
         settings = base.model_copy(update={
             "database_url": db_url, "kafka_bootstrap": bootstrap, "feedback_topic": f"bench-feedback-{tag}",
             "deadletter_topic": f"bench-deadletter-{tag}", "rounds_topic": f"bench-rounds-{tag}",
