@@ -19,8 +19,9 @@ from sampling.hardcases import SampledHardCases, SamplerConfig, sample
 from sampling.selection import ScoredCandidate, Selection, SelectionConfig, length_bias, score_group, select
 from sampling.verifiers import Scorer
 from store.candidates import generated_event, selected_event, unselected
-from store.hardcases import load_sample, prompt_candidates, record_sample, signals_watermark
+from store.hardcases import load_sample, prompt_candidates, record_sample
 from store.projections import record
+from store.signals import checkpoint
 
 Progress = Callable[[int], None]  # called with how many items were just done
 
@@ -52,7 +53,7 @@ async def sample_hard_cases(
 ) -> SampleOutcome:
     """Choose hard cases as the log stood at `watermark` (default: as far as signals are derived) and
     record them as one HardCasesSampled event."""
-    derived = await signals_watermark(conn)
+    derived = await checkpoint(conn)
     if watermark is None:
         watermark = derived
     elif watermark > derived:

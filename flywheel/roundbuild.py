@@ -41,9 +41,9 @@ from flywheel.rounds import (
 from flywheel.signals import SignalConfig
 from store.eventstore import head
 from store.projections import DEFAULT_SIGNALS, record
-from store.roundrows import SourceRow, signals_checkpoint, stream_rows
+from store.roundrows import SourceRow, stream_rows
 from store.rounds import current_round, quarantine, round_published
-from store.signals import catch_up
+from store.signals import catch_up, checkpoint
 
 _CHUNK = 500
 _CHUNKS_IN_FLIGHT = 8  # queued for the builder process: bounds memory, absorbs jitter
@@ -174,7 +174,7 @@ async def build_round(
             if not locked or not locked[0]:
                 raise BuilderBusy("another round build or rollback is running")
             newest = await head(conn)
-            watermark = await signals_checkpoint(conn) if watermark is None else watermark
+            watermark = await checkpoint(conn) if watermark is None else watermark
             if not 0 < watermark <= newest:
                 raise ValueError(f"watermark {watermark} is outside the log (1..{newest})")
             cur = await conn.execute("SELECT coalesce(max(number), 0) + 1 FROM rounds")

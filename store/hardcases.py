@@ -15,13 +15,6 @@ HARD_CASES_SAMPLED = "hard_cases_sampled"
 _NAMESPACE = uuid.UUID("5b0e7c1e-3d7f-4a43-9d8e-6b1f4f1c2a90")
 
 
-async def signals_watermark(conn: psycopg.AsyncConnection) -> int:
-    """The newest position both the log and the signals projector have: what a sample can be cut at."""
-    cur = await conn.execute("SELECT coalesce((SELECT position FROM checkpoints WHERE name = 'signals'), 0)")
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
-
-
 async def prompt_candidates(
     conn: psycopg.AsyncConnection, watermark: int
 ) -> tuple[list[PromptCandidate], dict[str, list[dict[str, Any]]]]:

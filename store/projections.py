@@ -19,7 +19,7 @@ from flywheel.signals import SignalConfig, prompt_key
 from store.candidates import CANDIDATES_GENERATED, CANDIDATES_SELECTED, project_candidates
 from store.eventstore import NewEvent, StoredEvent, append, head, read
 from store.rounds import ROUND_EVENTS, project_rounds
-from store.signals import CHECKPOINT, derive_groups, touched_groups
+from store.signals import CHECKPOINT, checkpoint, derive_groups, touched_groups
 from store.tables import READ_MODELS
 
 _INTERACTION_COLUMNS = (
@@ -158,14 +158,12 @@ async def check(conn: psycopg.AsyncConnection, config: SignalConfig = DEFAULT_SI
     drifts = []
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        cur = await conn.execute("SELECT position FROM checkpoints WHERE name = %s", [CHECKPOINT])
-        row = await cur.fetchone()
-        checkpoint, newest = (int(row[0]) if row else 0), await head(conn)
+        derived, newest = await checkpoint(conn), await head(conn)
         for table in READ_MODELS:
             await conn.execute(f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING ALL) ON COMMIT DROP")
         await _project_log(conn, config)
         async with conn.cursor() as c:
-            pending = await touched_groups(c, checkpoint, newest) if newest > checkpoint else []
+            pending = await touched_groups(c, derived, newest) if newest > derived else []
         for table in READ_MODELS:
             where = " WHERE prompt_key <> ALL(%(pending)s)" if table == "signals" else ""
             rebuilt, live = f"SELECT * FROM pg_temp.{table}{where}", f"SELECT * FROM public.{table}{where}"

@@ -20,7 +20,7 @@ import psycopg
 
 from flywheel.signals import PreferencePair, SignalConfig, derive
 from store.projections import DEFAULT_SIGNALS
-from store.signals import CHECKPOINT, load_groups, newest_sources
+from store.signals import checkpoint, load_groups, newest_sources
 
 _GROUPS_PER_LOAD = 500
 _TRAINING_KINDS = ["pair", "kto", "sft"]
@@ -38,13 +38,6 @@ async def watermark_time(conn: psycopg.AsyncConnection, watermark: int) -> datet
     cur = await conn.execute("SELECT occurred_at FROM events WHERE position = %s", [watermark])
     row = await cur.fetchone()
     return row[0] if row else None
-
-
-async def signals_checkpoint(conn: psycopg.AsyncConnection) -> int:
-    """How far the signals read model has got (0 before its first run)."""
-    cur = await conn.execute("SELECT position FROM checkpoints WHERE name = %s", [CHECKPOINT])
-    row = await cur.fetchone()
-    return int(row[0]) if row else 0
 
 
 def _decided(pair: PreferencePair, at: datetime | None) -> PreferencePair:
@@ -70,7 +63,7 @@ async def stream_rows(
     group generated (and selected) by then. Call inside a REPEATABLE READ transaction (the cursors are
     server-side, and the read model must not move between the checkpoint check and the read)."""
     at = await watermark_time(conn, watermark)
-    if config == DEFAULT_SIGNALS and await signals_checkpoint(conn) == watermark:
+    if config == DEFAULT_SIGNALS and await checkpoint(conn) == watermark:
         signals = _read_signals(conn, at)
     else:
         signals = _derive_signals(conn, watermark, config, at)

@@ -27,6 +27,14 @@ _COLUMNS = (
 )
 
 
+async def checkpoint(conn: psycopg.AsyncConnection) -> int:
+    """How far the signals read model has got: every event up to this position is derived (0 before the
+    projector's first run). What a hard-case sample or a round reads signals at."""
+    cur = await conn.execute("SELECT position FROM checkpoints WHERE name = %s", [CHECKPOINT])
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """One projector run: the log range (after, upto] it applied and the prompt groups it re-derived."""
