@@ -8,7 +8,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
+
 from flywheel.settings import Settings
+from store.db import create_schema
+
+
+def fresh_database(server_url: str, name: str) -> str:
+    """A new database with the schema, on the server of `server_url`, so a run finds nothing left over from
+    another (a re-run with the same seed would otherwise store nothing: every event id is there); its URL."""
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    url = server_url.rsplit("/", 1)[0] + "/" + name
+    create_schema(url)
+    return url
 
 
 @contextmanager

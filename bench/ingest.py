@@ -27,11 +27,10 @@ from kafka import KafkaConsumer, KafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._stack import bench_stack  # noqa: E402
+from bench._stack import bench_stack, fresh_database  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulate import generate  # noqa: E402
 from flywheel.topics import ensure_topics  # noqa: E402
-from store.db import create_schema  # noqa: E402
 
 
 def produce(bootstrap: str, topic: str, events: int, seed: int) -> int:
@@ -137,15 +136,12 @@ def main() -> None:
     base = Settings()
     with bench_stack(base, "flywheel-bench-") as (server_url, bootstrap):
         tag = uuid.uuid4().hex[:8]
-        with psycopg.connect(server_url, autocommit=True) as admin:  # a database of its own: nothing left over
-            admin.execute(f"CREATE DATABASE bench_ingest_{tag}")
-        db_url = server_url.rsplit("/", 1)[0] + f"/bench_ingest_{tag}"
+        db_url = fresh_database(server_url, f"bench_ingest_{tag}")
         settings = base.model_copy(update={
             "database_url": db_url, "kafka_bootstrap": bootstrap, "feedback_topic": f"bench-feedback-{tag}",
             "deadletter_topic": f"bench-deadletter-{tag}", "rounds_topic": f"bench-rounds-{tag}",
             "consumer_group": f"bench-ingest-{tag}", "metrics_port": 0,
         })
-        create_schema(db_url)
         ensure_topics(bootstrap, settings)
         print(f"producing {args.events} events …", flush=True)
         n = produce(bootstrap, settings.feedback_topic, args.events, args.seed)

@@ -34,11 +34,11 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._stack import bench_stack  # noqa: E402
+from bench._stack import bench_stack, fresh_database  # noqa: E402
 from flywheel.oncall import restore, rollback  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulate import generate  # noqa: E402
-from store.db import connect, create_schema  # noqa: E402
+from store.db import connect  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
 from store.projections import DEFAULT_SIGNALS, record  # noqa: E402
 from store.rounds import quarantine_added  # noqa: E402
@@ -155,10 +155,7 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
     try:
         for n in sizes:
             db = f"bench_rounds_{n}_{uuid.uuid4().hex[:6]}"
-            with psycopg.connect(server_url, autocommit=True) as admin:
-                admin.execute(f"CREATE DATABASE {db}")
-            url = server_url.rsplit("/", 1)[0] + "/" + db
-            create_schema(url)
+            url = fresh_database(server_url, db)
             print(f"{n:>9} events: ingesting …", flush=True)
             stored = asyncio.run(ingest(url, n, seed))
             asyncio.run(add_quarantine(url, quarantine_items, seed))
