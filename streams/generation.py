@@ -10,7 +10,6 @@ reason, never dropped.
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -23,6 +22,7 @@ from flywheel.settings import Settings
 from sampling.generation import Generator, SamplingSpec
 from store.candidates import generated_event
 from store.db import connect
+from store.ingest import DeadLetter, Incoming
 from store.projections import record
 
 log = logging.getLogger("flywheel.generation")
@@ -60,11 +60,11 @@ def create_generation_app(settings: Settings, endpoints: Endpoints,
     requests = app.topic(settings.generation_topic, key_serializer="raw", value_serializer="raw")
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
 
-    async def dead(reason: str, detail: str, values: Sequence[bytes]) -> None:
-        log.error("dead-lettering %d generation request(s): %s: %s", len(values), reason, detail)
-        sent = [await deadletter.send(value=orjson.dumps({
-            "reason": reason, "detail": detail, "topic": settings.generation_topic,
-            "original_b64": base64.b64encode(v).decode()})) for v in values]
+    async def dead(reason: str, detail: str, messages: Sequence[Incoming]) -> None:
+        """The ingest worker's dead letters (reason, where from, original bytes), acked before going on."""
+        log.error("dead-lettering %d generation request(s): %s: %s", len(messages), reason, detail)
+        letters = [DeadLetter(reason, detail, m) for m in messages]
+        sent = [await deadletter.send(key=d.source.key, value=d.envelope()) for d in letters]
         await asyncio.gather(*sent)
 
     @app.agent(requests, name="generate")
@@ -73,17 +73,20 @@ def create_generation_app(settings: Settings, endpoints: Endpoints,
         await asyncio.to_thread(generator.load)
         conn = await connect(endpoints.database_url, autocommit=True)
         try:
-            async for values in stream.take(settings.generation_batch, within=1.0):
-                readable: dict[str, list[tuple[bytes, str, dict[str, Any], int]]] = {}
+            # take_events: take() with the messages (for dead letters); faust.Stream has it, StreamT does not say so
+            async for events in stream.take_events(settings.generation_batch, within=1.0):  # type: ignore[attr-defined]
+                readable: dict[str, list[tuple[Incoming, str, dict[str, Any], int]]] = {}
                 specs: dict[str, SamplingSpec] = {}
-                for value in values:
+                for event in events:
+                    m = event.message
+                    message = Incoming(m.topic, m.partition, m.offset, m.key, event.value)
                     try:
-                        sample_id, case, spec, seed = _read(value)
+                        sample_id, case, spec, seed = _read(message.value)
                     except (ValueError, KeyError, TypeError) as e:
-                        await dead(BAD_REQUEST, f"{type(e).__name__}: {e}", [value])
+                        await dead(BAD_REQUEST, f"{type(e).__name__}: {e}", [message])
                         continue
                     key = orjson.dumps(spec.to_payload(), option=orjson.OPT_SORT_KEYS).decode()
-                    readable.setdefault(key, []).append((value, sample_id, case, seed))
+                    readable.setdefault(key, []).append((message, sample_id, case, seed))
                     specs[key] = spec
                 for key, batch in readable.items():  # one engine call per distinct sampling spec
                     try:

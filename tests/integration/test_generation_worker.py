@@ -3,6 +3,7 @@ batched requests) → CandidatesGenerated events; a malformed request is dead-le
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from collections.abc import Callable
@@ -62,3 +63,5 @@ def test_requests_through_kafka_become_candidate_groups(
     consumer.close()
     assert [d["reason"] for d in letters] == ["bad_generation_request"]
     assert "KeyError" in letters[0]["detail"]  # the detail says what was missing
+    assert base64.b64decode(letters[0]["original_b64"]) == b'{"sample_id": "s", "rank": 0}'
+    assert (letters[0]["topic"], base64.b64decode(letters[0]["key_b64"])) == (settings.generation_topic, b"x")
