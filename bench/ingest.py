@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 import subprocess
 import sys
 import time
@@ -79,7 +78,7 @@ def signals_done(url: str) -> int:
 
 
 def pipeline(settings: Settings, expected: int, workers: int) -> float:
-    env = {**os.environ, **{f"FLYWHEEL_{k.upper()}": str(v) for k, v in settings.model_dump().items()}}
+    env = settings.child_env()
     procs = [subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker", "--loglevel", "warn"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
     try:

@@ -108,7 +108,7 @@ def raw_copy(url: str) -> tuple[float, int]:
 
 
 def build(settings: Settings) -> tuple[float, dict[str, object], int]:
-    env = {**os.environ, **{f"FLYWHEEL_{k.upper()}": str(v) for k, v in settings.model_dump().items()}}
+    env = settings.child_env()
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         child = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "rounds", "build", "--json"], env=env,

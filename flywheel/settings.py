@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import Field
@@ -58,6 +59,12 @@ class Settings(BaseSettings):
     nightly_cron: str = "0 3 * * *"
     nightly_steps: str = "sample,generate,select,build"  # drop a step to skip it
     nightly_budget: int = 200  # hard cases sampled per night
+
+    def child_env(self) -> dict[str, str]:
+        """This process's environment with the FLYWHEEL_* variables that reproduce these settings in a child."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
+        env.update({f"FLYWHEEL_{field.upper()}": str(value) for field, value in self.model_dump().items()})
+        return env
 
     @property
     def stack_dir(self) -> Path:

@@ -3,7 +3,6 @@ database and fresh topic names per test, and helpers to run real `flywheel` proc
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import tempfile
@@ -74,10 +73,7 @@ def settings(endpoints: Endpoints, tmp_path: Path) -> Settings:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """The FLYWHEEL_* environment that reproduces `settings` in a child process."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-    for field, value in settings.model_dump().items():
-        env[f"FLYWHEEL_{field.upper()}"] = str(value)
-    return env
+    return settings.child_env()
 
 
 @pytest.fixture
