@@ -16,9 +16,8 @@ from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
 from store.db import connect
 from store.ingest import DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
-from store.projections import DEFAULT_SIGNALS
-from store.signals import catch_up
 from streams.metrics import Metrics
+from streams.projector import Pacing, Projector
 
 log = logging.getLogger("flywheel.worker")
 
@@ -134,26 +133,19 @@ def create_app(
         for d in dead:
             metrics.dead_lettered.labels(d.reason).inc()
 
-    projector: dict[str, float] = {"next_run": 0.0}
-
-    @app.timer(settings.signals_interval)
+    @app.task
     async def derive_signals() -> None:
-        """The signals projector: every worker runs it, one at a time gets the checkpoint. A run takes
-        all that was committed since the last one, so a busy prompt group is derived once a run; after
-        a long run it waits longer, so it never takes more than signals_max_share of the worker and a
-        backlog is derived in larger, cheaper runs."""
-        if time.monotonic() < projector["next_run"]:
-            return
-        started = time.monotonic()
-        conn = await open_db()
+        """Start the signals projector (a process of its own: streams.projector), pass on its runs to the
+        metrics, raise its failure, and stop it with the worker."""
+        projector = Projector(endpoints.database_url, Pacing(
+            settings.signals_interval, settings.signals_max_share, settings.signals_max_events))
         try:
-            run = await catch_up(conn, DEFAULT_SIGNALS, max_events=settings.signals_max_events)
+            while True:
+                for run in projector.runs():
+                    metrics.signal_groups.inc(run.groups)
+                    metrics.signals_position.set(run.upto)
+                await asyncio.sleep(settings.signals_interval)
         finally:
-            await conn.close()
-        took = time.monotonic() - started
-        projector["next_run"] = started + took / settings.signals_max_share
-        if run is not None and run.upto > run.after:
-            metrics.signal_groups.inc(run.groups)
-            metrics.signals_position.set(run.upto)
+            projector.stop()
 
     return app

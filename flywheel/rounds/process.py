@@ -9,34 +9,24 @@ memory stays flat. The process dies with its parent (a killed build leaves no bu
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import gc
 import os
 import queue
-import signal
-import sys
 import traceback
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from typing import Any
 
+from flywheel.child import die_with_parent
 from flywheel.rounds.builder import build
 from flywheel.rounds.rows import Row
 
-_PR_SET_PDEATHSIG = 1
 _YOUNG_OBJECTS = 200_000  # allocations between two young-generation collections (Python's default: 700)
 
 
 class ParentGone(RuntimeError):
     pass
-
-
-def _die_with_parent() -> None:
-    """Ask Linux for SIGKILL when the parent dies; elsewhere the queue's timeout notices."""
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):  # no prctl: the timeout below still notices
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -69,7 +59,7 @@ def main(chunks: Queue[list[Row] | None], results: Connection, parent_pid: int, 
          kwargs: dict[str, Any]) -> None:
     """Run `build(rows, *args, **kwargs)` over the chunks (None ends them); send ("ok", RoundResult) or
     ("error", exception) back."""
-    _die_with_parent()
+    die_with_parent()  # elsewhere than Linux, the queue's timeout in _rows notices
     try:
         with fewer_collections():
             outcome: tuple[str, Any] = ("ok", build(_rows(chunks, parent_pid), *args, **kwargs))

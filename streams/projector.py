@@ -1,0 +1,110 @@
+"""The signals projector, in a process of its own next to each ingest worker.
+
+Deriving signals is CPU work (it re-derives every prompt group the new events touched); run in the
+worker's own process it took a fifth of the time consuming needs, and the GIL would serialise a thread.
+In a child process it uses another core. Every worker has one, and one at a time gets the checkpoint
+(store.signals.catch_up): more workers do not derive anything twice.
+
+The child reports each run to the worker (for its metrics) and, when it fails, the error: the worker
+raises it. It dies with the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+
+from flywheel.child import die_with_parent
+from store.db import connect
+from store.projections import DEFAULT_SIGNALS
+from store.signals import Progress, catch_up
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """A run takes all that was committed since the last one, so a busy prompt group is derived once a
+    run. After a long run the next waits longer: the projector never takes more than max_share of a
+    core, and a backlog is derived in larger, cheaper runs."""
+
+    interval: float  # seconds between the starts of two runs, at least
+    max_share: float
+    max_events: int  # the most log events one run takes on
+
+    def next_start(self, started: float, took: float) -> float:
+        return started + max(self.interval, took / self.max_share)
+
+
+async def project_forever(url: str, pacing: Pacing, report: Callable[[Progress], None],
+                          alive: Callable[[], bool]) -> None:
+    conn = await connect(url)
+    try:
+        while alive():
+            started = time.monotonic()
+            run = await catch_up(conn, DEFAULT_SIGNALS, max_events=pacing.max_events)
+            if run is not None and run.upto > run.after:
+                report(run)
+            await asyncio.sleep(max(0.0, pacing.next_start(started, time.monotonic() - started) - time.monotonic()))
+    finally:
+        await conn.close()
+
+
+def main(url: str, pacing: Pacing, reports: Connection, parent_pid: int) -> None:
+    """The child's entry point: project until the parent is gone; send ("run", Progress) after each run
+    that moved, or ("error", traceback text) before exiting on an error."""
+    die_with_parent()  # elsewhere than Linux, the getppid() check below notices between two runs
+    try:
+        asyncio.run(project_forever(url, pacing, lambda run: reports.send(("run", run)),
+                                    lambda: os.getppid() == parent_pid))
+    except Exception:
+        reports.send(("error", traceback.format_exc()))
+        raise SystemExit(1) from None
+
+
+class ProjectorFailed(RuntimeError):
+    pass
+
+
+class Projector:
+    """The worker's handle on its projector process."""
+
+    def __init__(self, url: str, pacing: Pacing) -> None:
+        ctx = multiprocessing.get_context("spawn")  # no fork of a process running an event loop and threads
+        self._reports, child_end = ctx.Pipe(duplex=False)
+        self._process: BaseProcess = ctx.Process(
+            target=main, args=(url, pacing, child_end, os.getpid()), name="flywheel-signals", daemon=True)
+        self._process.start()
+        child_end.close()
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid
+
+    def runs(self) -> list[Progress]:
+        """The runs finished since the last call; raises ProjectorFailed if the process failed or died."""
+        runs = []
+        try:
+            while self._reports.poll():
+                kind, value = self._reports.recv()
+                if kind == "error":
+                    raise ProjectorFailed(f"the signals projector failed:\n{value}")
+                runs.append(value)
+        except EOFError:
+            pass  # the child is gone: said below
+        if not self._process.is_alive():
+            raise ProjectorFailed(f"the signals projector process exited (code {self._process.exitcode})")
+        return runs
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._reports.close()

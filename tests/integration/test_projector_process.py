@@ -1,0 +1,94 @@
+"""The signals projector in a process of its own: it derives what catch_up derives, reports its runs,
+raises its failures in the worker, and dies with the worker (real Postgres, real processes)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psycopg
+import pytest
+
+from flywheel.endpoints import Endpoints
+from flywheel.simulate import generate
+from streams.projector import Pacing, Projector, ProjectorFailed
+from tests.integration.test_signals_store import drift, ingest_all
+
+pytestmark = pytest.mark.integration
+FAST = Pacing(interval=0.05, max_share=1.0, max_events=50_000)
+
+
+def head(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+
+def test_pacing_waits_the_interval_or_longer_after_a_long_run() -> None:
+    pacing = Pacing(interval=1.0, max_share=0.25, max_events=10)
+    assert pacing.next_start(started=100.0, took=0.1) == 101.0
+    assert pacing.next_start(started=100.0, took=2.0) == 108.0  # 2 s of work in every 8
+
+
+def test_the_projector_process_derives_the_log_and_reports_its_runs(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest_all(url, [s.value for s in generate(600, seed=3, bad_fraction=0.0)], [150], project_every=None)
+    projector = Projector(url, FAST)
+    try:
+        runs, deadline = [], time.monotonic() + 60
+        while (not runs or runs[-1].upto < head(url)) and time.monotonic() < deadline:
+            runs += projector.runs()
+            time.sleep(0.05)
+    finally:
+        projector.stop()
+    assert runs and runs[-1].upto == head(url) and sum(r.rows for r in runs) > 0
+    assert drift(url)["signals"] == (0, 0)  # what a replay derives
+
+
+def test_a_failing_projector_raises_its_error_in_the_worker(endpoints: Endpoints) -> None:
+    missing = endpoints.database_url.rsplit("/", 1)[0] + "/no_such_database"
+    projector = Projector(missing, FAST)
+    try:
+        deadline = time.monotonic() + 60
+        with pytest.raises(ProjectorFailed, match="no_such_database"):
+            while time.monotonic() < deadline:
+                projector.runs()
+                time.sleep(0.05)
+    finally:
+        projector.stop()
+
+
+PARENT = """
+import sys, time
+from streams.projector import Pacing, Projector
+p = Projector(sys.argv[1], Pacing(0.05, 1.0, 1000))
+print(p.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_projector_dies_with_its_worker(endpoints: Endpoints) -> None:
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, endpoints.database_url], stdout=subprocess.PIPE,
+                              text=True)
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    os.kill(child, 0)  # running
+    parent.send_signal(signal.SIGKILL)
+    parent.wait(10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _exists(child):
+        time.sleep(0.05)
+    assert not _exists(child)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie (killed, not yet reaped by init) counts as gone
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(") ", 1)[1][0] != "Z"
