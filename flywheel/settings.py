@@ -43,10 +43,10 @@ class Settings(BaseSettings):
     sweep_interval: float = 5.0
     # The signals projector runs this often and takes everything committed since its last run (at most
     # signals_max_events): a longer interval derives each hot prompt group less often, signals lag more.
-    signals_interval: float = Field(1.0, gt=0)
-    signals_max_events: int = Field(50_000, gt=0)
+    signals_interval: float = Field(default=1.0, gt=0)
+    signals_max_events: int = Field(default=50_000, gt=0)
     # Of a core (the projector has a process of its own): a long run delays the next accordingly.
-    signals_max_share: float = Field(0.25, gt=0, le=1)
+    signals_max_share: float = Field(default=0.25, gt=0, le=1)
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0
     metrics_port: int = 0
