@@ -462,10 +462,39 @@ def _scorers(settings: Settings, *, verify_json: bool) -> list[Any]:
         scorers.append(RewardModelScorer(settings.reward_model))
     if verify_json:
         scorers.append(JsonFormatVerifier())
-    if not scorers:
-        typer.echo("error: no scorer: set FLYWHEEL_REWARD_MODEL or pass --verify-json", err=True)
-        raise typer.Exit(2)
     return scorers
+
+
+def _judge(settings: Settings, rubric_file: Path | None) -> Any:
+    """An LLM judge through the configured generator (FLYWHEEL_GENERATOR_URL or _MODEL), or None."""
+    if rubric_file is None:
+        return None
+    from sampling.generation import SamplingSpec
+    from sampling.verifiers import JudgeScorer
+
+    try:
+        rubric = rubric_file.read_text(encoding="utf-8")
+    except OSError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if not rubric.strip():
+        typer.echo(f"error: {rubric_file}: the rubric is empty", err=True)
+        raise typer.Exit(2)
+    # Greedy and short: a grade is one line; the judge model's version is part of the scorer's.
+    return JudgeScorer(_generator(settings), rubric, SamplingSpec(n=1, temperature=0.0, max_tokens=24, seed=0),
+                       version=f"1+{settings.generator_model_version}")
+
+
+def _checks(path: Path | None) -> Any:
+    from sampling.checks import Checks, load_checks
+
+    if path is None:
+        return Checks()
+    try:
+        return load_checks(path)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command("select")
@@ -473,28 +502,55 @@ def select_cmd(
     min_margin: float = typer.Option(0.2, help="Smallest best-vs-worst margin that makes a DPO pair."),
     sft_threshold: float = typer.Option(0.8, help="Smallest best-of-n score that makes an SFT sample."),
     verify_json: bool = typer.Option(False, "--verify-json", help="Also score with the JSON format verifier."),
+    checks_file: Path = typer.Option(None, "--checks", help="JSONL of checkable prompts: {prompt, answer"
+                                     "[, tolerance]} or {prompt, tests[, timeout_s]} (sampling/checks.py)."),
+    judge_rubric: Path = typer.Option(None, "--judge-rubric", help="Also grade with an LLM judge under this "
+                                      "rubric (a text file), through the configured generator."),
+    decide_by: str = typer.Option(None, "--decide-by", help="The scorer whose value decides (default: the "
+                                  "mean of a candidate's scores), e.g. numeric_answer or reward_model."),
     sample_id: str = typer.Option(None, "--sample", help="Only groups of this sample."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Score unselected candidate groups; RSFT best-of-n and best-vs-worst pairs, recorded as events."""
-    from flywheel.generation import select_candidates
+    """Score unselected candidate groups; RSFT best-of-n and best-vs-worst pairs, recorded as events.
+    Scorers: the reward model (FLYWHEEL_REWARD_MODEL), --verify-json, --judge-rubric, and the verifiers
+    of --checks for the groups whose prompt a check names."""
     from sampling.selection import SelectionConfig
 
     settings = _settings()
     config = SelectionConfig(sft_threshold=sft_threshold, min_margin=min_margin,
-                             length_guard_margin=max(min_margin, 0.4))
+                             length_guard_margin=max(min_margin, 0.4), scorer=decide_by)
     scorers = _scorers(settings, verify_json=verify_json)
+    checks = _checks(checks_file)
+    judge = _judge(settings, judge_rubric)
+    if judge is not None:
+        scorers.append(judge)
+    if not scorers and not checks.by_prompt:
+        typer.echo("error: no scorer: set FLYWHEEL_REWARD_MODEL, or pass --verify-json, --judge-rubric or "
+                   "--checks", err=True)
+        raise typer.Exit(2)
+    if judge is not None:
+        judge.generator.load()
+    try:
+        out = _select(scorers, config, sample_id, checks)
+    finally:
+        if judge is not None:
+            judge.generator.unload()
+    data = {"groups": out.groups, "sft_samples": out.sft_samples, "pairs": out.pairs, "reasons": out.reasons,
+            "length_bias": out.length_bias}
+    _print(data, as_json, f"{out.groups} groups: {out.sft_samples} SFT samples, {out.pairs} DPO pairs; "
+                          f"not selected: {out.reasons or 'none'}")
+
+
+def _select(scorers: list[Any], config: Any, sample_id: str | None, checks: Any) -> Any:
+    from flywheel.generation import select_candidates
+
     with typer.progressbar(length=1, label="selecting", file=sys.stderr) as bar:
         def advance(k: int) -> None:
             bar.length = max(bar.length or 0, bar.pos + k)
             bar.update(k)
 
-        out = _in_store(lambda conn: select_candidates(conn, scorers, config, sample_id=sample_id,
-                                                       progress=advance))
-    data = {"groups": out.groups, "sft_samples": out.sft_samples, "pairs": out.pairs, "reasons": out.reasons,
-            "length_bias": out.length_bias}
-    _print(data, as_json, f"{out.groups} groups: {out.sft_samples} SFT samples, {out.pairs} DPO pairs; "
-                          f"not selected: {out.reasons or 'none'}")
+        return _in_store(lambda conn: select_candidates(conn, scorers, config, sample_id=sample_id,
+                                                        progress=advance, scorers_for=checks.for_prompt))
 
 
 # ---- quarantine and rounds (on-call) ----

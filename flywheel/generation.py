@@ -139,15 +139,18 @@ def selection_payload(selection: Selection) -> dict[str, Any]:
 async def select_candidates(
     conn: psycopg.AsyncConnection, scorers: Sequence[Scorer], config: SelectionConfig, *,
     sample_id: str | None = None, progress: Progress | None = None,
+    scorers_for: Callable[[list[dict[str, Any]]], Sequence[Scorer]] | None = None,
 ) -> SelectOutcome:
     """Score every candidate group without a selection, apply RSFT and best-vs-worst selection, and
-    record one CandidatesSelected event per group (the full scored group stays for RM/GRPO use)."""
-    version = selector_version(scorers, config)
+    record one CandidatesSelected event per group (the full scored group stays for RM/GRPO use).
+    `scorers_for(prompt)`: more scorers for one group (the verifiers of a checkable prompt)."""
     selections: list[Selection] = []
     for group in await unselected(conn, sample_id):
-        scored: tuple[ScoredCandidate, ...] = score_group(scorers, group["prompt"],
+        group_scorers = [*scorers, *(scorers_for(group["prompt"]) if scorers_for else ())]
+        scored: tuple[ScoredCandidate, ...] = score_group(group_scorers, group["prompt"],
                                                           [c["text"] for c in group["candidates"]])
         selection = select(group["prompt"], scored, config)
+        version = selector_version(group_scorers, config)
         await record(conn, [selected_event(group["group_id"], version, selection_payload(selection))])
         selections.append(selection)
         if progress:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,8 +17,21 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from flywheel.settings import Settings  # noqa: E402
+from flywheel.signals import prompt_key  # noqa: E402
 from sampling import tiny_model  # noqa: E402
-from sampling.generation import CandidateGroup, OpenAIServerGenerator, SamplingSpec, VLLMGenerator  # noqa: E402
+from sampling.generation import (  # noqa: E402
+    Candidate,
+    CandidateGroup,
+    OpenAIServerGenerator,
+    SamplingSpec,
+    VLLMGenerator,
+)
+from store.candidates import generated_event  # noqa: E402
+from store.db import connect_sync  # noqa: E402
+from store.projections import record  # noqa: E402
+from tests.conftest import settings_env  # noqa: E402
+from tests.store_helpers import in_store  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -196,3 +210,32 @@ def test_server_and_in_process_engine_agree(server: str, generator: VLLMGenerato
 def test_server_load_refuses_an_unknown_model(server: str) -> None:
     with pytest.raises(RuntimeError, match="not served"):
         OpenAIServerGenerator(server, "no-such-model", MODEL_VERSION).load()
+
+
+def test_select_grades_with_an_llm_judge_through_the_server(server: str, settings: Settings, tmp_path: Path) -> None:
+    """`flywheel select --judge-rubric`: every candidate gets the judge's grade (or why it has none), under a
+    version naming the judge model and the rubric."""
+    group = CandidateGroup(prompt=tuple(QUESTION), candidates=tuple(
+        Candidate(text=t, token_count=1, cumulative_logprob=None, finish_reason="stop") for t in ("4", "5", "four")),
+        spec=SamplingSpec(n=3, seed=1), seed=1, model_version=MODEL_VERSION, prompt_tokens=5, generator="vllm")
+    case = {"prompt_key": prompt_key(QUESTION), "app_id": "app-a", "tags": []}
+    in_store(settings.database_url, lambda conn: record(
+        conn, [generated_event(str(uuid.uuid4()), case, group.to_event_payload())]))
+    rubric = tmp_path / "rubric.txt"
+    rubric.write_text("Reward correct arithmetic.\n")
+    judged = settings.model_copy(update={"generator_url": server, "generator_model": "tiny",
+                                         "generator_model_version": MODEL_VERSION})
+    done = subprocess.run([sys.executable, "-m", "flywheel.cli", "select", "--judge-rubric", str(rubric), "--json"],
+                          env=settings_env(judged), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["groups"] == 1
+    with connect_sync(settings.database_url) as conn:
+        [(selection, version)] = conn.execute(
+            "SELECT g.selection, e.data ->> 'selector_version' FROM candidate_groups g"
+            " JOIN events e ON e.position = g.selected_position").fetchall()
+    scores = [c["scores"] for c in selection["scores"]]
+    assert [[s["scorer"] for s in c] for c in scores] == [["llm_judge"]] * 3
+    assert all(s["version"].startswith(f"1+{MODEL_VERSION}+rubric.") for c in scores for s in c)
+    # the tiny random model rarely writes a grade: then the value is 0 and the reason says why
+    assert all(1 <= s["value"] <= 10 or (s["value"] == 0 and s["reason"]) for c in scores for s in c)
+    assert f"llm_judge@1+{MODEL_VERSION}+rubric." in version
