@@ -254,7 +254,7 @@ def signals(as_json: bool = typer.Option(False, "--json")) -> None:
     """Derived preference data: counts by rule, rater agreement, length and position bias."""
     from store.stats import signal_report
 
-    report, _ = _query_store(signal_report)
+    report = _in_store(signal_report)
     _print(report, as_json, _describe_signals(report))
 
 
@@ -267,6 +267,10 @@ def _describe_signals(r: dict[str, Any]) -> str:
     for c in r["signals"]:
         name = f"{c['kind']}/{c['rule']}" + (f" [{c['status']}]" if c["status"] else "")
         lines.append(f"  {name:<33}{c['count']:>7}{c['disagreement']:>10}{c['no_consent']:>12}")
+    lines.append("feedback per 100 responses          responses  up  down  edits  regens  ratings  comparisons")
+    for version, f in r["feedback_rates"].items():
+        lines.append(f"  {version:<33}{f['interactions']:>10}{f['thumbs_up']:>4.0f}{f['thumbs_down']:>6.0f}"
+                     f"{f['edits']:>7.0f}{f['regenerations']:>8.0f}{f['ratings']:>9.0f}{f['comparisons']:>13.0f}")
     for kind, by in r["agreement"].items():
         for key, groups in by.items():
             lines.append(f"agreement on {kind} by {key}")

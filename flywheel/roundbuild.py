@@ -44,6 +44,7 @@ from store.projections import DEFAULT_SIGNALS, record
 from store.roundrows import SourceRow, stream_rows
 from store.rounds import current_round, quarantine, round_published
 from store.signals import catch_up, checkpoint
+from store.stats import signal_report
 
 _CHUNK = 500
 _CHUNKS_IN_FLIGHT = 8  # queued for the builder process: bounds memory, absorbs jitter
@@ -194,7 +195,8 @@ async def build_round(
                 result = await build_in_process(
                     chunks, config, qlist, tmp, watermark=watermark,
                     parent=None if parent is None else str(parent["number"]), round_number=number)
-            (tmp / "report.html").write_text(report_html(result.manifest))
+            audits = await signal_report(conn, upto=watermark)
+            (tmp / "report.html").write_text(report_html(result.manifest, audits))
             sources, processing = result.manifest["data_sources"], result.manifest["sample_processing"]
             summary = {"rows": sources["rows_by_kind"], "splits": processing["splits"],
                        "removed": processing["removed"], "apps": sources["apps"],

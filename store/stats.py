@@ -38,33 +38,47 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
-def signal_report(conn: psycopg.Connection) -> dict[str, Any]:
-    """`flywheel signals`: counts by rule, inter-rater agreement per app and model version, bias audits."""
+async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = None) -> dict[str, Any]:
+    """`flywheel signals` (and a round's report, as of its watermark `upto`): counts by rule, feedback rates
+    and inter-rater agreement per app and model version, bias audits."""
     from flywheel.quality import agreement_by, judgements_from, length_bias, position_bias
     from flywheel.signals import InteractionRecord
 
+    upto = 2**62 if upto is None else upto
+
+    async def rows(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
+
     counts = [
         {"kind": k, "rule": r, "status": s, "count": n, "disagreement": d, "no_consent": c}
-        for k, r, s, n, d, c in conn.execute(
+        for k, r, s, n, d, c in await rows(
             "SELECT kind, rule, status, count(*), count(*) FILTER (WHERE disagreement),"
-            " count(*) FILTER (WHERE NOT consent) FROM signals GROUP BY 1, 2, 3 ORDER BY 1, 2, 3"
-        ).fetchall()
+            " count(*) FILTER (WHERE NOT consent) FROM signals WHERE position <= %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
+            [upto])
     ]
+    # per 100 responses of each model version: the feedback each kind of event gave them
+    feedback_rates = {
+        version: {"interactions": n, **{kind: round(100 * k / n, 2) for kind, k in zip(_RATE_KINDS, ks, strict=True)}}
+        for version, n, *ks in await rows(
+            "SELECT i.model_version, count(DISTINCT i.interaction_id),"
+            + ", ".join(f" count(f.position) FILTER (WHERE {cond})" for cond in _RATE_KINDS.values())
+            + " FROM interactions i LEFT JOIN feedback f ON f.interaction_id = i.interaction_id AND f.position <= %s"
+            " WHERE i.position <= %s GROUP BY 1 ORDER BY 1", [upto, upto])
+    }
     # Agreement needs items judged by several users: load just those.
-    judged = conn.execute(
-        "SELECT interaction_id FROM feedback WHERE type IN ('thumbs', 'rating')"
-        " GROUP BY interaction_id HAVING count(DISTINCT user_id_hash) > 1"
-    ).fetchall()
-    ids = [r[0] for r in judged]
+    ids = [r[0] for r in await rows(
+        "SELECT interaction_id FROM feedback WHERE type IN ('thumbs', 'rating') AND position <= %s"
+        " GROUP BY interaction_id HAVING count(DISTINCT user_id_hash) > 1", [upto])]
     interactions = [
         InteractionRecord(interaction_id=i, event_id=e, position=p, app_id=a, model_version=m, prompt_version=v,
                           user_id_hash=u, consent_training=c, occurred_at=t, messages=(), response="", tags=())
-        for i, e, p, a, m, v, u, c, t in conn.execute(
+        for i, e, p, a, m, v, u, c, t in await rows(
             "SELECT interaction_id, event_id::text, position, app_id, model_version, prompt_version, user_id_hash,"
-            " consent_training, occurred_at FROM interactions WHERE interaction_id = ANY(%s)", [ids]
-        ).fetchall()
+            " consent_training, occurred_at FROM interactions WHERE interaction_id = ANY(%s)", [ids])
     ]
-    feedback = _feedback(conn, "interaction_id = ANY(%s) AND type IN ('thumbs', 'rating')", [ids])
+    feedback = await _feedback(conn, "interaction_id = ANY(%s) AND type IN ('thumbs', 'rating') AND position <= %s",
+                               [ids, upto])
     agreement: dict[str, Any] = {}
     for kind in ("thumbs", "rating"):
         judgements = judgements_from(interactions, feedback, kind=kind)
@@ -72,16 +86,28 @@ def signal_report(conn: psycopg.Connection) -> dict[str, Any]:
             key: {k: asdict(v) for k, v in agreement_by(judgements, key).items()}
             for key in ("app_id", "model_version")
         } if judgements else {}
-    pairs = [_PairView(*row) for row in conn.execute(
+    pairs = [_PairView(*row) for row in await rows(
         "SELECT data->>'chosen', data->>'rejected', (data->>'margin')::float, (data->>'tie')::bool"
-        " FROM signals WHERE kind = 'pair'"
-    ).fetchall()]
+        " FROM signals WHERE kind = 'pair' AND position <= %s", [upto])]
     return {
         "signals": counts,
+        "feedback_rates": feedback_rates,
         "agreement": agreement,
         "length_bias": asdict(length_bias(pairs)),
-        "position_bias": asdict(position_bias(_feedback(conn, "type = 'comparison'", []))),
+        "position_bias": asdict(position_bias(await _feedback(conn, "type = 'comparison' AND position <= %s",
+                                                               [upto]))),
     }
+
+
+# feedback kind → which feedback rows count (per 100 responses of a model version)
+_RATE_KINDS = {
+    "thumbs_up": "f.type = 'thumbs' AND f.payload ->> 'value' = 'up'",
+    "thumbs_down": "f.type = 'thumbs' AND f.payload ->> 'value' = 'down'",
+    "edits": "f.type = 'edit'",
+    "regenerations": "f.type = 'regenerate'",
+    "ratings": "f.type = 'rating'",
+    "comparisons": "f.type = 'comparison'",
+}
 
 
 @dataclass(frozen=True)
@@ -92,14 +118,14 @@ class _PairView:
     tie: bool
 
 
-def _feedback(conn: psycopg.Connection, where: str, params: list[Any]) -> list[Any]:
+async def _feedback(conn: psycopg.AsyncConnection, where: str, params: list[Any]) -> list[Any]:
     from flywheel.signals import FeedbackRecord
 
+    cur = await conn.execute(
+        "SELECT event_id::text, position, type, interaction_id, user_id_hash, consent_training, occurred_at,"
+        f" payload FROM feedback WHERE {where}", params)
     return [
         FeedbackRecord(event_id=e, position=p, type=t, interaction_id=i, user_id_hash=u, consent_training=c,
                        occurred_at=at, payload=payload)
-        for e, p, t, i, u, c, at, payload in conn.execute(
-            "SELECT event_id::text, position, type, interaction_id, user_id_hash, consent_training, occurred_at,"
-            f" payload FROM feedback WHERE {where}", params
-        ).fetchall()
+        for e, p, t, i, u, c, at, payload in await cur.fetchall()
     ]

@@ -46,9 +46,44 @@ def _counts(shares: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, float]]:
     return [(value or "(none)", float(entry["count"])) for value, entry in shares.items()]
 
 
-def report_html(manifest: Mapping[str, Any]) -> str:
-    """The HTML page of a round: identity, signal mix by kind and source, gate removals, and the distribution by
-    app, model version, tag and length. Every string from the manifest is escaped."""
+_RATES = ("thumbs_down", "edits", "regenerations", "thumbs_up")
+
+
+def _figure(f: Mapping[str, Any] | None) -> str:
+    return "n/a" if f is None else escape(f"{f['value']:.2f} ({f['band']})")
+
+
+def _audit_sections(audits: Mapping[str, Any]) -> list[str]:
+    """The feedback behind a round, as of its watermark (store.stats.signal_report): feedback rates per model
+    version, rater agreement, and length and position bias."""
+    rates = [(f"{version} {kind.replace('_', ' ')}", float(f[kind]))
+             for version, f in audits["feedback_rates"].items() for kind in _RATES]
+    agreement = [
+        f"<tr><td>{escape(kind)}</td><td>{escape(key)}</td><td>{escape(group)}</td><td>{a['items']}</td>"
+        + "".join(f"<td>{_figure(a[name])}</td>" for name in ("cohen_kappa", "fleiss_kappa", "krippendorff_alpha"))
+        + "</tr>"
+        for kind, by in audits["agreement"].items() for key, groups in by.items() for group, a in groups.items()
+    ]
+    head = ("<tr><th>feedback</th><th>by</th><th>group</th><th>items</th><th>Cohen's kappa</th>"
+            "<th>Fleiss' kappa</th><th>Krippendorff's alpha</th></tr>")
+    lb, pb = audits["length_bias"], audits["position_bias"]
+    bias = [("longer response chosen (share of pairs)", lb["chosen_longer_rate"]),
+            ("r(length difference, margin)", lb["correlation"]),
+            ("first-shown wins (share of comparisons)", pb["first_shown_win_rate"])]
+    return [
+        "<h2>Feedback per 100 responses, by model version</h2>" + bar_chart(rates, title="feedback rates"),
+        "<h2>Rater agreement (bands: &lt; 0.40 poor, &lt; 0.60 moderate, &lt; 0.75 substantial)</h2>"
+        + (f"<table>{head}{''.join(agreement)}</table>" if agreement
+           else '<p class="empty">no item was judged by two or more raters</p>'),
+        f"<h2>Length and position bias ({lb['pairs']} pairs, {pb['comparisons']} comparisons)</h2>"
+        + bar_chart([(label, float(v)) for label, v in bias if v is not None], title="bias"),
+    ]
+
+
+def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = None) -> str:
+    """The HTML page of a round: identity, signal mix by kind and source, gate removals, the distribution by
+    app, model version, tag and length, and (given `audits`, store.stats.signal_report at the round's
+    watermark) feedback rates, agreement and bias. Every string from the manifest is escaped."""
     sources = manifest["data_sources"]
     processing = manifest["sample_processing"]
     isolation = manifest["evaluation_isolation"]
@@ -90,6 +125,7 @@ def report_html(manifest: Mapping[str, Any]) -> str:
         "<h2>By model version</h2>" + bar_chart(_counts(distribution["by_model_version"]), title="by model version"),
         "<h2>By tag</h2>" + bar_chart(_counts(distribution["by_tag"]), title="by tag"),
         "<h2>By length (characters)</h2>" + bar_chart(_counts(distribution["by_length"]), title="by length"),
+        *(_audit_sections(audits) if audits is not None else ()),
     ]
     title = f"Flywheel round {manifest['round']}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
