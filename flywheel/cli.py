@@ -672,11 +672,24 @@ def rounds_build(
 
 @rounds_app.command("list")
 def rounds_list(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Every round, newest last, with its state (run history of the nightly build)."""
-    from store.rounds import rounds
+    """Every round, newest last, with its state, and the run history of the nightly pipeline (failed runs
+    with their error)."""
+    from store.rounds import nightly_runs, rounds
 
-    rows = _in_store(rounds)
-    _print(rows, as_json, "\n".join(_describe_round(r) for r in rows) or "no rounds yet")
+    async def both(conn: Any) -> dict[str, Any]:
+        return {"rounds": await rounds(conn), "nightly_runs": await nightly_runs(conn)}
+
+    data = _in_store(both)
+    human = "\n".join(_describe_round(r) for r in data["rounds"]) or "no rounds yet"
+    if data["nightly_runs"]:
+        human += "\nnightly runs (newest last)\n" + "\n".join(_describe_run(r) for r in data["nightly_runs"])
+    _print(data, as_json, human)
+
+
+def _describe_run(r: dict[str, Any]) -> str:
+    steps = "; ".join(f"{k}: {v}" for k, v in r["steps"].items())
+    return (f"  {r['started_at'][:19]}  {r['status'].upper():<6}  {steps or 'no step ran'}"
+            + (f"\n      error: {r['error']}" if r["error"] else ""))
 
 
 @rounds_app.command("show")

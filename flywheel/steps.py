@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 from flywheel.settings import Settings
@@ -61,6 +63,34 @@ def run_steps(settings: Settings) -> dict[str, Any]:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    started = datetime.now(UTC).isoformat()
+    try:
+        asyncio.run(run())
+    except Exception as e:
+        _record_run(settings, started, "failed", report, f"{type(e).__name__}: {e}")
+        raise
+    _record_run(settings, started, "ok", report, None)
     log.info("nightly pipeline: %s", report)
     return report
+
+
+def _record_run(settings: Settings, started: str, status: str, steps: dict[str, Any], error: str | None) -> None:
+    """Append the run to the log (`flywheel rounds list` shows it), on a connection of its own: a failed run's
+    may be what failed. If even that fails, the scheduler's log is all there is, and it says so."""
+    from store.db import connect
+    from store.projections import record
+    from store.rounds import nightly_run
+
+    async def append() -> None:
+        conn = await connect(settings.database_url, autocommit=True)
+        try:
+            await record(conn, [nightly_run(str(uuid.uuid4()), started, status, steps, error)])
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(append())
+    except Exception:
+        log.exception("could not record the nightly run (%s, %s) in the log", status, error)
+        if status == "ok":
+            raise

@@ -17,7 +17,9 @@ ROUND_PUBLISHED = "round_published"
 ROUND_ROLLED_BACK = "round_rolled_back"
 ROUND_RESTORED = "round_restored"
 ROUND_CONSUMED = "round_consumed"
-ROUND_EVENTS = (QUARANTINE_ITEMS_ADDED, ROUND_PUBLISHED, ROUND_ROLLED_BACK, ROUND_RESTORED, ROUND_CONSUMED)
+NIGHTLY_RUN = "nightly_run"
+ROUND_EVENTS = (QUARANTINE_ITEMS_ADDED, ROUND_PUBLISHED, ROUND_ROLLED_BACK, ROUND_RESTORED, ROUND_CONSUMED,
+                NIGHTLY_RUN)
 _NAMESPACE = uuid.UUID("9a1d3c55-0b7e-4c62-8f0a-3e5d2b7c6a14")
 SLICE_FIELDS = ("app_id", "model_version", "prompt_version", "since", "until")
 
@@ -53,6 +55,12 @@ def round_consumed(number: int, run_id: str) -> NewEvent:
     return _event(ROUND_CONSUMED, f"{number}:{run_id}", {"round": number, "run_id": run_id})
 
 
+def nightly_run(run_id: str, started_at: str, status: str, steps: dict[str, Any], error: str | None) -> NewEvent:
+    """One run of the nightly pipeline, done ("ok") or "failed" (with the error): its history for on-call."""
+    return _event(NIGHTLY_RUN, run_id, {"run_id": run_id, "started_at": started_at, "status": status,
+                                        "steps": steps, "error": error})
+
+
 async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredEvent]) -> None:
     """Apply round and quarantine events (in position order) to their read models."""
     for e in events:
@@ -85,6 +93,12 @@ async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredE
             await cur.execute("UPDATE rounds SET rolled_back = false, rollback_reason = NULL,"
                               " rolled_back_position = NULL WHERE number = %s", (p["round"],))
             await cur.execute("UPDATE quarantine_slices SET active = false WHERE round_number = %s", (p["round"],))
+        elif e.type == NIGHTLY_RUN:
+            await cur.execute(
+                "INSERT INTO nightly_runs (run_id, position, started_at, finished_at, status, steps, error)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (p["run_id"], e.position, p["started_at"], e.data["occurred_at"], p["status"],
+                 orjson.dumps(p["steps"]).decode(), p["error"]))
         elif e.type == ROUND_CONSUMED:
             await cur.execute("UPDATE rounds SET consumed_by = array_append(consumed_by, %s) WHERE number = %s"
                               " AND NOT %s = ANY(consumed_by)", (p["run_id"], p["round"], p["run_id"]))
@@ -103,6 +117,15 @@ def _round(row: tuple[Any, ...]) -> dict[str, Any]:
 async def rounds(conn: psycopg.AsyncConnection) -> list[dict[str, Any]]:
     cur = await conn.execute(f"SELECT {_ROUND_COLUMNS} FROM rounds ORDER BY number")
     return [_round(r) for r in await cur.fetchall()]
+
+
+async def nightly_runs(conn: psycopg.AsyncConnection, limit: int = 20) -> list[dict[str, Any]]:
+    """The newest nightly runs, oldest first: when, done or failed (and why), what each step did."""
+    cur = await conn.execute(
+        "SELECT * FROM (SELECT run_id, started_at, finished_at, status, steps, error, position FROM nightly_runs"
+        " ORDER BY position DESC LIMIT %s) r ORDER BY position", [limit])
+    return [{"run_id": r, "started_at": s.isoformat(), "finished_at": f.isoformat(), "status": st, "steps": steps,
+             "error": err} for r, s, f, st, steps, err, _ in await cur.fetchall()]
 
 
 async def round_by_number(conn: psycopg.AsyncConnection, number: int) -> dict[str, Any] | None:

@@ -243,5 +243,19 @@ class QuarantineSliceView(SQLModel, table=True):
     active: bool = True
 
 
+class NightlyRunView(SQLModel, table=True):
+    """The nightly pipeline's runs, done or failed (NightlyRun events): `flywheel rounds list` shows them."""
+
+    __tablename__ = "nightly_runs"
+
+    run_id: str = Field(primary_key=True)
+    position: int = Field(sa_column=Column(BigInteger, nullable=False, index=True))
+    started_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    finished_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    status: str  # ok | failed
+    steps: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))  # what each step did, or why skipped
+    error: str | None = None
+
+
 READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups", "rounds", "quarantine_items",
-               "quarantine_slices")
+               "quarantine_slices", "nightly_runs")

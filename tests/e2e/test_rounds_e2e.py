@@ -82,7 +82,7 @@ def test_rounds_rollback_with_quarantine_then_a_clean_round(
     r3 = json.loads(run_cli("rounds", "build", "--json").stdout)
     assert r3["round"] == 3 and r3["sliced_out"] > 0
     assert rows(r3["path"]) and not any(r["lineage"]["app_id"] == culprit for r in rows(r3["path"]))
-    listed = {r["number"]: r for r in json.loads(run_cli("rounds", "list", "--json").stdout)}
+    listed = {r["number"]: r for r in json.loads(run_cli("rounds", "list", "--json").stdout)["rounds"]}
     assert listed[2]["rolled_back"] and not listed[3]["rolled_back"] and listed[3]["parent"] == 1
     diff = run_cli("rounds", "diff", "1", "3").stdout
     assert "rows_out" in diff and "splits.train" in diff
@@ -104,7 +104,7 @@ def test_rounds_rollback_with_quarantine_then_a_clean_round(
     assert build.poll() is None, "the build finished before it could be killed"
     build.send_signal(signal.SIGKILL)
     build.wait(10)
-    assert [r["number"] for r in json.loads(run_cli("rounds", "list", "--json").stdout)] == [1, 2, 3]
+    assert [r["number"] for r in json.loads(run_cli("rounds", "list", "--json").stdout)["rounds"]] == [1, 2, 3]
     assert not (root / "round-0004").exists() and run_cli("rounds", "current").stdout.strip() == r3["path"]
     r4 = json.loads(run_cli("rounds", "build", "--watermark", str(r3["watermark"]), "--json").stdout)
     assert r4["round"] == 4 and not list(root.glob(".building-*"))
