@@ -270,12 +270,18 @@ class LengthBias:
 
 def length_bias(pairs: Iterable[_Pair]) -> LengthBias:
     """Length bias of preference pairs: share of non-tie pairs won by the longer response, and correlation."""
+    return length_bias_of((len(p.chosen), len(p.rejected), p.margin, p.tie) for p in pairs)
+
+
+def length_bias_of(pairs: Iterable[tuple[int, int, float, bool]]) -> LengthBias:
+    """length_bias() from (chosen length, rejected length, margin, tie) per pair: what a query can return
+    without sending the texts."""
     rows = list(pairs)
-    decided = [p for p in rows if not p.tie]
-    longer = sum(len(p.chosen) > len(p.rejected) for p in decided)
-    equal = sum(len(p.chosen) == len(p.rejected) for p in decided)
-    diffs = [float(len(p.chosen) - len(p.rejected)) for p in rows]
-    margins = [0.0 if p.tie else float(p.margin) for p in rows]
+    decided = [p for p in rows if not p[3]]
+    longer = sum(chosen > rejected for chosen, rejected, _, _ in decided)
+    equal = sum(chosen == rejected for chosen, rejected, _, _ in decided)
+    diffs = [float(chosen - rejected) for chosen, rejected, _, _ in rows]
+    margins = [0.0 if tie else float(margin) for _, _, margin, tie in rows]
     return LengthBias(pairs=len(decided), chosen_longer=longer, equal_length=equal,
                       chosen_longer_rate=longer / len(decided) if decided else None,
                       correlation=_pearson([*diffs, *(-d for d in diffs)], [*margins, *(-m for m in margins)]))

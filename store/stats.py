@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import psycopg
@@ -41,7 +41,7 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
 async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = None) -> dict[str, Any]:
     """`flywheel signals` (and a round's report, as of its watermark `upto`): counts by rule, feedback rates
     and inter-rater agreement per app and model version, bias audits."""
-    from flywheel.quality import agreement_by, judgements_from, length_bias, position_bias
+    from flywheel.quality import agreement_by, judgements_from, length_bias_of, position_bias
     from flywheel.signals import InteractionRecord
 
     upto = 2**62 if upto is None else upto
@@ -86,14 +86,14 @@ async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = Non
             key: {k: asdict(v) for k, v in agreement_by(judgements, key).items()}
             for key in ("app_id", "model_version")
         } if judgements else {}
-    pairs = [_PairView(*row) for row in await rows(
-        "SELECT data->>'chosen', data->>'rejected', (data->>'margin')::float, (data->>'tie')::bool"
-        " FROM signals WHERE kind = 'pair' AND position <= %s", [upto])]
+    pairs = await rows(
+        "SELECT length(data->>'chosen'), length(data->>'rejected'), (data->>'margin')::float, (data->>'tie')::bool"
+        " FROM signals WHERE kind = 'pair' AND position <= %s", [upto])
     return {
         "signals": counts,
         "feedback_rates": feedback_rates,
         "agreement": agreement,
-        "length_bias": asdict(length_bias(pairs)),
+        "length_bias": asdict(length_bias_of(pairs)),
         "position_bias": asdict(position_bias(await _feedback(conn, "type = 'comparison' AND position <= %s",
                                                                [upto]))),
     }
@@ -108,14 +108,6 @@ _RATE_KINDS = {
     "ratings": "f.type = 'rating'",
     "comparisons": "f.type = 'comparison'",
 }
-
-
-@dataclass(frozen=True)
-class _PairView:
-    chosen: str
-    rejected: str
-    margin: float
-    tie: bool
 
 
 async def _feedback(conn: psycopg.AsyncConnection, where: str, params: list[Any]) -> list[Any]:
