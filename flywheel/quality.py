@@ -313,10 +313,21 @@ def position_bias(comparisons: Iterable[FeedbackRecord]) -> PositionBias:
     rows = [f for f in {f.event_id: f for f in comparisons}.values() if f.type == "comparison"]
     decided = [f for f in rows if f.payload["strength"] != "tie"]
     wins = sum(f.payload["presented_order"][0] == f.payload["chosen_interaction_id"] for f in decided)
-    p_value = None
-    if decided:
-        from scipy.stats import binomtest
-
-        p_value = float(binomtest(wins, len(decided), 0.5).pvalue)
+    p_value = fair_coin_p_value(wins, len(decided)) if decided else None
     return PositionBias(comparisons=len(decided), ties=len(rows) - len(decided), first_shown_wins=wins,
                         first_shown_win_rate=wins / len(decided) if decided else None, p_value=p_value)
+
+
+def fair_coin_p_value(k: int, n: int) -> float:
+    """Exact two-sided binomial test of k successes in n trials against p = 0.5: what
+    scipy.stats.binomtest(k, n).pvalue gives (tested against it), without importing scipy.stats
+    (1.8 s, paid by every round build's report). With p = 0.5 the distribution is symmetric, so the
+    outcomes at least as unlikely as k are the two tails beyond min(k, n - k)."""
+    tail = min(k, n - k)
+    if 2 * tail == n:
+        return 1.0
+    log_half = n * math.log(0.5)
+    log_n = math.lgamma(n + 1)
+    terms = [log_n - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half for i in range(tail + 1)]
+    top = max(terms)
+    return min(1.0, 2.0 * math.exp(top) * math.fsum(math.exp(t - top) for t in terms))

@@ -61,9 +61,10 @@ async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = Non
     feedback_rates = {
         version: {"interactions": n, **{kind: round(100 * k / n, 2) for kind, k in zip(_RATE_KINDS, ks, strict=True)}}
         for version, n, *ks in await rows(
-            "SELECT i.model_version, count(DISTINCT i.interaction_id),"
-            + ", ".join(f" count(f.position) FILTER (WHERE {cond})" for cond in _RATE_KINDS.values())
-            + " FROM interactions i LEFT JOIN feedback f ON f.interaction_id = i.interaction_id AND f.position <= %s"
+            "SELECT i.model_version, count(*)," + ", ".join(f" coalesce(sum(f.{k}), 0)::bigint" for k in _RATE_KINDS)
+            + " FROM interactions i LEFT JOIN (SELECT interaction_id,"
+            + ", ".join(f" count(*) FILTER (WHERE {cond}) AS {k}" for k, cond in _RATE_KINDS.items())
+            + " FROM feedback f WHERE position <= %s GROUP BY 1) f USING (interaction_id)"
             " WHERE i.position <= %s GROUP BY 1 ORDER BY 1", [upto, upto])
     }
     # Agreement needs items judged by several users: load just those.

@@ -18,6 +18,7 @@ from flywheel.quality import (
     agreement,
     agreement_by,
     band,
+    fair_coin_p_value,
     fleiss_kappa_unequal,
     judgements_from,
     length_bias,
@@ -366,3 +367,12 @@ def test_simulated_panels_make_agreement_computable_per_app() -> None:
     by_app = agreement_by(thumbs, "app_id")
     assert set(by_app) == {app.app_id for app in APPS}
     assert all(a.items > 0 for a in by_app.values())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 11, 57, 400, 5001])
+def test_the_fair_coin_p_value_is_scipys_binomtest(n: int) -> None:
+    from scipy.stats import binomtest
+
+    for k in sorted({0, 1, n // 3, n // 2, (n + 1) // 2, n - 1, n}):
+        if 0 <= k <= n:
+            assert fair_coin_p_value(k, n) == pytest.approx(binomtest(k, n, 0.5).pvalue, rel=1e-9, abs=1e-300)
