@@ -141,29 +141,29 @@ def main() -> None:
     base = Settings()
     with bench_stack(base, "flywheel-bench-") as (server_url, bootstrap):
         tag = uuid.uuid4().hex[:8]
-        db_url = fresh_database(server_url, f"bench_ingest_{tag}")
-        settings = base.model_copy(update={
-            "database_url": db_url, "kafka_bootstrap": bootstrap, "feedback_topic": f"bench-feedback-{tag}",
-            "deadletter_topic": f"bench-deadletter-{tag}", "rounds_topic": f"bench-rounds-{tag}",
-            "consumer_group": f"bench-ingest-{tag}", "metrics_port": 0,
-        })
-        ensure_topics(bootstrap, settings)
-        print(f"producing {args.events} events …", flush=True)
-        n = produce(bootstrap, settings.feedback_topic, args.events, args.seed)
-        # This machine's consume rate swings by a third from one drain to the next: the median of three.
-        drains = sorted(raw_consume(bootstrap, settings.feedback_topic, n) for _ in range(3))
-        consume_rate = drains[1]
-        print(f"raw consume (kafka-python)   {consume_rate:>10,.0f} events/s   (median of "
-              f"{', '.join(f'{d:,.0f}' for d in drains)})", flush=True)
-        before = stored(db_url)
-        stored_rate, pipe_rate = pipeline(settings, before + n, args.workers)
-        workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
-        print(f"  stored ({workers})          {stored_rate:>10,.0f} events/s", flush=True)
-        print(f"pipeline ({workers}, signals) {pipe_rate:>10,.0f} events/s", flush=True)
-        copy_rate = raw_copy(db_url)
-        print(f"raw COPY (psycopg)           {copy_rate:>10,.0f} events/s")
-        ratio = pipe_rate / min(consume_rate, copy_rate)
-        print(f"ratio pipeline / min(raw)    {ratio:>10.2f}   (target >= 0.5)")
+        with fresh_database(server_url, f"bench_ingest_{tag}") as db_url:
+            settings = base.model_copy(update={
+                "database_url": db_url, "kafka_bootstrap": bootstrap, "feedback_topic": f"bench-feedback-{tag}",
+                "deadletter_topic": f"bench-deadletter-{tag}", "rounds_topic": f"bench-rounds-{tag}",
+                "consumer_group": f"bench-ingest-{tag}", "metrics_port": 0,
+            })
+            ensure_topics(bootstrap, settings)
+            print(f"producing {args.events} events …", flush=True)
+            n = produce(bootstrap, settings.feedback_topic, args.events, args.seed)
+            # This machine's consume rate swings by a third from one drain to the next: the median of three.
+            drains = sorted(raw_consume(bootstrap, settings.feedback_topic, n) for _ in range(3))
+            consume_rate = drains[1]
+            print(f"raw consume (kafka-python)   {consume_rate:>10,.0f} events/s   (median of "
+                  f"{', '.join(f'{d:,.0f}' for d in drains)})", flush=True)
+            before = stored(db_url)
+            stored_rate, pipe_rate = pipeline(settings, before + n, args.workers)
+            workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
+            print(f"  stored ({workers})          {stored_rate:>10,.0f} events/s", flush=True)
+            print(f"pipeline ({workers}, signals) {pipe_rate:>10,.0f} events/s", flush=True)
+            copy_rate = raw_copy(db_url)
+            print(f"raw COPY (psycopg)           {copy_rate:>10,.0f} events/s")
+            ratio = pipe_rate / min(consume_rate, copy_rate)
+            print(f"ratio pipeline / min(raw)    {ratio:>10.2f}   (target >= 0.5)")
 
 
 if __name__ == "__main__":

@@ -155,24 +155,24 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
     try:
         for n in sizes:
             db = f"bench_rounds_{n}_{uuid.uuid4().hex[:6]}"
-            url = fresh_database(server_url, db)
-            print(f"{n:>9} events: ingesting …", flush=True)
-            stored = asyncio.run(ingest(url, n, seed))
-            asyncio.run(add_quarantine(url, quarantine_items, seed))
-            project_s = asyncio.run(project_signals(url))
-            copy_s, copy_bytes = raw_copy(url)
-            settings = base.model_copy(update={"database_url": url, "rounds_dir": str(work / db),
-                                               "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}"})
-            command_s, out, peak_kib = build(settings)
-            build_s = float(out["seconds"])  # type: ignore[arg-type]
-            rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
-            results.append((n, build_s, copy_s, peak_kib, rollback_s, command_s))
-            print(f"{n:>9} events ({stored} stored; signals projected in {project_s:.1f} s in one projector run; "
-                  f"{copy_bytes / 2**20:.0f} MiB copied; {quarantine_items} quarantine items): "
-                  f"raw COPY {copy_s:6.1f} s, build {build_s:6.1f} s (ratio {build_s / copy_s:5.1f}, "
-                  f"{out['rows_out']} rows; the command {command_s:.1f} s with interpreter start and imports, "
-                  f"ratio {command_s / copy_s:.1f}), peak RSS {peak_kib / 1024:6.0f} MiB, "
-                  f"rollback {rollback_s * 1000:6.1f} ms", flush=True)
+            with fresh_database(server_url, db) as url:
+                print(f"{n:>9} events: ingesting …", flush=True)
+                stored = asyncio.run(ingest(url, n, seed))
+                asyncio.run(add_quarantine(url, quarantine_items, seed))
+                project_s = asyncio.run(project_signals(url))
+                copy_s, copy_bytes = raw_copy(url)
+                settings = base.model_copy(update={"database_url": url, "rounds_dir": str(work / db),
+                                                   "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}"})
+                command_s, out, peak_kib = build(settings)
+                build_s = float(out["seconds"])  # type: ignore[arg-type]
+                rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
+                results.append((n, build_s, copy_s, peak_kib, rollback_s, command_s))
+                print(f"{n:>9} events ({stored} stored; signals projected in {project_s:.1f} s in one projector run; "
+                      f"{copy_bytes / 2**20:.0f} MiB copied; {quarantine_items} quarantine items): "
+                      f"raw COPY {copy_s:6.1f} s, build {build_s:6.1f} s (ratio {build_s / copy_s:5.1f}, "
+                      f"{out['rows_out']} rows; the command {command_s:.1f} s with interpreter start and imports, "
+                      f"ratio {command_s / copy_s:.1f}), peak RSS {peak_kib / 1024:6.0f} MiB, "
+                      f"rollback {rollback_s * 1000:6.1f} ms", flush=True)
         (small, *_), (large, *_) = results[0], results[-1]
         growth = (results[-1][3] - results[0][3]) / 1024
         for n, build_s, copy_s, *_, command_s in results:
