@@ -21,8 +21,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
+from psycopg import AsyncConnection
+
 from flywheel.child import die_with_parent
 from store.db import connect
+from store.eventstore import head
 from store.projections import DEFAULT_SIGNALS
 from store.signals import Progress, catch_up
 
@@ -30,8 +33,9 @@ from store.signals import Progress, catch_up
 @dataclass(frozen=True)
 class Pacing:
     """A run takes all that was committed since the last one, so a busy prompt group is derived once a
-    run. After a long run the next waits longer: the projector never takes more than max_share of a
-    core, and a backlog is derived in larger, cheaper runs."""
+    run. After a long run the next waits longer: while the log grows, the projector takes at most
+    max_share of a core, and a backlog is derived in larger, cheaper runs. Once the log stops growing
+    (nothing appended for an interval), what is left is derived at once instead of after the wait."""
 
     interval: float  # seconds between the starts of two runs, at least
     max_share: float
@@ -43,16 +47,31 @@ class Pacing:
 
 async def project_forever(url: str, pacing: Pacing, report: Callable[[Progress], None],
                           alive: Callable[[], bool]) -> None:
-    conn = await connect(url)
+    conn = await connect(url, autocommit=True)
     try:
         while alive():
             started = time.monotonic()
             run = await catch_up(conn, DEFAULT_SIGNALS, max_events=pacing.max_events)
             if run is not None and run.upto > run.after:
                 report(run)
-            await asyncio.sleep(max(0.0, pacing.next_start(started, time.monotonic() - started) - time.monotonic()))
+            derived = run.upto if run is not None else None
+            await _wait(conn, pacing, pacing.next_start(started, time.monotonic() - started), derived)
     finally:
         await conn.close()
+
+
+async def _wait(conn: AsyncConnection, pacing: Pacing, until: float, derived: int | None) -> None:
+    """Sleep until `until`, or less: until the log has stopped growing past `derived` (what the last run
+    took up to; None: another projector holds the checkpoint, so just wait)."""
+    last = await head(conn)
+    while (left := until - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, pacing.interval))
+        if derived is None:
+            continue
+        now = await head(conn)
+        if now == last and now > derived:
+            return  # ingest is idle and there is something to derive
+        last = now
 
 
 def main(url: str, pacing: Pacing, reports: Connection, parent_pid: int) -> None:

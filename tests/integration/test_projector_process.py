@@ -14,6 +14,7 @@ import pytest
 
 from flywheel.endpoints import Endpoints
 from flywheel.simulate import generate
+from store.signals import Progress
 from streams.projector import Pacing, Projector, ProjectorFailed
 from tests.integration.test_signals_store import drift, ingest_all
 
@@ -38,14 +39,37 @@ def test_the_projector_process_derives_the_log_and_reports_its_runs(endpoints: E
     ingest_all(url, [s.value for s in generate(600, seed=3, bad_fraction=0.0)], [150], project_every=None)
     projector = Projector(url, FAST)
     try:
-        runs, deadline = [], time.monotonic() + 60
-        while (not runs or runs[-1].upto < head(url)) and time.monotonic() < deadline:
-            runs += projector.runs()
-            time.sleep(0.05)
+        runs = wait_for_runs(projector, url)
     finally:
         projector.stop()
     assert runs and runs[-1].upto == head(url) and sum(r.rows for r in runs) > 0
     assert drift(url)["signals"] == (0, 0)  # what a replay derives
+
+
+def test_once_the_log_stops_growing_the_projector_derives_without_waiting_out_its_pacing(
+        endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    values = [s.value for s in generate(900, seed=4, bad_fraction=0.0)]
+    ingest_all(url, values[:300], [150], project_every=None)
+    # A share this small would make the wait after the first run minutes long.
+    projector = Projector(url, Pacing(interval=0.1, max_share=0.001, max_events=50_000))
+    try:
+        runs = wait_for_runs(projector, url)
+        ingest_all(url, values[300:], [150], project_every=None, first_offset=300)
+        started = time.monotonic()
+        runs = wait_for_runs(projector, url)
+        assert time.monotonic() - started < 20 and runs[-1].upto == head(url)
+    finally:
+        projector.stop()
+
+
+def wait_for_runs(projector: Projector, url: str, timeout: float = 60) -> list[Progress]:
+    runs: list[Progress] = []
+    deadline = time.monotonic() + timeout
+    while (not runs or runs[-1].upto < head(url)) and time.monotonic() < deadline:
+        runs += projector.runs()
+        time.sleep(0.05)
+    return runs
 
 
 def test_a_failing_projector_raises_its_error_in_the_worker(endpoints: Endpoints) -> None:
