@@ -532,6 +532,11 @@ def select_cmd(
         typer.echo("error: no scorer: set FLYWHEEL_REWARD_MODEL, or pass --verify-json, --judge-rubric or "
                    "--checks", err=True)
         raise typer.Exit(2)
+    names = {s.name for s in scorers} | {v.name for vs in checks.by_prompt.values() for v in vs}
+    if decide_by is not None and decide_by not in names:
+        typer.echo(f"error: --decide-by {decide_by}: no such scorer configured (have: {', '.join(sorted(names))})",
+                   err=True)
+        raise typer.Exit(2)
     if judge is not None:
         judge.generator.load()
     try:
@@ -540,9 +545,9 @@ def select_cmd(
         if judge is not None:
             judge.generator.unload()
     data = {"groups": out.groups, "sft_samples": out.sft_samples, "pairs": out.pairs, "reasons": out.reasons,
-            "length_bias": out.length_bias}
+            "length_bias": out.length_bias, "not_judged": out.not_judged}
     _print(data, as_json, f"{out.groups} groups: {out.sft_samples} SFT samples, {out.pairs} DPO pairs; "
-                          f"not selected: {out.reasons or 'none'}")
+                          f"not selected: {out.reasons or 'none'}; left for other scorers: {out.not_judged}")
 
 
 def _select(scorers: list[Any], config: Any, sample_id: str | None, checks: Any) -> Any:

@@ -116,6 +116,7 @@ class SelectOutcome:
     pairs: int
     reasons: dict[str, int]
     length_bias: dict[str, Any]
+    not_judged: int = 0  # groups no configured scorer (or not the deciding one) applies to: left unselected
 
 
 def selector_version(scorers: Sequence[Scorer], config: SelectionConfig) -> str:
@@ -143,10 +144,18 @@ async def select_candidates(
 ) -> SelectOutcome:
     """Score every candidate group without a selection, apply RSFT and best-vs-worst selection, and
     record one CandidatesSelected event per group (the full scored group stays for RM/GRPO use).
-    `scorers_for(prompt)`: more scorers for one group (the verifiers of a checkable prompt)."""
+    `scorers_for(prompt)`: more scorers for one group (the verifiers of a checkable prompt). A group that
+    no scorer applies to (or not the deciding one) is not judged, so a later run with other scorers can."""
     selections: list[Selection] = []
+    not_judged = 0
     for group in await unselected(conn, sample_id):
         group_scorers = [*scorers, *(scorers_for(group["prompt"]) if scorers_for else ())]
+        names = {s.name for s in group_scorers}
+        if not names or (config.scorer is not None and config.scorer not in names):
+            not_judged += 1
+            if progress:
+                progress(1)
+            continue
         scored: tuple[ScoredCandidate, ...] = score_group(group_scorers, group["prompt"],
                                                           [c["text"] for c in group["candidates"]])
         selection = select(group["prompt"], scored, config)
@@ -161,4 +170,4 @@ async def select_candidates(
             reasons[r] = reasons.get(r, 0) + 1
     return SelectOutcome(groups=len(selections), sft_samples=sum(s.sft is not None for s in selections),
                          pairs=sum(s.pair is not None for s in selections), reasons=reasons,
-                         length_bias=asdict(length_bias(selections)))
+                         length_bias=asdict(length_bias(selections)), not_judged=not_judged)

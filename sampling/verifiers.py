@@ -132,7 +132,6 @@ class NumericAnswerVerifier:
     """1.0 when the last number of the completion is within `tolerance` of the expected answer, else 0.0."""
 
     name = "numeric_answer"
-    version = "1"
 
     def __init__(self, expected: str, tolerance: float = 0.0) -> None:
         value = last_number(expected)
@@ -142,6 +141,8 @@ class NumericAnswerVerifier:
             raise ValueError("tolerance must be >= 0")
         self.expected = value
         self.tolerance = Decimal(repr(float(tolerance)))
+        # What counts as right is part of the version, as a schema is of JsonFormatVerifier's.
+        self.version = f"1+answer.{_short_hash([str(self.expected), str(self.tolerance)])}"
 
     def verdicts(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[Verdict]:
         out = []
@@ -196,12 +197,12 @@ class PythonTestsVerifier:
     """
 
     name = "python_tests"
-    version = "1"
 
     def __init__(self, tests_source: str, timeout_s: float = 10.0, *, output_limit: int = 2000) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         self.tests_source = tests_source
+        self.version = f"1+tests.{_short_hash(tests_source)}"  # the tests decide what passes
         self.timeout_s = timeout_s
         self.output_limit = output_limit
         # Printed only after the tests ran to the end: an os._exit(0) in the solution cannot fake a pass.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -78,6 +79,9 @@ def main(url: str, pacing: Pacing, reports: Connection, parent_pid: int) -> None
     """The child's entry point: project until the parent is gone; send ("run", Progress) after each run
     that moved, or ("error", traceback text) before exiting on an error."""
     die_with_parent()  # elsewhere than Linux, the getppid() check below notices between two runs
+    # Ctrl-C reaches the whole process group: the worker stops this process itself (Projector.stop), and
+    # dying of it here first would look like a failure to the worker that is shutting down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         asyncio.run(project_forever(url, pacing, lambda run: reports.send(("run", run)),
                                     lambda: os.getppid() == parent_pid))

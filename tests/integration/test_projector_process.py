@@ -8,11 +8,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from flywheel.endpoints import Endpoints
+from flywheel.settings import Settings
 from flywheel.simulate import generate
 from store.signals import Progress
 from streams.projector import Pacing, Projector, ProjectorFailed
@@ -116,3 +119,18 @@ def _exists(pid: int) -> bool:
     # a zombie (killed, not yet reaped by init) counts as gone
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(") ", 1)[1][0] != "Z"
+
+
+def test_a_worker_whose_projector_fails_stops_with_its_error(
+        settings: Settings, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path) -> None:
+    ingest_all(settings.database_url, [s.value for s in generate(300, seed=2, bad_fraction=0.0)], [300],
+               project_every=None)
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:  # a read model derive cannot read
+        conn.execute("UPDATE feedback SET payload = '{}'::jsonb WHERE type = 'thumbs'")
+    worker = start_worker()
+    try:
+        code = worker.wait(120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the worker kept running with a failed signals projector")
+    log = (tmp_path / "worker-0.log").read_text(errors="replace")
+    assert code != 0 and "the signals projector failed" in log and "KeyError: 'value'" in log

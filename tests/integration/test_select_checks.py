@@ -59,17 +59,20 @@ def test_select_scores_checkable_prompts_with_their_verifiers(
     ]) + "\n")
     out = json.loads(run_cli("select", "--checks", str(checks), "--min-margin", "0.5", "--sft-threshold", "1",
                              "--json").stdout)
-    # the third prompt has no check and there is no other scorer: nothing judges it
-    assert (out["groups"], out["sft_samples"], out["pairs"]) == (3, 2, 2)
-    assert out["reasons"] == {"no_scored_candidates": 1}
+    # the third prompt has no check and there is no other scorer: it is left for a later run to judge
+    assert (out["groups"], out["sft_samples"], out["pairs"], out["not_judged"]) == (2, 2, 2, 1)
+    assert out["reasons"] == {}
+    typo = run_cli("select", "--checks", str(checks), "--decide-by", "numeric_anwser", check=False)
+    assert typo.returncode == 2 and "no such scorer configured (have: numeric_answer, python_tests)" in typo.stderr
 
     rows = query(url, "SELECT g.selection, e.data ->> 'selector_version' FROM candidate_groups g"
                       " JOIN events e ON e.position = g.selected_position ORDER BY g.position")
-    (answer, answer_by), (code, code_by), (unchecked, _) = rows
+    (answer, answer_by), (code, code_by) = rows
     assert [s["scores"][0]["scorer"] for s in answer["scores"]] == ["numeric_answer"] * 3
     assert [s["scores"][0]["value"] for s in answer["scores"]] == [1.0, 0.0, 0.0]
     assert (answer["pair"]["chosen"], answer["pair"]["rejected"]) == (ANSWERS[0], ANSWERS[1])
     assert [s["scores"][0]["value"] for s in code["scores"]] == [1.0, 0.0, 1.0]
     assert "wrong_answer" not in json.dumps(code) and "tests_failed" in json.dumps(code["scores"][1])
-    assert all(s["scores"] == [] for s in unchecked["scores"])
     assert "numeric_answer@1" in answer_by and "python_tests@1" in code_by
+    later = json.loads(run_cli("select", "--verify-json", "--json").stdout)  # another scorer judges the rest
+    assert (later["groups"], later["not_judged"]) == (1, 0)

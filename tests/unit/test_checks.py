@@ -39,6 +39,10 @@ def test_a_prompt_gets_the_verifiers_of_the_checks_naming_its_last_user_message(
     assert pi[0].score([], ["3.141", "3.2"]) == [1.0, 0.0]
     assert checks.for_prompt(chat("What is 17 * 3?", "and 18 * 3?")) == []  # only the last user turn counts
     assert checks.for_prompt([{"role": "system", "content": "What is 17 * 3?"}]) == []
+    # what counts as right is part of each verifier's version (the selection's lineage)
+    assert got[0].version != pi[0].version and got[0].version.startswith("1+answer.")
+    assert got[1].version.startswith("1+tests.")
+    assert NumericAnswerVerifier("51").version == got[0].version
 
 
 @pytest.mark.parametrize(("line", "message"), [
