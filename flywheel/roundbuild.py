@@ -196,6 +196,8 @@ async def build_round(
                     chunks, config, qlist, tmp, watermark=watermark,
                     parent=None if parent is None else str(parent["number"]), round_number=number)
             audits = await signal_report(conn, upto=watermark)
+            if (derived := await checkpoint(conn)) != watermark:  # an older watermark: rows were derived anew
+                audits["signals_checkpoint"] = derived
             (tmp / "report.html").write_text(report_html(result.manifest, audits))
             sources, processing = result.manifest["data_sources"], result.manifest["sample_processing"]
             summary = {"rows": sources["rows_by_kind"], "splits": processing["splits"],

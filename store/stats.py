@@ -62,9 +62,13 @@ async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = Non
         version: {"interactions": n, **{kind: round(100 * k / n, 2) for kind, k in zip(_RATE_KINDS, ks, strict=True)}}
         for version, n, *ks in await rows(
             "SELECT i.model_version, count(*)," + ", ".join(f" coalesce(sum(f.{k}), 0)::bigint" for k in _RATE_KINDS)
-            + " FROM interactions i LEFT JOIN (SELECT interaction_id,"
+            + " FROM interactions i LEFT JOIN (SELECT about AS interaction_id,"
             + ", ".join(f" count(*) FILTER (WHERE {cond}) AS {k}" for k, cond in _RATE_KINDS.items())
-            + " FROM feedback f WHERE position <= %s GROUP BY 1) f USING (interaction_id)"
+            # a comparison is feedback on both responses, as the interactions' own counters have it
+            + " FROM feedback f, unnest(CASE WHEN f.type = 'comparison'"
+            " THEN ARRAY[f.payload ->> 'chosen_interaction_id', f.payload ->> 'rejected_interaction_id']"
+            " ELSE ARRAY[f.interaction_id] END) AS about"
+            " WHERE f.position <= %s GROUP BY 1) f USING (interaction_id)"
             " WHERE i.position <= %s GROUP BY 1 ORDER BY 1", [upto, upto])
     }
     # Agreement needs items judged by several users: load just those.

@@ -67,16 +67,24 @@ def _audit_sections(audits: Mapping[str, Any]) -> list[str]:
     head = ("<tr><th>feedback</th><th>by</th><th>group</th><th>items</th><th>Cohen's kappa</th>"
             "<th>Fleiss' kappa</th><th>Krippendorff's alpha</th></tr>")
     lb, pb = audits["length_bias"], audits["position_bias"]
-    bias = [("longer response chosen (share of pairs)", lb["chosen_longer_rate"]),
-            ("r(length difference, margin)", lb["correlation"]),
-            ("first-shown wins (share of comparisons)", pb["first_shown_win_rate"])]
+    bias = [("longer response chosen (share of non-tie pairs)", lb["chosen_longer_rate"], lb["pairs"]),
+            ("r(length difference, margin)", lb["correlation"], lb["pairs"]),
+            ("first-shown response wins (share of non-tie comparisons)", pb["first_shown_win_rate"],
+             pb["comparisons"]),
+            ("p-value of that share against 0.5 (exact binomial)", pb["p_value"], pb["comparisons"])]
+    bias_rows = "".join(f"<tr><th>{escape(label)}</th><td>{'n/a' if v is None else f'{v:.3f}'}</td><td>{n}</td></tr>"
+                        for label, v, n in bias)
+    checkpoint = audits.get("signals_checkpoint")
+    note = ("" if checkpoint is None else
+            f'<p class="empty">Signal counts and length bias come from the signals read model at its checkpoint '
+            f"{escape(str(checkpoint))}, not from a derivation at this round's watermark.</p>")
     return [
         "<h2>Feedback per 100 responses, by model version</h2>" + bar_chart(rates, title="feedback rates"),
         "<h2>Rater agreement (bands: &lt; 0.40 poor, &lt; 0.60 moderate, &lt; 0.75 substantial)</h2>"
         + (f"<table>{head}{''.join(agreement)}</table>" if agreement
            else '<p class="empty">no item was judged by two or more raters</p>'),
-        f"<h2>Length and position bias ({lb['pairs']} pairs, {pb['comparisons']} comparisons)</h2>"
-        + bar_chart([(label, float(v)) for label, v in bias if v is not None], title="bias"),
+        f"<h2>Length and position bias</h2><table><tr><th></th><th>value</th><th>over</th></tr>{bias_rows}</table>"
+        + note,
     ]
 
 
