@@ -274,27 +274,29 @@ def length_bias(pairs: Iterable[_Pair]) -> LengthBias:
 
 
 def length_bias_of(pairs: Iterable[tuple[int, int, float, bool]]) -> LengthBias:
-    """length_bias() from (chosen length, rejected length, margin, tie) per pair: what a query can return
-    without sending the texts."""
+    """length_bias() from (chosen length, rejected length, margin, tie) per pair."""
     rows = list(pairs)
     decided = [p for p in rows if not p[3]]
-    longer = sum(chosen > rejected for chosen, rejected, _, _ in decided)
-    equal = sum(chosen == rejected for chosen, rejected, _, _ in decided)
     diffs = [float(chosen - rejected) for chosen, rejected, _, _ in rows]
     margins = [0.0 if tie else float(margin) for _, _, margin, tie in rows]
-    return LengthBias(pairs=len(decided), chosen_longer=longer, equal_length=equal,
-                      chosen_longer_rate=longer / len(decided) if decided else None,
-                      correlation=_pearson([*diffs, *(-d for d in diffs)], [*margins, *(-m for m in margins)]))
+    return length_bias_from_sums(
+        decided=len(decided), longer=sum(chosen > rejected for chosen, rejected, _, _ in decided),
+        equal=sum(chosen == rejected for chosen, rejected, _, _ in decided),
+        sum_dm=math.fsum(d * m for d, m in zip(diffs, margins, strict=True)),
+        sum_dd=math.fsum(d * d for d in diffs), sum_mm=math.fsum(m * m for m in margins))
 
 
-def _pearson(x: Sequence[float], y: Sequence[float]) -> float | None:
-    if len(x) < 2:
-        return None
-    ax, ay = np.asarray(x), np.asarray(y)
-    if ax.std() == 0 or ay.std() == 0:
-        return None
-    r = float(np.corrcoef(ax, ay)[0, 1])
-    return r if math.isfinite(r) else None
+def length_bias_from_sums(*, decided: int, longer: int, equal: int, sum_dm: float, sum_dd: float,
+                          sum_mm: float) -> LengthBias:
+    """length_bias() from counts and sums a query can return instead of every pair. Each pair enters the
+    correlation in both orientations, so both means are 0 and Pearson's r is sum(d*m) / sqrt(sum(d*d) *
+    sum(m*m)) over the pairs (d: length difference, m: signed margin, 0 for a tie)."""
+    correlation = None
+    if sum_dd > 0 and sum_mm > 0:
+        r = sum_dm / math.sqrt(sum_dd * sum_mm)
+        correlation = max(-1.0, min(1.0, r)) if math.isfinite(r) else None
+    return LengthBias(pairs=decided, chosen_longer=longer, equal_length=equal,
+                      chosen_longer_rate=longer / decided if decided else None, correlation=correlation)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -313,9 +315,14 @@ def position_bias(comparisons: Iterable[FeedbackRecord]) -> PositionBias:
     rows = [f for f in {f.event_id: f for f in comparisons}.values() if f.type == "comparison"]
     decided = [f for f in rows if f.payload["strength"] != "tie"]
     wins = sum(f.payload["presented_order"][0] == f.payload["chosen_interaction_id"] for f in decided)
-    p_value = fair_coin_p_value(wins, len(decided)) if decided else None
-    return PositionBias(comparisons=len(decided), ties=len(rows) - len(decided), first_shown_wins=wins,
-                        first_shown_win_rate=wins / len(decided) if decided else None, p_value=p_value)
+    return position_bias_of(len(decided), len(rows) - len(decided), wins)
+
+
+def position_bias_of(decided: int, ties: int, wins: int) -> PositionBias:
+    """position_bias() from its counts (what a query can return instead of every comparison)."""
+    return PositionBias(comparisons=decided, ties=ties, first_shown_wins=wins,
+                        first_shown_win_rate=wins / decided if decided else None,
+                        p_value=fair_coin_p_value(wins, decided) if decided else None)
 
 
 def fair_coin_p_value(k: int, n: int) -> float:

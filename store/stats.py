@@ -41,7 +41,7 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
 async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = None) -> dict[str, Any]:
     """`flywheel signals` (and a round's report, as of its watermark `upto`): counts by rule, feedback rates
     and inter-rater agreement per app and model version, bias audits."""
-    from flywheel.quality import agreement_by, judgements_from, length_bias_of, position_bias
+    from flywheel.quality import agreement_by, judgements_from, length_bias_from_sums, position_bias_of
     from flywheel.signals import InteractionRecord
 
     upto = 2**62 if upto is None else upto
@@ -91,16 +91,25 @@ async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = Non
             key: {k: asdict(v) for k, v in agreement_by(judgements, key).items()}
             for key in ("app_id", "model_version")
         } if judgements else {}
-    pairs = await rows(
-        "SELECT length(data->>'chosen'), length(data->>'rejected'), (data->>'margin')::float, (data->>'tie')::bool"
-        " FROM signals WHERE kind = 'pair' AND position <= %s", [upto])
+    # Bias audits as aggregates: a report's memory must not grow with the log (flywheel.quality has the rules).
+    [(decided, longer, equal, sum_dm, sum_dd, sum_mm)] = await rows(
+        "SELECT count(*) FILTER (WHERE NOT tie), count(*) FILTER (WHERE NOT tie AND chosen > rejected),"
+        " count(*) FILTER (WHERE NOT tie AND chosen = rejected), coalesce(sum(d * m), 0), coalesce(sum(d * d), 0),"
+        " coalesce(sum(m * m), 0) FROM (SELECT chosen, rejected, tie, (chosen - rejected)::float8 AS d,"
+        " CASE WHEN tie THEN 0 ELSE margin END AS m FROM (SELECT length(data->>'chosen') AS chosen,"
+        " length(data->>'rejected') AS rejected, (data->>'margin')::float8 AS margin, (data->>'tie')::bool AS tie"
+        " FROM signals WHERE kind = 'pair' AND position <= %s) p) q", [upto])
+    [(compared, ties, first_wins)] = await rows(
+        "SELECT count(*) FILTER (WHERE payload->>'strength' <> 'tie'), count(*) FILTER (WHERE payload->>'strength'"
+        " = 'tie'), count(*) FILTER (WHERE payload->>'strength' <> 'tie' AND payload->'presented_order'->>0"
+        " = payload->>'chosen_interaction_id') FROM feedback WHERE type = 'comparison' AND position <= %s", [upto])
     return {
         "signals": counts,
         "feedback_rates": feedback_rates,
         "agreement": agreement,
-        "length_bias": asdict(length_bias_of(pairs)),
-        "position_bias": asdict(position_bias(await _feedback(conn, "type = 'comparison' AND position <= %s",
-                                                               [upto]))),
+        "length_bias": asdict(length_bias_from_sums(decided=decided, longer=longer, equal=equal, sum_dm=sum_dm,
+                                                    sum_dd=sum_dd, sum_mm=sum_mm)),
+        "position_bias": asdict(position_bias_of(compared, ties, first_wins)),
     }
 
 

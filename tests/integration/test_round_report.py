@@ -3,14 +3,18 @@ agreement, length and position bias (real Postgres)."""
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from flywheel.endpoints import Endpoints
+from flywheel.quality import length_bias, position_bias
 from flywheel.roundbuild import build_round
 from flywheel.rounds import RoundConfig
+from flywheel.signals import FeedbackRecord
 from flywheel.simulate import generate
 from store.db import connect_sync
 from store.stats import signal_report
@@ -39,6 +43,20 @@ def test_the_report_shows_the_feedback_as_of_the_round_watermark(endpoints: Endp
                 ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons"), sums, strict=True)}}
     # panels judged the same interactions: agreement per app and per model version
     assert audits["agreement"]["thumbs"]["app_id"] and audits["agreement"]["thumbs"]["model_version"]
+
+    # the bias aggregates the query computes are the rules of flywheel.quality over every pair and comparison
+    with connect_sync(url) as conn:
+        pairs = [SimpleNamespace(chosen=c, rejected=r, margin=m, tie=t) for c, r, m, t in conn.execute(
+            "SELECT data->>'chosen', data->>'rejected', (data->>'margin')::float8, (data->>'tie')::bool FROM signals"
+            " WHERE kind = 'pair' AND position <= %s", [built.watermark]).fetchall()]
+        comparisons = [FeedbackRecord(event_id=e, position=p, type="comparison", interaction_id=i, user_id_hash=u,
+                                      consent_training=c, occurred_at=at, payload=payload)
+                       for e, p, i, u, c, at, payload in conn.execute(
+            "SELECT event_id::text, position, interaction_id, user_id_hash, consent_training, occurred_at, payload"
+            " FROM feedback WHERE type = 'comparison' AND position <= %s", [built.watermark]).fetchall()]
+    rule = asdict(length_bias(pairs))
+    assert rule["pairs"] > 0 and audits["length_bias"] == {**rule, "correlation": pytest.approx(rule["correlation"])}
+    assert comparisons and audits["position_bias"] == asdict(position_bias(comparisons))
 
     html = (built.path / "report.html").read_text()
     assert "Feedback per 100 responses, by model version" in html and "Rater agreement" in html
