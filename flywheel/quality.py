@@ -270,18 +270,13 @@ class LengthBias:
 
 def length_bias(pairs: Iterable[_Pair]) -> LengthBias:
     """Length bias of preference pairs: share of non-tie pairs won by the longer response, and correlation."""
-    return length_bias_of((len(p.chosen), len(p.rejected), p.margin, p.tie) for p in pairs)
-
-
-def length_bias_of(pairs: Iterable[tuple[int, int, float, bool]]) -> LengthBias:
-    """length_bias() from (chosen length, rejected length, margin, tie) per pair."""
     rows = list(pairs)
-    decided = [p for p in rows if not p[3]]
-    diffs = [float(chosen - rejected) for chosen, rejected, _, _ in rows]
-    margins = [0.0 if tie else float(margin) for _, _, margin, tie in rows]
+    decided = [p for p in rows if not p.tie]
+    diffs = [float(len(p.chosen) - len(p.rejected)) for p in rows]
+    margins = [0.0 if p.tie else float(p.margin) for p in rows]
     return length_bias_from_sums(
-        decided=len(decided), longer=sum(chosen > rejected for chosen, rejected, _, _ in decided),
-        equal=sum(chosen == rejected for chosen, rejected, _, _ in decided),
+        decided=len(decided), longer=sum(len(p.chosen) > len(p.rejected) for p in decided),
+        equal=sum(len(p.chosen) == len(p.rejected) for p in decided),
         sum_dm=math.fsum(d * m for d, m in zip(diffs, margins, strict=True)),
         sum_dd=math.fsum(d * d for d in diffs), sum_mm=math.fsum(m * m for m in margins))
 

@@ -175,7 +175,8 @@ async def build_round(
             if not locked or not locked[0]:
                 raise BuilderBusy("another round build or rollback is running")
             newest = await head(conn)
-            watermark = await checkpoint(conn) if watermark is None else watermark
+            derived = await checkpoint(conn)  # how far the signals read model is (this snapshot's)
+            watermark = derived if watermark is None else watermark
             if not 0 < watermark <= newest:
                 raise ValueError(f"watermark {watermark} is outside the log (1..{newest})")
             cur = await conn.execute("SELECT coalesce(max(number), 0) + 1 FROM rounds")
@@ -196,7 +197,7 @@ async def build_round(
                     chunks, config, qlist, tmp, watermark=watermark,
                     parent=None if parent is None else str(parent["number"]), round_number=number)
             audits = await signal_report(conn, upto=watermark)
-            if (derived := await checkpoint(conn)) != watermark:  # an older watermark: rows were derived anew
+            if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             (tmp / "report.html").write_text(report_html(result.manifest, audits))
             sources, processing = result.manifest["data_sources"], result.manifest["sample_processing"]
