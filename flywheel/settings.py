@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     signals_max_events: int = Field(default=50_000, gt=0)
     # Of a core (the projector has a process of its own): a long run delays the next accordingly.
     signals_max_share: float = Field(default=0.25, gt=0, le=1)
+    # Interactions and feedback the projector keeps in memory between runs, so a hot prompt group is not read
+    # and rewritten whole on every run (roughly 1-2 KB each).
+    signals_cache_records: int = Field(default=100_000, ge=0)
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0
     metrics_port: int = 0

@@ -352,6 +352,7 @@ class _Group:
         # Feedback about an interaction outside the group cannot be judged: it has no prompt here.
         self.feedback = [f for f in _by_position(feedback)
                          if f.type in FEEDBACK_TYPES and all(r in self.interactions for r in _references(f))]
+        self.interaction_positions = {iid: i.position for iid, i in self.interactions.items()}
         self.positions = {i.event_id: i.position for i in self.interactions.values()}
         self.positions.update({f.event_id: f.position for f in self.feedback})
         self.by_interaction: dict[str, list[FeedbackRecord]] = defaultdict(list)
@@ -365,8 +366,8 @@ class _Group:
         ids = {i.event_id for i in interactions if i is not None} | {f.event_id for f in events}
         return tuple(sorted(ids, key=lambda e: (self.positions[e], e)))
 
-    def order(self, source_event_ids: Sequence[str]) -> tuple[int, ...]:
-        return tuple(self.positions[e] for e in source_event_ids)
+    def order_key(self, record: Record) -> bytes:
+        return order_key(record, self.positions, self.interaction_positions)
 
     def same_prompt(self, a: str, b: str) -> bool:
         return a != b and self.keys[a] == self.keys[b]
@@ -429,13 +430,38 @@ def derive(interactions: Sequence[InteractionRecord], feedback: Sequence[Feedbac
             _comparison(g, f, disputed, pairs)
     _rating_pairs(g, disputed, pairs)
 
+    ordered = g.order_key
     return Signals(
-        pairs=tuple(sorted(pairs, key=lambda p: (g.order(p.source_event_ids), p.rule, p.pair_id))),
-        kto_labels=tuple(sorted(labels, key=lambda k: (g.order(k.source_event_ids), k.rule, k.label_id))),
-        sft_samples=tuple(sorted(samples, key=lambda s: (g.order(s.source_event_ids), s.rule, s.sample_id))),
-        hard_cases=_hard_cases(g, judgements, disagreements),
-        disagreements=disagreements,
+        pairs=tuple(sorted(pairs, key=ordered)),
+        kto_labels=tuple(sorted(labels, key=ordered)),
+        sft_samples=tuple(sorted(samples, key=ordered)),
+        hard_cases=tuple(sorted(_hard_cases(g, judgements, disagreements), key=ordered)),
+        disagreements=tuple(sorted(disagreements, key=ordered)),
     )
+
+
+Record = PreferencePair | KTOLabel | SFTSample | HardCase | Disagreement
+
+
+def order_key(record: Record, positions: Mapping[str, int], interaction_positions: Mapping[str, int]) -> bytes:
+    """Where a record stands in derive's order among the records of its kind, as bytes that sort as that order
+    does: by the log positions of its sources (a hard case: of its interaction), then its rule and id. It names
+    positions, never an index, so a record keeps its key while its group grows (the signals read model
+    rewrites only the rows that changed). `positions`: event id -> log position of the group's events."""
+    if isinstance(record, HardCase):
+        return (interaction_positions[record.interaction_id].to_bytes(8, "big") + _text_key(record.interaction_id)
+                + HARD_CASE_REASONS.index(record.reason).to_bytes(1, "big"))
+    # Each position behind a 1 and the tuple closed by a 0: a tuple sorts before the longer ones it begins.
+    sources = b"".join(b"\x01" + positions[e].to_bytes(8, "big") for e in record.source_event_ids) + b"\x00"
+    if isinstance(record, Disagreement):
+        return sources + _text_key(record.disagreement_id)
+    record_id = {PreferencePair: "pair_id", KTOLabel: "label_id", SFTSample: "sample_id"}[type(record)]
+    return sources + _text_key(record.rule) + _text_key(getattr(record, record_id))
+
+
+def _text_key(text: str) -> bytes:
+    # UTF-8 sorts as code points do; stored text never holds NUL (Postgres refuses it), so NUL ends a string.
+    return text.encode() + b"\x00"
 
 
 def _judgements(g: _Group) -> dict[str, list[_Judgement]]:
@@ -464,7 +490,7 @@ def _judgements(g: _Group) -> dict[str, list[_Judgement]]:
 
 
 def _disagreements(g: _Group, judgements: Mapping[str, list[_Judgement]]) -> tuple[Disagreement, ...]:
-    found: list[tuple[tuple[int, ...], Disagreement]] = []
+    found: list[Disagreement] = []
     for iid, js in judgements.items():
         by_aspect: dict[str, list[_Judgement]] = defaultdict(list)
         for j in js:
@@ -476,10 +502,10 @@ def _disagreements(g: _Group, judgements: Mapping[str, list[_Judgement]]) -> tup
         record = g.interactions[iid]
         events = [j.event for j in conflicting]
         sources = g.sources([], events)
-        found.append((g.order(sources), Disagreement(
+        found.append(Disagreement(
             disagreement_id=_digest("disagreement", iid, *sources), interaction_id=iid, other_interaction_id=None,
             kinds=tuple(sorted({j.kind for j in conflicting})), user_count=len({f.user_id_hash for f in events}),
-            source_event_ids=sources, consent=_consent([record], events))))
+            source_event_ids=sources, consent=_consent([record], events)))
 
     # Opposite winners of the same A/B pair; a tie next to a preference is a weaker claim, not a conflict.
     by_pair: dict[tuple[str, str], list[FeedbackRecord]] = defaultdict(list)
@@ -492,11 +518,11 @@ def _disagreements(g: _Group, judgements: Mapping[str, list[_Judgement]]) -> tup
         if len({str(f.payload["chosen_interaction_id"]) for f in events}) < 2:
             continue
         sources = g.sources([], events)
-        found.append((g.order(sources), Disagreement(
+        found.append(Disagreement(
             disagreement_id=_digest("disagreement", a, b, *sources), interaction_id=a, other_interaction_id=b,
             kinds=("comparison_chosen", "comparison_rejected"), user_count=len({f.user_id_hash for f in events}),
-            source_event_ids=sources, consent=_consent([g.interactions[a], g.interactions[b]], events))))
-    return tuple(d for _, d in sorted(found, key=lambda x: (x[0], x[1].disagreement_id)))
+            source_event_ids=sources, consent=_consent([g.interactions[a], g.interactions[b]], events)))
+    return tuple(found)  # derive sorts them (order_key)
 
 
 def _pair(g: _Group, *, rule: str, reason: str, rejected: InteractionRecord, chosen: InteractionRecord | None,
@@ -657,5 +683,4 @@ def _hard_cases(g: _Group, judgements: Mapping[str, list[_Judgement]],
             source_event_ids=sources, app_id=record.app_id, model_version=record.model_version,
             prompt_version=record.prompt_version, consent=_consent([record], [by_id[e] for e in ids]),
         ))
-    return tuple(sorted(cases, key=lambda c: (g.interactions[c.interaction_id].position, c.interaction_id,
-                                              HARD_CASE_REASONS.index(c.reason))))
+    return tuple(cases)  # derive sorts them (order_key)

@@ -93,7 +93,7 @@ async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None) -> A
         # Tied pairs never become training rows (flywheel.rounds.row_from_signal): not worth reading.
         await cur.execute("SELECT kind, data::text, position, occurred_at FROM signals WHERE kind = ANY(%s)"
                           " AND NOT (kind = 'pair' AND (data -> 'tie') = 'true')"
-                          " ORDER BY prompt_key, ordinal", [_TRAINING_KINDS])
+                          " ORDER BY prompt_key, sort_key", [_TRAINING_KINDS])
         async for kind, data, position, occurred_at in cur:
             record = orjson.loads(data)
             yield SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position, occurred_at)

@@ -9,21 +9,22 @@ interactions and feedback, so the streaming path, a replay and `replay --check` 
 
 from __future__ import annotations
 
-from collections import defaultdict
+import hashlib
+from collections import OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
 import psycopg
 
-from flywheel.signals import FeedbackRecord, InteractionRecord, SignalConfig, Signals, derive
+from flywheel.signals import FeedbackRecord, InteractionRecord, SignalConfig, Signals, derive, order_key
 
 CHECKPOINT = "signals"
 _COLUMNS = (
     "signal_id, kind, prompt_key, rule, rule_version, interaction_id, app_id, model_version, prompt_version,"
-    " consent, disagreement, status, ordinal, position, occurred_at, data"
+    " consent, disagreement, status, sort_key, position, occurred_at, data"
 )
 
 
@@ -65,16 +66,18 @@ async def touched_groups(cur: psycopg.AsyncCursor[Any], after: int, upto: int) -
 
 
 async def load_groups(
-    cur: psycopg.AsyncCursor[Any], keys: list[str], upto: int | None = None
+    cur: psycopg.AsyncCursor[Any], keys: list[str], upto: int | None = None, *, after: int = 0
 ) -> dict[str, tuple[list[InteractionRecord], list[FeedbackRecord]]]:
-    """The interactions and feedback of these prompt groups (only events at or before `upto`, when given)."""
+    """The interactions and feedback of these prompt groups at positions in (after, upto] (upto None: the
+    head). Feedback is stored after the interactions it is about, so (after, upto] of a group is exactly what
+    the log added to it there."""
     upto = 2**62 if upto is None else upto
     groups: dict[str, tuple[list[InteractionRecord], list[FeedbackRecord]]] = defaultdict(lambda: ([], []))
     await cur.execute(
         "SELECT prompt_key, interaction_id, event_id::text, position, app_id, model_version, prompt_version,"
         " user_id_hash, consent_training, occurred_at, messages, response, tags"
-        " FROM interactions WHERE prompt_key = ANY(%s) AND position <= %s",
-        [keys, upto],
+        " FROM interactions WHERE prompt_key = ANY(%s) AND position > %s AND position <= %s",
+        [keys, after, upto],
     )
     for key, iid, eid, pos, app, model, prompt, user, consent, at, messages, response, tags in await cur.fetchall():
         groups[key][0].append(InteractionRecord(
@@ -86,8 +89,8 @@ async def load_groups(
         "SELECT i.prompt_key, f.event_id::text, f.position, f.type, f.interaction_id, f.user_id_hash,"
         " f.consent_training, f.occurred_at, f.payload"
         " FROM feedback f JOIN interactions i USING (interaction_id)"
-        " WHERE i.prompt_key = ANY(%s) AND f.position <= %s AND i.position <= %s",
-        [keys, upto, upto],
+        " WHERE i.prompt_key = ANY(%s) AND f.position > %s AND f.position <= %s AND i.position <= %s",
+        [keys, after, upto, upto],
     )
     for key, eid, pos, kind, iid, user, consent, at, payload in await cur.fetchall():
         groups[key][1].append(FeedbackRecord(
@@ -106,9 +109,10 @@ def newest_sources(
     return sources
 
 
-def rows(key: str, signals: Signals, sources: dict[str, tuple[int, datetime]]) -> Iterable[tuple[Any, ...]]:
-    """One row per derived record, in derive's order: the columns queries filter on, its newest source
-    event (`sources`: see newest_sources), and the whole record as JSON."""
+def rows(key: str, signals: Signals, sources: dict[str, tuple[int, datetime]],
+         interaction_positions: dict[str, int]) -> Iterable[tuple[Any, ...]]:
+    """One row per derived record: the columns queries filter on, its place in derive's order, its newest
+    source event (`sources`: see newest_sources), and the whole record as JSON."""
     kinds: list[tuple[str, str, Sequence[Any]]] = [
         ("pair", "pair_id", signals.pairs),
         ("kto", "label_id", signals.kto_labels),
@@ -116,8 +120,9 @@ def rows(key: str, signals: Signals, sources: dict[str, tuple[int, datetime]]) -
         ("hard_case", "case_id", signals.hard_cases),
         ("disagreement", "disagreement_id", signals.disagreements),
     ]
-    ordinal = 0
-    for kind, id_field, records in kinds:
+    positions = {e: p for e, (p, _) in sources.items()}
+    for rank, (kind, id_field, records) in enumerate(kinds):
+        prefix = rank.to_bytes(1, "big")
         for r in records:
             position, occurred_at = max(sources[e] for e in r.source_event_ids)
             # orjson serialises the frozen dataclasses directly (dataclasses.asdict deep-copies: 5x slower)
@@ -126,42 +131,138 @@ def rows(key: str, signals: Signals, sources: dict[str, tuple[int, datetime]]) -
                 getattr(r, "interaction_id", None) or getattr(r, "rejected_interaction_id", None),
                 getattr(r, "app_id", None), getattr(r, "model_version", None), getattr(r, "prompt_version", None),
                 r.consent, getattr(r, "disagreement", kind == "disagreement"), getattr(r, "status", None),
-                ordinal, position, occurred_at, orjson.dumps(r).decode(),
+                prefix + order_key(r, positions, interaction_positions), position, occurred_at,
+                orjson.dumps(r).decode(),
             )
-            ordinal += 1
+
+
+@dataclass(slots=True)
+class _Known:
+    interactions: list[InteractionRecord]
+    feedback: list[FeedbackRecord]
+    rows: dict[str, bytes]  # signal_id -> digest of the row written for it
+
+    @property
+    def size(self) -> int:
+        return len(self.interactions) + len(self.feedback)
+
+
+@dataclass
+class GroupCache:
+    """What a long-lived projector remembers of the prompt groups it derived: each group's inputs and a digest
+    of every row it wrote, as of checkpoint `position`. The next run then reads only what the log added to a
+    group and rewrites only the rows that changed, so a hot group costs its new events, not its size, in
+    reads and writes (derive still sees the whole group). Bounded by `max_records` inputs (the groups derived
+    longest ago go first). It is only trusted while the checkpoint is where this process left it: another
+    worker's projector, a replay or a schema renewal moves it, and the cache starts over."""
+
+    max_records: int
+    position: int | None = None
+    _groups: OrderedDict[str, _Known] = field(default_factory=OrderedDict)
+    _records: int = 0
+
+    def start(self, checkpoint: int) -> None:
+        """A run begins at `checkpoint`: what the cache holds is only of use if it was left there."""
+        if self.position != checkpoint:
+            self.clear()
+            self.position = checkpoint
+
+    def get(self, key: str) -> _Known | None:
+        return self._groups.get(key)
+
+    def commit(self, position: int, known: dict[str, _Known]) -> None:
+        """The run that derived `known` up to `position` has committed."""
+        for key, group in known.items():
+            old = self._groups.pop(key, None)
+            self._records += group.size - (old.size if old else 0)
+            self._groups[key] = group
+        while self._records > self.max_records and self._groups:
+            _, evicted = self._groups.popitem(last=False)
+            self._records -= evicted.size
+        self.position = position
+
+    def clear(self) -> None:
+        self._groups.clear()
+        self._records, self.position = 0, None
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+
+def _digest(row: tuple[Any, ...]) -> bytes:
+    # Every other column follows from the record (its JSON, last) and the positions of its sources (the key).
+    h = hashlib.blake2b(row[12], digest_size=16)
+    h.update(row[-1].encode())
+    return h.digest()
 
 
 async def derive_groups(
-    cur: psycopg.AsyncCursor[Any], keys: Sequence[str], config: SignalConfig, *, upto: int
-) -> int:
+    cur: psycopg.AsyncCursor[Any], keys: Sequence[str], config: SignalConfig, *, upto: int,
+    cache: GroupCache | None = None,
+) -> tuple[int, dict[str, _Known]]:
     """Replace the signal rows of these prompt groups with a fresh derivation from the log up to `upto`
-    (so the read model at a checkpoint is exactly the log up to it); returns the row count."""
-    count = 0
+    (so the read model at a checkpoint is exactly the log up to it). With a `cache` (GroupCache.start), a
+    cached group reads only its new events and only its changed rows are rewritten. Returns (rows derived,
+    what the cache keeps once the transaction commits)."""
+    count, known = 0, {}
+
+    def derived(key: str, interactions: list[InteractionRecord], feedback: list[FeedbackRecord]
+                ) -> list[tuple[Any, ...]]:
+        nonlocal count
+        out = list(rows(key, derive(interactions, feedback, config), newest_sources(interactions, feedback),
+                        {i.interaction_id: i.position for i in interactions}))
+        count += len(out)
+        if cache is not None:
+            known[key] = _Known(interactions, feedback, {row[0]: _digest(row) for row in out})
+        return out
+
     for start in range(0, len(keys), _GROUPS_PER_QUERY):
         chunk = list(keys[start:start + _GROUPS_PER_QUERY])
-        groups = await load_groups(cur, chunk, upto=upto)
-        await cur.execute("DELETE FROM signals WHERE prompt_key = ANY(%s)", [chunk])
+        cached = {k: c for k in chunk if cache is not None and (c := cache.get(k)) is not None}
+        fresh = [k for k in chunk if k not in cached]
+        # Cached groups first: their stale rows go before any row is copied in (a changed row keeps its id).
+        stale: list[tuple[str, str]] = []
+        changed: list[tuple[Any, ...]] = []
+        if cached:
+            assert cache is not None and cache.position is not None
+            added = await load_groups(cur, list(cached), upto=upto, after=cache.position)
+            for key, old in cached.items():
+                more_interactions, more_feedback = added[key]
+                new = derived(key, old.interactions + more_interactions, old.feedback + more_feedback)
+                digests = known[key].rows
+                stale.extend((key, sid) for sid, d in old.rows.items() if digests.get(sid) != d)
+                changed.extend(row for row in new if old.rows.get(row[0]) != digests[row[0]])
+        if stale:
+            await cur.execute(
+                "DELETE FROM signals s USING unnest(%s::text[], %s::text[]) d(prompt_key, signal_id)"
+                " WHERE s.prompt_key = d.prompt_key AND s.signal_id = d.signal_id",
+                [[k for k, _ in stale], [sid for _, sid in stale]],
+            )
+        groups = await load_groups(cur, fresh, upto=upto) if fresh else {}
+        if fresh:
+            await cur.execute("DELETE FROM signals WHERE prompt_key = ANY(%s)", [fresh])
         async with cur.copy(f"COPY signals ({_COLUMNS}) FROM STDIN") as copy:
-            for key in chunk:
-                interactions, feedback = groups[key]
-                sources = newest_sources(interactions, feedback)
-                for row in rows(key, derive(interactions, feedback, config), sources):
+            for row in changed:
+                await copy.write_row(row)
+            for key in fresh:
+                for row in derived(key, *groups[key]):
                     await copy.write_row(row)
-                    count += 1
-    return count
+    return count, known
 
 
 _GROUPS_PER_QUERY = 2000  # bounds the memory of one load
 
 
 async def catch_up(
-    conn: psycopg.AsyncConnection, config: SignalConfig, *, max_events: int = 50_000, wait: bool = False
+    conn: psycopg.AsyncConnection, config: SignalConfig, *, max_events: int = 50_000, wait: bool = False,
+    cache: GroupCache | None = None,
 ) -> Progress | None:
     """One projector run over at most max_events of the log past the checkpoint, in one transaction.
 
     Returns None when another worker's projector holds the checkpoint (unless `wait`): one runs at a
     time, whichever worker gets there first. The log is safe to follow by position: appends number
-    events under a table lock, so once a position is visible every lower one is too.
+    events under a table lock, so once a position is visible every lower one is too. A long-lived caller
+    passes the same `cache` to every run (see GroupCache).
     """
     async with conn.transaction(), conn.cursor() as cur:
         await cur.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
@@ -179,7 +280,11 @@ async def catch_up(
         upto = min(int(head[0]) if head else 0, after + max_events)
         if upto <= after:
             return Progress(after, after, 0, 0)
+        if cache is not None:
+            cache.start(after)
         keys = await touched_groups(cur, after, upto)
-        count = await derive_groups(cur, keys, config, upto=upto)
+        count, known = await derive_groups(cur, keys, config, upto=upto, cache=cache)
         await cur.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [upto, CHECKPOINT])
+    if cache is not None:
+        cache.commit(upto, known)
     return Progress(after, upto, len(keys), count)

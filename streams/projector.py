@@ -28,7 +28,7 @@ from flywheel.child import die_with_parent
 from store.db import connect
 from store.eventstore import head
 from store.projections import DEFAULT_SIGNALS
-from store.signals import Progress, catch_up
+from store.signals import GroupCache, Progress, catch_up
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Pacing:
     interval: float  # seconds between the starts of two runs, at least
     max_share: float
     max_events: int  # the most log events one run takes on
+    cache_records: int = 100_000  # inputs (interactions + feedback) kept between runs: store.signals.GroupCache
 
     def next_start(self, started: float, took: float) -> float:
         return started + max(self.interval, took / self.max_share)
@@ -49,10 +50,11 @@ class Pacing:
 async def project_forever(url: str, pacing: Pacing, report: Callable[[Progress], None],
                           alive: Callable[[], bool]) -> None:
     conn = await connect(url, autocommit=True)
+    cache = GroupCache(pacing.cache_records)
     try:
         while alive():
             started = time.monotonic()
-            run = await catch_up(conn, DEFAULT_SIGNALS, max_events=pacing.max_events)
+            run = await catch_up(conn, DEFAULT_SIGNALS, max_events=pacing.max_events, cache=cache)
             if run is not None and run.upto > run.after:
                 report(run)
             derived = run.upto if run is not None else None

@@ -14,9 +14,10 @@ from flywheel.simulate import generate
 from store.db import connect, connect_sync, create_schema
 from store.ingest import Incoming, decode_message, ingest_batch
 from store.projections import DEFAULT_SIGNALS, check
-from store.signals import catch_up
+from store.signals import GroupCache, catch_up, touched_groups
 from store.tables import READ_MODELS
 from tests.factories import event, interaction, raw
+from tests.store_helpers import in_store
 
 pytestmark = pytest.mark.integration
 CLEAN = {table: (0, 0) for table in READ_MODELS}  # no drift anywhere
@@ -27,9 +28,10 @@ async def _nothing(_: Any) -> None:
 
 
 def ingest_all(url: str, values: list[bytes], sizes: list[int], project_every: int | None = 1,
-               first_offset: int = 0) -> None:
+               first_offset: int = 0, cache: GroupCache | None = None) -> None:
     """Ingest in batches of the given sizes (cycled); the signals projector runs after every
-    `project_every` batches and at the end, as a worker's timer would (None: never)."""
+    `project_every` batches and at the end, as a worker's timer would (None: never), with `cache` as a
+    long-lived projector keeps one."""
     async def run() -> None:
         conn = await connect(url)
         try:
@@ -42,9 +44,9 @@ def ingest_all(url: str, values: list[bytes], sizes: list[int], project_every: i
                 await ingest_batch(conn, batch, consumer_group="g", publish=_nothing)
                 start, i = start + size, i + 1
                 if project_every and i % project_every == 0:
-                    await catch_up(conn, DEFAULT_SIGNALS)
+                    await catch_up(conn, DEFAULT_SIGNALS, cache=cache)
             if project_every:
-                await catch_up(conn, DEFAULT_SIGNALS)
+                await catch_up(conn, DEFAULT_SIGNALS, cache=cache)
         finally:
             await conn.close()
 
@@ -84,15 +86,17 @@ def test_an_edit_becomes_a_pair_and_an_sft_sample(endpoints: Endpoints) -> None:
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), sizes=st.lists(st.integers(1, 400), min_size=1, max_size=5),
-       project_every=st.integers(1, 4))
+       project_every=st.integers(1, 4), cache_records=st.sampled_from([None, 0, 60, 100_000]))
 def test_streaming_signals_equal_a_replay_of_the_log(
-    endpoints: Endpoints, seed: int, sizes: list[int], project_every: int
+    endpoints: Endpoints, seed: int, sizes: list[int], project_every: int, cache_records: int | None
 ) -> None:
     url = endpoints.database_url
     with connect_sync(url) as conn:
         conn.execute("TRUNCATE events, interactions, feedback, signals, tracking, parked, dead_letters, checkpoints")
     values = [m.value for m in generate(1200, seed=seed) if m.expected_reason is None]
-    ingest_all(url, values, sizes, project_every)
+    # a projector without a cache, one that keeps every group, and ones that must evict (0, 60 records)
+    ingest_all(url, values, sizes, project_every,
+               cache=None if cache_records is None else GroupCache(cache_records))
 
     assert drift(url) == CLEAN
     kinds = {row[0] for row in signals(url)}
@@ -108,6 +112,44 @@ def test_streaming_signals_equal_a_replay_of_the_log(
     with connect_sync(url) as conn:
         found = conn.execute("SELECT count(*) FROM events WHERE event_id = ANY(%s::uuid[])", [sources]).fetchone()
     assert sources and found == (len(sources),)
+
+
+def test_a_cached_projector_rewrites_only_what_changed_and_starts_over_when_the_checkpoint_moved(
+        endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    values = [m.value for m in generate(900, seed=11) if m.expected_reason is None]
+    third = len(values) // 3
+    cache = GroupCache(100_000)
+    ingest_all(url, values[:third], [100], cache=cache)
+    assert len(cache) > 0 and cache.position is not None
+    checkpoint = cache.position
+    with connect_sync(url) as conn:
+        before = conn.execute("SELECT prompt_key, signal_id, xmin::text FROM signals").fetchall()
+    ingest_all(url, values[third:2 * third], [third], first_offset=third, cache=cache)
+    assert drift(url) == CLEAN
+
+    async def touched(conn: Any) -> list[str]:
+        async with conn.cursor() as cur:
+            return await touched_groups(cur, checkpoint, cache.position)
+
+    rederived = set(in_store(url, touched))
+    with connect_sync(url) as conn:
+        after = {(k, sid): x for k, sid, x in conn.execute("SELECT prompt_key, signal_id, xmin::text FROM signals")}
+    kept = [(k, sid) for k, sid, x in before if k in rederived and after.get((k, sid)) == x]
+    rewritten = [(k, sid) for k, sid, x in before if k in rederived and after.get((k, sid)) != x]
+    # groups derived again kept the rows whose record did not change, and rewrote the others
+    assert kept and rewritten
+    # The read model is thrown away behind the cache's back (as a schema renewal does): it must start over.
+    with connect_sync(url) as conn:
+        conn.execute("TRUNCATE signals")
+        conn.execute("UPDATE checkpoints SET position = 0 WHERE name = 'signals'")
+    ingest_all(url, values[2 * third:], [third], first_offset=2 * third, cache=cache)
+    assert drift(url) == CLEAN
+    streamed = signals(url)
+    with connect_sync(url) as conn:
+        conn.execute("TRUNCATE events, interactions, feedback, signals, tracking, parked, dead_letters, checkpoints")
+    ingest_all(url, values, [len(values)])
+    assert signals(url) == streamed
 
 
 def test_signals_follow_the_log_from_a_checkpoint(endpoints: Endpoints) -> None:
@@ -148,7 +190,7 @@ def test_a_signals_table_from_an_older_version_is_dropped_and_derived_again(endp
     with connect_sync(url) as conn:
         want = conn.execute("SELECT kind, count(*) FROM signals GROUP BY 1 ORDER BY 1").fetchall()
         assert want
-        conn.execute("ALTER TABLE signals DROP COLUMN ordinal")  # the shape an older version made
+        conn.execute("ALTER TABLE signals DROP COLUMN sort_key")  # the shape an older version made
         conn.commit()
     create_schema(url)
     with connect_sync(url) as conn:
