@@ -18,8 +18,24 @@ from store.db import connect
 from store.ingest import DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
 from streams.metrics import Metrics
 from streams.projector import Pacing, Projector
+from streams.transport import Transport
 
 log = logging.getLogger("flywheel.worker")
+
+
+class Decoding(faust.Schema):
+    """The feedback topic's values as the pure edge makes them (store.ingest.decode_message: validated and
+    redacted, or why it must be dead-lettered). Faust decodes a message as its consumer hands it to the stream,
+    which goes on while the agent waits for Postgres: the next batch is decoded during this one's commit."""
+
+    def __init__(self, max_event_bytes: int) -> None:
+        super().__init__(key_serializer="raw", value_serializer="raw")
+        self.max_event_bytes = max_event_bytes
+
+    def loads_value(self, app: Any, message: Any, *, loads: Any = None, serializer: Any = None) -> Decoded:
+        value = b"" if message.value is None else message.value  # a tombstone is no event: bad_json
+        return decode_message(Incoming(message.topic, message.partition, message.offset, message.key, value),
+                              max_event_bytes=self.max_event_bytes)
 
 
 def create_app(
@@ -43,7 +59,8 @@ def create_app(
         stream_buffer_maxsize=max(4096, settings.batch_size * 2),
         producer_acks=-1,
     )
-    feedback = app.topic(settings.feedback_topic, key_serializer="raw", value_serializer="raw")
+    app.transport = Transport(app.conf.broker_consumer, app)  # kafka:// with a cheaper per-message hand-off
+    feedback = app.topic(settings.feedback_topic, schema=Decoding(settings.max_event_bytes))
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
 
     async def publish(dead: Sequence[DeadLetter]) -> None:
@@ -83,14 +100,6 @@ def create_app(
 
     @app.agent(feedback, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        def decode_on_arrival(value: bytes) -> Decoded:
-            # A stream processor runs as each message arrives, also while the agent below awaits
-            # Postgres: the next batch is decoded during the current batch's commit.
-            m = stream.current_event.message  # type: ignore[union-attr]
-            return decode_message(Incoming(m.topic, m.partition, m.offset, m.key, value),
-                                  max_event_bytes=settings.max_event_bytes)
-
-        stream.add_processor(decode_on_arrival)  # type: ignore[misc]
         conn = await open_db()
         try:
             # take() acks a batch's events only after this loop body returns, i.e. after the commit.
@@ -138,7 +147,8 @@ def create_app(
         """Start the signals projector (a process of its own: streams.projector), pass on its runs to the
         metrics, raise its failure, and stop it with the worker."""
         projector = Projector(endpoints.database_url, Pacing(
-            settings.signals_interval, settings.signals_max_share, settings.signals_max_events))
+            settings.signals_interval, settings.signals_max_share, settings.signals_max_events,
+            settings.signals_cache_records))
         try:
             while True:
                 for run in projector.runs():

@@ -105,3 +105,21 @@ def test_kill_9_mid_stream_still_stores_every_event_exactly_once(
         distinct = conn.execute("SELECT count(DISTINCT event_id), count(*), max(position) FROM events").fetchone()
     assert distinct == (summary["valid"]["total"],) * 3  # no duplicates, no gaps in positions
     assert run_cli("replay", "--check").returncode == 0
+
+
+def test_a_message_without_a_value_is_dead_lettered_not_a_crash(
+    settings: Settings, start_worker: Callable[[], subprocess.Popen[bytes]],
+) -> None:
+    from kafka import KafkaProducer
+
+    worker = start_worker()
+    producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap)
+    producer.send(settings.feedback_topic, key=b"i-tombstone", value=None)
+    producer.flush()
+    producer.close()
+    wait_until(lambda: stats(settings)["dead_lettered"]["by_reason"] == {"bad_json": 1}, timeout=120,
+               what="the tombstone dead-lettered")
+    [letter] = dead_letter_topic(settings, 1)
+    assert (letter["reason"], letter["original_b64"], base64.b64decode(letter["key_b64"])) == \
+        ("bad_json", "", b"i-tombstone")
+    assert worker.poll() is None  # still running
