@@ -253,6 +253,18 @@ async def derive_groups(
 _GROUPS_PER_QUERY = 2000  # bounds the memory of one load
 
 
+_LEAD_LOCK = 0x5369676E  # advisory lock: the projector that derives signals while it lives
+
+
+async def take_lead(conn: psycopg.AsyncConnection) -> bool:
+    """Try to become the projector that derives signals, for as long as this session lives (its cache then
+    stays valid from run to run; a projector that took turns with another would find the checkpoint moved and
+    start over every time). Another worker's projector takes over when this session ends."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [_LEAD_LOCK])
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 async def catch_up(
     conn: psycopg.AsyncConnection, config: SignalConfig, *, max_events: int = 50_000, wait: bool = False,
     cache: GroupCache | None = None,

@@ -2,7 +2,8 @@
 
 Deriving signals is CPU work (it re-derives every prompt group the new events touched); run in the
 worker's own process it took a fifth of the time consuming needs, and the GIL would serialise a thread.
-In a child process it uses another core. Every worker has one, and one at a time gets the checkpoint
+In a child process it uses another core. Every worker has one; one of them leads (store.signals.take_lead)
+and derives while it lives, the others wait to take over, and the checkpoint row is locked for each run
 (store.signals.catch_up): more workers do not derive anything twice.
 
 The child reports each run to the worker (for its metrics) and, when it fails, the error: the worker
@@ -28,7 +29,7 @@ from flywheel.child import die_with_parent
 from store.db import connect
 from store.eventstore import head
 from store.projections import DEFAULT_SIGNALS
-from store.signals import GroupCache, Progress, catch_up
+from store.signals import GroupCache, Progress, catch_up, take_lead
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,12 @@ async def project_forever(url: str, pacing: Pacing, report: Callable[[Progress],
                           alive: Callable[[], bool]) -> None:
     conn = await connect(url, autocommit=True)
     cache = GroupCache(pacing.cache_records)
+    leading = False
     try:
         while alive():
+            if not (leading := leading or await take_lead(conn)):
+                await asyncio.sleep(pacing.interval)  # another worker's projector derives; take over if it goes
+                continue
             started = time.monotonic()
             run = await catch_up(conn, DEFAULT_SIGNALS, max_events=pacing.max_events, cache=cache)
             if run is not None and run.upto > run.after:

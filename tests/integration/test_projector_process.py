@@ -66,6 +66,29 @@ def test_once_the_log_stops_growing_the_projector_derives_without_waiting_out_it
         projector.stop()
 
 
+def test_one_projector_leads_and_another_takes_over_when_it_goes(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    values = [s.value for s in generate(900, seed=6, bad_fraction=0.0)]
+    ingest_all(url, values[:300], [150], project_every=None)
+    first = Projector(url, FAST)
+    try:
+        assert wait_for_runs(first, url)
+        second = Projector(url, FAST)
+        try:
+            for start in range(300, 600, 50):  # new events while both run: only the leader derives them
+                ingest_all(url, values[start:start + 50], [50], project_every=None, first_offset=start)
+                assert wait_for_runs(first, url)[-1].upto == head(url)
+            assert second.runs() == []  # it waits while the leader lives
+            first.stop()
+            ingest_all(url, values[600:], [150], project_every=None, first_offset=600)
+            assert wait_for_runs(second, url)[-1].upto == head(url)
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    assert drift(url)["signals"] == (0, 0)
+
+
 def wait_for_runs(projector: Projector, url: str, timeout: float = 60) -> list[Progress]:
     runs: list[Progress] = []
     deadline = time.monotonic() + timeout
