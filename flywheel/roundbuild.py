@@ -28,8 +28,10 @@ import psycopg
 
 from flywheel.oncall import ROUNDS_LOCK, Announce, point_current, round_dir
 from flywheel.rounds import (
+    Kind,
     QuarantineItem,
     QuarantineList,
+    Repeat,
     RoundConfig,
     RoundResult,
     Row,
@@ -48,7 +50,7 @@ from store.stats import signal_report
 
 _CHUNK = 500
 _CHUNKS_IN_FLIGHT = 8  # queued for the builder process: bounds memory, absorbs jitter
-_KIND = {"pair": "dpo", "kto": "kto", "sft": "sft"}
+_KIND: dict[str, Kind] = {"pair": "dpo", "kto": "kto", "sft": "sft"}
 
 
 class BuilderBusy(RuntimeError):
@@ -84,16 +86,26 @@ def in_slice(row: SourceRow, converted: Row, slices: list[dict[str, Any]]) -> bo
 
 
 async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], sliced: list[int]
-                ) -> AsyncIterator[list[Row]]:
-    chunk: list[Row] = []
+                ) -> AsyncIterator[list[Row | Repeat]]:
+    chunk: list[Row | Repeat] = []
+    no_row: set[bytes] = set()  # copy keys of records that make no row (an undecided pair)
     async for row in source:
-        converted = ([r] if (r := row_from_signal(_KIND[row.kind], row.data, row.position)) else []) \
-            if row.kind in _KIND else rows_from_group(row.data, row.position)
-        for c in converted:
-            if slices and in_slice(row, c, slices):
-                sliced[0] += 1
-            else:
-                chunk.append(c)
+        if row.data is None:  # an exact copy of an earlier record (store.roundrows: only without slices)
+            if row.copy_key is None:
+                raise ValueError("a signal row without its data and without a copy key")
+            if row.copy_key not in no_row:
+                chunk.append(Repeat(_KIND[row.kind], row.copy_key, row.position))
+        else:
+            converted = ([r] if (r := row_from_signal(_KIND[row.kind], row.data, row.position,
+                                                      copy_key=row.copy_key)) else []) \
+                if row.kind in _KIND else rows_from_group(row.data, row.position)
+            if not converted and row.copy_key is not None:
+                no_row.add(row.copy_key)
+            for c in converted:
+                if slices and in_slice(row, c, slices):
+                    sliced[0] += 1
+                else:
+                    chunk.append(c)
         if len(chunk) >= _CHUNK:
             yield chunk
             chunk = []
@@ -101,17 +113,17 @@ async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], 
         yield chunk
 
 
-async def build_in_process(chunks: AsyncIterator[list[Row]], *args: Any, **kwargs: Any) -> RoundResult:
+async def build_in_process(chunks: AsyncIterator[list[Row | Repeat]], *args: Any, **kwargs: Any) -> RoundResult:
     """`build(rows, *args, **kwargs)` in a builder process (flywheel.rounds.process) fed by this one."""
     ctx = multiprocessing.get_context("spawn")  # no fork of a process running an event loop and threads
-    queue: Queue[list[Row] | None] = ctx.Queue(maxsize=_CHUNKS_IN_FLIGHT)
+    queue: Queue[list[Row | Repeat] | None] = ctx.Queue(maxsize=_CHUNKS_IN_FLIGHT)
     results, child_end = ctx.Pipe(duplex=False)
     child = ctx.Process(target=process.main, args=(queue, child_end, os.getpid(), args, kwargs),
                         name="round-builder", daemon=True)
     child.start()
     child_end.close()
 
-    def put(chunk: list[Row] | None) -> bool:
+    def put(chunk: list[Row | Repeat] | None) -> bool:
         """False once the builder takes no more rows (it failed, or died: receive() tells which)."""
         while not results.poll():
             try:
@@ -191,7 +203,9 @@ async def build_round(
                 shutil.rmtree(stale, ignore_errors=True)  # a crashed build's leftovers: never published
             tmp = root / f".building-{number:04d}-{uuid.uuid4().hex[:8]}"
             sliced = [0]
-            chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig()), slices, sliced)
+            # Exact copies come unread unless a rollback slice may leave out the row they copy.
+            chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig(), copies=not slices), slices,
+                           sliced)
             with process.fewer_collections():
                 result = await build_in_process(
                     chunks, config, qlist, tmp, watermark=watermark,

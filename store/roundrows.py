@@ -29,9 +29,15 @@ _TRAINING_KINDS = ["pair", "kto", "sft"]
 @dataclass(frozen=True, slots=True)
 class SourceRow:
     kind: str  # pair | kto | sft (signal records) | group (a candidate group with its selection)
-    data: dict[str, Any]  # the record as JSON (flywheel.signals dataclasses), or the candidate group
+    # The record as JSON (flywheel.signals dataclasses), or the candidate group; None for an exact copy (see
+    # `copy_key`) of an earlier row, which the read leaves unread.
+    data: dict[str, Any] | None
     position: int  # the newest event the row was derived from
     occurred_at: datetime  # that event's time (rollback slices select on it)
+    # With `copies`, what an exact copy shares with the first row of its kind (which comes with data; the
+    # copies with None): the same kind, consent, status and tags and the same body, so row_from_signal makes
+    # the same of it, every gate up to dedup treats it as that row, and dedup then removes it.
+    copy_key: bytes | None = None
 
 
 async def watermark_time(conn: psycopg.AsyncConnection, watermark: int) -> datetime | None:
@@ -57,14 +63,17 @@ def _decided_json(data: dict[str, Any], at: datetime | None) -> dict[str, Any]:
 
 
 async def stream_rows(
-    conn: psycopg.AsyncConnection, watermark: int, config: SignalConfig
+    conn: psycopg.AsyncConnection, watermark: int, config: SignalConfig, *, copies: bool = False
 ) -> AsyncIterator[SourceRow]:
     """Every pair, KTO label and SFT sample of the log at `watermark`, by prompt group, then every candidate
     group generated (and selected) by then. Call inside a REPEATABLE READ transaction (the cursors are
-    server-side, and the read model must not move between the checkpoint check and the read)."""
+    server-side, and the read model must not move between the checkpoint check and the read).
+
+    With `copies`, exact copies of an earlier row come without their data (SourceRow.copy_key): a caller that
+    passes every row on (none left out between, e.g. by a rollback slice) can tell the gates so."""
     at = await watermark_time(conn, watermark)
     if config == DEFAULT_SIGNALS and await checkpoint(conn) == watermark:
-        signals = _read_signals(conn, at)
+        signals = _read_signals(conn, at, copies=copies)
     else:
         signals = _derive_signals(conn, watermark, config, at)
     async for row in signals:
@@ -86,17 +95,49 @@ async def stream_rows(
                                       "app_id": app, "tags": tags}, pos, occurred)
 
 
-async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None) -> AsyncIterator[SourceRow]:
-    """The training records of the signals read model, in the order _derive_signals gives them."""
+# What makes two signal records the same to every round gate up to dedup, and equal in what row_from_signal
+# makes of them: kind, consent, status (and when a pending pair is decided), tags, and every value its body
+# is made from. jsonb text is canonical (keys sorted, no whitespace): equal values give equal text.
+_COPY_KEY = (
+    "decode(md5(jsonb_build_array(kind, consent, status,"
+    " CASE WHEN status = 'pending' THEN data -> 'decided_after' END, data -> 'tags',"
+    " CASE kind WHEN 'pair' THEN jsonb_build_array(data -> 'prompt', data -> 'chosen', data -> 'rejected')"
+    " WHEN 'kto' THEN jsonb_build_array(data -> 'prompt', data -> 'completion', data -> 'desirable')"
+    " ELSE data -> 'messages' END)::text), 'hex')"
+)
+
+
+async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None, *, copies: bool = False
+                        ) -> AsyncIterator[SourceRow]:
+    """The training records of the signals read model, in the order _derive_signals gives them.
+
+    With `copies`, every record comes with its copy key (Postgres hashes it), and a record whose key came before
+    (an exact copy: most of a log's dedup removals, as hot prompts repeat canned answers) comes without its data:
+    it is neither decoded, nor converted, nor judged again."""
     async with conn.cursor(name="round_signals") as cur:
         cur.itersize = 2000
         # Tied pairs never become training rows (flywheel.rounds.row_from_signal): not worth reading.
-        await cur.execute("SELECT kind, data::text, position, occurred_at FROM signals WHERE kind = ANY(%s)"
-                          " AND NOT (kind = 'pair' AND (data -> 'tie') = 'true')"
+        where = "kind = ANY(%s) AND NOT (kind = 'pair' AND (data -> 'tie') = 'true')"
+        if not copies:
+            await cur.execute(f"SELECT kind, data::text, position, occurred_at FROM signals WHERE {where}"
+                              " ORDER BY prompt_key, sort_key", [_TRAINING_KINDS])
+            async for kind, data, position, occurred_at in cur:
+                record = orjson.loads(data)
+                yield SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position, occurred_at)
+            return
+        # The copies are told in stream order here: a window over the copy key in Postgres would sort the whole
+        # read twice before its first row.
+        await cur.execute(f"SELECT kind, data::text, position, occurred_at, {_COPY_KEY} FROM signals WHERE {where}"
                           " ORDER BY prompt_key, sort_key", [_TRAINING_KINDS])
-        async for kind, data, position, occurred_at in cur:
+        seen: set[bytes] = set()  # 16 bytes per distinct record: the one thing here that grows with the log
+        async for kind, data, position, occurred_at, copy_key in cur:
+            if copy_key in seen:
+                yield SourceRow(kind, None, position, occurred_at, copy_key)
+                continue
+            seen.add(copy_key)
             record = orjson.loads(data)
-            yield SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position, occurred_at)
+            yield SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position, occurred_at,
+                            copy_key)
 
 
 async def _derive_signals(

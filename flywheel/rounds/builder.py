@@ -32,7 +32,7 @@ from flywheel.rounds.gates import (
     string_has_pii,
 )
 from flywheel.rounds.quarantine import QuarantineIndex, QuarantineList, words
-from flywheel.rounds.rows import KINDS, Row
+from flywheel.rounds.rows import KINDS, Repeat, Row
 
 FILE_NAMES = {"sft": "sft.jsonl", "dpo": "dpo.jsonl", "kto": "kto.jsonl", "group": "groups.jsonl"}
 MANIFEST = "manifest.json"
@@ -232,6 +232,9 @@ class _Gates:
         self.splitter = Splitter(config)
         # One 16-byte digest per distinct row that got past contamination: the only state that grows with rows.
         self.seen: dict[str, set[bytes]] = {kind: set() for kind in KINDS}
+        # What the gates up to dedup made of each row that has exact copies later (Row.copy_key): the gate that
+        # removed it, the quarantine items it holds, or DEDUP (it got past them, so dedup removes its copies).
+        self.copies: dict[bytes, str | frozenset[str]] = {}
         self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(string_has_pii)
         self._reading = functools.lru_cache(maxsize=_CACHE_SIZE)(self._read)
 
@@ -246,11 +249,16 @@ class _Gates:
         if kind not in self.kinds:
             self.stats.excluded_kinds[kind] += 1
             return None
+        copy_key = row.copy_key
         if not row.consent:
             self._remove(CONSENT, kind)
+            if copy_key is not None:
+                self.copies[copy_key] = CONSENT
             return None
         if has_pii(row, self._has_pii):
             self._remove(PII, kind)
+            if copy_key is not None:
+                self.copies[copy_key] = PII
             return None
         prompt, answers = row.prompt_text(), row.answer_texts()
         normalised_prompt, hit_ids = self._reading(prompt)
@@ -262,8 +270,29 @@ class _Gates:
         if hit_ids:
             self.stats.contaminated(hit_ids)
             self._remove(CONTAMINATION, kind)
+            if copy_key is not None:
+                self.copies[copy_key] = hit_ids
             return None
+        if copy_key is not None:
+            self.copies[copy_key] = DEDUP
         return self._rest(row, prompt, answers, normalised_prompt, normalised)
+
+    def repeat(self, row: Repeat) -> None:
+        """Count an exact copy of an earlier row as the gates would: removed where that row was, by dedup
+        when that row got past contamination (its digest is the copy's)."""
+        kind = row.kind
+        self.stats.rows_in[kind] += 1
+        if kind not in self.kinds:
+            self.stats.excluded_kinds[kind] += 1
+            return
+        outcome = self.copies.get(row.copy_key)
+        if outcome is None:
+            raise ValueError(f"a repeat at position {row.position} of a row not seen before")
+        if isinstance(outcome, frozenset):
+            self.stats.contaminated(outcome)
+            self._remove(CONTAMINATION, kind)
+        else:
+            self._remove(outcome, kind)
 
     def _read(self, text: str) -> tuple[str, frozenset[str]]:
         """A text as dedup and splits see it (`normalise`d) and the quarantine items in it; frozen, as it is
@@ -293,14 +322,15 @@ class _Gates:
         return split
 
 
-def build(rows: Iterable[Row], config: RoundConfig, quarantine: QuarantineList, out_dir: Path, *,
+def build(rows: Iterable[Row | Repeat], config: RoundConfig, quarantine: QuarantineList, out_dir: Path, *,
           watermark: int, parent: str | None, round_number: int) -> RoundResult:
     """Cut a round: run every row through the gates (consent, PII, contamination, dedup, quality, distribution
     cap; see flywheel.rounds.gates), write the kept ones to `out_dir/{train,calibration,audit}/{sft,dpo,kto,
     groups}.jsonl` (all twelve files, empty ones too) and `out_dir/manifest.json`.
 
     A pure function of (rows in the order given, config, quarantine list, watermark, parent, round number):
-    the same inputs give byte-identical files and the same content hash. Rows are streamed: memory holds
+    the same inputs give byte-identical files and the same content hash. A `Repeat` stands for an exact copy
+    of the earlier row with its copy key, and counts as that copy would. Rows are streamed: memory holds
     counters and one 16-byte dedup digest per distinct row past contamination, never rows or files. Existing
     files of the same names are overwritten; a failed build leaves partial files, so build into a fresh
     directory and publish it once this returns. Raises ValueError for a row newer than the watermark.
@@ -314,7 +344,11 @@ def build(rows: Iterable[Row], config: RoundConfig, quarantine: QuarantineList, 
     with _Writer(out_dir) as writer:
         for row in rows:
             if row.position > watermark:
-                raise ValueError(f"row {row.key!r} at position {row.position} is newer than watermark {watermark}")
+                name = row.key if isinstance(row, Row) else "(a repeat)"
+                raise ValueError(f"row {name!r} at position {row.position} is newer than watermark {watermark}")
+            if isinstance(row, Repeat):
+                gates.repeat(row)
+                continue
             split = gates.split(row)
             if split is not None:
                 writer.write(split, row.kind, _record(row))

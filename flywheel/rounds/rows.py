@@ -37,6 +37,8 @@ class Row:
     source: str  # signal rule name, or rsft / rm_selection / candidate_group
     lineage: dict[str, Any]
     body: dict[str, Any]
+    # The key of this row's exact copies later in the stream (sent as `Repeat`s), when it has any.
+    copy_key: bytes | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -46,7 +48,7 @@ class Row:
         # Pickled as its values (rows cross to the builder process): the dataclass default looks the
         # fields up for every row, which made unpickling a third of the builder's time.
         return (_row, (self.kind, self.key, self.position, self.app_id, self.model_version, self.prompt_version,
-                       self.tags, self.consent, self.source, self.lineage, self.body))
+                       self.tags, self.consent, self.source, self.lineage, self.body, self.copy_key))
 
     @property
     def primary_tag(self) -> str:
@@ -85,9 +87,25 @@ class Row:
 
 
 def _row(kind: Kind, key: str, position: int, app_id: str, model_version: str, prompt_version: str | None,
-         tags: tuple[str, ...], consent: bool, source: str, lineage: dict[str, Any], body: dict[str, Any]) -> Row:
+         tags: tuple[str, ...], consent: bool, source: str, lineage: dict[str, Any], body: dict[str, Any],
+         copy_key: bytes | None) -> Row:
     return Row(kind=kind, key=key, position=position, app_id=app_id, model_version=model_version,
-               prompt_version=prompt_version, tags=tags, consent=consent, source=source, lineage=lineage, body=body)
+               prompt_version=prompt_version, tags=tags, consent=consent, source=source, lineage=lineage, body=body,
+               copy_key=copy_key)
+
+
+@dataclass(frozen=True, slots=True)
+class Repeat:
+    """An exact copy of an earlier row of the stream, the one whose `copy_key` it carries: the same kind, consent,
+    tags and body (only lineage and origin differ), so every gate up to dedup judges it as it judged that row, and
+    dedup removes it if that row got so far. Sent instead of the row itself: nothing of it needs reading."""
+
+    kind: Kind
+    copy_key: bytes
+    position: int
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Repeat, (self.kind, self.copy_key, self.position))
 
 
 def content_text(content: Any) -> str:
@@ -124,18 +142,20 @@ class _Origin:
     tags: tuple[str, ...]
     consent: bool
 
-    def row(self, *, kind: Kind, key: str, source: str, lineage: dict[str, Any], body: dict[str, Any]) -> Row:
+    def row(self, *, kind: Kind, key: str, source: str, lineage: dict[str, Any], body: dict[str, Any],
+            copy_key: bytes | None = None) -> Row:
         return Row(kind=kind, key=key, position=self.position, app_id=self.app_id, model_version=self.model_version,
                    prompt_version=self.prompt_version, tags=self.tags, consent=self.consent, source=source,
-                   lineage=lineage, body=body)
+                   lineage=lineage, body=body, copy_key=copy_key)
 
 
 # ---- converters ----
 
 
-def row_from_signal(kind: str, data: Mapping[str, Any], position: int) -> Row | None:
+def row_from_signal(kind: str, data: Mapping[str, Any], position: int, *, copy_key: bytes | None = None
+                    ) -> Row | None:
     """The row of one signal record as the store holds it (the JSON of flywheel.signals.PreferencePair,
-    KTOLabel or SFTSample; store kind "pair"/"dpo", "kto", "sft").
+    KTOLabel or SFTSample; store kind "pair"/"dpo", "kto", "sft"); `copy_key` when exact copies of it follow.
 
     None for a record that is not a training row: a tied or not (yet) accepted pair, a hard case, a
     disagreement. Raises ValueError for an unknown kind.
@@ -168,16 +188,19 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int) -> Row | 
         })
         body = {"prompt": [dict(m) for m in data["prompt"]], "chosen": _assistant(str(data["chosen"])),
                 "rejected": _assistant(str(data["rejected"])), "margin": float(data["margin"])}
-        return origin.row(kind="dpo", key=str(data["pair_id"]), source=rule, lineage=lineage, body=body)
+        return origin.row(kind="dpo", key=str(data["pair_id"]), source=rule, lineage=lineage, body=body,
+                          copy_key=copy_key)
     if kind == "kto":
         lineage.update({"preference_reason": data.get("preference_reason"),
                         "interaction_id": data.get("interaction_id"), "dimension": data.get("dimension")})
         body = {"prompt": [dict(m) for m in data["prompt"]], "completion": _assistant(str(data["completion"])),
                 "label": bool(data["desirable"])}
-        return origin.row(kind="kto", key=str(data["label_id"]), source=rule, lineage=lineage, body=body)
+        return origin.row(kind="kto", key=str(data["label_id"]), source=rule, lineage=lineage, body=body,
+                          copy_key=copy_key)
     lineage["interaction_id"] = data.get("interaction_id")
     body = {"messages": [dict(m) for m in data["messages"]]}
-    return origin.row(kind="sft", key=str(data["sample_id"]), source=rule, lineage=lineage, body=body)
+    return origin.row(kind="sft", key=str(data["sample_id"]), source=rule, lineage=lineage, body=body,
+                      copy_key=copy_key)
 
 
 def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:

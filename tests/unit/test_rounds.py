@@ -7,7 +7,7 @@ import math
 import tempfile
 import tracemalloc
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from flywheel.rounds import (
     QuarantineIndex,
     QuarantineItem,
     QuarantineList,
+    Repeat,
     RoundConfig,
     RoundResult,
     Row,
@@ -523,3 +524,33 @@ def test_memory_does_not_grow_with_the_rows(tmp_path: Path) -> None:
     assert peak < 60_000_000
     assert peak < written / 5
     assert peak < 5_000_000 + 200 * n  # a few MB of fixed state, then ~100 bytes of dedup digest per row
+
+
+# ---- exact copies sent as repeats ----
+
+
+def test_repeats_count_as_the_copies_they_stand_for(tmp_path: Path) -> None:
+    """A Repeat of a row (same copy key) is removed where a full copy would be, counted the same, and the files
+    and manifest come out byte-identical to a build given the full copies."""
+    firsts = [
+        make_row("dpo", "kept", "How do I pay an invoice twice a month?", "Use the billing page."),
+        make_row("kto", "no-consent", "How do I close my account for good?", consent=False),
+        make_row("sft", "pii", f"Write to {EMAIL} about my refund please", "Sure, done."),
+        make_row("sft", "leak", ITEM_PROMPT, "Let me think about the trains."),
+    ]
+    keyed = [replace(r, copy_key=f"key-{i}".encode()) for i, r in enumerate(firsts)]
+    copies = [replace(r, key=f"{r.key}-copy-{n}", position=10 + n, lineage={"source_event_ids": [f"c{n}"]})
+              for n in range(3) for r in firsts]
+    full = run([*firsts, *copies], tmp_path / "full", quarantine=QUARANTINE)
+    repeats = [Repeat(r.kind, f"key-{i}".encode(), 10 + n) for n in range(3) for i, r in enumerate(firsts)]
+    short = run([*keyed, *repeats], tmp_path / "short", quarantine=QUARANTINE)
+    removed = full.manifest["sample_processing"]["removed"]
+    assert removed["dedup"]["dpo"] == 3 and removed["consent"]["kto"] == 4 and removed["pii"]["sft"] == 4
+    assert removed["contamination"]["sft"] == 4
+    assert short.content_hash == full.content_hash
+    assert all_bytes(tmp_path / "short") == all_bytes(tmp_path / "full")
+
+
+def test_a_repeat_of_a_row_never_seen_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not seen before"):
+        run([Repeat("sft", b"nowhere", 1)], tmp_path / "out")
