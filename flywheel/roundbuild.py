@@ -12,6 +12,7 @@ removed by the next one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -24,7 +25,11 @@ from pathlib import Path
 from queue import Full
 from typing import Any
 
+import orjson
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from psycopg.types.json import set_json_loads
 
 from flywheel.oncall import ROUNDS_LOCK, Announce, point_current, round_dir
 from flywheel.rounds import (
@@ -163,6 +168,21 @@ async def build_in_process(chunks: AsyncIterator[list[Row | Repeat]], *args: Any
     return value
 
 
+async def _report_in(conn: psycopg.AsyncConnection, snapshot: str, upto: int) -> dict[str, Any]:
+    """signal_report as of `upto` on a connection of its own to the same database, in the exported `snapshot`
+    (so it sees what the build's transaction sees)."""
+    password = {"password": conn.info.password} if conn.info.password else {}  # info.dsn leaves it out
+    other = await psycopg.AsyncConnection.connect(make_conninfo(conn.info.dsn, **password))
+    set_json_loads(orjson.loads, other)
+    try:
+        async with other.transaction():
+            await other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+            return await signal_report(other, upto=upto)
+    finally:
+        await other.close()
+
+
 async def build_round(
     conn: psycopg.AsyncConnection, root: Path, config: RoundConfig, *, watermark: int | None = None,
     signals: SignalConfig | None = None, announce: Announce | None = None,
@@ -206,11 +226,21 @@ async def build_round(
             # Exact copies come unread unless a rollback slice may leave out the row they copy.
             chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig(), copies=not slices), slices,
                            sliced)
-            with process.fewer_collections():
-                result = await build_in_process(
-                    chunks, config, qlist, tmp, watermark=watermark,
-                    parent=None if parent is None else str(parent["number"]), round_number=number)
-            audits = await signal_report(conn, upto=watermark)
+            # The report's aggregates run in Postgres meanwhile, in this snapshot (a tenth of a 1M-event build).
+            cur = await conn.execute("SELECT pg_export_snapshot()")
+            snapshot = str((await cur.fetchone() or ("",))[0])
+            report = asyncio.create_task(_report_in(conn, snapshot, watermark))
+            try:
+                with process.fewer_collections():
+                    result = await build_in_process(
+                        chunks, config, qlist, tmp, watermark=watermark,
+                        parent=None if parent is None else str(parent["number"]), round_number=number)
+            except BaseException:
+                report.cancel()
+                with contextlib.suppress(BaseException):
+                    await report
+                raise
+            audits = await report
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             (tmp / "report.html").write_text(report_html(result.manifest, audits))
