@@ -111,8 +111,15 @@ class QuarantineIndex:
         self._trie: dict[str, Any] = {}
         self._side_items: list[str] = []  # side index -> item id
         self._side_sizes: list[int] = []  # side index -> number of distinct shingles
+        # Every indexed shingle as a tuple of words: whether a text shares any is a set operation at C speed,
+        # and most texts of a round share none.
+        self._shingle_words: set[tuple[str, ...]] = set()
+        # The sides' MinHashes and their LSH are made the first time a text comes near enough to a side to need
+        # them (_ensure_hashes): datasketch (with scipy) and 2 x num_perm hashes per side are then paid only by
+        # a round with a near miss, in the same order whenever they are made.
+        self._side_shingles: list[set[str]] = []
         self._side_hashes: list[MinHash] = []
-        self._lsh: MinHashLSH | None = None  # made with the first indexed text
+        self._lsh: MinHashLSH | None = None
         self._permutations: np.ndarray | None = None
         for item in sorted(quarantine.items, key=lambda i: i.item_id):
             for text in (item.prompt, item.answer):
@@ -155,19 +162,26 @@ class QuarantineIndex:
         for s in sorted(shingle_set):
             node = self._trie
             *path, last = s.split(" ")
+            self._shingle_words.add((*path, last))
             for word in path:
                 node = node.setdefault(word, {})
             node.setdefault(last, []).append(side)
-        m = self._minhash(shingle_set)
         self._side_items.append(item_id)
         self._side_sizes.append(len(shingle_set))
-        self._side_hashes.append(m)
+        self._side_shingles.append(shingle_set)
+
+    def _ensure_hashes(self) -> MinHashLSH:
         if self._lsh is None:
             from datasketch import MinHashLSH
 
-            self._lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm,
-                                   params=_lsh_params(self.threshold, self.num_perm))
-        self._lsh.insert(str(side), m)
+            lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm,
+                             params=_lsh_params(self.threshold, self.num_perm))
+            for side, shingle_set in enumerate(self._side_shingles):
+                m = self._minhash(shingle_set)
+                self._side_hashes.append(m)
+                lsh.insert(str(side), m)
+            self._lsh = lsh
+        return self._lsh
 
     def hits(self, text: str) -> set[str]:
         """The ids of the quarantine items found in `text` (empty when none)."""
@@ -177,10 +191,11 @@ class QuarantineIndex:
 
     def hits_words(self, tokens: list[str]) -> set[str]:
         """`hits` of a text already split by `words`."""
-        if self._lsh is None:  # nothing indexed
+        if not self._side_items:  # nothing indexed
             return set()
-        lsh = self._lsh
         k = self.shingle_words
+        if self._shingle_words.isdisjoint(zip(*(tokens[i:] for i in range(k)), strict=False)):
+            return set()
         positions: dict[int, list[int]] = {}  # side -> positions of the text's shingles that the side contains
         trie = self._trie
         for pos in range(len(tokens) - k + 1):
@@ -213,6 +228,7 @@ class QuarantineIndex:
             start, end = self._window(side, positions[side], text_shingles)
             if end < start:
                 continue
+            lsh = self._ensure_hashes()
             if (start, end) not in windows:
                 windows[(start, end)] = self._minhash(set(text_shingles[start:end + 1]))
             m = windows[(start, end)]
