@@ -70,16 +70,22 @@ async def project_forever(url: str, pacing: Pacing, report: Callable[[Progress],
 
 async def _wait(conn: AsyncConnection, pacing: Pacing, until: float, derived: int | None) -> None:
     """Sleep until `until`, or less: until the log has stopped growing past `derived` (what the last run
-    took up to; None: another projector holds the checkpoint, so just wait)."""
-    last = await head(conn)
+    took up to; None: another projector holds the checkpoint, so just wait) — nothing appended for an
+    interval. The head is looked at often (an index lookup), so the end of a burst is seen an interval after
+    it, not up to two."""
+    last, since = await head(conn), time.monotonic()
     while (left := until - time.monotonic()) > 0:
-        await asyncio.sleep(min(left, pacing.interval))
+        await asyncio.sleep(min(left, _LOOK_EVERY, pacing.interval))
         if derived is None:
             continue
         now = await head(conn)
-        if now == last and now > derived:
+        if now != last:
+            last, since = now, time.monotonic()
+        elif now > derived and time.monotonic() - since >= pacing.interval:
             return  # ingest is idle and there is something to derive
-        last = now
+
+
+_LOOK_EVERY = 0.1  # seconds
 
 
 def main(url: str, pacing: Pacing, reports: Connection, parent_pid: int) -> None:
