@@ -25,11 +25,9 @@ from pathlib import Path
 from queue import Full
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
-from psycopg.types.json import set_json_loads
 
 from flywheel.oncall import ROUNDS_LOCK, Announce, point_current, round_dir
 from flywheel.rounds import (
@@ -46,6 +44,7 @@ from flywheel.rounds import (
     rows_from_group,
 )
 from flywheel.signals import SignalConfig
+from store.db import connect
 from store.eventstore import head
 from store.projections import DEFAULT_SIGNALS, record
 from store.roundrows import SourceRow, stream_rows
@@ -172,8 +171,7 @@ async def _report_in(conn: psycopg.AsyncConnection, snapshot: str, upto: int) ->
     """signal_report as of `upto` on a connection of its own to the same database, in the exported `snapshot`
     (so it sees what the build's transaction sees)."""
     password = {"password": conn.info.password} if conn.info.password else {}  # info.dsn leaves it out
-    other = await psycopg.AsyncConnection.connect(make_conninfo(conn.info.dsn, **password))
-    set_json_loads(orjson.loads, other)
+    other = await connect(make_conninfo(conn.info.dsn, **password))
     try:
         async with other.transaction():
             await other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
