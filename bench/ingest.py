@@ -78,14 +78,15 @@ def signals_done(conn: psycopg.Connection) -> int:
     return int(row[0]) if row else 0
 
 
-def pipeline(settings: Settings, expected: int, workers: int) -> tuple[float, float]:
-    """(events/s up to the last event stored, events/s up to its signals derived). Progress is watched on one
-    connection (a new one per look would start a Postgres backend twenty times a second)."""
-    env = settings.child_env()
-    procs = [subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker", "--loglevel", "warn"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
-    try:
-        with psycopg.connect(settings.database_url, autocommit=True) as conn:
+def pipeline(settings: Settings, produced: int, workers: int) -> tuple[float, float]:
+    """(events/s up to the last of `produced` new events stored, events/s up to its signals derived). Progress is
+    watched on one connection (a new one per look would start a Postgres backend twenty times a second)."""
+    with psycopg.connect(settings.database_url, autocommit=True) as conn:
+        expected = stored(conn) + produced
+        env = settings.child_env()
+        procs = [subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker", "--loglevel", "warn"], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        try:
             first_at, first_n, stored_at = 0.0, 0, 0.0
             deadline = time.monotonic() + 900
             while time.monotonic() < deadline:
@@ -100,11 +101,11 @@ def pipeline(settings: Settings, expected: int, workers: int) -> tuple[float, fl
                     return (n - first_n) / (stored_at - first_at), (n - first_n) / (time.perf_counter() - first_at)
                 time.sleep(0.05)
             raise SystemExit(f"pipeline stored only {stored(conn)}/{expected}")
-    finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(30)
+        finally:
+            for p in procs:
+                p.terminate()
+            for p in procs:
+                p.wait(30)
 
 
 def raw_copy(url: str) -> float:
@@ -157,9 +158,7 @@ def main() -> None:
             consume_rate = drains[1]
             print(f"raw consume (kafka-python)   {consume_rate:>10,.0f} events/s   (median of "
                   f"{', '.join(f'{d:,.0f}' for d in drains)})", flush=True)
-            with psycopg.connect(db_url) as conn:
-                before = stored(conn)
-            stored_rate, pipe_rate = pipeline(settings, before + n, args.workers)
+            stored_rate, pipe_rate = pipeline(settings, n, args.workers)
             workers = f"{args.workers} worker{'s' if args.workers > 1 else ''}"
             print(f"  stored ({workers})          {stored_rate:>10,.0f} events/s", flush=True)
             print(f"pipeline ({workers}, signals) {pipe_rate:>10,.0f} events/s", flush=True)
