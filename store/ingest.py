@@ -236,6 +236,12 @@ async def _park(conn: psycopg.AsyncConnection, parked: list[tuple[Incoming, Acce
         return cur.rowcount
 
 
+# A parked event some of whose interactions are still not stored (`p`: the parked row).
+_STILL_WAITING = """EXISTS (
+            SELECT 1 FROM unnest(p.waiting_for) w(id)
+            WHERE NOT EXISTS (SELECT 1 FROM interactions i WHERE i.interaction_id = w.id))"""
+
+
 async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[str] | None) -> list[StoredEvent]:
     """Append parked feedback whose interactions are all stored now (None: check every parked event)."""
     if interaction_ids == []:
@@ -243,9 +249,7 @@ async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[st
     scope = "" if interaction_ids is None else "p.waiting_for && %(ids)s::text[] AND"
     cur = await conn.execute(
         f"""
-        DELETE FROM parked p WHERE {scope} NOT EXISTS (
-            SELECT 1 FROM unnest(p.waiting_for) w(id)
-            WHERE NOT EXISTS (SELECT 1 FROM interactions i WHERE i.interaction_id = w.id))
+        DELETE FROM parked p WHERE {scope} NOT {_STILL_WAITING}
         RETURNING topic, partition, "offset", data
         """,
         {"ids": interaction_ids},
@@ -270,17 +274,21 @@ async def expire_parked(
     """
     async with conn.transaction():
         released = await release_parked(conn, None)
+        # This statement has a snapshot of its own (read committed), which may see a worker's commit the release
+        # above did not: that commit can move the watermark past an event and store the interaction it waits
+        # for. So only what still waits dies; the next sweep releases the rest.
         cur = await conn.execute(
-            """
+            f"""
             WITH progress AS (
                 SELECT topic, min(event_time) AS watermark FROM tracking
                 WHERE consumer_group = %(group)s AND event_time IS NOT NULL
                 GROUP BY topic HAVING count(*) >= (%(partitions)s::jsonb ->> topic)::int
             )
             DELETE FROM parked p
-            WHERE p.occurred_at + make_interval(secs => %(grace)s)
-                  < (SELECT watermark FROM progress w WHERE w.topic = p.topic)
-               OR (%(caught_up)s AND p.parked_at < now() - make_interval(secs => %(grace)s))
+            WHERE (p.occurred_at + make_interval(secs => %(grace)s)
+                   < (SELECT watermark FROM progress w WHERE w.topic = p.topic)
+                   OR (%(caught_up)s AND p.parked_at < now() - make_interval(secs => %(grace)s)))
+              AND {_STILL_WAITING}
             RETURNING p.topic, p.partition, p."offset", p.key, p.original, p.waiting_for
             """,
             {"group": consumer_group, "grace": grace_seconds, "caught_up": caught_up,

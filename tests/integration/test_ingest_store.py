@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+import store.ingest
 from flywheel.endpoints import Endpoints
 from store.db import connect, connect_sync
 from store.ingest import DeadLetter, Incoming, decode_message, expire_parked, ingest_batch
@@ -216,3 +217,34 @@ def test_a_partition_not_read_yet_holds_the_grace_period_back(endpoints: Endpoin
     ingest(url, messages([raw(interaction("i3", occurred_at="2026-11-23T12:00:00+00:00"))], partition=1))
     assert asyncio.run(sweep(partitions={}))[1] == []  # the partition count is not known yet: no watermark
     assert [d.reason for d in asyncio.run(sweep())[1]] == ["unknown_interaction"]
+
+
+def test_feedback_whose_interaction_is_stored_by_then_is_never_dead_lettered(
+        endpoints: Endpoints, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two races, each a transaction that cannot see another's uncommitted rows: a worker parks feedback while
+    another stores its interaction (neither releases it), and a worker's commit lands between the sweep's release
+    and its expiry, moving the watermark past the feedback. Both are played here by leaving the release out."""
+    url = endpoints.database_url
+    ingest(url, messages([raw(thumbs("i1", occurred_at="2026-11-23T09:00:00+00:00"))], partition=1))
+
+    async def unseen(conn: Any, interaction_ids: list[str] | None) -> list[Any]:
+        return []
+
+    async def sweep() -> Any:
+        conn = await connect(url)
+        try:
+            return await expire_parked(conn, consumer_group="g", grace_seconds=0, partitions={"feedback": 2},
+                                       caught_up=False, publish=Recorder())
+        finally:
+            await conn.close()
+
+    with monkeypatch.context() as m:
+        m.setattr(store.ingest, "release_parked", unseen)
+        ingest(url, messages([raw(interaction("i1", occurred_at="2026-11-23T12:00:00+00:00"))], partition=0))
+        ingest(url, messages([raw(interaction("i2", occurred_at="2026-11-23T12:00:00+00:00"))], partition=1,
+                             first_offset=1))
+        assert asyncio.run(sweep()) == ([], [])  # past the grace period, but its interaction is there
+    released, dead = asyncio.run(sweep())
+    assert [e.type for e in released] == ["thumbs"] and dead == []
+    assert query(url, "SELECT count(*) FROM dead_letters") == [(0,)]
+    assert query(url, "SELECT thumbs_up FROM interactions WHERE interaction_id = 'i1'") == [(1,)]
