@@ -93,6 +93,8 @@ def pipeline(settings: Settings, produced: int, workers: int) -> tuple[float, fl
                 if any(p.poll() is not None for p in procs):
                     raise SystemExit(f"a worker exited with code {[p.poll() for p in procs]}")
                 n = stored(conn)
+                if dead := conn.execute("SELECT reason, detail FROM dead_letters LIMIT 1").fetchone():
+                    raise SystemExit(f"a valid event was dead-lettered: {dead[0]}: {dead[1]}")
                 if n and not first_at:
                     first_at, first_n = time.perf_counter(), n
                 if n >= expected and not stored_at:
