@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections import defaultdict
@@ -300,11 +301,19 @@ def edit_distance(before: str, after: str) -> float:
     return float(Levenshtein.normalized_distance(_fold(before), _fold(after)))
 
 
+@functools.lru_cache(maxsize=1024)  # a few scales and scores recur: a Fraction is slow to make, and immutable
 def normalised_score(score: int, scale: int) -> Fraction | None:
     """(score - 1) / (scale - 1) as an exact fraction; None for a one-point scale, which says nothing."""
     if scale < 2 or not 1 <= score <= scale:
         return None
     return Fraction(score - 1, scale - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _bounds(config: SignalConfig) -> tuple[Fraction, Fraction]:
+    """The normalised scores at and below which a rating is undesirable, at and above which desirable."""
+    return (Fraction(config.rating_undesirable_max - 1, config.rating_scale - 1),
+            Fraction(config.rating_desirable_min - 1, config.rating_scale - 1))
 
 
 def _digest(*parts: str) -> str:
@@ -358,8 +367,8 @@ class _Group:
         self.by_interaction: dict[str, list[FeedbackRecord]] = defaultdict(list)
         for f in self.feedback:
             self.by_interaction[f.interaction_id].append(f)
-        self.low = Fraction(config.rating_undesirable_max - 1, config.rating_scale - 1)
-        self.high = Fraction(config.rating_desirable_min - 1, config.rating_scale - 1)
+        self.low, self.high = _bounds(config)
+        self._substantive: dict[str, bool] = {}  # edit event id -> substantive (two rules ask)
 
     def sources(self, interactions: Iterable[InteractionRecord | None],
                 events: Iterable[FeedbackRecord]) -> tuple[str, ...]:
@@ -376,6 +385,12 @@ class _Group:
         return normalised_score(int(f.payload["score"]), int(f.payload.get("scale", 5)))
 
     def substantive(self, f: FeedbackRecord) -> bool:
+        known = self._substantive.get(f.event_id)
+        if known is None:
+            known = self._substantive[f.event_id] = self._is_substantive(f)
+        return known
+
+    def _is_substantive(self, f: FeedbackRecord) -> bool:
         original = self.interactions[f.interaction_id].response
         edited = str(f.payload["edited_response"])
         if _fold(original) == _fold(edited):
