@@ -99,6 +99,7 @@ def worker(loglevel: str = typer.Option("info", help="crit|error|warn|info|debug
     mode.loop.use("uvloop")  # before Faust creates its loop: uvloop roughly halves asyncio's per-message cost
     from faust.worker import Worker
 
+    from flywheel.collect import collect_rarely
     from streams.app import create_app
     from streams.metrics import Metrics
 
@@ -109,6 +110,7 @@ def worker(loglevel: str = typer.Option("info", help="crit|error|warn|info|debug
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     faust_app = create_app(settings, endpoints, metrics, partitions=partitions.get(settings.feedback_topic))
+    collect_rarely()
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 

@@ -26,6 +26,7 @@ from multiprocessing.process import BaseProcess
 from psycopg import AsyncConnection
 
 from flywheel.child import die_with_parent
+from flywheel.collect import collect_rarely
 from store.db import connect
 from store.eventstore import head
 from store.projections import DEFAULT_SIGNALS
@@ -37,12 +38,13 @@ class Pacing:
     """A run takes all that was committed since the last one, so a busy prompt group is derived once a
     run. After a long run the next waits longer: while the log grows, the projector takes at most
     max_share of a core, and a backlog is derived in larger, cheaper runs. Once the log stops growing
-    (nothing appended for an interval), what is left is derived at once instead of after the wait."""
+    (nothing appended for `quiet` seconds), what is left is derived at once instead of after the wait."""
 
     interval: float  # seconds between the starts of two runs, at least
     max_share: float
     max_events: int  # the most log events one run takes on
     cache_records: int = 100_000  # inputs (interactions + feedback) kept between runs: store.signals.GroupCache
+    quiet: float = 0.25  # no append for this long: the burst is over (busy workers commit a batch far more often)
 
     def next_start(self, started: float, took: float) -> float:
         return started + max(self.interval, took / self.max_share)
@@ -70,22 +72,21 @@ async def project_forever(url: str, pacing: Pacing, report: Callable[[Progress],
 
 async def _wait(conn: AsyncConnection, pacing: Pacing, until: float, derived: int | None) -> None:
     """Sleep until `until`, or less: until the log has stopped growing past `derived` (what the last run
-    took up to; None: another projector holds the checkpoint, so just wait) — nothing appended for an
-    interval. The head is looked at often (an index lookup), so the end of a burst is seen an interval after
-    it, not up to two."""
+    took up to; None: another projector holds the checkpoint, so just wait) — nothing appended for pacing.quiet
+    seconds. The head is looked at often (an index lookup), so the end of a burst is seen soon after it."""
     last, since = await head(conn), time.monotonic()
     while (left := until - time.monotonic()) > 0:
-        await asyncio.sleep(min(left, _LOOK_EVERY, pacing.interval))
+        await asyncio.sleep(min(left, _LOOK_EVERY, pacing.quiet))
         if derived is None:
             continue
         now = await head(conn)
         if now != last:
             last, since = now, time.monotonic()
-        elif now > derived and time.monotonic() - since >= pacing.interval:
+        elif now > derived and time.monotonic() - since >= pacing.quiet:
             return  # ingest is idle and there is something to derive
 
 
-_LOOK_EVERY = 0.1  # seconds
+_LOOK_EVERY = 0.05  # seconds
 
 
 def main(url: str, pacing: Pacing, reports: Connection, parent_pid: int) -> None:
@@ -95,6 +96,7 @@ def main(url: str, pacing: Pacing, reports: Connection, parent_pid: int) -> None
     # Ctrl-C reaches the whole process group: the worker stops this process itself (Projector.stop), and
     # dying of it here first would look like a failure to the worker that is shutting down.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    collect_rarely()  # the group cache stays large and lives long: most of what a collection would traverse
     try:
         asyncio.run(project_forever(url, pacing, lambda run: reports.send(("run", run)),
                                     lambda: os.getppid() == parent_pid))
