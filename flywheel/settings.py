@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     # Interactions and feedback the projector keeps in memory between runs, so a hot prompt group is not read
     # and rewritten whole on every run (roughly 1-2 KB each).
     signals_cache_records: int = Field(default=100_000, ge=0)
+    # Nothing appended for this long: ingest has gone quiet, and what is left is derived without waiting.
+    signals_quiet: float = Field(default=0.25, gt=0)
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0
     metrics_port: int = 0
