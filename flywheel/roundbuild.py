@@ -31,7 +31,9 @@ from psycopg.conninfo import make_conninfo
 
 from flywheel.oncall import ROUNDS_LOCK, Announce, point_current, round_dir
 from flywheel.rounds import (
+    Entry,
     Kind,
+    Prepare,
     QuarantineItem,
     QuarantineList,
     Repeat,
@@ -89,9 +91,10 @@ def in_slice(row: SourceRow, converted: Row, slices: list[dict[str, Any]]) -> bo
     return False
 
 
-async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], sliced: list[int]
-                ) -> AsyncIterator[list[Row | Repeat]]:
-    chunk: list[Row | Repeat] = []
+async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], sliced: list[int],
+                prepare: Prepare) -> AsyncIterator[list[Entry]]:
+    """The rows of `source` in chunks, through the first gates (`prepare`): what the builder process gets."""
+    chunk: list[Entry] = []
     no_row: set[bytes] = set()  # copy keys of records that make no row (an undecided pair)
     async for row in source:
         if row.data is None:  # an exact copy of an earlier record (store.roundrows: only without slices)
@@ -109,7 +112,7 @@ async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], 
                 if slices and in_slice(row, c, slices):
                     sliced[0] += 1
                 else:
-                    chunk.append(c)
+                    chunk.append(prepare(c))
         if len(chunk) >= _CHUNK:
             yield chunk
             chunk = []
@@ -117,17 +120,17 @@ async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], 
         yield chunk
 
 
-async def build_in_process(chunks: AsyncIterator[list[Row | Repeat]], *args: Any, **kwargs: Any) -> RoundResult:
+async def build_in_process(chunks: AsyncIterator[list[Entry]], *args: Any, **kwargs: Any) -> RoundResult:
     """`build(rows, *args, **kwargs)` in a builder process (flywheel.rounds.process) fed by this one."""
     ctx = multiprocessing.get_context("spawn")  # no fork of a process running an event loop and threads
-    queue: Queue[list[Row | Repeat] | None] = ctx.Queue(maxsize=_CHUNKS_IN_FLIGHT)
+    queue: Queue[list[Entry] | None] = ctx.Queue(maxsize=_CHUNKS_IN_FLIGHT)
     results, child_end = ctx.Pipe(duplex=False)
     child = ctx.Process(target=process.main, args=(queue, child_end, os.getpid(), args, kwargs),
                         name="round-builder", daemon=True)
     child.start()
     child_end.close()
 
-    def put(chunk: list[Row | Repeat] | None) -> bool:
+    def put(chunk: list[Entry] | None) -> bool:
         """False once the builder takes no more rows (it failed, or died: receive() tells which)."""
         while not results.poll():
             try:
@@ -223,7 +226,7 @@ async def build_round(
             sliced = [0]
             # Exact copies come unread unless a rollback slice may leave out the row they copy.
             chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig(), copies=not slices), slices,
-                           sliced)
+                           sliced, Prepare(config))
             # The report's aggregates run in Postgres meanwhile, in this snapshot (a tenth of a 1M-event build).
             cur = await conn.execute("SELECT pg_export_snapshot()")
             snapshot = str((await cur.fetchone() or ("",))[0])

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from flywheel.rounds.builder import FILE_NAMES, MANIFEST, RoundResult, build, content_hash
+from flywheel.rounds.builder import (
+    FILE_NAMES,
+    MANIFEST,
+    Entry,
+    Prepare,
+    Prepared,
+    Removed,
+    RoundResult,
+    build,
+    content_hash,
+)
 from flywheel.rounds.config import BUILDER_VERSION, RoundConfig
 from flywheel.rounds.gates import (
     AUDIT,
@@ -46,11 +56,15 @@ __all__ = [
     "SPLITS",
     "TRAIN",
     "DistributionCap",
+    "Entry",
     "Kind",
+    "Prepare",
+    "Prepared",
     "QuarantineIndex",
     "QuarantineItem",
     "QuarantineList",
     "RoundConfig",
+    "Removed",
     "Repeat",
     "RoundResult",
     "Row",

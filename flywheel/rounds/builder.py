@@ -32,7 +32,7 @@ from flywheel.rounds.gates import (
     string_has_pii,
 )
 from flywheel.rounds.quarantine import QuarantineIndex, QuarantineList, words
-from flywheel.rounds.rows import KINDS, Repeat, Row
+from flywheel.rounds.rows import KINDS, Kind, Repeat, Row
 
 FILE_NAMES = {"sft": "sft.jsonl", "dpo": "dpo.jsonl", "kto": "kto.jsonl", "group": "groups.jsonl"}
 MANIFEST = "manifest.json"
@@ -44,6 +44,8 @@ _JSON = orjson.OPT_SORT_KEYS
 # Distinct texts a build remembers the PII check and the reading of: rows repeat the same prompts, system prompts
 # and answers many times over, mostly close together. Bounded, so memory does not grow with the round.
 _CACHE_SIZE = 4096
+# Removed.gate of a row whose kind the config leaves out (counted under excluded_kinds, not under a gate).
+EXCLUDED = "excluded"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,8 +90,8 @@ class _Writer:
         for f in self._files.values():
             f.close()
 
-    def write(self, split: str, kind: str, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record, option=_JSON | orjson.OPT_APPEND_NEWLINE)
+    def write(self, split: str, kind: str, line: bytes) -> None:
+        """Append one record's line (`Prepared.line`)."""
         self._files[(split, kind)].write(line)
         self._hashes[(split, kind)].update(line)
         self.rows[(split, kind)] += 1
@@ -132,7 +134,7 @@ class _Stats:
         self.item_hits.update(item_ids)
         self.list_hits.update({self.list_of.get(i, "") for i in item_ids})
 
-    def keep(self, row: Row, split: str, length: int) -> None:
+    def keep(self, row: Prepared, split: str, length: int) -> None:
         bucket = LENGTH_BUCKETS[-1][1]
         for bound, name in LENGTH_BUCKETS:
             if length < bound:
@@ -212,6 +214,83 @@ def _record(row: Row) -> dict[str, Any]:
     return record
 
 
+@dataclass(frozen=True, slots=True)
+class Removed:
+    """A row removed by the first gates (its kind left out, consent, PII; see `Prepare`): what counts it."""
+
+    kind: Kind
+    gate: str  # EXCLUDED, CONSENT or PII
+    copy_key: bytes | None
+    position: int
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return (Removed, (self.kind, self.gate, self.copy_key, self.position))
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A row past the first gates as the later gates and the writer need it: its texts, what dedup, quality, the
+    cap and the counters read, and its line as written. A few strings, where a Row is nested dicts: cheap to send
+    to the builder process, and made where the rows are read, which takes work off the builder's core."""
+
+    kind: Kind
+    key: str
+    position: int
+    copy_key: bytes | None
+    app_id: str
+    model_version: str
+    prompt_version: str | None
+    tags: tuple[str, ...]
+    source: str
+    prompt: str  # Row.prompt_text()
+    answers: tuple[str, ...]  # Row.answer_texts()
+    roles: tuple[Any, ...]  # the prompt messages' roles (dedup tells a system prompt from a user turn)
+    label: bool | None  # a KTO row's label (dedup keeps a completion labelled both ways); None for other kinds
+    truncated: bool  # the generator stopped an answer at its token limit (lineage finish_reasons)
+    line: bytes  # the record's line in its file
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        # Pickled as its values: the default looks the slots up one by one.
+        return (Prepared, (self.kind, self.key, self.position, self.copy_key, self.app_id, self.model_version,
+                           self.prompt_version, self.tags, self.source, self.prompt, self.answers, self.roles,
+                           self.label, self.truncated, self.line))
+
+    @property
+    def stratum(self) -> tuple[str, str, str]:
+        return (self.app_id, self.model_version, self.tags[0] if self.tags else "")
+
+
+class Prepare:
+    """The first gates (kind, consent, PII) on a row, and a `Prepared` of a row they leave in: pure, so it runs
+    wherever the rows are read (flywheel.roundbuild runs it in the process reading them, beside the builder's)
+    with the same outcome as in `build`."""
+
+    def __init__(self, config: RoundConfig) -> None:
+        self.kinds = frozenset(config.kinds)
+        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(string_has_pii)
+
+    def __call__(self, row: Row) -> Prepared | Removed:
+        kind = row.kind
+        if kind not in self.kinds:
+            return Removed(kind, EXCLUDED, row.copy_key, row.position)
+        if not row.consent:
+            return Removed(kind, CONSENT, row.copy_key, row.position)
+        if has_pii(row, self._has_pii):
+            return Removed(kind, PII, row.copy_key, row.position)
+        finish_reasons = row.lineage.get("finish_reasons")
+        return Prepared(
+            kind, row.key, row.position, row.copy_key, row.app_id, row.model_version, row.prompt_version, row.tags,
+            row.source, row.prompt_text(), tuple(row.answer_texts()),
+            tuple([m.get("role") for m in row.prompt_messages()]),
+            bool(row.body.get("label")) if kind == "kto" else None,
+            bool(finish_reasons and "length" in finish_reasons),
+            orjson.dumps(_record(row), option=_JSON | orjson.OPT_APPEND_NEWLINE))
+
+
+# What `build` takes: a row, or what stands for one.
+Entry = Row | Repeat | Prepared | Removed
+
+
 def content_hash(files: dict[str, str], *, config_version: str, watermark: int, quarantine_version: str) -> str:
     """sha256 over the sorted (path, file sha256) list, the config version, the watermark and the quarantine
     list version."""
@@ -227,7 +306,6 @@ class _Gates:
         self.config = config
         self.index = index
         self.stats = stats
-        self.kinds = frozenset(config.kinds)
         self.cap = DistributionCap(config.stratum_cap_share, config.cap_warmup)
         self.splitter = Splitter(config)
         # One 16-byte digest per distinct row that got past contamination: the only state that grows with rows.
@@ -235,32 +313,31 @@ class _Gates:
         # What the gates up to dedup made of each row that has exact copies later (Row.copy_key): the gate that
         # removed it, the quarantine items it holds, or DEDUP (it got past them, so dedup removes its copies).
         self.copies: dict[bytes, str | frozenset[str]] = {}
-        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(string_has_pii)
+        self.kinds = frozenset(config.kinds)
         self._reading = functools.lru_cache(maxsize=_CACHE_SIZE)(self._read)
 
     def _remove(self, gate: str, kind: str) -> None:
         """Count a row removed by `gate`; the caller returns None (no split)."""
         self.stats.removed[gate][kind] += 1
 
-    def split(self, row: Row) -> str | None:
-        """The split a row goes to, or None when a gate removed it (counted under that gate)."""
+    def removed(self, row: Removed) -> None:
+        """Count a row the first gates removed (`Prepare`)."""
         kind = row.kind
         self.stats.rows_in[kind] += 1
-        if kind not in self.kinds:
+        if row.gate == EXCLUDED:
             self.stats.excluded_kinds[kind] += 1
-            return None
+            return
+        self._remove(row.gate, kind)
+        if row.copy_key is not None:
+            self.copies[row.copy_key] = row.gate
+
+    def split(self, row: Prepared) -> str | None:
+        """The split a row past the first gates goes to, or None when a later gate removed it (counted under
+        that gate)."""
+        kind = row.kind
+        self.stats.rows_in[kind] += 1
         copy_key = row.copy_key
-        if not row.consent:
-            self._remove(CONSENT, kind)
-            if copy_key is not None:
-                self.copies[copy_key] = CONSENT
-            return None
-        if has_pii(row, self._has_pii):
-            self._remove(PII, kind)
-            if copy_key is not None:
-                self.copies[copy_key] = PII
-            return None
-        prompt, answers = row.prompt_text(), row.answer_texts()
+        prompt, answers = row.prompt, row.answers
         normalised_prompt, hit_ids = self._reading(prompt)
         normalised = []
         for answer in answers:
@@ -300,16 +377,16 @@ class _Gates:
         tokens = words(text)
         return " ".join(tokens), frozenset(self.index.hits_words(tokens))
 
-    def _rest(self, row: Row, prompt: str, answers: list[str], normalised_prompt: str,
+    def _rest(self, row: Prepared, prompt: str, answers: tuple[str, ...], normalised_prompt: str,
               normalised: list[str]) -> str | None:
         kind = row.kind
-        digest = _digest(row, normalised_prompt, normalised)
+        digest = _digest(kind, row.roles, row.label, normalised_prompt, normalised)
         seen = self.seen[kind]
         if digest in seen:
             self._remove(DEDUP, kind)
             return None
         seen.add(digest)
-        reason = _quality(row, self.config, prompt, answers, normalised)
+        reason = _quality(kind, row.truncated, self.config, prompt, answers, normalised)
         if reason is not None:
             self.stats.quality[reason][kind] += 1
             self._remove(QUALITY, kind)
@@ -322,7 +399,7 @@ class _Gates:
         return split
 
 
-def build(rows: Iterable[Row | Repeat], config: RoundConfig, quarantine: QuarantineList, out_dir: Path, *,
+def build(rows: Iterable[Entry], config: RoundConfig, quarantine: QuarantineList, out_dir: Path, *,
           watermark: int, parent: str | None, round_number: int) -> RoundResult:
     """Cut a round: run every row through the gates (consent, PII, contamination, dedup, quality, distribution
     cap; see flywheel.rounds.gates), write the kept ones to `out_dir/{train,calibration,audit}/{sft,dpo,kto,
@@ -330,7 +407,8 @@ def build(rows: Iterable[Row | Repeat], config: RoundConfig, quarantine: Quarant
 
     A pure function of (rows in the order given, config, quarantine list, watermark, parent, round number):
     the same inputs give byte-identical files and the same content hash. A `Repeat` stands for an exact copy
-    of the earlier row with its copy key, and counts as that copy would. Rows are streamed: memory holds
+    of the earlier row with its copy key, and counts as that copy would; a `Prepared` or `Removed` is what
+    `Prepare(config)` made of a row, and counts as that row would. Rows are streamed: memory holds
     counters and one 16-byte dedup digest per distinct row past contamination, never rows or files. Existing
     files of the same names are overwritten; a failed build leaves partial files, so build into a fresh
     directory and publish it once this returns. Raises ValueError for a row newer than the watermark.
@@ -340,18 +418,23 @@ def build(rows: Iterable[Row | Repeat], config: RoundConfig, quarantine: Quarant
     index = QuarantineIndex.for_config(quarantine, config)
     stats = _Stats(quarantine)
     gates = _Gates(config, index, stats)
+    prepare = Prepare(config)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _Writer(out_dir) as writer:
         for row in rows:
             if row.position > watermark:
-                name = row.key if isinstance(row, Row) else "(a repeat)"
+                name = row.key if isinstance(row, Row | Prepared) else "(a repeat)"
                 raise ValueError(f"row {name!r} at position {row.position} is newer than watermark {watermark}")
-            if isinstance(row, Repeat):
+            if isinstance(row, Row):
+                row = prepare(row)
+            if isinstance(row, Prepared):
+                split = gates.split(row)
+                if split is not None:
+                    writer.write(split, row.kind, row.line)
+            elif isinstance(row, Repeat):
                 gates.repeat(row)
-                continue
-            split = gates.split(row)
-            if split is not None:
-                writer.write(split, row.kind, _record(row))
+            else:
+                gates.removed(row)
     manifest = _manifest(config, quarantine, index, stats, writer.manifest(), watermark=watermark, parent=parent,
                          round_number=round_number)
     manifest_path = out_dir / MANIFEST

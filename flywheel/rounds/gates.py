@@ -6,7 +6,7 @@ import hashlib
 import math
 import re
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -81,13 +81,16 @@ def content_digest(row: Row) -> bytes:
     """What dedup compares, per kind: the roles of the prompt messages, the prompt text and the answers after
     `normalise` (as contamination sees them: case, punctuation and whitespace do not count), and the label for
     KTO (the same completion labelled both ways is two rows). Margins, scores and lineage do not count."""
-    return _digest(row, normalise(row.prompt_text()), [normalise(a) for a in row.answer_texts()])
+    return _digest(row.kind, [m.get("role") for m in row.prompt_messages()],
+                   bool(row.body.get("label")) if row.kind == "kto" else None,
+                   normalise(row.prompt_text()), [normalise(a) for a in row.answer_texts()])
 
 
-def _digest(row: Row, prompt: str, answers: list[str]) -> bytes:
-    parts: list[Any] = [row.kind, [m.get("role") for m in row.prompt_messages()], prompt, answers]
-    if row.kind == "kto":
-        parts.append(bool(row.body.get("label")))
+def _digest(kind: str, roles: Sequence[Any], label: bool | None, prompt: str, answers: list[str]) -> bytes:
+    """content_digest from its parts: `label` counts for KTO only."""
+    parts: list[Any] = [kind, roles, prompt, answers]
+    if kind == "kto":
+        parts.append(label)
     return hashlib.sha256(orjson.dumps(parts)).digest()[:16]
 
 
@@ -108,11 +111,14 @@ def quality_reason(row: Row, config: RoundConfig) -> str | None:
     punctuation.
     """
     answers = row.answer_texts()
-    return _quality(row, config, row.prompt_text(), answers, [normalise(a) for a in answers])
+    finish_reasons = row.lineage.get("finish_reasons")
+    return _quality(row.kind, bool(finish_reasons and "length" in finish_reasons), config, row.prompt_text(),
+                    answers, [normalise(a) for a in answers])
 
 
-def _quality(row: Row, config: RoundConfig, prompt: str, answers: list[str],
+def _quality(kind: str, truncated: bool, config: RoundConfig, prompt: str, answers: Sequence[str],
              normalised: list[str]) -> str | None:
+    """quality_reason from its parts: `truncated` when lineage finish_reasons holds "length"."""
     if _blank(prompt) or not answers:
         return EMPTY
     longest = len(prompt)
@@ -129,8 +135,7 @@ def _quality(row: Row, config: RoundConfig, prompt: str, answers: list[str],
             bad += len(_GARBLED_CHARS.findall(a))
         if config.min_chars > 1 and len(a.strip()) < config.min_chars:
             short = True
-    finish_reasons = row.lineage.get("finish_reasons")
-    if finish_reasons and "length" in finish_reasons:
+    if truncated:
         return TRUNCATED
     if short:
         return TOO_SHORT
@@ -138,7 +143,7 @@ def _quality(row: Row, config: RoundConfig, prompt: str, answers: list[str],
         return TOO_LONG
     if bad and bad > config.max_garbled_share * total:
         return GARBLED
-    if row.kind == "dpo" and normalised[0] == normalised[1]:
+    if kind == "dpo" and normalised[0] == normalised[1]:
         return DEGENERATE
     return None
 

@@ -19,8 +19,7 @@ from multiprocessing.queues import Queue
 from typing import Any
 
 from flywheel.child import die_with_parent
-from flywheel.rounds.builder import build
-from flywheel.rounds.rows import Repeat, Row
+from flywheel.rounds.builder import Entry, build
 
 _YOUNG_OBJECTS = 200_000  # allocations between two young-generation collections (Python's default: 700)
 
@@ -42,7 +41,7 @@ def fewer_collections() -> Iterator[None]:
         gc.set_threshold(*before)
 
 
-def _rows(chunks: Queue[list[Row | Repeat] | None], parent_pid: int) -> Iterator[Row | Repeat]:
+def _rows(chunks: Queue[list[Entry] | None], parent_pid: int) -> Iterator[Entry]:
     while True:
         try:
             chunk = chunks.get(timeout=1.0)
@@ -55,7 +54,7 @@ def _rows(chunks: Queue[list[Row | Repeat] | None], parent_pid: int) -> Iterator
         yield from chunk
 
 
-def main(chunks: Queue[list[Row | Repeat] | None], results: Connection, parent_pid: int, args: tuple[Any, ...],
+def main(chunks: Queue[list[Entry] | None], results: Connection, parent_pid: int, args: tuple[Any, ...],
          kwargs: dict[str, Any]) -> None:
     """Run `build(rows, *args, **kwargs)` over the chunks (None ends them); send ("ok", RoundResult) or
     ("error", exception) back."""

@@ -26,6 +26,7 @@ from flywheel.rounds import (
     SPLITS,
     TRAIN,
     DistributionCap,
+    Prepare,
     QuarantineIndex,
     QuarantineItem,
     QuarantineList,
@@ -554,3 +555,30 @@ def test_repeats_count_as_the_copies_they_stand_for(tmp_path: Path) -> None:
 def test_a_repeat_of_a_row_never_seen_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not seen before"):
         run([Repeat("sft", b"nowhere", 1)], tmp_path / "out")
+
+
+def test_rows_prepared_where_they_are_read_build_what_the_rows_build(tmp_path: Path) -> None:
+    """Prepare (the first gates and the texts, run where rows are read) leaves the round byte-identical, whatever
+    the first gates do with a row: kept, left out by kind, no consent, PII, contaminated, dedup, truncated."""
+    config = RoundConfig(kinds=("sft", "dpo"))
+    firsts = [
+        make_row("dpo", "kept", "How do I pay an invoice twice a month?", "Use the billing page."),
+        make_row("kto", "excluded", "How do I close my account for good?"),
+        make_row("sft", "no-consent", "How do I close my account for good?", consent=False),
+        make_row("sft", "pii", f"Write to {EMAIL} about my refund please", "Sure, done."),
+        make_row("sft", "leak", ITEM_PROMPT, "Let me think about the trains."),
+        make_row("dpo", "cut", "Explain the refund policy in detail please.", "The refund policy is",
+                 lineage={"finish_reasons": ["stop", "length"]}),
+    ]
+    rows = [replace(r, copy_key=f"key-{i}".encode()) for i, r in enumerate(firsts)]
+    rows += [replace(firsts[0], key="kept-again", position=5)]
+    repeats = [Repeat(r.kind, f"key-{i}".encode(), 10 + i) for i, r in enumerate(firsts)]
+    prepare = Prepare(config)
+    here = run([*rows, *repeats], tmp_path / "rows", config=config, quarantine=QUARANTINE)
+    there = build(iter([*(prepare(r) for r in rows), *repeats]), config, QUARANTINE, tmp_path / "prepared",
+                  watermark=10**9, parent=None, round_number=1)
+    processing = here.manifest["sample_processing"]
+    assert processing["excluded_kinds"]["kto"] == 2 and processing["removed"]["pii"]["sft"] == 2
+    assert processing["removed"]["dedup"]["dpo"] == 3 and processing["quality_reasons"]["truncated"]["dpo"] == 1
+    assert there.content_hash == here.content_hash
+    assert all_bytes(tmp_path / "prepared") == all_bytes(tmp_path / "rows")
