@@ -28,7 +28,7 @@ from flywheel.rounds.gates import (
     Splitter,
     _digest,
     _quality,
-    has_pii,
+    pii_texts,
     string_has_pii,
 )
 from flywheel.rounds.quarantine import QuarantineIndex, QuarantineList, words
@@ -216,10 +216,10 @@ def _record(row: Row) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Removed:
-    """A row removed by the first gates (its kind left out, consent, PII; see `Prepare`): what counts it."""
+    """A row removed by the first gates (its kind left out, consent; see `Prepare`): what counts it."""
 
     kind: Kind
-    gate: str  # EXCLUDED, CONSENT or PII
+    gate: str  # EXCLUDED or CONSENT
     copy_key: bytes | None
     position: int
 
@@ -242,6 +242,7 @@ class Prepared:
     prompt_version: str | None
     tags: tuple[str, ...]
     source: str
+    texts: tuple[str, ...]  # what the PII gate checks: every string of the body, and the tags
     prompt: str  # Row.prompt_text()
     answers: tuple[str, ...]  # Row.answer_texts()
     roles: tuple[Any, ...]  # the prompt messages' roles (dedup tells a system prompt from a user turn)
@@ -252,7 +253,8 @@ class Prepared:
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # Pickled as its values: the default looks the slots up one by one.
         return (Prepared, (self.kind, self.key, self.position, self.copy_key, self.app_id, self.model_version,
-                           self.prompt_version, self.tags, self.source, self.prompt, self.answers, self.roles,
+                           self.prompt_version, self.tags, self.source, self.texts, self.prompt, self.answers,
+                           self.roles,
                            self.label, self.truncated, self.line))
 
     @property
@@ -261,13 +263,12 @@ class Prepared:
 
 
 class Prepare:
-    """The first gates (kind, consent, PII) on a row, and a `Prepared` of a row they leave in: pure, so it runs
+    """The first gates (kind, consent) on a row, and a `Prepared` of a row they leave in: pure, so it runs
     wherever the rows are read (flywheel.roundbuild runs it in the process reading them, beside the builder's)
     with the same outcome as in `build`."""
 
     def __init__(self, config: RoundConfig) -> None:
         self.kinds = frozenset(config.kinds)
-        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(string_has_pii)
 
     def __call__(self, row: Row) -> Prepared | Removed:
         kind = row.kind
@@ -275,12 +276,10 @@ class Prepare:
             return Removed(kind, EXCLUDED, row.copy_key, row.position)
         if not row.consent:
             return Removed(kind, CONSENT, row.copy_key, row.position)
-        if has_pii(row, self._has_pii):
-            return Removed(kind, PII, row.copy_key, row.position)
         finish_reasons = row.lineage.get("finish_reasons")
         return Prepared(
             kind, row.key, row.position, row.copy_key, row.app_id, row.model_version, row.prompt_version, row.tags,
-            row.source, row.prompt_text(), tuple(row.answer_texts()),
+            row.source, pii_texts(row), row.prompt_text(), tuple(row.answer_texts()),
             tuple([m.get("role") for m in row.prompt_messages()]),
             bool(row.body.get("label")) if kind == "kto" else None,
             bool(finish_reasons and "length" in finish_reasons),
@@ -314,6 +313,7 @@ class _Gates:
         # removed it, the quarantine items it holds, or DEDUP (it got past them, so dedup removes its copies).
         self.copies: dict[bytes, str | frozenset[str]] = {}
         self.kinds = frozenset(config.kinds)
+        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(string_has_pii)
         self._reading = functools.lru_cache(maxsize=_CACHE_SIZE)(self._read)
 
     def _remove(self, gate: str, kind: str) -> None:
@@ -337,6 +337,11 @@ class _Gates:
         kind = row.kind
         self.stats.rows_in[kind] += 1
         copy_key = row.copy_key
+        if any(map(self._has_pii, row.texts)):
+            self._remove(PII, kind)
+            if copy_key is not None:
+                self.copies[copy_key] = PII
+            return None
         prompt, answers = row.prompt, row.answers
         normalised_prompt, hit_ids = self._reading(prompt)
         normalised = []
