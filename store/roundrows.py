@@ -129,6 +129,13 @@ async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None, *, c
     # 8 s instead of 15 s).
     query = signals_query(copies=copies)
     seen: set[bytes] = set()  # with copies: 16 bytes per distinct record, the one thing here growing with the log
+    # In the primary key's order (prompt_key first) with each group sorted as it comes (an incremental sort), not
+    # the whole read model sorted before the first row is sent: Postgres computes the rows (the JSON text, the copy
+    # keys) while this process and the builder's work through the ones before, instead of all of them first (at
+    # 300k events 3.2 s of an 8.2 s build went by before the first row). The order is the same: the sort key is
+    # unique within a prompt group. Only for this query, the rest of the build's transaction plans as it would.
+    cur = await conn.execute("SELECT current_setting('enable_sort'), set_config('enable_sort', 'off', true)")
+    enable_sort = str((await cur.fetchone() or ("on",))[0])
     async with conn.cursor() as cur, cur.copy(f"COPY ({query}) TO STDOUT (FORMAT binary)") as copy:
         copy.set_types(["text", "text", "int8", "timestamptz", *(["bytea"] if copies else [])])
         async for kind, data, position, occurred_at, *key in copy.rows():
@@ -141,6 +148,7 @@ async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None, *, c
             record = orjson.loads(data)
             yield SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position, occurred_at,
                             copy_key)
+    await conn.execute("SELECT set_config('enable_sort', %s, true)", [enable_sort])
 
 
 async def _derive_signals(
