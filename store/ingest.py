@@ -98,6 +98,12 @@ async def ingest_batch(
     next batch while this one waits on Postgres.)"""
     out = BatchOutcome()
     async with conn.transaction():
+        # The commit need not wait for its WAL flush, which it would do holding the log's lock. What a crash of
+        # the server could lose is the newest batches as a whole, tracking rows with them: the store is then
+        # behind the broker, and _claim rewinds to re-read them from Kafka. Nothing durable can depend on the
+        # lost ones: WAL is flushed in order, so any later synchronous commit (a round, a checkpoint) flushes
+        # them first.
+        await conn.execute("SET LOCAL synchronous_commit = off")
         floor = await _claim(conn, consumer_group, [d.message for d in batch], out)
         fresh = [d for d in batch if d.message.offset > floor.get((d.message.topic, d.message.partition), _SKIP)]
         dead: list[DeadLetter] = []
@@ -246,7 +252,11 @@ async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[st
     """Append parked feedback whose interactions are all stored now (None: check every parked event)."""
     if interaction_ids == []:
         return []
-    scope = "" if interaction_ids is None else "p.waiting_for && %(ids)s::text[] AND"
+    # Waiting for one of these: a hash join (`waiting_for && ids` compares every pair, row by row: 16 ms for 800
+    # parked events and a batch's 700 interactions, where this takes 2).
+    scope = "" if interaction_ids is None else """p.event_id IN (
+            SELECT q.event_id FROM parked q CROSS JOIN LATERAL unnest(q.waiting_for) w(id)
+            JOIN unnest(%(ids)s::text[]) n(id) ON n.id = w.id) AND"""
     cur = await conn.execute(
         f"""
         DELETE FROM parked p WHERE {scope} NOT {_STILL_WAITING}
