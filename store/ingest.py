@@ -123,16 +123,18 @@ async def ingest_batch(
 
         await _advance(conn, consumer_group, [d.message for d in fresh], accepted)
         ready, parked = await _resolve_references(conn, accepted, dead)
-        stored = await append(conn, [NewEvent.of(a.data) for _, a in ready])
-        await project(conn, stored)
-        out.duplicates += len(ready) - len(stored)
-        out.stored.update(s.type for s in stored)
         out.parked = await _park(conn, parked)
         out.duplicates += len(parked) - out.parked
-
-        released = await release_parked(conn, [s.data["interaction_id"] for s in stored if s.type == "interaction"])
-        out.released = len(released)
-        out.stored.update(s.type for s in released)
+        # What this batch's interactions release is taken before the append, and appended with the batch: the
+        # log's lock is then held for one append and one projection, not two.
+        arriving = [a.event.interaction_id for _, a in ready if a.event.type == "interaction"]
+        released = await take_released(conn, arriving, arriving=arriving)
+        stored = await append(conn, [NewEvent.of(a.data) for _, a in ready] + [NewEvent.of(d) for d in released])
+        await project(conn, stored)
+        released_ids = {d["event_id"] for d in released}
+        out.released = sum(1 for e in stored if e.event_id in released_ids)
+        out.duplicates += len(ready) - (len(stored) - out.released)
+        out.stored.update(e.type for e in stored)
 
         await record_dead_letters(conn, dead, publish)
         out.dead.update(d.reason for d in dead)
@@ -242,14 +244,17 @@ async def _park(conn: psycopg.AsyncConnection, parked: list[tuple[Incoming, Acce
         return cur.rowcount
 
 
-# A parked event some of whose interactions are still not stored (`p`: the parked row).
-_STILL_WAITING = """EXISTS (
-            SELECT 1 FROM unnest(p.waiting_for) w(id)
-            WHERE NOT EXISTS (SELECT 1 FROM interactions i WHERE i.interaction_id = w.id))"""
+# Of a parked event `p`: an interaction it waits for that is not stored.
+_MISSING = """SELECT 1 FROM unnest(p.waiting_for) w(id)
+            WHERE NOT EXISTS (SELECT 1 FROM interactions i WHERE i.interaction_id = w.id)"""
 
 
-async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[str] | None) -> list[StoredEvent]:
-    """Append parked feedback whose interactions are all stored now (None: check every parked event)."""
+async def take_released(
+    conn: psycopg.AsyncConnection, interaction_ids: list[str] | None, *, arriving: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """Take out of parking, in source order, the events waiting for one of these interactions (None: for any)
+    that wait for nothing missing: each interaction they need is stored, or `arriving` (stored by the caller's
+    transaction next)."""
     if interaction_ids == []:
         return []
     # Waiting for one of these: a hash join (`waiting_for && ids` compares every pair, row by row: 16 ms for 800
@@ -259,13 +264,17 @@ async def release_parked(conn: psycopg.AsyncConnection, interaction_ids: list[st
             JOIN unnest(%(ids)s::text[]) n(id) ON n.id = w.id) AND"""
     cur = await conn.execute(
         f"""
-        DELETE FROM parked p WHERE {scope} NOT {_STILL_WAITING}
+        DELETE FROM parked p WHERE {scope} NOT EXISTS ({_MISSING} AND w.id <> ALL(%(arriving)s::text[]))
         RETURNING topic, partition, "offset", data
         """,
-        {"ids": interaction_ids},
+        {"ids": interaction_ids, "arriving": list(arriving)},
     )
-    rows = sorted(await cur.fetchall(), key=_source)
-    stored = await append(conn, [NewEvent.of(data) for *_, data in rows])
+    return [data for *_, data in sorted(await cur.fetchall(), key=_source)]
+
+
+async def release_parked(conn: psycopg.AsyncConnection) -> list[StoredEvent]:
+    """Append every parked event whose interactions are all stored now."""
+    stored = await append(conn, [NewEvent.of(data) for data in await take_released(conn, None)])
     await project(conn, stored)
     return stored
 
@@ -283,7 +292,7 @@ async def expire_parked(
     stops, and the grace period runs on the wall clock.
     """
     async with conn.transaction():
-        released = await release_parked(conn, None)
+        released = await release_parked(conn)
         # This statement has a snapshot of its own (read committed), which may see a worker's commit the release
         # above did not: that commit can move the watermark past an event and store the interaction it waits
         # for. So only what still waits dies; the next sweep releases the rest.
@@ -298,7 +307,7 @@ async def expire_parked(
             WHERE (p.occurred_at + make_interval(secs => %(grace)s)
                    < (SELECT watermark FROM progress w WHERE w.topic = p.topic)
                    OR (%(caught_up)s AND p.parked_at < now() - make_interval(secs => %(grace)s)))
-              AND {_STILL_WAITING}
+              AND EXISTS ({_MISSING})
             RETURNING p.topic, p.partition, p."offset", p.key, p.original, p.waiting_for
             """,
             {"group": consumer_group, "grace": grace_seconds, "caught_up": caught_up,

@@ -105,6 +105,18 @@ def test_feedback_before_its_interaction_waits_then_is_released(endpoints: Endpo
     assert query(url, "SELECT count(*) FROM parked") == [(0,)]
 
 
+def test_feedback_ahead_of_its_interaction_in_one_batch_is_released_by_it(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    out = ingest(url, messages([raw(thumbs("i1")), raw(comparison("i1", "i2")), raw(interaction("i1")),
+                                raw(interaction("i2"))]))
+    assert (out.parked, out.released, dict(out.stored)) == (2, 2, {"interaction": 2, "thumbs": 1, "comparison": 1})
+    assert query(url, "SELECT type FROM events ORDER BY position") == [
+        ("interaction",), ("interaction",), ("thumbs",), ("comparison",)]
+    assert query(url, "SELECT interaction_id, thumbs_up, comparisons FROM interactions ORDER BY 1") == [
+        ("i1", 1, 1), ("i2", 0, 1)]
+    assert query(url, "SELECT count(*) FROM parked") == [(0,)]
+
+
 def test_feedback_whose_interaction_never_comes_is_dead_lettered_after_the_grace_period(
     endpoints: Endpoints,
 ) -> None:
@@ -227,7 +239,7 @@ def test_feedback_whose_interaction_is_stored_by_then_is_never_dead_lettered(
     url = endpoints.database_url
     ingest(url, messages([raw(thumbs("i1", occurred_at="2026-11-23T09:00:00+00:00"))], partition=1))
 
-    async def unseen(conn: Any, interaction_ids: list[str] | None) -> list[Any]:
+    async def unseen(conn: Any, interaction_ids: list[str] | None, *, arriving: Sequence[str] = ()) -> list[Any]:
         return []
 
     async def sweep() -> Any:
@@ -239,7 +251,7 @@ def test_feedback_whose_interaction_is_stored_by_then_is_never_dead_lettered(
             await conn.close()
 
     with monkeypatch.context() as m:
-        m.setattr(store.ingest, "release_parked", unseen)
+        m.setattr(store.ingest, "take_released", unseen)
         ingest(url, messages([raw(interaction("i1", occurred_at="2026-11-23T12:00:00+00:00"))], partition=0))
         ingest(url, messages([raw(interaction("i2", occurred_at="2026-11-23T12:00:00+00:00"))], partition=1,
                              first_offset=1))
