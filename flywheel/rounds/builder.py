@@ -245,9 +245,9 @@ class Prepared:
     texts: tuple[str, ...]  # what the PII gate checks: every string of the body, and the tags
     prompt: str  # Row.prompt_text()
     answers: tuple[str, ...]  # Row.answer_texts()
-    roles: tuple[Any, ...]  # the prompt messages' roles (dedup tells a system prompt from a user turn)
-    label: bool | None  # a KTO row's label (dedup keeps a completion labelled both ways); None for other kinds
-    truncated: bool  # the generator stopped an answer at its token limit (lineage finish_reasons)
+    roles: tuple[Any, ...]  # Row.prompt_roles()
+    label: bool | None  # Row.label(): dedup keeps a completion labelled both ways
+    truncated: bool  # Row.truncated()
     line: bytes  # the record's line in its file
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
@@ -276,14 +276,10 @@ class Prepare:
             return Removed(kind, EXCLUDED, row.copy_key, row.position)
         if not row.consent:
             return Removed(kind, CONSENT, row.copy_key, row.position)
-        finish_reasons = row.lineage.get("finish_reasons")
         return Prepared(
             kind, row.key, row.position, row.copy_key, row.app_id, row.model_version, row.prompt_version, row.tags,
-            row.source, pii_texts(row), row.prompt_text(), tuple(row.answer_texts()),
-            tuple([m.get("role") for m in row.prompt_messages()]),
-            bool(row.body.get("label")) if kind == "kto" else None,
-            bool(finish_reasons and "length" in finish_reasons),
-            orjson.dumps(_record(row), option=_JSON | orjson.OPT_APPEND_NEWLINE))
+            row.source, pii_texts(row), row.prompt_text(), tuple(row.answer_texts()), row.prompt_roles(),
+            row.label(), row.truncated(), orjson.dumps(_record(row), option=_JSON | orjson.OPT_APPEND_NEWLINE))
 
 
 # What `build` takes: a row, or what stands for one.

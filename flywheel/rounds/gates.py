@@ -103,9 +103,8 @@ def content_digest(row: Row) -> bytes:
     """What dedup compares, per kind: the roles of the prompt messages, the prompt text and the answers after
     `normalise` (as contamination sees them: case, punctuation and whitespace do not count), and the label for
     KTO (the same completion labelled both ways is two rows). Margins, scores and lineage do not count."""
-    return _digest(row.kind, [m.get("role") for m in row.prompt_messages()],
-                   bool(row.body.get("label")) if row.kind == "kto" else None,
-                   normalise(row.prompt_text()), [normalise(a) for a in row.answer_texts()])
+    return _digest(row.kind, row.prompt_roles(), row.label(), normalise(row.prompt_text()),
+                   [normalise(a) for a in row.answer_texts()])
 
 
 def _digest(kind: str, roles: Sequence[Any], label: bool | None, prompt: str, answers: list[str]) -> bytes:
@@ -133,14 +132,12 @@ def quality_reason(row: Row, config: RoundConfig) -> str | None:
     punctuation.
     """
     answers = row.answer_texts()
-    finish_reasons = row.lineage.get("finish_reasons")
-    return _quality(row.kind, bool(finish_reasons and "length" in finish_reasons), config, row.prompt_text(),
-                    answers, [normalise(a) for a in answers])
+    return _quality(row.kind, row.truncated(), config, row.prompt_text(), answers, [normalise(a) for a in answers])
 
 
 def _quality(kind: str, truncated: bool, config: RoundConfig, prompt: str, answers: Sequence[str],
              normalised: list[str]) -> str | None:
-    """quality_reason from its parts: `truncated` when lineage finish_reasons holds "length"."""
+    """quality_reason from its parts (`truncated`: Row.truncated())."""
     if _blank(prompt) or not answers:
         return EMPTY
     longest = len(prompt)

@@ -71,6 +71,19 @@ class Row:
         """The prompt messages' texts joined by newlines."""
         return _turns_text(self.prompt_messages())
 
+    def prompt_roles(self) -> tuple[Any, ...]:
+        """The prompt messages' roles (dedup tells a system prompt from a user turn)."""
+        return tuple([m.get("role") for m in self.prompt_messages()])
+
+    def label(self) -> bool | None:
+        """A KTO row's label; None for the other kinds."""
+        return bool(self.body.get("label")) if self.kind == "kto" else None
+
+    def truncated(self) -> bool:
+        """The generator stopped an answer at its token limit (lineage finish_reasons holds "length")."""
+        finish_reasons = self.lineage.get("finish_reasons")
+        return bool(finish_reasons and "length" in finish_reasons)
+
     def answer_texts(self) -> list[str]:
         """The texts a model is trained to produce (or to rank): empty when the record has none."""
         b = self.body
