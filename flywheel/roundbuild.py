@@ -30,6 +30,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from flywheel.collect import fewer_collections
 from flywheel.oncall import ROUNDS_LOCK, Announce, point_current, round_dir
 from flywheel.rounds import (
     Entry,
@@ -249,7 +250,7 @@ async def build_round(
             snapshot = str((await cur.fetchone() or ("",))[0])
             report = asyncio.create_task(_report_in(conn, snapshot, watermark))
             try:
-                with process.fewer_collections():
+                with fewer_collections():
                     result = await build_in_process(
                         chunks, config, qlist, tmp, watermark=watermark,
                         parent=None if parent is None else str(parent["number"]), round_number=number)

@@ -8,8 +8,6 @@ memory stays flat. The process dies with its parent (a killed build leaves no bu
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import os
 import queue
 import traceback
@@ -19,26 +17,12 @@ from multiprocessing.queues import Queue
 from typing import Any
 
 from flywheel.child import die_with_parent
+from flywheel.collect import fewer_collections
 from flywheel.rounds.builder import Entry, build
-
-_YOUNG_OBJECTS = 200_000  # allocations between two young-generation collections (Python's default: 700)
 
 
 class ParentGone(RuntimeError):
     pass
-
-
-@contextlib.contextmanager
-def fewer_collections() -> Iterator[None]:
-    """Run the cycle collector rarely while rows stream through: they are plain dicts and lists freed by
-    reference counting, but their sheer number triggers collections that traverse every live object (a
-    fifth of a 1M-event build). Cycles made meanwhile are still collected, later."""
-    before = gc.get_threshold()
-    gc.set_threshold(_YOUNG_OBJECTS, 100, 100)
-    try:
-        yield
-    finally:
-        gc.set_threshold(*before)
 
 
 def _rows(chunks: Queue[list[Entry] | None], parent_pid: int) -> Iterator[Entry]:
