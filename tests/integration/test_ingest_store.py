@@ -239,7 +239,7 @@ def test_feedback_whose_interaction_is_stored_by_then_is_never_dead_lettered(
     url = endpoints.database_url
     ingest(url, messages([raw(thumbs("i1", occurred_at="2026-11-23T09:00:00+00:00"))], partition=1))
 
-    async def unseen(conn: Any, interaction_ids: list[str] | None, *, arriving: Sequence[str] = ()) -> list[Any]:
+    async def unseen(conn: Any, arriving: list[str] | None) -> list[Any]:
         return []
 
     async def sweep() -> Any:
