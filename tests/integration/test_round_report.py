@@ -17,7 +17,7 @@ from flywheel.rounds import RoundConfig
 from flywheel.signals import FeedbackRecord
 from flywheel.simulate import generate
 from store.db import connect_sync
-from store.stats import signal_report
+from store.stats import _RATES_FROM_FEEDBACK, _rates, signal_report
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store
 
@@ -41,6 +41,8 @@ def test_the_report_shows_the_feedback_as_of_the_round_watermark(endpoints: Endp
         assert rates[version] == {"interactions": n, **{
             kind: round(100 * int(k) / n, 2) for kind, k in zip(
                 ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons"), sums, strict=True)}}
+    with connect_sync(url) as conn:  # what the counters say is what the feedback log says
+        assert _rates(conn.execute(_RATES_FROM_FEEDBACK, {"w": built.watermark}).fetchall()) == rates
     # panels judged the same interactions: agreement per app and per model version
     assert audits["agreement"]["thumbs"]["app_id"] and audits["agreement"]["thumbs"]["model_version"]
 
