@@ -28,7 +28,6 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import make_conninfo
 
 from flywheel.collect import fewer_collections
 from flywheel.oncall import ROUNDS_LOCK, Announce, point_current, round_dir
@@ -48,7 +47,7 @@ from flywheel.rounds import (
     rows_from_group,
 )
 from flywheel.signals import SignalConfig
-from store.db import connect
+from store.db import connect, conninfo
 from store.eventstore import head
 from store.projections import DEFAULT_SIGNALS, record
 from store.roundrows import SourceRow, stream_rows
@@ -191,8 +190,7 @@ async def build_in_process(chunks: AsyncIterator[list[Entry]], *args: Any, **kwa
 async def _report_in(conn: psycopg.AsyncConnection, snapshot: str, upto: int) -> dict[str, Any]:
     """signal_report as of `upto` on a connection of its own to the same database, in the exported `snapshot`
     (so it sees what the build's transaction sees)."""
-    password = {"password": conn.info.password} if conn.info.password else {}  # info.dsn leaves it out
-    other = await connect(make_conninfo(conn.info.dsn, **password))
+    other = await connect(conninfo(conn))
     try:
         async with other.transaction():
             await other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg.types.json import set_json_loads
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
@@ -72,6 +73,13 @@ async def connect(url: str, *, autocommit: bool = False) -> psycopg.AsyncConnect
     conn = await psycopg.AsyncConnection.connect(libpq_url(url), autocommit=autocommit)
     set_json_loads(orjson.loads, conn)  # jsonb read back (signal groups, sweeps): orjson is ~5x stdlib json
     return conn
+
+
+def conninfo(conn: psycopg.AsyncConnection | psycopg.Connection) -> str:
+    """What connects to the same database as `conn`, as the same user (its password too: info.dsn leaves it
+    out)."""
+    password = {"password": conn.info.password} if conn.info.password else {}
+    return make_conninfo(conn.info.dsn, **password)
 
 
 def connect_sync(url: str) -> psycopg.Connection:

@@ -19,12 +19,23 @@ from typing import Any
 import orjson
 import psycopg
 
-from flywheel.signals import FeedbackRecord, InteractionRecord, SignalConfig, Signals, derive, order_key
+from flywheel.signals import (
+    FeedbackRecord,
+    InteractionRecord,
+    KTOLabel,
+    PreferencePair,
+    SFTSample,
+    SignalConfig,
+    Signals,
+    derive,
+    order_key,
+)
 
 CHECKPOINT = "signals"
 _COLUMNS = (
     "signal_id, kind, prompt_key, rule, rule_version, interaction_id, app_id, model_version, prompt_version,"
-    " consent, disagreement, status, sort_key, position, occurred_at, data"
+    " consent, disagreement, status, sort_key, position, occurred_at, copy_key, tie, margin, chosen_length,"
+    " rejected_length, data"
 )
 
 
@@ -125,15 +136,35 @@ def rows(key: str, signals: Signals, sources: dict[str, tuple[int, datetime]],
         prefix = rank.to_bytes(1, "big")
         for r in records:
             position, occurred_at = max(sources[e] for e in r.source_event_ids)
+            pair = r if isinstance(r, PreferencePair) else None
             # orjson serialises the frozen dataclasses directly (dataclasses.asdict deep-copies: 5x slower)
             yield (
                 getattr(r, id_field), kind, key, getattr(r, "rule", kind), getattr(r, "rule_version", 1),
                 getattr(r, "interaction_id", None) or getattr(r, "rejected_interaction_id", None),
                 getattr(r, "app_id", None), getattr(r, "model_version", None), getattr(r, "prompt_version", None),
                 r.consent, getattr(r, "disagreement", kind == "disagreement"), getattr(r, "status", None),
-                prefix + order_key(r, positions, interaction_positions), position, occurred_at,
+                prefix + order_key(r, positions, interaction_positions), position, occurred_at, copy_key(r),
+                *((pair.tie, pair.margin, len(pair.chosen), len(pair.rejected)) if pair else (None,) * 4),
                 orjson.dumps(r).decode(),
             )
+
+
+def copy_key(record: object) -> bytes | None:
+    """What makes two training records (pair, KTO label, SFT sample) the same to every round gate up to dedup,
+    and equal in what flywheel.rounds.row_from_signal makes of them: kind, consent, status (and when a pending
+    pair is decided), tags, and every value its body is made from. None for other records. A round reads every
+    later record with the key of an earlier one as an exact copy of it (store.roundrows)."""
+    if isinstance(record, PreferencePair):
+        body: object = (record.prompt, record.chosen, record.rejected)
+        decided_after = record.decided_after if record.status == "pending" else None
+        parts: tuple[object, ...] = ("pair", record.consent, record.status, decided_after, record.tags, body)
+    elif isinstance(record, KTOLabel):
+        parts = ("kto", record.consent, None, None, record.tags, (record.prompt, record.completion, record.desirable))
+    elif isinstance(record, SFTSample):
+        parts = ("sft", record.consent, None, None, record.tags, record.messages)
+    else:
+        return None
+    return hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
 
 @dataclass(slots=True)

@@ -83,9 +83,9 @@ async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = Non
         "SELECT count(*) FILTER (WHERE NOT tie), count(*) FILTER (WHERE NOT tie AND chosen > rejected),"
         " count(*) FILTER (WHERE NOT tie AND chosen = rejected), coalesce(sum(d * m), 0), coalesce(sum(d * d), 0),"
         " coalesce(sum(m * m), 0) FROM (SELECT chosen, rejected, tie, (chosen - rejected)::float8 AS d,"
-        " CASE WHEN tie THEN 0 ELSE margin END AS m FROM (SELECT length(data->>'chosen') AS chosen,"
-        " length(data->>'rejected') AS rejected, (data->>'margin')::float8 AS margin, (data->>'tie')::bool AS tie"
-        " FROM signals WHERE kind = 'pair' AND position <= %s) p) q", [upto])
+        " CASE WHEN tie THEN 0 ELSE margin END AS m FROM (SELECT chosen_length AS chosen,"
+        " rejected_length AS rejected, margin, tie FROM signals WHERE kind = 'pair' AND position <= %s) p) q",
+        [upto])
     [(compared, ties, first_wins)] = await rows(
         "SELECT count(*) FILTER (WHERE payload->>'strength' <> 'tie'), count(*) FILTER (WHERE payload->>'strength'"
         " = 'tie'), count(*) FILTER (WHERE payload->>'strength' <> 'tie' AND payload->'presented_order'->>0"

@@ -175,6 +175,14 @@ class SignalView(SQLModel, table=True):
     sort_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
     position: int = Field(sa_column=Column(BigInteger, nullable=False))
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
+    # What a round build reads besides `data`, worked out once here rather than in Postgres on every build:
+    # a training record's copy key (store.roundrows: what makes two records the same to the round gates up to
+    # dedup), and a pair's tie, margin and answer lengths in characters (the report's length-bias audit).
+    copy_key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    tie: bool | None = None
+    margin: float | None = None
+    chosen_length: int | None = None
+    rejected_length: int | None = None
     data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
 
 
