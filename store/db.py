@@ -54,9 +54,11 @@ def _renew_outdated_followers(conn: Connection) -> None:
     for name, table in SQLModel.metadata.tables.items():
         if not inspector.has_table(name):
             continue
-        have, want = {c["name"] for c in inspector.get_columns(name)}, set(table.columns.keys())
-        if have == want:
-            continue
+        columns = inspector.get_columns(name)
+        have, want = {c["name"] for c in columns}, set(table.columns.keys())
+        if have == want and (name not in _FOLLOWERS or {c["name"]: c["type"].compile(conn.dialect) for c in columns}
+                             == {c.name: c.type.compile(conn.dialect) for c in table.columns}):
+            continue  # a follower's column types count too: it is renewed as cheaply as it is derived
         if name not in _FOLLOWERS:
             raise RuntimeError(
                 f"table {name!r} was made by another version of Flywheel (columns {sorted(have ^ want)} differ): "

@@ -38,7 +38,7 @@ async def prompt_candidates(
                    count(*) FILTER (WHERE s.kind = 'disagreement') AS disagreements
             FROM signals s
             WHERE (s.kind = 'disagreement' OR s.rule = 'edit_pair') AND NOT EXISTS (
-                SELECT 1 FROM jsonb_array_elements_text(s.data -> 'source_event_ids') src(id)
+                SELECT 1 FROM json_array_elements_text(s.data -> 'source_event_ids') src(id)
                 JOIN events e ON e.event_id = src.id::uuid WHERE e.position > %(w)s)
             GROUP BY s.prompt_key
         ), margins AS (

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import orjson
 import psycopg
+from sqlalchemy import JSON
+from sqlmodel import SQLModel
 
 from flywheel.signals import SignalConfig, prompt_key
 from store.candidates import CANDIDATES_GENERATED, CANDIDATES_SELECTED, project_candidates
@@ -142,6 +144,12 @@ async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig = DEFAULT_
         return count
 
 
+def _comparable(table: str) -> str:
+    """A table's columns as EXCEPT ALL can compare them: json (which has no equality) as jsonb."""
+    return ", ".join(f'"{name}"::jsonb' if type(column.type) is JSON else f'"{name}"'
+                     for name, column in SQLModel.metadata.tables[table].columns.items())
+
+
 @dataclass(frozen=True)
 class Drift:
     table: str
@@ -166,7 +174,9 @@ async def check(conn: psycopg.AsyncConnection, config: SignalConfig = DEFAULT_SI
             pending = await touched_groups(c, derived, newest) if newest > derived else []
         for table in READ_MODELS:
             where = " WHERE prompt_key <> ALL(%(pending)s)" if table == "signals" else ""
-            rebuilt, live = f"SELECT * FROM pg_temp.{table}{where}", f"SELECT * FROM public.{table}{where}"
+            columns = _comparable(table)
+            rebuilt = f"SELECT {columns} FROM pg_temp.{table}{where}"
+            live = f"SELECT {columns} FROM public.{table}{where}"
             cur = await conn.execute(
                 f"SELECT (SELECT count(*) FROM ({rebuilt} EXCEPT ALL {live}) a),"
                 f"       (SELECT count(*) FROM ({live} EXCEPT ALL {rebuilt}) b)",
