@@ -7,9 +7,7 @@ rewrites a round's data files, so a rollback takes the same time whatever the ro
 
 from __future__ import annotations
 
-import importlib
 import os
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -37,9 +35,8 @@ Announce = Callable[[dict[str, Any]], None]  # sends a message to the rounds top
 
 def kafka_announcer(bootstrap: str, topic: str) -> Announce:
     """Announce round changes on the rounds topic (kafka-python), waiting for the broker's ack."""
-    # kafka-python takes a few tenths of a second to import: begun now, in the background, it is done by the time
-    # the change it announces is (a round build waits for Postgres meanwhile), instead of adding to it.
-    threading.Thread(target=importlib.import_module, args=("kafka",), name="import-kafka", daemon=True).start()
+    # kafka-python is imported when the first change is announced, not in a thread begun here: a round build
+    # forks its builder process only while this process runs a single thread (flywheel.roundbuild).
 
     def announce(message: dict[str, Any]) -> None:
         from kafka import KafkaProducer

@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import shutil
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -136,14 +137,22 @@ def _main_module_hidden() -> Iterator[None]:
         main.__dict__.update(saved)
 
 
+def _start_method() -> str:
+    """Fork when this process runs no other thread: the builder is then at work within milliseconds, every module
+    already imported (a fresh interpreter took 0.25 s of a 2.5 s build at 100k events). Spawn otherwise: a fork
+    would copy the locks other threads may hold at that moment."""
+    return "fork" if threading.active_count() == 1 else "spawn"
+
+
 async def build_in_process(chunks: AsyncIterator[list[Entry]], *args: Any, **kwargs: Any) -> RoundResult:
     """`build(rows, *args, **kwargs)` in a builder process (flywheel.rounds.process) fed by this one."""
-    ctx = multiprocessing.get_context("spawn")  # no fork of a process running an event loop and threads
+    forked = _start_method() == "fork"
+    ctx = multiprocessing.get_context("fork") if forked else multiprocessing.get_context("spawn")
     queue: Queue[list[Entry] | None] = ctx.Queue(maxsize=_CHUNKS_IN_FLIGHT)
     results, child_end = ctx.Pipe(duplex=False)
     child = ctx.Process(target=process.main, args=(queue, child_end, os.getpid(), args, kwargs),
                         name="round-builder", daemon=True)
-    with _main_module_hidden():
+    with contextlib.nullcontext() if forked else _main_module_hidden():
         child.start()
     child_end.close()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import signal
 import traceback
 from collections.abc import Iterator
 from multiprocessing.connection import Connection
@@ -43,6 +44,8 @@ def main(chunks: Queue[list[Entry] | None], results: Connection, parent_pid: int
     """Run `build(rows, *args, **kwargs)` over the chunks (None ends them); send ("ok", RoundResult) or
     ("error", exception) back."""
     die_with_parent()  # elsewhere than Linux, the queue's timeout in _rows notices
+    # Forked from a process running an event loop: Ctrl-C is this process's own again, not that loop's handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with fewer_collections():
             outcome: tuple[str, Any] = ("ok", build(_rows(chunks, parent_pid), *args, **kwargs))

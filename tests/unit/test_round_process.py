@@ -11,9 +11,17 @@ from pathlib import Path
 
 import pytest
 
+from flywheel import roundbuild
 from flywheel.roundbuild import build_in_process
 from flywheel.rounds import RoundConfig, RoundResult, Row
 from tests.unit.test_rounds import EMPTY_QUARANTINE, all_bytes, make_row, run
+
+
+@pytest.fixture(autouse=True, params=["fork", "spawn"])
+def start_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test with the builder forked (this process runs a single thread, as the CLI does) and spawned."""
+    monkeypatch.setattr(roundbuild, "_start_method", lambda: request.param)
+    return str(request.param)
 
 
 def rows() -> list[Row]:
