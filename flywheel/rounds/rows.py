@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 Kind = Literal["sft", "dpo", "kto", "group"]
 KINDS: tuple[Kind, ...] = ("sft", "dpo", "kto", "group")
@@ -107,8 +107,7 @@ def _row(kind: Kind, key: str, position: int, app_id: str, model_version: str, p
                copy_key=copy_key)
 
 
-@dataclass(frozen=True, slots=True)
-class Repeat:
+class Repeat(NamedTuple):
     """An exact copy of an earlier row of the stream, the one whose `copy_key` it carries: the same kind, consent,
     tags and body (only lineage and origin differ), so every gate up to dedup judges it as it judged that row, and
     dedup removes it if that row got so far. Sent instead of the row itself: nothing of it needs reading."""
@@ -116,9 +115,6 @@ class Repeat:
     kind: Kind
     copy_key: bytes
     position: int
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return (Repeat, (self.kind, self.copy_key, self.position))
 
 
 def content_text(content: Any) -> str:
