@@ -44,6 +44,8 @@ _JSON = orjson.OPT_SORT_KEYS
 # Distinct texts a build remembers the PII check and the reading of: rows repeat the same prompts, system prompts
 # and answers many times over, mostly close together. Bounded, so memory does not grow with the round.
 _CACHE_SIZE = 4096
+# Lines a split file buffers before they are written and hashed as one block (~100 KiB at most).
+_LINES_PER_WRITE = 64
 # Removed.gate of a row whose kind the config leaves out (counted under excluded_kinds, not under a gate).
 EXCLUDED = "excluded"
 
@@ -68,6 +70,7 @@ class _Writer:
         self.out_dir = out_dir
         self._files: dict[tuple[str, str], IO[bytes]] = {}
         self._hashes: dict[tuple[str, str], Any] = {}
+        self._pending: dict[tuple[str, str], list[bytes]] = {}  # lines not written yet, by file
         self.rows: Counter[tuple[str, str]] = Counter()
         self.bytes: Counter[tuple[str, str]] = Counter()
 
@@ -84,7 +87,11 @@ class _Writer:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
+        try:
+            if exc is None:
+                self._finish()
+        finally:
+            self.close()
 
     def close(self) -> None:
         for f in self._files.values():
@@ -92,10 +99,26 @@ class _Writer:
 
     def write(self, split: str, kind: str, line: bytes) -> None:
         """Append one record's line (`Prepared.line`)."""
-        self._files[(split, kind)].write(line)
-        self._hashes[(split, kind)].update(line)
-        self.rows[(split, kind)] += 1
-        self.bytes[(split, kind)] += len(line)
+        pending = self._pending.setdefault((split, kind), [])
+        pending.append(line)
+        if len(pending) == _LINES_PER_WRITE:
+            self._flush((split, kind))
+
+    def _flush(self, file: tuple[str, str]) -> None:
+        # A block of lines at a time: one write and one hash update instead of one per line (hashing the block
+        # gives the same digest), which was a tenth of the builder's time.
+        lines = self._pending.pop(file, None)
+        if lines:
+            block = b"".join(lines)
+            self._files[file].write(block)
+            self._hashes[file].update(block)
+            self.rows[file] += len(lines)
+            self.bytes[file] += len(block)
+
+    def _finish(self) -> None:
+        """Write what is still pending (leaving the block with no error: every line has been written)."""
+        for file in list(self._pending):
+            self._flush(file)
 
     def manifest(self) -> dict[str, dict[str, Any]]:
         return {
