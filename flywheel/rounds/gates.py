@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from flywheel.redact import find_pii
+from flywheel import redact
 from flywheel.rounds.config import RoundConfig
 from flywheel.rounds.quarantine import normalise
 from flywheel.rounds.rows import Row
@@ -76,7 +76,7 @@ def _strings(value: dict[str, Any] | list[Any] | tuple[Any, ...], out: list[str]
 
 def string_has_pii(text: str) -> bool:
     """True when flywheel.redact.find_pii finds anything in `text`."""
-    return bool(find_pii(text))
+    return redact.has_pii(text)
 
 
 def has_pii(row: Row, check: Callable[[str], bool] = string_has_pii) -> bool:

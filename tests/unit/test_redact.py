@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.redact import Redactor, find_pii, luhn_ok, redact
+from flywheel.redact import Redactor, find_pii, has_pii, luhn_ok, redact
 
 EMAILS = ["ann@example.com", "first.last+tag@mail.example.co.uk", "x_y-z99@example.io", "ANN.LEE@EXAMPLE.ORG"]
 PHONES = [
@@ -271,3 +271,19 @@ def test_pii_sprinkled_into_prose_is_removed_and_the_prose_survives(
     assert find_pii(out) == []
     assert sum(r.counts.values()) == len(gaps)
     assert [t for t in out.split() if not PLACEHOLDER.fullmatch(t)] == words
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=st.one_of(
+    st.text(),
+    st.lists(st.one_of(st.sampled_from(WORDS + LEFT_ALONE + [s for s, _ in ASSIGNED_SECRETS]), pii,
+                       st.text(max_size=8)), max_size=8).map(" ".join),
+))
+def test_has_pii_is_whether_find_pii_finds_any(text: str) -> None:
+    assert has_pii(text) == bool(find_pii(text))
+
+
+@pytest.mark.parametrize("text", [*PHONES, *CARDS, *SECRETS, *(s for s, _ in ASSIGNED_SECRETS), "me@example.com",
+                                  "API_KEY=ABCD1234EFGH5678", "BEARER ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"])
+def test_has_pii_finds_every_kind(text: str) -> None:
+    assert has_pii(f"Note: {text} (see above)") and has_pii(text)
