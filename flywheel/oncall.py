@@ -7,7 +7,9 @@ rewrites a round's data files, so a rollback takes the same time whatever the ro
 
 from __future__ import annotations
 
+import importlib
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,21 +35,31 @@ MARKER = "ROLLED_BACK"
 Announce = Callable[[dict[str, Any]], None]  # sends a message to the rounds topic
 
 
-def kafka_announcer(bootstrap: str, topic: str) -> Announce:
-    """Announce round changes on the rounds topic (kafka-python), waiting for the broker's ack."""
-    # kafka-python is imported when the first change is announced, not in a thread begun here: a round build
-    # forks its builder process only while this process runs a single thread (flywheel.roundbuild).
+class KafkaAnnouncer:
+    """Announces round changes on the rounds topic (kafka-python), waiting for the broker's ack."""
 
-    def announce(message: dict[str, Any]) -> None:
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+
+    def prepare(self) -> None:
+        """Begin importing kafka-python (a few tenths of a second) in the background, so it is done by the time a
+        change is announced. A round build calls this once its builder process is forked: a fork is only made
+        while this process runs a single thread (flywheel.roundbuild)."""
+        threading.Thread(target=importlib.import_module, args=("kafka",), name="import-kafka", daemon=True).start()
+
+    def __call__(self, message: dict[str, Any]) -> None:
         from kafka import KafkaProducer
 
-        producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+        producer = KafkaProducer(bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=False)
         try:
-            producer.send(topic, value=orjson.dumps(message, option=orjson.OPT_SORT_KEYS)).get(timeout=30)
+            producer.send(self.topic, value=orjson.dumps(message, option=orjson.OPT_SORT_KEYS)).get(timeout=30)
         finally:
             producer.close()
 
-    return announce
+
+def kafka_announcer(bootstrap: str, topic: str) -> Announce:
+    """Announce round changes on the rounds topic."""
+    return KafkaAnnouncer(bootstrap, topic)
 
 
 def round_dir(root: Path, number: int) -> Path:

@@ -19,7 +19,7 @@ import shutil
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.queues import Queue
@@ -120,6 +120,17 @@ async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], 
             chunk = []
     if chunk:
         yield chunk
+
+
+async def _around(chunks: AsyncIterator[list[Entry]], *, started: Callable[[], None] | None,
+                  read: Callable[[], None]) -> AsyncIterator[list[Entry]]:
+    """`chunks`, calling `started` before the first (build_in_process reads them once the builder has started) and
+    `read` after the last."""
+    if started is not None:
+        started()
+    async for chunk in chunks:
+        yield chunk
+    read()
 
 
 @contextlib.contextmanager
@@ -252,21 +263,29 @@ async def build_round(
             # Exact copies come unread unless a rollback slice may leave out the row they copy.
             chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig(), copies=not slices), slices,
                            sliced, Prepare(config))
-            # The report's aggregates run in Postgres meanwhile, in this snapshot (a tenth of a 1M-event build).
+            # The report's aggregates run in this snapshot on a connection of their own once every row is read,
+            # while the builder process works through the last of them and this one would wait.
             cur = await conn.execute("SELECT pg_export_snapshot()")
             snapshot = str((await cur.fetchone() or ("",))[0])
-            report = asyncio.create_task(_report_in(conn, snapshot, watermark))
+            report: asyncio.Task[dict[str, Any]] | None = None
+
+            def read() -> None:
+                nonlocal report
+                report = asyncio.create_task(_report_in(conn, snapshot, watermark))
+
             try:
                 with fewer_collections():
                     result = await build_in_process(
-                        chunks, config, qlist, tmp, watermark=watermark,
-                        parent=None if parent is None else str(parent["number"]), round_number=number)
+                        _around(chunks, started=getattr(announce, "prepare", None), read=read), config, qlist, tmp,
+                        watermark=watermark, parent=None if parent is None else str(parent["number"]),
+                        round_number=number)
             except BaseException:
-                report.cancel()
-                with contextlib.suppress(BaseException):
-                    await report
+                if report is not None:
+                    report.cancel()
+                    with contextlib.suppress(BaseException):
+                        await report
                 raise
-            audits = await report
+            audits = await (report or _report_in(conn, snapshot, watermark))
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             (tmp / "report.html").write_text(report_html(result.manifest, audits))
