@@ -93,18 +93,19 @@ def in_slice(row: SourceRow, converted: Row, slices: list[dict[str, Any]]) -> bo
     return False
 
 
-async def _rows(source: AsyncIterator[SourceRow], slices: list[dict[str, Any]], sliced: list[int],
+async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, Any]], sliced: list[int],
                 prepare: Prepare) -> AsyncIterator[list[Entry]]:
     """The rows of `source` in chunks, through the first gates (`prepare`): what the builder process gets."""
     chunk: list[Entry] = []
     no_row: set[bytes] = set()  # copy keys of records that make no row (an undecided pair)
-    async for row in source:
-        if row.data is None:  # an exact copy of an earlier record (store.roundrows: only without slices)
-            if row.copy_key is None:
-                raise ValueError("a signal row without its data and without a copy key")
-            if row.copy_key not in no_row:
-                chunk.append(Repeat(_KIND[row.kind], row.copy_key, row.position))
-        else:
+    async for batch in source:
+        for row in batch:
+            if row.data is None:  # an exact copy of an earlier record (store.roundrows: only without slices)
+                if row.copy_key is None:
+                    raise ValueError("a signal row without its data and without a copy key")
+                if row.copy_key not in no_row:
+                    chunk.append(Repeat(_KIND[row.kind], row.copy_key, row.position))
+                continue
             converted = ([r] if (r := row_from_signal(_KIND[row.kind], row.data, row.position,
                                                       copy_key=row.copy_key)) else []) \
                 if row.kind in _KIND else rows_from_group(row.data, row.position)

@@ -78,10 +78,11 @@ def _decided_json(data: dict[str, Any], at: datetime | None) -> dict[str, Any]:
 
 async def stream_rows(
     conn: psycopg.AsyncConnection, watermark: int, config: SignalConfig, *, copies: bool = False
-) -> AsyncIterator[SourceRow]:
+) -> AsyncIterator[list[SourceRow]]:
     """Every pair, KTO label and SFT sample of the log at `watermark`, by prompt group, then every candidate
-    group generated (and selected) by then. Call inside a REPEATABLE READ transaction (the cursors are
-    server-side, and the read model must not move between the checkpoint check and the read).
+    group generated (and selected) by then, in batches (a row at a time through async generators cost as much as
+    the rest of the read). Call inside a REPEATABLE READ transaction (the cursors are server-side, and the read
+    model must not move between the checkpoint check and the read).
 
     With `copies`, exact copies of an earlier row come without their data (SourceRow.copy_key): a caller that
     passes every row on (none left out between, e.g. by a rollback slice) can tell the gates so."""
@@ -90,16 +91,17 @@ async def stream_rows(
         signals = _read_signals(conn, at, copies=copies)
     else:
         signals = _derive_signals(conn, watermark, config, at)
-    async for row in signals:
-        yield row
+    async for batch in signals:
+        yield batch
     async with conn.cursor(name="round_candidate_groups") as groups_cur:
         await groups_cur.execute(GROUPS_QUERY, {"w": watermark})
-        async for (gid, pos, occurred, key, model, generator, prompt, candidates, sampling, selection, sample,
-                   app, tags) in groups_cur:
-            yield SourceRow("group", {"group_id": gid, "prompt_key": key, "model_version": model,
-                                      "generator": generator, "prompt": prompt, "candidates": candidates,
-                                      "sampling": sampling, "selection": selection, "sample_id": sample,
-                                      "app_id": app, "tags": tags}, pos, occurred)
+        while rows := await groups_cur.fetchmany(_GROUPS_PER_LOAD):
+            yield [SourceRow("group", {"group_id": gid, "prompt_key": key, "model_version": model,
+                                       "generator": generator, "prompt": prompt, "candidates": candidates,
+                                       "sampling": sampling, "selection": selection, "sample_id": sample,
+                                       "app_id": app, "tags": tags}, pos, occurred)
+                   for (gid, pos, occurred, key, model, generator, prompt, candidates, sampling, selection, sample,
+                        app, tags) in rows]
 
 
 def signals_query(*, copies: bool) -> str:
@@ -110,7 +112,7 @@ def signals_query(*, copies: bool) -> str:
 
 
 async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None, *, copies: bool = False
-                        ) -> AsyncIterator[SourceRow]:
+                        ) -> AsyncIterator[list[SourceRow]]:
     """The training records of the signals read model, in the order _derive_signals gives them.
 
     With `copies`, every record comes with its copy key (store.signals.copy_key, kept by the projector), and a
@@ -118,16 +120,18 @@ async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None, *, c
     answers) comes without its data: it is neither decoded, nor converted, nor judged again."""
     seen: set[bytes] = set()  # with copies: 16 bytes per distinct record, the one thing here growing with the log
     async for batch in _fetched(conn, signals_query(copies=copies)):
+        rows = []
         for kind, data, position, occurred_at, *key in batch:
             copy_key = key[0] if key else None
             if copy_key is not None:
                 if copy_key in seen:
-                    yield SourceRow(kind, None, position, occurred_at, copy_key)
+                    rows.append(SourceRow(kind, None, position, occurred_at, copy_key))
                     continue
                 seen.add(copy_key)
             record = orjson.loads(data)
-            yield SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position, occurred_at,
-                            copy_key)
+            rows.append(SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position,
+                                  occurred_at, copy_key))
+        yield rows
 
 
 _FETCH_ROWS = 1000  # rows a batch of the fetching thread holds; a few batches are in flight
@@ -210,7 +214,7 @@ class _Stopped(Exception):
 
 async def _derive_signals(
     conn: psycopg.AsyncConnection, watermark: int, config: SignalConfig, at: datetime | None
-) -> AsyncIterator[SourceRow]:
+) -> AsyncIterator[list[SourceRow]]:
     """Derive the training records of every prompt group from the log up to `watermark`."""
     async with conn.cursor(name="round_groups") as keys_cur, conn.cursor() as cur:
         keys_cur.itersize = _GROUPS_PER_LOAD
@@ -223,7 +227,7 @@ async def _derive_signals(
                 sources = newest_sources(interactions, feedback)
                 signals = derive(interactions, feedback, config)
                 pairs = [_decided(p, at) for p in signals.pairs]
-                for kind, records in (("pair", pairs), ("kto", signals.kto_labels), ("sft", signals.sft_samples)):
-                    for record in records:
-                        newest = max(sources[e] for e in record.source_event_ids)
-                        yield SourceRow(kind, orjson.loads(orjson.dumps(record)), *newest)
+                yield [SourceRow(kind, orjson.loads(orjson.dumps(record)),
+                                 *max(sources[e] for e in record.source_event_ids))
+                       for kind, records in (("pair", pairs), ("kto", signals.kto_labels), ("sft", signals.sft_samples))
+                       for record in records]
