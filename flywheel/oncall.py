@@ -32,7 +32,9 @@ from store.rounds import (
 
 ROUNDS_LOCK = 0x526F756E  # advisory lock: one builder or on-call change of the rounds at a time
 MARKER = "ROLLED_BACK"
-Announce = Callable[[dict[str, Any]], None]  # sends a message to the rounds topic
+# Sends a message to the rounds topic. One with a prepare() method (KafkaAnnouncer) has it called by a round build
+# once the build's builder process has started, to get ready in the background.
+Announce = Callable[[dict[str, Any]], None]
 
 
 class KafkaAnnouncer:

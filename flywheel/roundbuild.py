@@ -1,9 +1,9 @@
 """BuildRound: cut the log at a watermark into a round directory and publish it atomically.
 
-The rows stream from Postgres (store.roundrows, a server-side cursor in one REPEATABLE READ snapshot)
-into the pure builder (flywheel.rounds.build), which runs in a process of its own (flywheel.rounds.process)
-fed chunks through a bounded queue, so reading and building use two cores: memory stays flat whatever the
-round's size. The files are written under a hidden temporary directory; the
+The rows stream from Postgres (store.roundrows, in one REPEATABLE READ snapshot) into the pure builder
+(flywheel.rounds.build), which runs in a process of its own (flywheel.rounds.process; forked when this one runs
+a single thread) fed chunks through a bounded queue, so reading and building use two cores: memory stays flat
+whatever the round's size. The files are written under a hidden temporary directory; the
 round becomes visible by a rename to round-NNNN inside the transaction that appends RoundPublished,
 so a crash at any point leaves no round that the log does not know. Leftovers of a crashed build are
 removed by the next one.
