@@ -5,7 +5,8 @@ on events after the watermark. When the projector's checkpoint is the watermark,
 is exactly that (store.signals derives each group from the log up to its checkpoint), so the rows are read
 from it in derive's order. At any other watermark they are derived afresh per prompt group from the
 interactions and feedback at or before it (derive is pure): the same rows, slower. Either way rows stream
-out (COPY, server-side cursors): memory does not grow with the size of the log.
+out in batches (a streaming read in the build's snapshot, server-side cursors): memory does not grow with
+the size of the log.
 """
 
 from __future__ import annotations

@@ -74,9 +74,7 @@ def _strings(value: dict[str, Any] | list[Any] | tuple[Any, ...], out: list[str]
     return out
 
 
-def string_has_pii(text: str) -> bool:
-    """True when flywheel.redact.find_pii finds anything in `text`."""
-    return redact.has_pii(text)
+string_has_pii = redact.has_pii  # True when flywheel.redact.find_pii finds anything in a string
 
 
 def has_pii(row: Row, check: Callable[[str], bool] = string_has_pii) -> bool:
