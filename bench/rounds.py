@@ -12,6 +12,7 @@ it there; its time is printed, not counted in the build), then in the same run
   build      `flywheel rounds build` in a child process: the build's time (as the command reports it), the
              command's wall time (with interpreter start and imports, ~1 s) and its peak RSS
   rollback   `flywheel.oncall.rollback` of that round, in-process (what on-call waits for): the median of 5
+             rollbacks, printed beside the median of 20 durable one-row commits (its floor: it commits one event)
 Targets: build ≤ 3× raw COPY; peak RSS growth from the smallest to the largest size ≤ 200 MB;
 rollback < 1 s and its ratio largest / smallest ≤ 1.5.
 """
@@ -152,6 +153,18 @@ async def time_rollback(url: str, root: Path, number: int, times: int = 5) -> fl
         await conn.close()
 
 
+def time_commit(url: str, times: int = 20) -> float:
+    """The median of `times` durable one-row commits: the floor under a rollback, which commits one event."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_commit_probe (x int)")
+        took = []
+        for i in range(times):
+            started = time.perf_counter()
+            conn.execute("INSERT INTO bench_commit_probe VALUES (%s)", [i])
+            took.append(time.perf_counter() - started)
+        return statistics.median(took)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -182,13 +195,15 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
                 command_s, out, peak_kib = build(settings)
                 build_s = float(out["seconds"])  # type: ignore[arg-type]
                 rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
+                commit_s = time_commit(url)
                 results.append((n, build_s, copy_s, peak_kib, rollback_s, command_s, reads_s))
                 print(f"{n:>9} events ({stored} stored; signals projected in {project_s:.1f} s in one projector run; "
                       f"{copy_bytes / 2**20:.0f} MiB copied; {quarantine_items} quarantine items): "
                       f"raw COPY {copy_s:6.1f} s, build {build_s:6.1f} s (ratio {build_s / copy_s:5.1f}, "
                       f"{out['rows_out']} rows; the command {command_s:.1f} s with interpreter start and imports, "
                       f"ratio {command_s / copy_s:.1f}), peak RSS {peak_kib / 1024:6.0f} MiB, "
-                      f"rollback {rollback_s * 1000:6.1f} ms; raw COPY of the build's own queries {reads_s:.1f} s "
+                      f"rollback {rollback_s * 1000:6.1f} ms (a durable one-row commit {commit_s * 1000:.1f} ms); "
+                      f"raw COPY of the build's own queries {reads_s:.1f} s "
                       f"({reads_bytes / 2**20:.0f} MiB), build ratio to it {build_s / reads_s:.1f}", flush=True)
         (small, *_), (large, *_) = results[0], results[-1]
         growth = (results[-1][3] - results[0][3]) / 1024
