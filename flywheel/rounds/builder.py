@@ -13,6 +13,7 @@ from typing import IO, Any, NamedTuple
 
 import orjson
 
+from flywheel import redact
 from flywheel.rounds.config import BUILDER_VERSION, RoundConfig
 from flywheel.rounds.gates import (
     CONSENT,
@@ -29,7 +30,6 @@ from flywheel.rounds.gates import (
     _digest,
     _quality,
     pii_texts,
-    string_has_pii,
 )
 from flywheel.rounds.quarantine import QuarantineIndex, QuarantineList, words
 from flywheel.rounds.rows import KINDS, Kind, Repeat, Row
@@ -321,7 +321,7 @@ class _Gates:
         # removed it, the quarantine items it holds, or DEDUP (it got past them, so dedup removes its copies).
         self.copies: dict[bytes, str | frozenset[str]] = {}
         self.kinds = frozenset(config.kinds)
-        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(string_has_pii)
+        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(redact.has_pii)
         self._reading = functools.lru_cache(maxsize=_CACHE_SIZE)(self._read)
 
     def _remove(self, gate: str, kind: str) -> None:

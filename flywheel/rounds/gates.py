@@ -74,11 +74,8 @@ def _strings(value: dict[str, Any] | list[Any] | tuple[Any, ...], out: list[str]
     return out
 
 
-string_has_pii = redact.has_pii  # True when flywheel.redact.find_pii finds anything in a string
-
-
-def has_pii(row: Row, check: Callable[[str], bool] = string_has_pii) -> bool:
-    """True when `check` (by default `string_has_pii`) holds for any string of the body or any tag.
+def has_pii(row: Row, check: Callable[[str], bool] = redact.has_pii) -> bool:
+    """True when `check` (by default `flywheel.redact.has_pii`) holds for any string of the body or any tag.
 
     Each string is checked on its own, so the builder can pass a cached `check`: rows repeat the same prompts,
     system prompts and answers many times over.

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
+from flywheel import redact
 from flywheel.redact import find_pii
 from flywheel.rounds import QuarantineIndex, QuarantineItem, QuarantineList, RoundConfig, Row, build, builder
-from flywheel.rounds.gates import has_pii, string_has_pii
+from flywheel.rounds.gates import has_pii
 
 PII_TEXTS = [
     "Write to ann@example.com, please.",
@@ -49,8 +50,8 @@ def _row(kind: str, key: str, prompt: str, answer: str, *, tags: tuple[str, ...]
 
 
 @pytest.mark.parametrize("text", PII_TEXTS + CLEAN_TEXTS)
-def test_string_has_pii_is_find_pii(text: str) -> None:
-    assert string_has_pii(text) is bool(find_pii(text))
+def test_redact_has_pii_is_find_pii_on_these_texts(text: str) -> None:
+    assert redact.has_pii(text) is bool(find_pii(text))
 
 
 @pytest.mark.parametrize("text", PII_TEXTS + CLEAN_TEXTS)
@@ -68,7 +69,7 @@ def test_has_pii_checks_each_distinct_string_once_through_a_cached_check() -> No
 
     def check(text: str) -> bool:
         checked.append(text)
-        return string_has_pii(text)
+        return redact.has_pii(text)
 
     cached = functools.lru_cache(maxsize=16)(check)
     rows = [_row("dpo", f"r{i}", "How do I reset it?", "Use the reset link.") for i in range(5)]
