@@ -6,11 +6,12 @@ import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 from flywheel.signals import FeedbackRecord, InteractionRecord, normalised_score
+
+if TYPE_CHECKING:  # numpy is imported where agreement is computed: a report without multi-rater items needs none
+    import numpy as np
 
 Level = Literal["nominal", "ordinal"]
 
@@ -123,6 +124,7 @@ def _cohen(panels: Mapping[str, Mapping[str, float]], items: Sequence[str], leve
     used = sorted({v for item in items for v in panels[item].values()})
     if len(used) < 2:
         return None  # one category only: chance agreement is 1 and kappa is 0/0
+    import numpy as np
     from statsmodels.stats.inter_rater import cohens_kappa  # slow to import: only callers that measure pay
 
     index = {v: n for n, v in enumerate(used)}
@@ -144,6 +146,8 @@ def _fleiss(panels: Mapping[str, Mapping[str, float]], items: Sequence[str],
             categories: Sequence[float]) -> float | None:
     if not items or len(categories) < 2:
         return None
+    import numpy as np
+
     index = {v: n for n, v in enumerate(categories)}
     table = np.zeros((len(items), len(categories)))
     for row, item in enumerate(items):
@@ -165,6 +169,8 @@ def fleiss_kappa_unequal(table: np.ndarray[Any, Any]) -> float | None:
     agreement over its own n_i (n_i - 1) rater pairs, category shares pooled over all judgements), which
     equals Fleiss' kappa when every panel has the same size.
     """
+    import numpy as np
+
     table = np.asarray(table, dtype=float)
     sizes = table.sum(axis=1)
     if table.ndim != 2 or len(table) == 0 or (sizes < 2).any():
@@ -182,6 +188,7 @@ def _krippendorff(panels: Mapping[str, Mapping[str, float]], items: Sequence[str
     if not items:
         return None
     import krippendorff
+    import numpy as np
 
     column = {item: n for n, item in enumerate(items)}
     row = {rater: n for n, rater in enumerate(raters)}

@@ -50,11 +50,14 @@ _FOLLOWERS = {"signals": "signals"}  # table -> the checkpoint its projector fol
 
 
 def _renew_outdated_followers(conn: Connection) -> None:
-    inspector = inspect(conn)
-    for name, table in SQLModel.metadata.tables.items():
-        if not inspector.has_table(name):
+    wanted = SQLModel.metadata.tables
+    # The columns of every table there is, in one catalog query (a query per table was most of a start-up's 30 ms).
+    existing = {name: columns
+                for (_, name), columns in inspect(conn).get_multi_columns(filter_names=list(wanted)).items()}
+    for name, table in wanted.items():
+        if name not in existing:
             continue
-        columns = inspector.get_columns(name)
+        columns = existing[name]
         have, want = {c["name"] for c in columns}, set(table.columns.keys())
         if have == want and (name not in _FOLLOWERS or {c["name"]: c["type"].compile(conn.dialect) for c in columns}
                              == {c.name: c.type.compile(conn.dialect) for c in table.columns}):
@@ -65,7 +68,7 @@ def _renew_outdated_followers(conn: Connection) -> None:
                 "start from a fresh database and `flywheel replay` the log into it (locally: "
                 "`flywheel stack down --purge`)")
         conn.execute(text(f"DROP TABLE {name}"))
-        if inspector.has_table("checkpoints"):
+        if "checkpoints" in existing:
             conn.execute(text("DELETE FROM checkpoints WHERE name = :n"), {"n": _FOLLOWERS[name]})
 
 
