@@ -160,7 +160,7 @@ async def build_in_process(chunks: AsyncIterator[list[Entry]], *args: Any, **kwa
     """`build(rows, *args, **kwargs)` in a builder process (flywheel.rounds.process) fed by this one."""
     forked = _start_method() == "fork"
     ctx = multiprocessing.get_context("fork") if forked else multiprocessing.get_context("spawn")
-    queue: Queue[list[Entry] | None] = ctx.Queue(maxsize=_CHUNKS_IN_FLIGHT)
+    queue: Queue[list[Any] | None] = ctx.Queue(maxsize=_CHUNKS_IN_FLIGHT)
     results, child_end = ctx.Pipe(duplex=False)
     child = ctx.Process(target=process.main, args=(queue, child_end, os.getpid(), args, kwargs),
                         name="round-builder", daemon=True)
@@ -170,9 +170,10 @@ async def build_in_process(chunks: AsyncIterator[list[Entry]], *args: Any, **kwa
 
     def put(chunk: list[Entry] | None) -> bool:
         """False once the builder takes no more rows (it failed, or died: receive() tells which)."""
+        packed = None if chunk is None else process.pack(chunk)
         while not results.poll():
             try:
-                queue.put(chunk, timeout=1.0)
+                queue.put(packed, timeout=1.0)
                 return True
             except Full:
                 if not child.is_alive():

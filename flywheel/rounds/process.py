@@ -19,14 +19,31 @@ from typing import Any
 
 from flywheel.child import die_with_parent
 from flywheel.collect import fewer_collections
-from flywheel.rounds.builder import Entry, build
+from flywheel.rounds.builder import Entry, Prepared, Removed, build
+from flywheel.rounds.rows import Repeat
+
+# The named tuples of a chunk cross as plain tuples, told apart by their length: a plain tuple pickles and unpickles
+# in C, where a named tuple costs a Python call each way (at 100k events unpickling took 0.19 s instead of 0.06 s
+# of the builder's core, which is the busier one).
+_BY_LENGTH: dict[int, type[Prepared | Removed | Repeat]] = {len(t._fields): t for t in (Prepared, Removed, Repeat)}
+assert len(_BY_LENGTH) == 3, "the entry tuples must differ in length"
+
+
+def pack(chunk: list[Entry]) -> list[Any]:
+    """A chunk as it crosses to the builder process (`unpack` makes it again)."""
+    return [tuple(e) if isinstance(e, tuple) else e for e in chunk]
+
+
+def unpack(packed: list[Any]) -> list[Entry]:
+    new = tuple.__new__
+    return [new(_BY_LENGTH[len(e)], e) if type(e) is tuple else e for e in packed]
 
 
 class ParentGone(RuntimeError):
     pass
 
 
-def _rows(chunks: Queue[list[Entry] | None], parent_pid: int) -> Iterator[Entry]:
+def _rows(chunks: Queue[list[Any] | None], parent_pid: int) -> Iterator[Entry]:
     while True:
         try:
             chunk = chunks.get(timeout=1.0)
@@ -36,12 +53,12 @@ def _rows(chunks: Queue[list[Entry] | None], parent_pid: int) -> Iterator[Entry]
             continue
         if chunk is None:
             return
-        yield from chunk
+        yield from unpack(chunk)
 
 
-def main(chunks: Queue[list[Entry] | None], results: Connection, parent_pid: int, args: tuple[Any, ...],
+def main(chunks: Queue[list[Any] | None], results: Connection, parent_pid: int, args: tuple[Any, ...],
          kwargs: dict[str, Any]) -> None:
-    """Run `build(rows, *args, **kwargs)` over the chunks (None ends them); send ("ok", RoundResult) or
+    """Run `build(rows, *args, **kwargs)` over the chunks (`pack`ed; None ends them); send ("ok", RoundResult) or
     ("error", exception) back."""
     die_with_parent()  # elsewhere than Linux, the queue's timeout in _rows notices
     # Forked from a process running an event loop: Ctrl-C is this process's own again, not that loop's handler.

@@ -6,14 +6,16 @@ import asyncio
 import multiprocessing
 import os
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from flywheel import roundbuild
 from flywheel.roundbuild import build_in_process
-from flywheel.rounds import RoundConfig, RoundResult, Row
+from flywheel.rounds import Prepare, Repeat, RoundConfig, RoundResult, Row, build, process
+from flywheel.rounds.builder import Entry, Prepared, Removed
 from tests.unit.test_rounds import EMPTY_QUARANTINE, all_bytes, make_row, run
 
 
@@ -29,12 +31,12 @@ def rows() -> list[Row]:
             for i in range(400) for kind in ("sft", "dpo", "kto")]
 
 
-async def chunks(rows: list[Row], size: int = 97) -> AsyncIterator[list[Row]]:
+async def chunks(rows: Sequence[Entry], size: int = 97) -> AsyncIterator[list[Entry]]:
     for start in range(0, len(rows), size):
-        yield rows[start:start + size]
+        yield list(rows[start:start + size])
 
 
-def in_process(rows: list[Row], out: Path, watermark: int = 10**9) -> RoundResult:
+def in_process(rows: Sequence[Entry], out: Path, watermark: int = 10**9) -> RoundResult:
     return asyncio.run(build_in_process(chunks(rows), RoundConfig(), EMPTY_QUARANTINE, out, watermark=watermark,
                                         parent=None, round_number=1))
 
@@ -46,13 +48,37 @@ def test_the_builder_process_writes_what_build_writes_here(tmp_path: Path) -> No
     assert here.rows_out > 0 and all_bytes(tmp_path / "there") == all_bytes(tmp_path / "here")
 
 
+def entries() -> list[Entry]:
+    """What the reading process sends: rows through Prepare (kept, or removed for want of consent), and repeats."""
+    firsts = [replace(r, consent=i % 5 != 0, copy_key=f"key-{i}".encode()) for i, r in enumerate(rows()[:300])]
+    prepare = Prepare(RoundConfig())
+    return [*map(prepare, firsts), *(Repeat(r.kind, f"key-{i}".encode(), 1000 + i) for i, r in enumerate(firsts))]
+
+
+def test_the_entries_cross_as_the_same_tuples_of_the_same_types() -> None:
+    sent = entries()
+    assert {type(e) for e in sent} == {Prepared, Removed, Repeat}
+    crossed = process.unpack(process.pack(sent))
+    assert crossed == sent and [type(e) for e in crossed] == [type(e) for e in sent]
+
+
+def test_prepared_rows_and_repeats_build_there_what_they_build_here(tmp_path: Path) -> None:
+    here = build(iter(entries()), RoundConfig(), EMPTY_QUARANTINE, tmp_path / "here", watermark=10**9, parent=None,
+                 round_number=1)
+    there = in_process(entries(), tmp_path / "there")
+    processing = here.manifest["sample_processing"]
+    assert processing["removed"]["consent"]["sft"] > 0 and processing["removed"]["dedup"]["kto"] > 0
+    assert (there.content_hash, there.rows_out, there.files) == (here.content_hash, here.rows_out, here.files)
+    assert all_bytes(tmp_path / "there") == all_bytes(tmp_path / "here")
+
+
 def test_an_error_in_the_builder_process_is_raised_here(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="newer than watermark"):
         in_process(rows(), tmp_path / "out", watermark=5)
 
 
 def test_a_builder_process_that_dies_is_an_error_not_a_hang(tmp_path: Path) -> None:
-    async def kill_it_midway() -> AsyncIterator[list[Row]]:
+    async def kill_it_midway() -> AsyncIterator[list[Entry]]:
         async for chunk in chunks(rows() * 20, size=50):
             yield chunk
             for child in multiprocessing.active_children():
