@@ -100,6 +100,9 @@ async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, A
     no_row: set[bytes] = set()  # copy keys of records that make no row (an undecided pair)
     async for batch in source:
         for row in batch:
+            if not row.consent:  # unread (store.roundrows: only without slices)
+                chunk.append(prepare.without_consent(_KIND[row.kind], row.copy_key, row.position))
+                continue
             if row.data is None:  # an exact copy of an earlier record (store.roundrows: only without slices)
                 if row.copy_key is None:
                     raise ValueError("a signal row without its data and without a copy key")

@@ -43,6 +43,9 @@ class SourceRow(NamedTuple):  # a tuple: one is made per row read, and a frozen 
     # copies with None): the same kind, consent, status and tags and the same body, so row_from_signal makes
     # the same of it, every gate up to dedup treats it as that row, and dedup then removes it.
     copy_key: bytes | None = None
+    # False for a training record without the user's consent, which (with `copies`) comes unread: the consent gate
+    # removes it whatever its data says, so it is not worth decoding.
+    consent: bool = True
 
 
 # The candidate groups a round reads, generated (and selected) by watermark %(w)s.
@@ -107,8 +110,11 @@ async def stream_rows(
 
 def signals_query(*, copies: bool) -> str:
     """The query a round reads the signals read model with (bench/rounds.py copies it raw as a baseline)."""
-    # Tied pairs never become training rows (flywheel.rounds.row_from_signal): not worth reading.
-    return (f"SELECT kind, data::text, position, occurred_at{', copy_key' if copies else ''} FROM signals"
+    # Tied pairs never become training rows (flywheel.rounds.row_from_signal): not worth reading. With copies, nor is
+    # the data of a record without consent that would be a row (any but a pair not accepted): consent removes it.
+    data = "CASE WHEN consent OR kind = 'pair' AND status IS DISTINCT FROM 'accepted' THEN data::text END" \
+        if copies else "data::text"
+    return (f"SELECT kind, {data}, position, occurred_at{', copy_key' if copies else ''} FROM signals"
             " WHERE kind = ANY('{pair,kto,sft}') AND NOT (kind = 'pair' AND tie) ORDER BY prompt_key, sort_key")
 
 
@@ -118,7 +124,8 @@ async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None, *, c
 
     With `copies`, every record comes with its copy key (store.signals.copy_key, kept by the projector), and a
     record whose key came before (an exact copy: most of a log's dedup removals, as hot prompts repeat canned
-    answers) comes without its data: it is neither decoded, nor converted, nor judged again."""
+    answers) comes without its data: it is neither decoded, nor converted, nor judged again. So does a record
+    without consent (SourceRow.consent)."""
     seen: set[bytes] = set()  # with copies: 16 bytes per distinct record, the one thing here growing with the log
     async for batch in _fetched(conn, signals_query(copies=copies)):
         rows = []
@@ -129,6 +136,9 @@ async def _read_signals(conn: psycopg.AsyncConnection, at: datetime | None, *, c
                     rows.append(SourceRow(kind, None, position, occurred_at, copy_key))
                     continue
                 seen.add(copy_key)
+            if data is None:
+                rows.append(SourceRow(kind, None, position, occurred_at, copy_key, consent=False))
+                continue
             record = orjson.loads(data)
             rows.append(SourceRow(kind, _decided_json(record, at) if kind == "pair" else record, position,
                                   occurred_at, copy_key))

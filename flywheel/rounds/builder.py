@@ -284,14 +284,18 @@ class Prepare:
 
     def __call__(self, row: Row) -> Prepared | Removed:
         kind = row.kind
+        if not row.consent:
+            return self.without_consent(kind, row.copy_key, row.position)
         if kind not in self.kinds:
             return Removed(kind, EXCLUDED, row.copy_key, row.position)
-        if not row.consent:
-            return Removed(kind, CONSENT, row.copy_key, row.position)
         return Prepared(
             kind, row.key, row.position, row.copy_key, row.app_id, row.model_version, row.prompt_version, row.tags,
             row.source, pii_texts(row), row.prompt_text(), tuple(row.answer_texts()), row.prompt_roles(),
             row.label(), row.truncated(), orjson.dumps(_record(row), option=_JSON | orjson.OPT_APPEND_NEWLINE))
+
+    def without_consent(self, kind: Kind, copy_key: bytes | None, position: int) -> Removed:
+        """What the first gates make of a row without consent, whatever else it holds (so it need not be read)."""
+        return Removed(kind, EXCLUDED if kind not in self.kinds else CONSENT, copy_key, position)
 
 
 # What `build` takes: a row, or what stands for one.

@@ -101,15 +101,17 @@ def test_a_round_read_from_the_signals_read_model_equals_one_derived_from_the_lo
     with connect_sync(url) as conn:
         assert conn.execute("SELECT position FROM checkpoints WHERE name = 'signals'").fetchone()[0] == newest
     assert read.watermark == newest
-    # Exact copies came unread as repeats (store.roundrows): the derived cut below reads every one in full.
-    removed = json.loads((read.path / "manifest.json").read_text())["sample_processing"]["removed"]
-    assert sum(removed["dedup"].values()) > 0
+    # Exact copies came unread as repeats, and records without consent unread (store.roundrows): the derived cut
+    # below reads every one in full.
+    processing = json.loads((read.path / "manifest.json").read_text())["sample_processing"]
+    assert sum(processing["removed"]["dedup"].values()) > 0 and sum(processing["removed"]["consent"].values()) > 0
     ingest_all(url, values[1200:], [400], first_offset=1200)
     # The checkpoint is past the first watermark now: the same cut is derived again from the log.
     with monkeypatch.context() as m:
         _forbid(m, "_read_signals")
         derived = in_store(url, lambda conn: build_round(conn, root, config, watermark=read.watermark))
     assert read.rows_out > 0 and derived.content_hash == read.content_hash
+    assert json.loads((derived.path / "manifest.json").read_text())["sample_processing"] == processing
     for f in sorted(read.path.glob("*/*.jsonl")):
         assert f.read_bytes() == (derived.path / f.relative_to(read.path)).read_bytes()
     assert '"status":"pending"' not in "".join(f.read_text() for f in read.path.glob("*/dpo.jsonl"))

@@ -557,6 +557,15 @@ def test_a_repeat_of_a_row_never_seen_is_an_error(tmp_path: Path) -> None:
         run([Repeat("sft", b"nowhere", 1)], tmp_path / "out")
 
 
+def test_a_row_without_consent_is_removed_unread_as_it_would_be_read() -> None:
+    """store.roundrows leaves a record without consent unread: the first gates must remove it for what they know
+    of it (its kind), as they remove it read: a kind the config leaves out before consent."""
+    prepare = Prepare(RoundConfig(kinds=("sft", "dpo")))
+    for kind, gate in (("sft", "consent"), ("kto", "excluded")):
+        row = replace(make_row(kind, "no-consent", "How do I close my account?", consent=False), copy_key=b"k")
+        assert prepare(row) == prepare.without_consent(kind, b"k", 1) == (kind, gate, b"k", 1)
+
+
 def test_rows_prepared_where_they_are_read_build_what_the_rows_build(tmp_path: Path) -> None:
     """Prepare (the first gates and the texts, run where rows are read) leaves the round byte-identical, whatever
     the first gates do with a row: kept, left out by kind, no consent, PII, contaminated, dedup, truncated."""
