@@ -57,7 +57,9 @@ from store.signals import catch_up, checkpoint
 from store.stats import signal_report
 
 _CHUNK = 500
-_CHUNKS_IN_FLIGHT = 8  # queued for the builder process: bounds memory, absorbs jitter
+# Chunks queued for the builder process: bounds memory and what the builder still has to do once the last row is
+# read (with 8 it trailed the reader by ~0.26 s at 100k events, with 2 by ~0.11 s, the read itself a little longer).
+_CHUNKS_IN_FLIGHT = 2
 _KIND: dict[str, Kind] = {"pair": "dpo", "kto": "kto", "sft": "sft"}
 
 
