@@ -22,6 +22,10 @@ from flywheel.rounds.config import RoundConfig
 # Pinned so a datasketch upgrade cannot silently change which rows are contaminated.
 _MINHASH_SCHEME = "affine32"
 _WORD = re.compile(r"[^\W_]+")  # a run of letters and digits: punctuation, symbols, underscores split words
+# The same for ASCII text (where NFKC changes nothing and casefolding is lower-casing): letters and digits
+# lower-cased, every other byte a space, then split. One translate and a split instead of the pattern, which
+# made a string of each word at half the speed.
+_ASCII_WORDS = bytes.maketrans(bytes(range(128)), bytes(c if chr(c).isalnum() else 32 for c in range(128)).lower())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -47,9 +51,9 @@ class QuarantineList:
 
 def words(text: str) -> list[str]:
     """The words of a text after NFKC and casefolding, punctuation, symbols and whitespace dropped."""
-    if not text.isascii():  # ASCII is NFKC-stable: skip the normalisation for the common case
-        text = unicodedata.normalize("NFKC", text)
-    return _WORD.findall(text.casefold())
+    if text.isascii():
+        return text.encode().translate(_ASCII_WORDS).decode().split()
+    return _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def normalise(text: str) -> str:

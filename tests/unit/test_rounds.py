@@ -6,6 +6,7 @@ import hashlib
 import math
 import tempfile
 import tracemalloc
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -218,6 +219,16 @@ def test_a_group_without_a_selection_gives_no_rows() -> None:
 def test_normalise_folds_case_punctuation_and_whitespace() -> None:
     assert normalise("  Hello,\tWORLD!!  it's\n\n3.14 — ok_then ") == "hello world it s 3 14 ok then"
     assert normalise("Ｆｕｌｌｗｉｄｔｈ") == "fullwidth"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)), st.text())
+def test_words_of_ascii_text_are_the_words_the_pattern_finds(ascii_text: str, other: str) -> None:
+    """words' ASCII shortcut (a byte table) splits as the pattern does, which every other text goes through."""
+    from flywheel.rounds.quarantine import _WORD, words
+
+    for text in (ascii_text, other, ascii_text + other):
+        assert words(text) == _WORD.findall(unicodedata.normalize("NFKC", text).casefold())
 
 
 def test_index_catches_reformatted_paraphrases_on_both_sides_of_an_item() -> None:
