@@ -121,14 +121,12 @@ def redact(text: str) -> str:
     return Redactor()(text)
 
 
-# Every guard of Redactor.__call__ in one scan of the lower-cased text (lower-casing moves no digit, separator or
-# "@"): when it finds nothing, as in most text, no pattern can match.
-_ANY_GUARD = re.compile(f"{_SECRET_HINTS.pattern}|@|{_DIGIT_RUN.pattern}")
-
-
 def has_pii(text: str) -> bool:
     """True when find_pii finds anything in `text`."""
-    return bool(_ANY_GUARD.search(text.lower())) and bool(find_pii(text))
+    # Every guard of Redactor.__call__ first: when none finds anything, as in most text, no pattern can match. One
+    # at a time: the three as one alternation scanned at half the speed.
+    return ("@" in text or _DIGIT_RUN.search(text) is not None or _SECRET_HINTS.search(text.lower()) is not None) \
+        and bool(find_pii(text))
 
 
 def find_pii(text: str) -> list[str]:
