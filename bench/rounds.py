@@ -5,7 +5,9 @@
 For each size, in a database of its own on the embedded stack (or FLYWHEEL_DATABASE_URL's server):
 simulated traffic is ingested straight through store.ingest (no broker: this measures rounds, not
 ingest) and the signals read model is brought up to the head of the log (the workers' projector keeps
-it there; its time is printed, not counted in the build), then in the same run
+it there; its time is printed, not counted in the build), the database is settled with VACUUM ANALYZE (the
+state autovacuum keeps a live database in: freshly loaded tables otherwise draw autovacuum workers onto this
+machine's two cores in the middle of the measurements), then in the same run
   raw COPY   `COPY (SELECT … interactions and feedback up to the watermark) TO STDOUT`, the rows a build reads;
              also the build's own queries (store.roundrows: the signals read model with its copy key, candidate
              groups) COPYed raw, printed beside it: both ratios are shown, the target is judged on the first
@@ -41,6 +43,7 @@ from bench._stack import bench_stack, fresh_database  # noqa: E402
 from flywheel.oncall import restore, rollback  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulate import generate  # noqa: E402
+from flywheel.topics import ensure_topics  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
 from store.projections import DEFAULT_SIGNALS, record  # noqa: E402
@@ -97,6 +100,14 @@ async def project_signals(url: str) -> float:
         return time.perf_counter() - started
     finally:
         await conn.close()
+
+
+def settle(url: str) -> float:
+    """VACUUM ANALYZE the whole database, as autovacuum would have by the time a nightly build runs."""
+    started = time.perf_counter()
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("VACUUM (ANALYZE)")
+    return time.perf_counter() - started
 
 
 def raw_copy(url: str) -> tuple[float, int]:
@@ -188,17 +199,20 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
                 stored = asyncio.run(ingest(url, n, seed))
                 asyncio.run(add_quarantine(url, quarantine_items, seed))
                 project_s = asyncio.run(project_signals(url))
+                settle_s = settle(url)
                 copy_s, copy_bytes = raw_copy(url)
                 reads_s, reads_bytes = raw_copy_of_reads(url)
                 settings = base.model_copy(update={"database_url": url, "rounds_dir": str(work / db),
                                                    "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}"})
+                ensure_topics(bootstrap, settings)  # as `flywheel up` has: the build never auto-creates its topic
                 command_s, out, peak_kib = build(settings)
                 build_s = float(out["seconds"])  # type: ignore[arg-type]
                 rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
                 commit_s = time_commit(url)
                 results.append((n, build_s, copy_s, peak_kib, rollback_s, command_s, reads_s))
                 print(f"{n:>9} events ({stored} stored; signals projected in {project_s:.1f} s in one projector run; "
-                      f"{copy_bytes / 2**20:.0f} MiB copied; {quarantine_items} quarantine items): "
+                      f"settled in {settle_s:.1f} s; {copy_bytes / 2**20:.0f} MiB copied; "
+                      f"{quarantine_items} quarantine items): "
                       f"raw COPY {copy_s:6.1f} s, build {build_s:6.1f} s (ratio {build_s / copy_s:5.1f}, "
                       f"{out['rows_out']} rows; the command {command_s:.1f} s with interpreter start and imports, "
                       f"ratio {command_s / copy_s:.1f}), peak RSS {peak_kib / 1024:6.0f} MiB, "
