@@ -80,6 +80,8 @@ class Published:
 
 def in_slice(row: SourceRow, converted: Row, slices: list[dict[str, Any]]) -> bool:
     """Whether a row falls in a slice excluded by a rollback (all of a slice's filters must match)."""
+    if row.occurred_at is None:
+        raise ValueError("a row read without its time cannot be placed in a rollback slice")
     for s in slices:
         if "app_id" in s and converted.app_id != s["app_id"]:
             continue

@@ -38,7 +38,9 @@ class SourceRow(NamedTuple):  # a tuple: one is made per row read, and a frozen 
     # `copy_key`) of an earlier row, which the read leaves unread.
     data: dict[str, Any] | None
     position: int  # the newest event the row was derived from
-    occurred_at: datetime  # that event's time (rollback slices select on it)
+    # That event's time, which rollback slices select on; None with `copies` (stream_rows), which rows come with
+    # only when no slice may leave any out.
+    occurred_at: datetime | None
     # With `copies`, what an exact copy shares with the first row of its kind (which comes with data; the
     # copies with None): the same kind, consent, status and tags and the same body, so row_from_signal makes
     # the same of it, every gate up to dedup treats it as that row, and dedup then removes it.
@@ -111,10 +113,11 @@ async def stream_rows(
 def signals_query(*, copies: bool) -> str:
     """The query a round reads the signals read model with (bench/rounds.py copies it raw as a baseline)."""
     # Tied pairs never become training rows (flywheel.rounds.row_from_signal): not worth reading. With copies, nor is
-    # the data of a record without consent that would be a row (any but a pair not accepted): consent removes it.
+    # the data of a record without consent that would be a row (any but a pair not accepted): consent removes it;
+    # nor are the times, which only rollback slices need.
     data = "CASE WHEN consent OR kind = 'pair' AND status IS DISTINCT FROM 'accepted' THEN data::text END" \
         if copies else "data::text"
-    return (f"SELECT kind, {data}, position, occurred_at{', copy_key' if copies else ''} FROM signals"
+    return (f"SELECT kind, {data}, position, {'NULL::timestamptz, copy_key' if copies else 'occurred_at'} FROM signals"
             " WHERE kind = ANY('{pair,kto,sft}') AND NOT (kind = 'pair' AND tie) ORDER BY prompt_key, sort_key")
 
 
