@@ -175,9 +175,6 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int, *, copy_k
         raise ValueError(f"unknown signal kind {kind!r}")
     if kind in ("pair", "dpo") and (data.get("tie") or data.get("status") != "accepted"):
         return None
-    origin = _Origin(position=position, app_id=str(data["app_id"]), model_version=str(data["model_version"]),
-                     prompt_version=data.get("prompt_version"), tags=tuple(str(t) for t in data.get("tags") or ()),
-                     consent=bool(data["consent"]))
     rule = str(data["rule"])
     lineage = {
         "source_event_ids": list(data.get("source_event_ids") or ()),
@@ -186,6 +183,7 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int, *, copy_k
         "confidence": data.get("confidence"),
         "disagreement": bool(data.get("disagreement", False)),
     }
+    row_kind: Kind
     if kind in ("pair", "dpo"):
         lineage.update({
             "preference_reason": data.get("preference_reason"),
@@ -195,21 +193,24 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int, *, copy_k
             "chosen_prompt_version": data.get("chosen_prompt_version"),
             "dimension": data.get("dimension"),
         })
+        row_kind, key = "dpo", data["pair_id"]
         body = {"prompt": [dict(m) for m in data["prompt"]], "chosen": _assistant(str(data["chosen"])),
                 "rejected": _assistant(str(data["rejected"])), "margin": float(data["margin"])}
-        return origin.row(kind="dpo", key=str(data["pair_id"]), source=rule, lineage=lineage, body=body,
-                          copy_key=copy_key)
-    if kind == "kto":
+    elif kind == "kto":
         lineage.update({"preference_reason": data.get("preference_reason"),
                         "interaction_id": data.get("interaction_id"), "dimension": data.get("dimension")})
+        row_kind, key = "kto", data["label_id"]
         body = {"prompt": [dict(m) for m in data["prompt"]], "completion": _assistant(str(data["completion"])),
                 "label": bool(data["desirable"])}
-        return origin.row(kind="kto", key=str(data["label_id"]), source=rule, lineage=lineage, body=body,
-                          copy_key=copy_key)
-    lineage["interaction_id"] = data.get("interaction_id")
-    body = {"messages": [dict(m) for m in data["messages"]]}
-    return origin.row(kind="sft", key=str(data["sample_id"]), source=rule, lineage=lineage, body=body,
-                      copy_key=copy_key)
+    else:
+        lineage["interaction_id"] = data.get("interaction_id")
+        row_kind, key = "sft", data["sample_id"]
+        body = {"messages": [dict(m) for m in data["messages"]]}
+    # One Row made straight from the record (made once per record read by a round: an _Origin first cost as much).
+    return Row(kind=row_kind, key=str(key), position=position, app_id=str(data["app_id"]),
+               model_version=str(data["model_version"]), prompt_version=data.get("prompt_version"),
+               tags=tuple([str(t) for t in data.get("tags") or ()]), consent=bool(data["consent"]), source=rule,
+               lineage=lineage, body=body, copy_key=copy_key)
 
 
 def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:
