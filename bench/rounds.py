@@ -1,6 +1,6 @@
 """Round benchmark: build time against a raw COPY of the same rows, peak memory, rollback latency.
 
-    python bench/rounds.py [--events 100000 1000000]
+    python bench/rounds.py [--events 100000 1000000] [--repeat 3]
 
 For each size, in a database of its own on the embedded stack (or FLYWHEEL_DATABASE_URL's server):
 simulated traffic is ingested straight through store.ingest (no broker: this measures rounds, not
@@ -13,7 +13,9 @@ machine's two cores in the middle of the measurements), then in the same run
              groups) COPYed raw, printed beside it: both ratios are shown, the target is judged on the first
   build      `flywheel rounds build` in a child process: the build's time (as the command reports it), the
              command's wall time (with interpreter start and imports, ~1 s) and its peak RSS
-  rollback   `flywheel.oncall.rollback` of that round, in-process (what on-call waits for): the median of 5
+  (the raw COPY of interactions and feedback and the build take turns, --repeat times each, and their medians
+  are compared: on this shared machine one run of either can be a tenth off)
+  rollback   `flywheel.oncall.rollback` of the last round, in-process (what on-call waits for): the median of 5
              rollbacks, printed beside the median of 20 durable one-row commits (its floor: it commits one event)
 Targets: build ≤ 3× raw COPY; peak RSS growth from the smallest to the largest size ≤ 200 MB;
 rollback < 1 s and its ratio largest / smallest ≤ 1.5.
@@ -181,14 +183,16 @@ def main() -> None:
     ap.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quarantine-items", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3, help="baseline and build runs per size (medians compared)")
     args = ap.parse_args()
 
     base = Settings()
     with bench_stack(base, "flywheel-bench-rounds-") as (server_url, bootstrap):
-        run(base, server_url, bootstrap, sorted(args.events), args.seed, args.quarantine_items)
+        run(base, server_url, bootstrap, sorted(args.events), args.seed, args.quarantine_items, args.repeat)
 
 
-def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed: int, quarantine_items: int) -> None:
+def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed: int, quarantine_items: int,
+        repeat: int) -> None:
     work = Path(tempfile.mkdtemp(prefix="flywheel-rounds-out-"))
     results = []
     try:
@@ -200,34 +204,48 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
                 asyncio.run(add_quarantine(url, quarantine_items, seed))
                 project_s = asyncio.run(project_signals(url))
                 settle_s = settle(url)
-                copy_s, copy_bytes = raw_copy(url)
                 reads_s, reads_bytes = raw_copy_of_reads(url)
                 settings = base.model_copy(update={"database_url": url, "rounds_dir": str(work / db),
                                                    "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}"})
                 ensure_topics(bootstrap, settings)  # as `flywheel up` has: the build never auto-creates its topic
-                command_s, out, peak_kib = build(settings)
-                build_s = float(out["seconds"])  # type: ignore[arg-type]
+                # The baseline and the build in turns, `repeat` times each: a slow spell of this shared machine
+                # then weighs on both sides alike, and the medians are compared.
+                copies, builds, commands, peaks = [], [], [], []
+                for _ in range(repeat):
+                    copy_s, copy_bytes = raw_copy(url)
+                    command_s, out, peak_kib = build(settings)
+                    copies.append(copy_s)
+                    builds.append(float(out["seconds"]))  # type: ignore[arg-type]
+                    commands.append(command_s)
+                    peaks.append(peak_kib)
+                copy_s, build_s, command_s = (statistics.median(x) for x in (copies, builds, commands))
+                peak_kib = max(peaks)
                 rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
                 commit_s = time_commit(url)
                 results.append((n, build_s, copy_s, peak_kib, rollback_s, command_s, reads_s))
                 print(f"{n:>9} events ({stored} stored; signals projected in {project_s:.1f} s in one projector run; "
                       f"settled in {settle_s:.1f} s; {copy_bytes / 2**20:.0f} MiB copied; "
-                      f"{quarantine_items} quarantine items): "
-                      f"raw COPY {copy_s:6.1f} s, build {build_s:6.1f} s (ratio {build_s / copy_s:5.1f}, "
-                      f"{out['rows_out']} rows; the command {command_s:.1f} s with interpreter start and imports, "
-                      f"ratio {command_s / copy_s:.1f}), peak RSS {peak_kib / 1024:6.0f} MiB, "
+                      f"{quarantine_items} quarantine items; medians of {repeat}): "
+                      f"raw COPY {copy_s:6.2f} s {_each(copies)}, build {build_s:6.2f} s {_each(builds)} "
+                      f"(ratio {build_s / copy_s:5.2f}, {out['rows_out']} rows; the command {command_s:.1f} s with "
+                      f"interpreter start and imports, ratio {command_s / copy_s:.1f}), "
+                      f"peak RSS {peak_kib / 1024:6.0f} MiB, "
                       f"rollback {rollback_s * 1000:6.1f} ms (a durable one-row commit {commit_s * 1000:.1f} ms); "
                       f"raw COPY of the build's own queries {reads_s:.1f} s "
                       f"({reads_bytes / 2**20:.0f} MiB), build ratio to it {build_s / reads_s:.1f}", flush=True)
         (small, *_), (large, *_) = results[0], results[-1]
         growth = (results[-1][3] - results[0][3]) / 1024
         for n, build_s, copy_s, *_, command_s, reads_s in results:
-            print(f"build / raw COPY at {n}: {build_s / copy_s:.1f}x, the command's {command_s / copy_s:.1f}x"
+            print(f"build / raw COPY at {n}: {build_s / copy_s:.2f}x, the command's {command_s / copy_s:.1f}x"
                   f" (target <= 3); build / raw COPY of its own queries: {build_s / reads_s:.1f}x")
         print(f"peak RSS growth {small} -> {large}: {growth:.0f} MiB (target <= 200)")
         print(f"rollback {large} / {small}: {results[-1][4] / results[0][4]:.2f} (target <= 1.5, each < 1 s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _each(values: list[float]) -> str:
+    return "(" + " ".join(f"{v:.2f}" for v in values) + ")"
 
 
 if __name__ == "__main__":
