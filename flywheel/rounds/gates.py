@@ -41,6 +41,16 @@ SPLITS = (TRAIN, CALIBRATION, AUDIT)
 
 # C0 controls but tab, newline and carriage return; DEL; C1 controls; U+FFFD (a failed decode).
 _GARBLED_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd]")
+# The bytes of ASCII text that are not garbled: deleted from an ASCII text's bytes, they leave its garbled characters.
+_CLEAN_ASCII = bytes(range(0x20, 0x7F)) + b"\t\n\r"
+
+
+def garbled(text: str) -> int:
+    """How many characters of `text` are garbled (_GARBLED_CHARS); ASCII text counted by a byte deletion, at twice
+    the pattern's speed."""
+    if text.isascii():
+        return len(text.encode().translate(None, _CLEAN_ASCII))
+    return len(_GARBLED_CHARS.findall(text)) if _GARBLED_CHARS.search(text) else 0
 
 
 _CONTAINERS = (dict, list, tuple)  # a tuple, not a union: isinstance checks it faster
@@ -137,7 +147,7 @@ def _quality(kind: str, truncated: bool, config: RoundConfig, prompt: str, answe
         return EMPTY
     longest = len(prompt)
     total = len(prompt)
-    bad = len(_GARBLED_CHARS.findall(prompt)) if _GARBLED_CHARS.search(prompt) else 0
+    bad = garbled(prompt)
     short = False
     for a in answers:
         if _blank(a):
@@ -145,8 +155,7 @@ def _quality(kind: str, truncated: bool, config: RoundConfig, prompt: str, answe
         if len(a) > longest:
             longest = len(a)
         total += len(a)
-        if _GARBLED_CHARS.search(a):
-            bad += len(_GARBLED_CHARS.findall(a))
+        bad += garbled(a)
         if config.min_chars > 1 and len(a.strip()) < config.min_chars:
             short = True
     if truncated:

@@ -223,6 +223,15 @@ def test_normalise_folds_case_punctuation_and_whitespace() -> None:
 
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127)), st.text())
+def test_garbled_counts_what_the_pattern_finds(ascii_text: str, other: str) -> None:
+    from flywheel.rounds.gates import _GARBLED_CHARS, garbled
+
+    for text in (ascii_text, other, ascii_text + other, ascii_text + "\ufffd\x85"):
+        assert garbled(text) == len(_GARBLED_CHARS.findall(text))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)), st.text())
 def test_words_of_ascii_text_are_the_words_the_pattern_finds(ascii_text: str, other: str) -> None:
     """words' ASCII shortcut (a byte table) splits as the pattern does, which every other text goes through."""
     from flywheel.rounds.quarantine import _WORD, words
