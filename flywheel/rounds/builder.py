@@ -281,6 +281,9 @@ class Prepare:
 
     def __init__(self, config: RoundConfig) -> None:
         self.kinds = frozenset(config.kinds)
+        # One object for each of the few values rows repeat (apps, versions, rules, tags, roles): pickled once per
+        # chunk instead of once per row, which took a third off pickling the 100k-event round's chunks.
+        self._same: dict[Any, Any] = {}
 
     def __call__(self, row: Row) -> Prepared | Removed:
         kind = row.kind
@@ -288,10 +291,15 @@ class Prepare:
             return self.without_consent(kind, row.copy_key, row.position)
         if kind not in self.kinds:
             return Removed(kind, EXCLUDED, row.copy_key, row.position)
+        if len(self._same) > _CACHE_SIZE:  # bounded, should rows not repeat them after all
+            self._same.clear()
+        same = self._same.setdefault
         return Prepared(
-            kind, row.key, row.position, row.copy_key, row.app_id, row.model_version, row.prompt_version, row.tags,
-            row.source, pii_texts(row), row.prompt_text(), tuple(row.answer_texts()), row.prompt_roles(),
-            row.label(), row.truncated(), orjson.dumps(_record(row), option=_JSON | orjson.OPT_APPEND_NEWLINE))
+            kind, row.key, row.position, row.copy_key, same(row.app_id, row.app_id),
+            same(row.model_version, row.model_version), same(row.prompt_version, row.prompt_version),
+            same(row.tags, row.tags), same(row.source, row.source), pii_texts(row), row.prompt_text(),
+            tuple(row.answer_texts()), same(roles := row.prompt_roles(), roles), row.label(), row.truncated(),
+            orjson.dumps(_record(row), option=_JSON | orjson.OPT_APPEND_NEWLINE))
 
     def without_consent(self, kind: Kind, copy_key: bytes | None, position: int) -> Removed:
         """What the first gates make of a row without consent, whatever else it holds (so it need not be read)."""
