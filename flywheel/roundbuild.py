@@ -113,6 +113,13 @@ async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, A
                 if row.copy_key not in no_row:
                     chunk.append(Repeat(_KIND[row.kind], row.copy_key, row.position))
                 continue
+            if row.kind in _KIND and not slices:  # the common case: straight to a Prepared
+                entry = prepare.signal(_KIND[row.kind], row.data, row.position, row.copy_key)
+                if entry is not None:
+                    chunk.append(entry)
+                elif row.copy_key is not None:
+                    no_row.add(row.copy_key)
+                continue
             converted = ([r] if (r := row_from_signal(_KIND[row.kind], row.data, row.position,
                                                       copy_key=row.copy_key)) else []) \
                 if row.kind in _KIND else rows_from_group(row.data, row.position)

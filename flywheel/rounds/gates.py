@@ -95,8 +95,13 @@ def has_pii(row: Row, check: Callable[[str], bool] = redact.has_pii) -> bool:
 
 def pii_texts(row: Row) -> tuple[str, ...]:
     """The strings `has_pii` checks: every non-empty string of the body, then every non-empty tag."""
-    texts = _strings(row.body, [])
-    texts.extend(t for t in row.tags if t)
+    return texts_of(row.body, row.tags)
+
+
+def texts_of(body: dict[str, Any], tags: tuple[str, ...]) -> tuple[str, ...]:
+    """pii_texts of a row's body and tags."""
+    texts = _strings(body, [])
+    texts.extend(t for t in tags if t)
     return tuple(texts)
 
 

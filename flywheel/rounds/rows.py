@@ -60,12 +60,7 @@ class Row:
 
     def prompt_messages(self) -> list[dict[str, Any]]:
         """The conversation before the answer: an SFT sample's messages without the final assistant turn."""
-        if self.kind == "sft":
-            messages = self.body.get("messages") or []
-            if messages and messages[-1].get("role") == "assistant":
-                return list(messages[:-1])
-            return list(messages)
-        return list(self.body.get("prompt") or ())
+        return prompt_messages_of(self.kind, self.body)
 
     def prompt_text(self) -> str:
         """The prompt messages' texts joined by newlines."""
@@ -73,30 +68,58 @@ class Row:
 
     def prompt_roles(self) -> tuple[Any, ...]:
         """The prompt messages' roles (dedup tells a system prompt from a user turn)."""
-        return tuple([m.get("role") for m in self.prompt_messages()])
+        return roles_of(self.prompt_messages())
 
     def label(self) -> bool | None:
         """A KTO row's label; None for the other kinds."""
-        return bool(self.body.get("label")) if self.kind == "kto" else None
+        return label_of(self.kind, self.body)
 
     def truncated(self) -> bool:
         """The generator stopped an answer at its token limit (lineage finish_reasons holds "length")."""
-        finish_reasons = self.lineage.get("finish_reasons")
-        return bool(finish_reasons and "length" in finish_reasons)
+        return truncated_of(self.lineage)
 
     def answer_texts(self) -> list[str]:
         """The texts a model is trained to produce (or to rank): empty when the record has none."""
-        b = self.body
-        if self.kind == "sft":
-            messages = b.get("messages") or ()
-            if messages and messages[-1].get("role") == "assistant":
-                return [content_text(messages[-1].get("content"))]
-            return []
-        if self.kind == "dpo":
-            return [_turns_text(b.get("chosen")), _turns_text(b.get("rejected"))]
-        if self.kind == "kto":
-            return [_turns_text(b.get("completion"))]
-        return [str(c.get("text") or "") for c in b.get("candidates") or ()]
+        return answer_texts_of(self.kind, self.body)
+
+
+# What Row's methods read, as functions of a row's parts: flywheel.rounds.Prepare reads a signal record's parts
+# without making a Row of them first.
+
+
+def prompt_messages_of(kind: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    if kind == "sft":
+        messages = body.get("messages") or []
+        if messages and messages[-1].get("role") == "assistant":
+            return list(messages[:-1])
+        return list(messages)
+    return list(body.get("prompt") or ())
+
+
+def roles_of(messages: Sequence[Mapping[str, Any]]) -> tuple[Any, ...]:
+    return tuple([m.get("role") for m in messages])
+
+
+def label_of(kind: str, body: Mapping[str, Any]) -> bool | None:
+    return bool(body.get("label")) if kind == "kto" else None
+
+
+def truncated_of(lineage: Mapping[str, Any]) -> bool:
+    finish_reasons = lineage.get("finish_reasons")
+    return bool(finish_reasons and "length" in finish_reasons)
+
+
+def answer_texts_of(kind: str, body: Mapping[str, Any]) -> list[str]:
+    if kind == "sft":
+        messages = body.get("messages") or ()
+        if messages and messages[-1].get("role") == "assistant":
+            return [content_text(messages[-1].get("content"))]
+        return []
+    if kind == "dpo":
+        return [_turns_text(body.get("chosen")), _turns_text(body.get("rejected"))]
+    if kind == "kto":
+        return [_turns_text(body.get("completion"))]
+    return [str(c.get("text") or "") for c in body.get("candidates") or ()]
 
 
 def _row(kind: Kind, key: str, position: int, app_id: str, model_version: str, prompt_version: str | None,
@@ -161,6 +184,21 @@ class _Origin:
 # ---- converters ----
 
 
+class SignalFields(NamedTuple):
+    """A Row's fields as a signal record gives them (all but its position and copy key)."""
+
+    kind: Kind
+    key: str
+    app_id: str
+    model_version: str
+    prompt_version: str | None
+    tags: tuple[str, ...]
+    consent: bool
+    source: str
+    lineage: dict[str, Any]
+    body: dict[str, Any]
+
+
 def row_from_signal(kind: str, data: Mapping[str, Any], position: int, *, copy_key: bytes | None = None
                     ) -> Row | None:
     """The row of one signal record as the store holds it (the JSON of flywheel.signals.PreferencePair,
@@ -169,6 +207,17 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int, *, copy_k
     None for a record that is not a training row: a tied or not (yet) accepted pair, a hard case, a
     disagreement. Raises ValueError for an unknown kind.
     """
+    fields = signal_fields(kind, data)
+    if fields is None:
+        return None
+    return Row(kind=fields.kind, key=fields.key, position=position, app_id=fields.app_id,
+               model_version=fields.model_version, prompt_version=fields.prompt_version, tags=fields.tags,
+               consent=fields.consent, source=fields.source, lineage=fields.lineage, body=fields.body,
+               copy_key=copy_key)
+
+
+def signal_fields(kind: str, data: Mapping[str, Any]) -> SignalFields | None:
+    """What row_from_signal makes a Row of (None where it makes none)."""
     if kind in _NOT_TRAINING:
         return None
     if kind not in ("pair", "dpo", "kto", "sft"):
@@ -206,11 +255,9 @@ def row_from_signal(kind: str, data: Mapping[str, Any], position: int, *, copy_k
         lineage["interaction_id"] = data.get("interaction_id")
         row_kind, key = "sft", data["sample_id"]
         body = {"messages": [dict(m) for m in data["messages"]]}
-    # One Row made straight from the record (made once per record read by a round: an _Origin first cost as much).
-    return Row(kind=row_kind, key=str(key), position=position, app_id=str(data["app_id"]),
-               model_version=str(data["model_version"]), prompt_version=data.get("prompt_version"),
-               tags=tuple([str(t) for t in data.get("tags") or ()]), consent=bool(data["consent"]), source=rule,
-               lineage=lineage, body=body, copy_key=copy_key)
+    return SignalFields(row_kind, str(key), str(data["app_id"]), str(data["model_version"]),
+                        data.get("prompt_version"), tuple([str(t) for t in data.get("tags") or ()]),
+                        bool(data["consent"]), rule, lineage, body)
 
 
 def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:

@@ -27,6 +27,7 @@ from flywheel.rounds import (
     SPLITS,
     TRAIN,
     DistributionCap,
+    Kind,
     Prepare,
     QuarantineIndex,
     QuarantineItem,
@@ -170,6 +171,43 @@ def test_kto_labels_and_sft_samples_convert_and_other_kinds_do_not() -> None:
     assert row_from_signal("hard_case", {}, 1) is None and row_from_signal("disagreement", {}, 1) is None
     with pytest.raises(ValueError):
         row_from_signal("thumbs", {}, 1)
+
+
+_TEXT = st.text(max_size=40)
+_MESSAGES = st.lists(st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant"]),
+                                            "content": _TEXT | st.lists(st.fixed_dictionaries({"text": _TEXT}))}),
+                     max_size=4)
+
+
+@st.composite
+def _signal_records(draw: st.DrawFn) -> tuple[str, dict[str, Any]]:
+    """A signal record of any training kind as the store holds it, with whatever texts, tags, consent, status."""
+    common: dict[str, Any] = dict(
+        rule=draw(st.sampled_from(["edit_pair", "thumbs_label", "edit_sft"])), rule_version=1, confidence=0.5,
+        source_event_ids=("e1",), app_id=draw(st.sampled_from(["support", "sales"])), model_version="m-1",
+        prompt_version=draw(st.none() | st.just("p-1")), tags=tuple(draw(st.lists(_TEXT, max_size=3))),
+        disagreement=draw(st.booleans()), consent=draw(st.booleans()), user_id_hash="u")
+    kind = draw(st.sampled_from(["pair", "kto", "sft"]))
+    if kind == "pair":
+        return kind, _pair(**common, prompt=tuple(draw(_MESSAGES)), chosen=draw(_TEXT), rejected=draw(_TEXT),
+                           tie=draw(st.booleans()), status=draw(st.sampled_from(["accepted", "pending"])))
+    if kind == "kto":
+        return kind, orjson.loads(orjson.dumps(KTOLabel(
+            label_id="k1", prompt=tuple(draw(_MESSAGES)), completion=draw(_TEXT), desirable=draw(st.booleans()),
+            interaction_id="i1", preference_reason="thumbs_down", **common)))
+    return kind, orjson.loads(orjson.dumps(SFTSample(sample_id="s1", messages=tuple(draw(_MESSAGES)),
+                                                     interaction_id="i1", **common)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(_signal_records(), st.sampled_from([("sft", "dpo", "kto", "group"), ("sft", "dpo")]), st.binary(max_size=4))
+def test_a_signal_record_is_prepared_as_its_row_would_be(record: tuple[str, dict[str, Any]],
+                                                        kinds: tuple[Kind, ...], key: bytes) -> None:
+    """Prepare.signal (the round build's way, without a Row) makes what Prepare makes of row_from_signal's row."""
+    kind, data = record
+    prepare = Prepare(RoundConfig(kinds=kinds))
+    row = row_from_signal(kind, data, 7, copy_key=key or None)
+    assert prepare.signal(kind, data, 7, key or None) == (None if row is None else prepare(row))
 
 
 def _selected_group(nested: bool) -> dict[str, Any]:
