@@ -250,10 +250,10 @@ class Removed(NamedTuple):
 
 
 class Prepared(NamedTuple):
-    """A row past the first gates as the later gates and the writer need it: its texts, what dedup, quality, the
-    cap and the counters read, and its line as written. A few strings, where a Row is nested dicts: cheap to send
-    to the builder process, and made where the rows are read, which takes work off the builder's core. A tuple,
-    as Removed and Repeat are: made and unpickled 5x faster than a frozen dataclass, once per row."""
+    """A row past the first gates as the later gates and the writer need it: its PII check, its texts, what dedup,
+    quality, the cap and the counters read, and its line as written. A few strings, where a Row is nested dicts:
+    cheap to send to the builder process, and made where the rows are read, which takes work off the builder's
+    core. A tuple, as Removed and Repeat are: made and unpickled 5x faster than a frozen dataclass, once per row."""
 
     kind: Kind
     key: str
@@ -264,7 +264,7 @@ class Prepared(NamedTuple):
     prompt_version: str | None
     tags: tuple[str, ...]
     source: str
-    texts: tuple[str, ...]  # what the PII gate checks: every string of the body, and the tags
+    pii: bool  # whether the PII gate finds PII in any string of the body or in a tag (gates.pii_texts)
     prompt: str  # Row.prompt_text()
     answers: tuple[str, ...]  # Row.answer_texts()
     roles: tuple[Any, ...]  # Row.prompt_roles()
@@ -287,6 +287,8 @@ class Prepare:
         # One object for each of the few values rows repeat (apps, versions, rules, tags, roles): pickled once per
         # chunk instead of once per row, which took a third off pickling the 100k-event round's chunks.
         self._same: dict[Any, Any] = {}
+        # Checked here, where rows are read, rather than in the builder process: it was the busier of the two.
+        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(redact.has_pii)
 
     def __call__(self, row: Row) -> Prepared | Removed:
         return self._entry(row.kind, row.key, row.position, row.copy_key, row.app_id, row.model_version,
@@ -327,7 +329,8 @@ class Prepare:
         record["lineage"] = {**lineage, "id": key, "kind": kind, "app_id": app_id, "model_version": model_version,
                              "prompt_version": prompt_version, "tags": list(tags), "position": position}
         return Prepared(
-            kind, key, position, copy_key, app_id, model_version, prompt_version, tags, source, texts_of(body, tags),
+            kind, key, position, copy_key, app_id, model_version, prompt_version, tags, source,
+            any(map(self._has_pii, texts_of(body, tags))),
             _turns_text(messages), tuple(answer_texts_of(kind, body)), same(roles, roles), label_of(kind, body),
             truncated_of(lineage), orjson.dumps(record, option=_JSON | orjson.OPT_APPEND_NEWLINE))
 
@@ -359,7 +362,6 @@ class _Gates:
         # removed it, the quarantine items it holds, or DEDUP (it got past them, so dedup removes its copies).
         self.copies: dict[bytes, str | frozenset[str]] = {}
         self.kinds = frozenset(config.kinds)
-        self._has_pii = functools.lru_cache(maxsize=_CACHE_SIZE)(redact.has_pii)
         self._reading = functools.lru_cache(maxsize=_CACHE_SIZE)(self._read)
 
     def _remove(self, gate: str, kind: str) -> None:
@@ -383,7 +385,7 @@ class _Gates:
         kind = row.kind
         self.stats.rows_in[kind] += 1
         copy_key = row.copy_key
-        if any(map(self._has_pii, row.texts)):
+        if row.pii:
             self._remove(PII, kind)
             if copy_key is not None:
                 self.copies[copy_key] = PII
