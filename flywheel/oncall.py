@@ -33,7 +33,7 @@ from store.rounds import (
 ROUNDS_LOCK = 0x526F756E  # advisory lock: one builder or on-call change of the rounds at a time
 MARKER = "ROLLED_BACK"
 # Sends a message to the rounds topic. One with a prepare() method (KafkaAnnouncer) has it called by a round build
-# once the build's builder process has started, to get ready in the background.
+# once every row is read (its builder process started long before), to get ready in the background.
 Announce = Callable[[dict[str, Any]], None]
 
 
@@ -45,8 +45,8 @@ class KafkaAnnouncer:
 
     def prepare(self) -> None:
         """Begin importing kafka-python (a few tenths of a second) in the background, so it is done by the time a
-        change is announced. A round build calls this once its builder process is forked: a fork is only made
-        while this process runs a single thread (flywheel.roundbuild)."""
+        change is announced. A round build calls this once every row is read, long after its builder process was
+        forked: a fork is only made while this process runs a single thread (flywheel.roundbuild)."""
         threading.Thread(target=importlib.import_module, args=("kafka",), name="import-kafka", daemon=True).start()
 
     def __call__(self, message: dict[str, Any]) -> None:

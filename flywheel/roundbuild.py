@@ -137,12 +137,8 @@ async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, A
         yield chunk
 
 
-async def _around(chunks: AsyncIterator[list[Entry]], *, started: Callable[[], None] | None,
-                  read: Callable[[], None]) -> AsyncIterator[list[Entry]]:
-    """`chunks`, calling `started` before the first (build_in_process reads them once the builder has started) and
-    `read` after the last."""
-    if started is not None:
-        started()
+async def _then(chunks: AsyncIterator[list[Entry]], read: Callable[[], None]) -> AsyncIterator[list[Entry]]:
+    """`chunks`, calling `read` after the last (build_in_process reads them once the builder has started)."""
     async for chunk in chunks:
         yield chunk
     read()
@@ -280,7 +276,9 @@ async def build_round(
             chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig(), copies=not slices), slices,
                            sliced, Prepare(config))
             # The report's aggregates run in this snapshot on a connection of their own once every row is read,
-            # while the builder process works through the last of them and this one would wait.
+            # while the builder process works through the last of them and this one would wait; so does the
+            # announcer's getting ready (kafka-python's import: while rows were read, it took this process's core
+            # from them).
             cur = await conn.execute("SELECT pg_export_snapshot()")
             snapshot = str((await cur.fetchone() or ("",))[0])
             report: asyncio.Task[dict[str, Any]] | None = None
@@ -288,11 +286,13 @@ async def build_round(
             def read() -> None:
                 nonlocal report
                 report = asyncio.create_task(_report_in(conn, snapshot, watermark))
+                if (prepare := getattr(announce, "prepare", None)) is not None:
+                    prepare()
 
             try:
                 with fewer_collections():
                     result = await build_in_process(
-                        _around(chunks, started=getattr(announce, "prepare", None), read=read), config, qlist, tmp,
+                        _then(chunks, read), config, qlist, tmp,
                         watermark=watermark, parent=None if parent is None else str(parent["number"]),
                         round_number=number)
             except BaseException:
