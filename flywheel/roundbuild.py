@@ -220,16 +220,16 @@ async def build_in_process(chunks: AsyncIterator[list[Entry]], *args: Any, **kwa
 
 
 async def _report_in(conn: psycopg.AsyncConnection, snapshot: str, upto: int) -> dict[str, Any]:
-    """signal_report as of `upto` on a connection of its own to the same database, in the exported `snapshot`
-    (so it sees what the build's transaction sees)."""
-    other = await connect(conninfo(conn))
-    try:
-        async with other.transaction():
+    """signal_report as of `upto` on two connections of its own to the same database (the signals' figures on one,
+    the feedback's on the other, at once: the report is what a build waits for last), in the exported `snapshot`
+    (so they see what the build's transaction sees)."""
+    async with contextlib.AsyncExitStack() as stack:
+        signals, feedback = [await stack.enter_async_context(await connect(conninfo(conn))) for _ in range(2)]
+        for other in (signals, feedback):
+            await stack.enter_async_context(other.transaction())
             await other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             await other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
-            return await signal_report(other, upto=upto)
-    finally:
-        await other.close()
+        return await signal_report(signals, upto=upto, feedback_conn=feedback)
 
 
 async def build_round(

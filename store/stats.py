@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import asdict
 from typing import Any
 
@@ -38,34 +39,72 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
-async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = None) -> dict[str, Any]:
+async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = None,
+                        feedback_conn: psycopg.AsyncConnection | None = None) -> dict[str, Any]:
     """`flywheel signals` (and a round's report, as of its watermark `upto`): counts by rule, feedback rates
-    and inter-rater agreement per app and model version, bias audits."""
-    from flywheel.quality import agreement_by, judgements_from, length_bias_from_sums, position_bias_of
-    from flywheel.signals import InteractionRecord
+    and inter-rater agreement per app and model version, bias audits.
 
+    With `feedback_conn` (a second connection that sees what `conn` sees), the feedback's figures are queried on it
+    while the signals' are on `conn`: two backends, twice as fast on an idle machine."""
     upto = 2**62 if upto is None else upto
+    if feedback_conn is None:
+        signals, feedback = await _signals_figures(conn, upto), await _feedback_figures(conn, upto)
+    else:
+        signals, feedback = await asyncio.gather(_signals_figures(conn, upto), _feedback_figures(feedback_conn, upto))
+    return {
+        "signals": signals["signals"],
+        "feedback_rates": feedback["feedback_rates"],
+        "agreement": feedback["agreement"],
+        "length_bias": signals["length_bias"],
+        "position_bias": feedback["position_bias"],
+    }
 
-    async def rows(sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
-        cur = await conn.execute(sql, params)
-        return await cur.fetchall()
+
+async def _rows(conn: psycopg.AsyncConnection, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    cur = await conn.execute(sql, params)
+    return await cur.fetchall()
+
+
+async def _signals_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str, Any]:
+    from flywheel.quality import length_bias_from_sums
 
     counts = [
         {"kind": k, "rule": r, "status": s, "count": n, "disagreement": d, "no_consent": c}
-        for k, r, s, n, d, c in await rows(
+        for k, r, s, n, d, c in await _rows(
+            conn,
             "SELECT kind, rule, status, count(*), count(*) FILTER (WHERE disagreement),"
             " count(*) FILTER (WHERE NOT consent) FROM signals WHERE position <= %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
             [upto])
     ]
+    # Bias audits as aggregates: a report's memory must not grow with the log (flywheel.quality has the rules).
+    [(decided, longer, equal, sum_dm, sum_dd, sum_mm)] = await _rows(
+        conn,
+        "SELECT count(*) FILTER (WHERE NOT tie), count(*) FILTER (WHERE NOT tie AND chosen > rejected),"
+        " count(*) FILTER (WHERE NOT tie AND chosen = rejected), coalesce(sum(d * m), 0), coalesce(sum(d * d), 0),"
+        " coalesce(sum(m * m), 0) FROM (SELECT chosen, rejected, tie, (chosen - rejected)::float8 AS d,"
+        " CASE WHEN tie THEN 0 ELSE margin END AS m FROM (SELECT chosen_length AS chosen,"
+        " rejected_length AS rejected, margin, tie FROM signals WHERE kind = 'pair' AND position <= %s) p) q",
+        [upto])
+    return {"signals": counts,
+            "length_bias": asdict(length_bias_from_sums(decided=decided, longer=longer, equal=equal, sum_dm=sum_dm,
+                                                        sum_dd=sum_dd, sum_mm=sum_mm))}
+
+
+async def _feedback_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str, Any]:
+    from flywheel.quality import agreement_by, judgements_from, position_bias_of
+    from flywheel.signals import InteractionRecord
+
     feedback_rates = await _feedback_rates(conn, upto)
     # Agreement needs items judged by several users: load just those.
-    ids = [r[0] for r in await rows(
+    ids = [r[0] for r in await _rows(
+        conn,
         "SELECT interaction_id FROM feedback WHERE type IN ('thumbs', 'rating') AND position <= %s"
         " GROUP BY interaction_id HAVING count(DISTINCT user_id_hash) > 1", [upto])]
     interactions = [
         InteractionRecord(interaction_id=i, event_id=e, position=p, app_id=a, model_version=m, prompt_version=v,
                           user_id_hash=u, consent_training=c, occurred_at=t, messages=(), response="", tags=())
-        for i, e, p, a, m, v, u, c, t in await rows(
+        for i, e, p, a, m, v, u, c, t in await _rows(
+            conn,
             "SELECT interaction_id, event_id::text, position, app_id, model_version, prompt_version, user_id_hash,"
             " consent_training, occurred_at FROM interactions WHERE interaction_id = ANY(%s)", [ids])
     ]
@@ -78,26 +117,13 @@ async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = Non
             key: {k: asdict(v) for k, v in agreement_by(judgements, key).items()}
             for key in ("app_id", "model_version")
         } if judgements else {}
-    # Bias audits as aggregates: a report's memory must not grow with the log (flywheel.quality has the rules).
-    [(decided, longer, equal, sum_dm, sum_dd, sum_mm)] = await rows(
-        "SELECT count(*) FILTER (WHERE NOT tie), count(*) FILTER (WHERE NOT tie AND chosen > rejected),"
-        " count(*) FILTER (WHERE NOT tie AND chosen = rejected), coalesce(sum(d * m), 0), coalesce(sum(d * d), 0),"
-        " coalesce(sum(m * m), 0) FROM (SELECT chosen, rejected, tie, (chosen - rejected)::float8 AS d,"
-        " CASE WHEN tie THEN 0 ELSE margin END AS m FROM (SELECT chosen_length AS chosen,"
-        " rejected_length AS rejected, margin, tie FROM signals WHERE kind = 'pair' AND position <= %s) p) q",
-        [upto])
-    [(compared, ties, first_wins)] = await rows(
+    [(compared, ties, first_wins)] = await _rows(
+        conn,
         "SELECT count(*) FILTER (WHERE payload->>'strength' <> 'tie'), count(*) FILTER (WHERE payload->>'strength'"
         " = 'tie'), count(*) FILTER (WHERE payload->>'strength' <> 'tie' AND payload->'presented_order'->>0"
         " = payload->>'chosen_interaction_id') FROM feedback WHERE type = 'comparison' AND position <= %s", [upto])
-    return {
-        "signals": counts,
-        "feedback_rates": feedback_rates,
-        "agreement": agreement,
-        "length_bias": asdict(length_bias_from_sums(decided=decided, longer=longer, equal=equal, sum_dm=sum_dm,
-                                                    sum_dd=sum_dd, sum_mm=sum_mm)),
-        "position_bias": asdict(position_bias_of(compared, ties, first_wins)),
-    }
+    return {"feedback_rates": feedback_rates, "agreement": agreement,
+            "position_bias": asdict(position_bias_of(compared, ties, first_wins))}
 
 
 # feedback kind → which feedback rows count (per 100 responses of a model version)
