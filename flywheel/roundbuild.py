@@ -232,6 +232,63 @@ async def _report_in(conn: psycopg.AsyncConnection, snapshot: str, upto: int) ->
         return await signal_report(signals, upto=upto, feedback_conn=feedback)
 
 
+@contextlib.asynccontextmanager
+async def _rounds_lock(conn: psycopg.AsyncConnection) -> AsyncIterator[None]:
+    """The rounds lock for this session (`conn` in autocommit): taken before the build's snapshot, so nothing the
+    lock guards (rounds, rollbacks) changes between the snapshot and the publication; BuilderBusy when held."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(%s)", [ROUNDS_LOCK])
+    locked = await cur.fetchone()
+    if not locked or not locked[0]:
+        raise BuilderBusy("another round build or rollback is running")
+    try:
+        yield
+    finally:
+        # A connection broken mid-build has lost its session, and the lock with it.
+        with contextlib.suppress(psycopg.OperationalError):
+            await conn.execute("SELECT pg_advisory_unlock(%s)", [ROUNDS_LOCK])
+
+
+async def _cut(
+    conn: psycopg.AsyncConnection, tmp: Path, config: RoundConfig, qlist: QuarantineList,
+    slices: list[dict[str, Any]], *, watermark: int, parent: dict[str, Any] | None, number: int,
+    signals: SignalConfig | None, announce: Announce | None,
+) -> tuple[RoundResult, dict[str, Any], int]:
+    """The round's files under `tmp`, its report's figures and the rows left out by rollback slices, all from the
+    caller's REPEATABLE READ snapshot."""
+    sliced = [0]
+    # Exact copies come unread unless a rollback slice may leave out the row they copy.
+    chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig(), copies=not slices), slices,
+                   sliced, Prepare(config))
+    # The report's aggregates run in this snapshot on a connection of their own once every row is read,
+    # while the builder process works through the last of them and this one would wait; so does the
+    # announcer's getting ready (kafka-python's import: while rows were read, it took this process's core
+    # from them).
+    cur = await conn.execute("SELECT pg_export_snapshot()")
+    snapshot = str((await cur.fetchone() or ("",))[0])
+    report: asyncio.Task[dict[str, Any]] | None = None
+
+    def read() -> None:
+        nonlocal report
+        report = asyncio.create_task(_report_in(conn, snapshot, watermark))
+        if (prepare := getattr(announce, "prepare", None)) is not None:
+            prepare()
+
+    try:
+        with fewer_collections():
+            result = await build_in_process(
+                _then(chunks, read), config, qlist, tmp,
+                watermark=watermark, parent=None if parent is None else str(parent["number"]),
+                round_number=number)
+    except BaseException:
+        if report is not None:
+            report.cancel()
+            with contextlib.suppress(BaseException):
+                await report
+        raise
+    audits = await (report or _report_in(conn, snapshot, watermark))
+    return result, audits, sliced[0]
+
+
 async def build_round(
     conn: psycopg.AsyncConnection, root: Path, config: RoundConfig, *, watermark: int | None = None,
     signals: SignalConfig | None = None, announce: Announce | None = None,
@@ -248,60 +305,32 @@ async def build_round(
             pass
     tmp: Path | None = None
     final: Path | None = None
-    try:
-        async with conn.transaction():
-            await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", [ROUNDS_LOCK])
-            locked = await cur.fetchone()
-            if not locked or not locked[0]:
-                raise BuilderBusy("another round build or rollback is running")
-            newest = await head(conn)
-            derived = await checkpoint(conn)  # how far the signals read model is (this snapshot's)
-            watermark = derived if watermark is None else watermark
-            if not 0 < watermark <= newest:
-                raise ValueError(f"watermark {watermark} is outside the log (1..{newest})")
-            cur = await conn.execute("SELECT coalesce(max(number), 0) + 1 FROM rounds")
-            number = int((await cur.fetchone() or (1,))[0])
-            parent = await current_round(conn)
-            version, items, slices = await quarantine(conn)
-            qlist = QuarantineList(version=version, items=tuple(
-                QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items))
+    async with _rounds_lock(conn):
+        try:
+            # The rows come from one REPEATABLE READ snapshot; the round is published afterwards in a READ COMMITTED
+            # transaction, whose append numbers RoundPublished from the head as it is then (ingest and other writers
+            # append meanwhile). The lock is held across both, so no other build or on-call change comes between.
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                newest = await head(conn)
+                derived = await checkpoint(conn)  # how far the signals read model is (this snapshot's)
+                watermark = derived if watermark is None else watermark
+                if not 0 < watermark <= newest:
+                    raise ValueError(f"watermark {watermark} is outside the log (1..{newest})")
+                cur = await conn.execute("SELECT coalesce(max(number), 0) + 1 FROM rounds")
+                number = int((await cur.fetchone() or (1,))[0])
+                parent = await current_round(conn)
+                version, items, slices = await quarantine(conn)
+                qlist = QuarantineList(version=version, items=tuple(
+                    QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items))
 
-            final = round_dir(root, number)
-            for stale in [*root.glob(".building-*"), final]:
-                shutil.rmtree(stale, ignore_errors=True)  # a crashed build's leftovers: never published
-            tmp = root / f".building-{number:04d}-{uuid.uuid4().hex[:8]}"
-            sliced = [0]
-            # Exact copies come unread unless a rollback slice may leave out the row they copy.
-            chunks = _rows(stream_rows(conn, watermark, signals or SignalConfig(), copies=not slices), slices,
-                           sliced, Prepare(config))
-            # The report's aggregates run in this snapshot on a connection of their own once every row is read,
-            # while the builder process works through the last of them and this one would wait; so does the
-            # announcer's getting ready (kafka-python's import: while rows were read, it took this process's core
-            # from them).
-            cur = await conn.execute("SELECT pg_export_snapshot()")
-            snapshot = str((await cur.fetchone() or ("",))[0])
-            report: asyncio.Task[dict[str, Any]] | None = None
-
-            def read() -> None:
-                nonlocal report
-                report = asyncio.create_task(_report_in(conn, snapshot, watermark))
-                if (prepare := getattr(announce, "prepare", None)) is not None:
-                    prepare()
-
-            try:
-                with fewer_collections():
-                    result = await build_in_process(
-                        _then(chunks, read), config, qlist, tmp,
-                        watermark=watermark, parent=None if parent is None else str(parent["number"]),
-                        round_number=number)
-            except BaseException:
-                if report is not None:
-                    report.cancel()
-                    with contextlib.suppress(BaseException):
-                        await report
-                raise
-            audits = await (report or _report_in(conn, snapshot, watermark))
+                final = round_dir(root, number)
+                for stale in [*root.glob(".building-*"), final]:
+                    shutil.rmtree(stale, ignore_errors=True)  # a crashed build's leftovers: never published
+                tmp = root / f".building-{number:04d}-{uuid.uuid4().hex[:8]}"
+                result, audits, sliced_out = await _cut(conn, tmp, config, qlist, slices, watermark=watermark,
+                                                        parent=parent, number=number, signals=signals,
+                                                        announce=announce)
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             (tmp / "report.html").write_text(report_html(result.manifest, audits))
@@ -309,22 +338,23 @@ async def build_round(
             summary = {"rows": sources["rows_by_kind"], "splits": processing["splits"],
                        "removed": processing["removed"], "apps": sources["apps"],
                        "model_versions": sources["model_versions"], "rows_in": result.rows_in,
-                       "rows_out": result.rows_out, "sliced_out": sliced[0],
+                       "rows_out": result.rows_out, "sliced_out": sliced_out,
                        "files": {k: result.files[k] for k in sorted(result.files)}}
-            await record(conn, [round_published({
-                "round": number, "path": str(final.resolve()), "content_hash": result.content_hash,
-                "watermark": watermark, "parent": None if parent is None else parent["number"],
-                "quarantine_version": version, "config_version": config.version(), "summary": summary})])
-            tmp.rename(final)  # visible from here on; the commit (leaving this block) makes it official
-    except BaseException:
-        for path in (tmp, final):
-            if path is not None:
-                shutil.rmtree(path, ignore_errors=True)
-        raise
-    point_current(root, number)
+            async with conn.transaction():
+                await record(conn, [round_published({
+                    "round": number, "path": str(final.resolve()), "content_hash": result.content_hash,
+                    "watermark": watermark, "parent": None if parent is None else parent["number"],
+                    "quarantine_version": version, "config_version": config.version(), "summary": summary})])
+                tmp.rename(final)  # visible from here on; the commit (leaving this block) makes it official
+        except BaseException:
+            for path in (tmp, final):
+                if path is not None:
+                    shutil.rmtree(path, ignore_errors=True)
+            raise
+        point_current(root, number)
     if announce:
         announce({"type": "round_published", "round": number, "path": str(final.resolve()),
                   "content_hash": result.content_hash, "watermark": watermark})
     return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
-                     rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced[0])
+                     rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced_out)
 

@@ -11,6 +11,10 @@ import orjson
 import psycopg
 
 
+class SnapshotAppend(RuntimeError):
+    """An append from a transaction that cannot see the log's current head."""
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     event_id: str
@@ -51,18 +55,25 @@ async def append(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> l
     become visible in order: a reader that has seen position N never later finds a smaller one
     committed behind it (round watermarks rely on this). The lock also makes the duplicate check
     race-free, which lets the rows go in with one COPY.
+
+    The head is read after the lock is granted, so the transaction must see commits made since it began: READ
+    COMMITTED. A snapshot transaction (REPEATABLE READ, SERIALIZABLE) would number from the head it saw when it
+    began and collide with every append committed since; it is refused before anything is written.
     """
     if not events:
         return []
     async with conn.cursor() as cur:
         await cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        await cur.execute("SELECT coalesce(max(position), 0), current_setting('transaction_isolation') FROM events")
+        row = await cur.fetchone()
+        if row is None or row[1] != "read committed":
+            raise SnapshotAppend(f"append in a {row and row[1]} transaction: the log's head must be read after its"
+                                 " lock is granted, which only READ COMMITTED sees; append in a transaction of its own")
+        position = int(row[0])
         await cur.execute(
             "SELECT event_id::text FROM events WHERE event_id = ANY(%s::uuid[])", [[e.event_id for e in events]]
         )
         existing = {row[0] for row in await cur.fetchall()}
-        await cur.execute("SELECT coalesce(max(position), 0) FROM events")
-        row = await cur.fetchone()
-        position = int(row[0]) if row else 0
         stored: list[StoredEvent] = []
         async with cur.copy(
             "COPY events (position, event_id, type, interaction_id, app_id, occurred_at, data) FROM STDIN"
