@@ -64,12 +64,30 @@ def stack_up() -> None:
 
 @stack_app.command("down")
 def stack_down(purge: bool = typer.Option(False, help="Also delete the local data directory.")) -> None:
-    """Stop the local stack."""
+    """Stop the local stack (after letting running workers drain what the broker holds)."""
     from infra.stack import LocalStack
 
-    stack = LocalStack(_settings().stack_dir)
+    settings = _settings()
+    stack = LocalStack(settings.stack_dir)
+    env = stack.env()
+    if env is not None and not settings.database_url:
+        endpoints = Endpoints(env.database_url, env.kafka_bootstrap, embedded=True)
+        _say_unread(settings, endpoints, _drain(settings, endpoints, _progressing(settings, endpoints)))
     stack.purge() if purge else stack.down()
     typer.echo("local stack stopped" + (" and deleted" if purge else ""))
+
+
+def _progressing(settings: Settings, endpoints: Endpoints, patience: float = 3.0) -> Callable[[], bool]:
+    """True while some worker still reads: the unread count fell within the last `patience` seconds."""
+    state = {"left": -1, "since": time.monotonic()}
+
+    def reading() -> bool:
+        left = _unread(settings, endpoints)
+        if left != state["left"]:
+            state["left"], state["since"] = left, time.monotonic()
+        return time.monotonic() - state["since"] < patience
+
+    return reading
 
 
 @stack_app.command("env")
@@ -89,6 +107,7 @@ def stack_env() -> None:
 
 def _logging(level: str) -> None:
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))  # its connections' chatter
 
 
 @app.command()
@@ -140,7 +159,11 @@ def up() -> None:
     endpoints = _endpoints(settings, start=True)
     _prepare(settings, endpoints)
     typer.echo(f"database {endpoints.database_url}\nbroker   {endpoints.kafka_bootstrap}")
-    worker_proc = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker"])
+    from flywheel.child import die_with_parent
+
+    # A session of its own: Ctrl-C reaches this process alone, which lets the worker drain before stopping it.
+    worker_proc = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker"], start_new_session=True,
+                                   preexec_fn=die_with_parent)
     sched = configure(BackgroundScheduler(), settings, endpoints)
     sched.start()
     stop = {"now": False}
@@ -162,6 +185,8 @@ def up() -> None:
     finally:
         typer.echo("stopping…")
         sched.shutdown(wait=False)
+        if endpoints.embedded:
+            _say_unread(settings, endpoints, _drain(settings, endpoints, lambda: worker_proc.poll() is None))
         if worker_proc.poll() is None:
             worker_proc.send_signal(signal.SIGTERM)
             try:
@@ -173,6 +198,45 @@ def up() -> None:
 
             LocalStack(settings.stack_dir).down()
     raise typer.Exit(code)
+
+
+def _unread(settings: Settings, endpoints: Endpoints) -> int:
+    """Messages on the feedback topic that the consumer group has not read."""
+    from flywheel.lag import unread
+    from store.db import connect_sync
+    from store.stats import store_stats
+
+    with connect_sync(endpoints.database_url) as conn:
+        rows = [c for c in store_stats(conn)["consumers"]
+                if c["consumer_group"] == settings.consumer_group and c["topic"] == settings.feedback_topic]
+    from flywheel.topics import ensure_topics
+
+    partitions = ensure_topics(endpoints.kafka_bootstrap, settings)[settings.feedback_topic]
+    return sum(unread(endpoints.kafka_bootstrap, settings.feedback_topic, partitions, rows).values())
+
+
+def _drain(settings: Settings, endpoints: Endpoints, reading: Callable[[], bool]) -> int | None:
+    """Let the worker read what the broker holds, for at most FLYWHEEL_DRAIN_SECONDS; None: the broker or store
+    could not say."""
+    from flywheel.lag import drain
+
+    try:
+        left = _unread(settings, endpoints)
+        if left:
+            typer.echo(f"draining: {left} messages on the broker not yet ingested "
+                       f"(at most {settings.drain_seconds:g}s)…")
+        return drain(lambda: _unread(settings, endpoints), seconds=settings.drain_seconds, still_reading=reading)
+    except Exception as e:  # the stack may be half down already: say so, and stop anyway
+        typer.echo(f"warning: could not count the unread messages ({type(e).__name__}: {e})", err=True)
+        return None
+
+
+def _say_unread(settings: Settings, endpoints: Endpoints, left: int | None) -> None:
+    if left == 0:
+        typer.echo("drained: every message on the broker is ingested")
+    elif left:
+        typer.echo(f"warning: {left} messages were left unread on {settings.feedback_topic}: the local broker keeps "
+                   "messages in memory only, so they are lost when it stops", err=True)
 
 
 # ---- traffic and inspection ----
@@ -568,8 +632,63 @@ def _select(scorers: list[Any], config: Any, sample_id: str | None, checks: Any)
 
 quarantine_app = typer.Typer(help="Benchmark and eval items no round may contain.", no_args_is_help=True)
 rounds_app = typer.Typer(help="Round-tagged datasets: build, inspect, roll back.", no_args_is_help=True)
+tracking_app = typer.Typer(help="Where ingest resumes on each partition (the store's offsets).", no_args_is_help=True)
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(rounds_app, name="rounds")
+app.add_typer(tracking_app, name="tracking")
+
+
+def _operator(by: str | None) -> str:
+    """Who is acting: --by, else FLYWHEEL_OPERATOR, else the OS user."""
+    import getpass
+    import os
+
+    return by or os.environ.get("FLYWHEEL_OPERATOR") or getpass.getuser()
+
+
+@tracking_app.command("reset")
+def tracking_reset(
+    topic: str = typer.Option(..., "--topic", help="The topic, e.g. flywheel.feedback."),
+    partition: int = typer.Option(..., "--partition", min=0),
+    to: str = typer.Option(..., "--to", help="start: read the partition again from its start (events already stored"
+                                            " are dropped by their event id); end: skip what it holds now."),
+    group: str = typer.Option(None, "--group", help="Consumer group (default FLYWHEEL_CONSUMER_GROUP)."),
+    by: str = typer.Option(None, "--by", help="Who decided (default FLYWHEEL_OPERATOR, else the OS user)."),
+    reason: str = typer.Option("", "--reason", help="Why, for the log."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Move a partition's stored offset, after a worker stopped because the log no longer reaches it. Stop the
+    partition's workers first; the reset is an event in the log."""
+    from flywheel.lag import next_offsets
+    from flywheel.topics import log_ends, topic_id
+    from store.tracking import reset
+
+    if to not in ("start", "end"):
+        typer.echo(f"error: --to takes start or end, not {to!r}", err=True)
+        raise typer.Exit(2)
+    settings = _settings()
+    endpoints = _endpoints(settings)
+    group = group or settings.consumer_group
+    incarnation = topic_id(endpoints.kafka_bootstrap, topic)
+    if incarnation is None:
+        typer.echo(f"error: the broker has no topic {topic!r}", err=True)
+        raise typer.Exit(1)
+    offset = -1
+    if to == "end":
+        from store.db import connect_sync
+        from store.stats import store_stats
+
+        with connect_sync(endpoints.database_url) as conn:
+            rows = [c for c in store_stats(conn)["consumers"]
+                    if c["consumer_group"] == group and c["topic"] == topic and c["partition"] == partition]
+        near = next_offsets(rows, incarnation, partition + 1)[partition]
+        offset = log_ends(endpoints.kafka_bootstrap, topic, {partition: near})[partition] - 1
+    done = _in_store(lambda conn: reset(conn, group, topic, partition, offset, topic_id=incarnation,
+                                        by=_operator(by), note=reason))
+    data = {"consumer_group": group, "topic": topic, "partition": partition, "previous_offset": done.previous,
+            "offset": done.offset, "topic_id": incarnation}
+    _print(data, as_json, f"{group} {topic}[{partition}]: offset {done.previous} -> {done.offset} "
+                          f"(next read: {done.offset + 1}); recorded in the log")
 
 
 def _read_items(path: Path) -> list[tuple[str, str]]:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # A worker with nothing to read for this long is caught up (see store.ingest.expire_parked).
     idle_seconds: float = 60.0
     sweep_interval: float = 5.0
+    # On Ctrl-C, `flywheel up` lets its worker read what the broker still holds for at most this long (the local
+    # broker keeps messages in memory only: what is left unread when it stops is gone).
+    drain_seconds: float = Field(default=10.0, ge=0)
     # The signals projector runs this often and takes everything committed since its last run (at most
     # signals_max_events): a longer interval derives each hot prompt group less often, signals lag more.
     signals_interval: float = Field(default=1.0, gt=0)

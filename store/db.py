@@ -47,6 +47,16 @@ def create_schema(url: str) -> None:
 
 
 _FOLLOWERS = {"signals": "signals"}  # table -> the checkpoint its projector follows the log from
+# Columns added since a table was first released, with what brings an older table up to date in place.
+_ADDED: dict[tuple[str, str], list[str]] = {
+    ("tracking", "topic_id"): ["ALTER TABLE tracking ADD COLUMN topic_id text"],
+    ("parked", "topic_id"): ["ALTER TABLE parked ADD COLUMN topic_id text NOT NULL DEFAULT ''"],
+    ("dead_letters", "topic_id"): [
+        "ALTER TABLE dead_letters ADD COLUMN topic_id text NOT NULL DEFAULT ''",
+        "ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS dead_letters_topic_partition_offset_key",
+        'ALTER TABLE dead_letters ADD UNIQUE (topic, topic_id, partition, "offset")',
+    ],
+}
 
 
 def _renew_outdated_followers(conn: Connection) -> None:
@@ -59,6 +69,11 @@ def _renew_outdated_followers(conn: Connection) -> None:
             continue
         columns = existing[name]
         have, want = {c["name"] for c in columns}, set(table.columns.keys())
+        if have < want and all((name, c) in _ADDED for c in want - have):
+            for column in sorted(want - have):
+                for ddl in _ADDED[(name, column)]:
+                    conn.execute(text(ddl))
+            continue
         if have == want and (name not in _FOLLOWERS or {c["name"]: c["type"].compile(conn.dialect) for c in columns}
                              == {c.name: c.type.compile(conn.dialect) for c in table.columns}):
             continue  # a follower's column types count too: it is renewed as cheaply as it is derived

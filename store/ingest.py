@@ -19,8 +19,10 @@ from flywheel.ingest import (
     InvalidEvent,
     decode,
 )
+from flywheel.tracking import needs_probe, resume
 from store.eventstore import NewEvent, StoredEvent, append
 from store.projections import project
+from store.tracking import TOPIC_RECREATED, tracking_reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,7 @@ class DeadLetter:
     reason: str
     detail: str
     source: Incoming
+    topic_id: str = ""  # the id of the topic it was read from, when known before it is recorded
 
     def envelope(self) -> bytes:
         """The dead-letter topic's message: the reason, where it came from, and the original bytes."""
@@ -55,6 +58,19 @@ class DeadLetter:
 
 
 Publish = Callable[[Sequence[DeadLetter]], Awaitable[None]]
+# The first offset the broker holds on (topic, partition) at or after an offset; None when it holds none there.
+FirstOffset = Callable[[str, int, int], Awaitable[int | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerView:
+    """What the broker says of a batch's partitions, asked after the batch was fetched: each topic's id (a topic
+    created again under the same name is a new log, with a new id), each partition's log end as the fetch
+    responses reported it, and a probe for the first offset it holds from a given one (for gaps)."""
+
+    topic_ids: dict[str, str] = field(default_factory=dict)
+    log_ends: dict[tuple[str, int], int] = field(default_factory=dict)
+    first_offset: FirstOffset | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +99,10 @@ class BatchOutcome:
     redactions: int = 0
     # (topic, partition) → offset to rewind to: the broker is ahead of what the store has.
     rewind: dict[tuple[str, int], int] = field(default_factory=dict)
+    # (topic, partition) → (start, end): offsets at which the broker holds no message, passed over.
+    gaps: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    # (topic, partition) → the offset the store had of a topic that has since been created again.
+    recreated: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 async def ingest_batch(
@@ -91,12 +111,18 @@ async def ingest_batch(
     *,
     consumer_group: str,
     publish: Publish,
+    broker: BrokerView | None = None,
 ) -> BatchOutcome:
     """Store a decoded batch exactly once. Dead letters are published before the commit, so a stored
     reject is always on the topic; a crash before the commit redelivers the batch and the tracking
     rows make the already-stored part a no-op. (Decoding is separate so the worker can decode the
-    next batch while this one waits on Postgres.)"""
+    next batch while this one waits on Postgres.)
+
+    `broker` says which log the batch came from and where it ends: a partition whose topic was created again
+    since its tracking row was written is read from its start (recorded as a TrackingReset), and one whose
+    tracked offset lies beyond the log's end stops ingest (flywheel.tracking.TrackedBeyondLogEnd)."""
     out = BatchOutcome()
+    broker = broker or BrokerView()
     async with conn.transaction():
         # The commit need not wait for its WAL flush, which it would do holding the log's lock. What a crash of
         # the server could lose is the newest batches as a whole, tracking rows with them: the store is then
@@ -104,7 +130,7 @@ async def ingest_batch(
         # lost ones: WAL is flushed in order, so any later synchronous commit (a round, a checkpoint) flushes
         # them first.
         await conn.execute("SET LOCAL synchronous_commit = off")
-        floor = await _claim(conn, consumer_group, [d.message for d in batch], out)
+        floor = await _claim(conn, consumer_group, [d.message for d in batch], out, broker)
         fresh = [d for d in batch if d.message.offset > floor.get((d.message.topic, d.message.partition), _SKIP)]
         dead: list[DeadLetter] = []
         accepted: list[tuple[Incoming, Accepted]] = []
@@ -123,7 +149,7 @@ async def ingest_batch(
 
         await _advance(conn, consumer_group, [d.message for d in fresh], accepted)
         ready, parked = await _resolve_references(conn, accepted, dead)
-        out.parked = await _park(conn, parked)
+        out.parked = await _park(conn, parked, broker.topic_ids)
         out.duplicates += len(parked) - out.parked
         # What this batch's interactions release is taken before the append, and appended with the batch: the
         # log's lock is then held for one append and one projection, not two.
@@ -136,7 +162,7 @@ async def ingest_batch(
         out.duplicates += len(ready) - (len(stored) - out.released)
         out.stored.update(e.type for e in stored)
 
-        await record_dead_letters(conn, dead, publish)
+        await record_dead_letters(conn, dead, publish, broker.topic_ids)
         out.dead.update(d.reason for d in dead)
     return out
 
@@ -145,36 +171,57 @@ _SKIP = 2**63  # no offset exceeds it: the floor of a partition being rewound
 
 
 async def _claim(
-    conn: psycopg.AsyncConnection, group: str, messages: Sequence[Incoming], out: BatchOutcome
+    conn: psycopg.AsyncConnection, group: str, messages: Sequence[Incoming], out: BatchOutcome, broker: BrokerView
 ) -> dict[tuple[str, int], int]:
     """Lock this batch's tracking rows and return, per partition, the stored offset that a message must
     exceed to be new (redeliveries are counted). A partition whose batch starts past the stored offset
-    (the broker is ahead of the store) is left out and recorded in out.rewind."""
+    (the broker is ahead of the store) is left out and recorded in out.rewind (flywheel.tracking.resume)."""
     by_tp: dict[tuple[str, int], list[int]] = {}
     for m in messages:
         by_tp.setdefault((m.topic, m.partition), []).append(m.offset)
     floor: dict[tuple[str, int], int] = {}
+    resets: list[NewEvent] = []
     async with conn.cursor() as cur:
         for (topic, partition), offsets in sorted(by_tp.items()):
+            incarnation = broker.topic_ids.get(topic)
             await cur.execute(
-                'INSERT INTO tracking (consumer_group, topic, partition, "offset") VALUES (%s, %s, %s, -1)'
-                " ON CONFLICT DO NOTHING",
-                (group, topic, partition),
+                'INSERT INTO tracking (consumer_group, topic, partition, "offset", topic_id)'
+                " VALUES (%s, %s, %s, -1, %s) ON CONFLICT DO NOTHING",
+                (group, topic, partition, incarnation),
             )
             await cur.execute(
-                'SELECT "offset" FROM tracking WHERE consumer_group = %s AND topic = %s AND partition = %s'
+                'SELECT "offset", topic_id FROM tracking WHERE consumer_group = %s AND topic = %s AND partition = %s'
                 " FOR UPDATE",
                 (group, topic, partition),
             )
             row = await cur.fetchone()
-            tracked = int(row[0]) if row else -1
-            new = [o for o in offsets if o > tracked]
-            out.redelivered += len(offsets) - len(new)
-            if new and tracked >= 0 and min(new) > tracked + 1:
-                # Kafka's committed offset got ahead of the store: re-read from what the store has.
-                out.rewind[(topic, partition)] = tracked + 1
+            tracked, known = (int(row[0]), row[1]) if row else (-1, None)
+            if incarnation is not None and known != incarnation:
+                if known is not None:  # the topic was created again: a new log, read from its start
+                    resets.append(tracking_reset(group, topic, partition, tracked, -1, reason=TOPIC_RECREATED,
+                                                 by="worker", topic_id=incarnation, previous_topic_id=known))
+                    out.recreated[(topic, partition)] = tracked
+                    tracked = -1
+                await cur.execute(
+                    'UPDATE tracking SET topic_id = %s, "offset" = %s, updated_at = now(),'
+                    " event_time = CASE WHEN %s THEN NULL ELSE event_time END"
+                    " WHERE consumer_group = %s AND topic = %s AND partition = %s",
+                    (incarnation, tracked, known is not None, group, topic, partition),
+                )
+            probed, first = False, None
+            if broker.first_offset is not None and needs_probe(tracked, offsets):
+                probed, first = True, await broker.first_offset(topic, partition, tracked + 1)
+            decided = resume(topic, partition, tracked, offsets, log_end=broker.log_ends.get((topic, partition)),
+                             first_available=first, probed=probed)
+            out.redelivered += decided.redelivered
+            if decided.rewind_to is not None:
+                out.rewind[(topic, partition)] = decided.rewind_to
                 continue
+            if decided.gap is not None:
+                out.gaps[(topic, partition)] = decided.gap
             floor[(topic, partition)] = tracked
+    if resets:
+        await append(conn, resets)
     return floor
 
 
@@ -228,15 +275,16 @@ async def _resolve_references(
     return ready, parked
 
 
-async def _park(conn: psycopg.AsyncConnection, parked: list[tuple[Incoming, Accepted]]) -> int:
+async def _park(conn: psycopg.AsyncConnection, parked: list[tuple[Incoming, Accepted]],
+                topic_ids: dict[str, str]) -> int:
     if not parked:
         return 0
     async with conn.cursor() as cur:
         await cur.executemany(
-            'INSERT INTO parked (event_id, topic, partition, "offset", key, original, data, waiting_for,'
-            " occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT DO NOTHING",
+            'INSERT INTO parked (event_id, topic, topic_id, partition, "offset", key, original, data, waiting_for,'
+            " occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT DO NOTHING",
             [
-                (a.data["event_id"], m.topic, m.partition, m.offset, m.key, m.value,
+                (a.data["event_id"], m.topic, topic_ids.get(m.topic, ""), m.partition, m.offset, m.key, m.value,
                  orjson.dumps(a.data).decode(), list(a.event.referenced_interactions()), a.data["occurred_at"])
                 for m, a in parked
             ],
@@ -306,16 +354,17 @@ async def expire_parked(
                    < (SELECT watermark FROM progress w WHERE w.topic = p.topic)
                    OR (%(caught_up)s AND p.parked_at < now() - make_interval(secs => %(grace)s)))
               AND EXISTS ({_MISSING})
-            RETURNING p.topic, p.partition, p."offset", p.key, p.original, p.waiting_for
+            RETURNING p.topic, p.partition, p."offset", p.key, p.original, p.waiting_for, p.topic_id
             """,
             {"group": consumer_group, "grace": grace_seconds, "caught_up": caught_up,
              "partitions": orjson.dumps(partitions).decode()},
         )
+        rows = sorted(await cur.fetchall(), key=_source)
         dead = [
             DeadLetter(UNKNOWN_INTERACTION,
                        f"interaction(s) {', '.join(waiting)} not stored within the {grace_seconds:g}s grace period",
-                       Incoming(topic, partition, offset, key, original))
-            for topic, partition, offset, key, original, waiting in sorted(await cur.fetchall(), key=_source)
+                       Incoming(topic, partition, offset, key, original), topic_id)
+            for topic, partition, offset, key, original, waiting, topic_id in rows
         ]
         await record_dead_letters(conn, dead, publish)
     return released, dead
@@ -325,14 +374,19 @@ def _source(row: tuple[Any, ...]) -> tuple[str, int, int]:
     return (row[0], row[1], row[2])
 
 
-async def record_dead_letters(conn: psycopg.AsyncConnection, dead: Sequence[DeadLetter], publish: Publish) -> None:
+async def record_dead_letters(conn: psycopg.AsyncConnection, dead: Sequence[DeadLetter], publish: Publish,
+                              topic_ids: dict[str, str] | None = None) -> None:
+    """Dead letters in the store (once per source message: a topic's id tells a recreated topic's offsets from the
+    old one's) and on the dead-letter topic."""
     if not dead:
         return
+    ids = topic_ids or {}
     async with conn.cursor() as cur:
         await cur.executemany(
-            'INSERT INTO dead_letters (reason, detail, topic, partition, "offset", key, original)'
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [(d.reason, d.detail, d.source.topic, d.source.partition, d.source.offset, d.source.key,
-              d.source.value) for d in dead],
+            'INSERT INTO dead_letters (reason, detail, topic, topic_id, partition, "offset", key, original)'
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            [(d.reason, d.detail, d.source.topic, d.topic_id or ids.get(d.source.topic, ""), d.source.partition,
+              d.source.offset,
+              d.source.key, d.source.value) for d in dead],
         )
     await publish(dead)

@@ -23,9 +23,9 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
     projected = conn.execute("SELECT position FROM checkpoints WHERE name = 'signals'").fetchone()
     read_models = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in READ_MODELS}  # type: ignore[index]
     tracking = [
-        {"consumer_group": g, "topic": t, "partition": p, "offset": o}
-        for g, t, p, o in conn.execute(
-            'SELECT consumer_group, topic, partition, "offset" FROM tracking ORDER BY 1, 2, 3'
+        {"consumer_group": g, "topic": t, "partition": p, "offset": o, "topic_id": i}
+        for g, t, p, o, i in conn.execute(
+            'SELECT consumer_group, topic, partition, "offset", topic_id FROM tracking ORDER BY 1, 2, 3'
         ).fetchall()
     ]
     return {

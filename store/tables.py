@@ -51,6 +51,8 @@ class TrackingRow(SQLModel, table=True):
     topic: str = Field(primary_key=True)
     partition: int = Field(primary_key=True)
     offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
+    # The broker's id of the topic `offset` was read from: a topic created again under the same name is a new log.
+    topic_id: str | None = Field(default=None, sa_column=Column(Text))
     # Newest occurred_at read on this partition: the event-time progress the parked sweep waits on.
     event_time: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
     updated_at: datetime = Field(
@@ -72,12 +74,13 @@ class DeadLetterRow(SQLModel, table=True):
     """A consumed message the store refused, with its reason; mirrors what went to the dead-letter topic."""
 
     __tablename__ = "dead_letters"
-    __table_args__ = (UniqueConstraint("topic", "partition", "offset"),)
+    __table_args__ = (UniqueConstraint("topic", "topic_id", "partition", "offset"),)
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, Identity(), primary_key=True))
     reason: str = Field(index=True)
     detail: str
     topic: str
+    topic_id: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))  # "" not known
     partition: int
     offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
     key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
@@ -94,6 +97,7 @@ class ParkedRow(SQLModel, table=True):
 
     event_id: UUID = Field(primary_key=True)
     topic: str
+    topic_id: str = Field(default="", sa_column=Column(Text, nullable=False, server_default=""))
     partition: int
     offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
     key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))

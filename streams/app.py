@@ -14,8 +14,10 @@ from faust.types import TP
 
 from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
+from flywheel.topics import TopicIds, first_offset
+from flywheel.tracking import TrackedBeyondLogEnd
 from store.db import connect
-from store.ingest import DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
+from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
 from streams.metrics import Metrics
 from streams.projector import Pacing, Projector
 from streams.transport import Transport
@@ -98,6 +100,18 @@ def create_app(
                 return False
         return True
 
+    topic_ids = TopicIds(endpoints.kafka_bootstrap)
+
+    async def probe(topic: str, partition: int, start: int) -> int | None:
+        return await asyncio.to_thread(first_offset, endpoints.kafka_bootstrap, topic, partition, start)
+
+    async def broker_view(batch: Sequence[Decoded]) -> BrokerView:
+        """Asked once a batch is in hand: the ids of the topics it came from, and its partitions' log ends."""
+        tps = {(d.message.topic, d.message.partition) for d in batch}
+        ids = await asyncio.to_thread(topic_ids, {topic for topic, _ in tps})
+        ends = {tp: end for tp in tps if (end := app.consumer.highwater(TP(*tp))) is not None}
+        return BrokerView(ids, ends, probe)
+
     @app.agent(feedback, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         conn = await open_db()
@@ -108,15 +122,27 @@ def create_app(
                 try:
                     with metrics.batch_seconds.time():
                         outcome = await ingest_batch(
-                            conn, batch, consumer_group=settings.consumer_group, publish=publish
+                            conn, batch, consumer_group=settings.consumer_group, publish=publish,
+                            broker=await broker_view(batch),
                         )
+                except TrackedBeyondLogEnd as e:
+                    log.critical("%s", e)
+                    await app.crash(e)  # the worker stops with this error: a person must decide
+                    raise
                 finally:
                     progress["in_flight"], progress["last_read"] = None, time.monotonic()
                 metrics.observe(outcome)
+                for (topic, partition), offset in outcome.recreated.items():
+                    log.warning("%s[%d] was created again since offset %d was stored: reading the new log from its"
+                                " start", topic, partition, offset)
+                for (topic, partition), (start, end) in outcome.gaps.items():
+                    log.info("%s[%d]: the broker holds no message at offsets %d..%d (transaction markers,"
+                             " compaction or retention)", topic, partition, start, end - 1)
                 for (topic, partition), offset in outcome.rewind.items():
                     log.warning("store is behind the broker on %s[%d]: re-reading from %d", topic, partition, offset)
                     await app.consumer.seek(TP(topic, partition), offset)
         finally:
+            topic_ids.close()
             await conn.close()
 
     def known_partitions() -> dict[str, int]:

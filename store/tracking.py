@@ -1,0 +1,54 @@
+"""Tracking rows moved by a decision rather than by ingest: a topic created again, or an operator's reset.
+Each move is a TrackingReset event in the log, in the transaction that moves the row."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+import psycopg
+
+from store.eventstore import NewEvent, append
+
+TRACKING_RESET = "tracking_reset"
+TOPIC_RECREATED = "topic_recreated"  # the worker found a new topic id under a tracked topic's name
+OPERATOR = "operator"  # `flywheel tracking reset`
+_NAMESPACE = uuid.UUID("5f0c2a0e-7d43-4b8e-9a51-1c6e3f2b8d70")
+
+
+def tracking_reset(group: str, topic: str, partition: int, previous: int, offset: int, *, reason: str, by: str,
+                   topic_id: str | None, previous_topic_id: str | None = None, note: str = "",
+                   identity: str | None = None) -> NewEvent:
+    """A tracking row moved from offset `previous` to `offset` (-1: read from the start). A recreated topic's reset
+    is named after the two topic ids, so a batch retried after a crash records it once."""
+    name = identity or f"{group}:{topic}:{partition}:{previous_topic_id}:{topic_id}"
+    return NewEvent.internal(str(uuid.uuid5(_NAMESPACE, name)), TRACKING_RESET, {
+        "consumer_group": group, "topic": topic, "partition": partition, "previous_offset": previous,
+        "offset": offset, "reason": reason, "by": by, "topic_id": topic_id, "previous_topic_id": previous_topic_id,
+        "note": note})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reset:
+    previous: int | None  # None: the group had no row for that partition
+    offset: int
+
+
+async def reset(conn: psycopg.AsyncConnection, group: str, topic: str, partition: int, offset: int, *,
+                topic_id: str | None, by: str, note: str) -> Reset:
+    """Set a partition's stored offset (an operator's decision after TrackedBeyondLogEnd), recorded in the log."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            'SELECT "offset" FROM tracking WHERE consumer_group = %s AND topic = %s AND partition = %s FOR UPDATE',
+            [group, topic, partition])
+        row = await cur.fetchone()
+        previous = None if row is None else int(row[0])
+        await conn.execute(
+            'INSERT INTO tracking (consumer_group, topic, partition, "offset", topic_id) VALUES (%s, %s, %s, %s, %s)'
+            ' ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "offset" = excluded."offset",'
+            " topic_id = excluded.topic_id, event_time = NULL, updated_at = now()",
+            [group, topic, partition, offset, topic_id])
+        await append(conn, [tracking_reset(group, topic, partition, -1 if previous is None else previous, offset,
+                                           reason=OPERATOR, by=by, topic_id=topic_id, note=note,
+                                           identity=str(uuid.uuid4()))])
+    return Reset(previous=previous, offset=offset)
