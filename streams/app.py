@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from typing import Any
 
 import faust
@@ -14,7 +14,7 @@ from faust.types import TP
 
 from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
-from flywheel.topics import TopicIds, first_offset
+from flywheel.topics import TopicIds, first_offset, log_ends, topic_id
 from flywheel.tracking import TrackedBeyondLogEnd
 from store.db import connect
 from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
@@ -111,6 +111,34 @@ def create_app(
         ids = await asyncio.to_thread(topic_ids, {topic for topic, _ in tps})
         ends = {tp: end for tp in tps if (end := app.consumer.highwater(TP(*tp))) is not None}
         return BrokerView(ids, ends, probe)
+
+    async def resume_from(assigned: Set[TP]) -> dict[TP, int]:
+        """Where the store says each assigned feedback partition resumes: after its tracked offset, or at the start
+        of a topic created again since (store.ingest then records the reset). A tracked offset past the log's end
+        stops the worker here: Faust would drop every message below an offset it was sought to."""
+        mine = sorted(tp.partition for tp in assigned if tp.topic == settings.feedback_topic)
+        if not mine:
+            return {}
+        conn = await open_db()
+        try:
+            cur = await conn.execute(
+                'SELECT partition, "offset", topic_id FROM tracking WHERE consumer_group = %s AND topic = %s'
+                " AND partition = ANY(%s)", [settings.consumer_group, settings.feedback_topic, mine])
+            rows = await cur.fetchall()
+        finally:
+            await conn.close()
+        current = await asyncio.to_thread(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic)
+        resume = {int(p): offset + 1 if known in (None, current) else 0 for p, offset, known in rows}
+        ends = await asyncio.to_thread(log_ends, endpoints.kafka_bootstrap, settings.feedback_topic, resume)
+        for p, offset in sorted(resume.items()):
+            if offset > ends[p]:
+                error = TrackedBeyondLogEnd(settings.feedback_topic, p, offset - 1, ends[p])
+                log.critical("%s", error)
+                await app.crash(error)
+                return {}
+        return {TP(settings.feedback_topic, p): offset for p, offset in resume.items()}
+
+    app.transport.resume_from = resume_from  # type: ignore[attr-defined]
 
     @app.agent(feedback, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Set
 from typing import Any
 
 from faust.transport.drivers import aiokafka
+from faust.types import TP
 from mode.services import WaitArgT, WaitResults
+
+# Assigned partitions → the offsets to read them from, where the app knows better than Kafka's committed offsets.
+ResumeFrom = Callable[[Set[TP]], Awaitable[dict[TP, int]]]
 
 
 class _Resumed:
@@ -35,6 +39,17 @@ class _Resumed:
 
 
 class Consumer(aiokafka.Consumer):
+    async def perform_seek(self) -> None:
+        """After an assignment Faust seeks each partition to Kafka's committed offset; where the store tracks its own
+        offsets (the transport's `resume_from`), it then seeks to what the store has. Kafka's offset can be ahead
+        (the store lost a commit, or a batch failed after its offsets were committed), and with no new message on
+        the partition nothing would ever show it."""
+        await super().perform_seek()
+        resume_from: ResumeFrom | None = getattr(self.transport, "resume_from", None)
+        if resume_from is not None:
+            for tp, offset in sorted((await resume_from(self.assignment())).items()):
+                await self.seek(tp, offset)
+
     async def wait_first(self, *coros: WaitArgT, timeout: Any = None) -> WaitResults:
         """Faust's fetch loop hands every message to the streams as `wait_first(callback(message),
         suspend_flow.wait())`: four futures and an asyncio.wait per message, a sixth of the ingest worker's CPU.
