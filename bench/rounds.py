@@ -17,6 +17,8 @@ machine's two cores in the middle of the measurements), then in the same run
   are compared: on this shared machine one run of either can be a tenth off)
   rollback   `flywheel.oncall.rollback` of the last round, in-process (what on-call waits for): the median of 5
              rollbacks, printed beside the median of 20 durable one-row commits (its floor: it commits one event)
+  live       the build once more while another process ingests new traffic at --live-rate events/s (as the
+             workers do all night): its time beside the quiet build's median, and the events appended meanwhile
 Targets: build ≤ 3× raw COPY; peak RSS growth from the smallest to the largest size ≤ 200 MB;
 rollback < 1 s and its ratio largest / smallest ≤ 1.5.
 """
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -36,6 +39,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -178,21 +182,68 @@ def time_commit(url: str, times: int = 20) -> float:
         return statistics.median(took)
 
 
+def _live_ingest(url: str, seed: int, rate: float, stop: Any, appended: Any) -> None:
+    """Ingest fresh traffic at about `rate` events/s until `stop` is set (a process of its own)."""
+
+    async def go() -> None:
+        conn = await connect(url)
+        try:
+            batch, started, sent = [], time.monotonic(), 0
+            for offset, sim in enumerate(generate(10_000_000, seed=seed, bad_fraction=0.0)):
+                message = Incoming("feedback", 1, offset, sim.key, sim.value)
+                batch.append(decode_message(message, max_event_bytes=1 << 20))
+                if len(batch) < 200:
+                    continue
+                out = await ingest_batch(conn, batch, consumer_group="bench-live", publish=_nothing)
+                appended.value += sum(out.stored.values())
+                sent += len(batch)
+                batch = []
+                if stop.is_set():
+                    return
+                await asyncio.sleep(max(0.0, started + sent / rate - time.monotonic()))
+        finally:
+            await conn.close()
+
+    asyncio.run(go())
+
+
+def build_under_ingest(settings: Settings, url: str, seed: int, rate: float) -> tuple[float, int, int]:
+    """The build while another process ingests: (the build's seconds, events appended during it, its round)."""
+    ctx = multiprocessing.get_context("spawn")
+    stop, appended = ctx.Event(), ctx.Value("q", 0)
+    feeder = ctx.Process(target=_live_ingest, args=(url, seed, rate, stop, appended), daemon=True)
+    feeder.start()
+    try:
+        while appended.value == 0 and feeder.is_alive():
+            time.sleep(0.05)
+        before = appended.value
+        _, out, _ = build(settings)
+        during = appended.value - before
+    finally:
+        stop.set()
+        feeder.join(60)
+    if feeder.exitcode not in (0, None):
+        raise RuntimeError(f"the live ingest failed (exit code {feeder.exitcode})")
+    return float(out["seconds"]), during, int(out["round"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--quarantine-items", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3, help="baseline and build runs per size (medians compared)")
+    ap.add_argument("--live-rate", type=float, default=2000, help="events/s ingested during the live build")
     args = ap.parse_args()
 
     base = Settings()
     with bench_stack(base, "flywheel-bench-rounds-") as (server_url, bootstrap):
-        run(base, server_url, bootstrap, sorted(args.events), args.seed, args.quarantine_items, args.repeat)
+        run(base, server_url, bootstrap, sorted(args.events), args.seed, args.quarantine_items, args.repeat,
+            args.live_rate)
 
 
 def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed: int, quarantine_items: int,
-        repeat: int) -> None:
+        repeat: int, live_rate: float) -> None:
     work = Path(tempfile.mkdtemp(prefix="flywheel-rounds-out-"))
     results = []
     try:
@@ -222,6 +273,7 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
                 peak_kib = max(peaks)
                 rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
                 commit_s = time_commit(url)
+                live_s, live_events, live_round = build_under_ingest(settings, url, seed + 1000, live_rate)
                 results.append((n, build_s, copy_s, peak_kib, rollback_s, command_s, reads_s))
                 print(f"{n:>9} events ({stored} stored; signals projected in {project_s:.1f} s in one projector run; "
                       f"settled in {settle_s:.1f} s; {copy_bytes / 2**20:.0f} MiB copied; "
@@ -233,6 +285,9 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
                       f"rollback {rollback_s * 1000:6.1f} ms (a durable one-row commit {commit_s * 1000:.1f} ms); "
                       f"raw COPY of the build's own queries {reads_s:.1f} s "
                       f"({reads_bytes / 2**20:.0f} MiB), build ratio to it {build_s / reads_s:.1f}", flush=True)
+                print(f"{n:>9} events, live: round {live_round} built in {live_s:.2f} s while {live_events} events "
+                      f"were ingested during the command (~{live_rate:.0f}/s asked), "
+                      f"{live_s / build_s:.2f}x the quiet build", flush=True)
         (small, *_), (large, *_) = results[0], results[-1]
         growth = (results[-1][3] - results[0][3]) / 1024
         for n, build_s, copy_s, *_, command_s, reads_s in results:
