@@ -262,8 +262,9 @@ def simulate(
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
     sent = []
-    with FeedbackClient(endpoints.kafka_bootstrap, topic=settings.feedback_topic,
-                        max_event_bytes=settings.max_event_bytes) as client:
+    client = FeedbackClient(endpoints.kafka_bootstrap, topic=settings.feedback_topic,
+                            max_event_bytes=settings.max_event_bytes, spill_dir=settings.home / "spill")
+    try:
         stream = generate(events, seed=seed, bad_fraction=bad_fraction, panel_fraction=panel_fraction,
                           max_event_bytes=settings.max_event_bytes,
                           start=datetime.now(UTC) if start == "now" else datetime.fromisoformat(start))
@@ -274,6 +275,11 @@ def simulate(
                 else:
                     client.send_raw(sim.key, sim.value)
                 sent.append(sim)
+    finally:
+        delivered = client.close(timeout=120)
+    if delivered.delivered < len(sent):
+        typer.echo(f"warning: {delivered.delivered} of {len(sent)} messages delivered; {delivered.spilled} spilled to "
+                   f"{client.spill_dir} (sent by the next client there), {delivered.dropped} dropped", err=True)
     summary = Summary.of(sent)
     _print(summary.as_dict(), as_json, summary.describe())
 

@@ -125,14 +125,8 @@ class LocalStack:
         state = self._state()
         if (self.pgdata / "postmaster.pid").exists():
             self._run_pg("pg_ctl", "-D", str(self.pgdata), "-m", "fast", "-w", "stop", check=False)
-        if state and state.get("broker_pid") and _pid_alive(state["broker_pid"]):
-            os.kill(state["broker_pid"], signal.SIGTERM)
-            for _ in range(50):
-                if not _pid_alive(state["broker_pid"]):
-                    break
-                time.sleep(0.1)
-            else:
-                os.kill(state["broker_pid"], signal.SIGKILL)
+        if state and state.get("broker_pid"):
+            stop_pid(state["broker_pid"])
         if state:
             state["broker_pid"] = 0
             self.state_file.write_text(json.dumps(state, indent=2))
@@ -216,22 +210,40 @@ class LocalStack:
             self._run_pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", DATABASE)
 
     def _start_broker(self, port: int) -> int:
-        listener = f"tcp://127.0.0.1:{port}"
-        with open(self.root / "broker.log", "ab") as log:
-            proc = subprocess.Popen(
-                [broker_bin(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
-                 "--storage-engine", "memory://tansu/"],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # outlives `flywheel stack up`
-            )
-        deadline = time.monotonic() + 30
-        while not _port_open(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise StackError(f"the broker did not start (see {self.root / 'broker.log'})")
-            time.sleep(0.05)
-        return proc.pid
+        return start_broker(self.root / "broker.log", port)
+
+
+def start_broker(log_path: Path, port: int) -> int:
+    """A memory-only tansu broker listening on 127.0.0.1:`port`, in a session of its own; returns its pid."""
+    listener = f"tcp://127.0.0.1:{port}"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [broker_bin(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+             "--storage-engine", "memory://tansu/"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # outlives `flywheel stack up`
+        )
+    deadline = time.monotonic() + 30
+    while not _port_open(port):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise StackError(f"the broker did not start (see {log_path})")
+        time.sleep(0.05)
+    return proc.pid
+
+
+def stop_pid(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds (0: nothing was started)."""
+    if pid <= 0 or not _pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            break
+        time.sleep(0.1)
 
 
 def _reachable_by(path: Path, user: str) -> bool:
