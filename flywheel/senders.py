@@ -35,6 +35,9 @@ class KafkaPythonSender:
             batch_size=config.pop("batch_size", 256 * 1024),
             max_request_size=max(1024 * 1024, max_event_bytes * 2),
             retries=config.pop("retries", 5),
+            # One request in flight per broker: a retried batch cannot overtake a later one, and the local broker
+            # (tansu, memory storage) fails concurrent first writes to a partition (AlreadyExists at offset 0).
+            max_in_flight_requests_per_connection=config.pop("max_in_flight_requests_per_connection", 1),
             max_block_ms=config.pop("max_block_ms", 1000),  # a send waits this long for metadata, then raises
             # Named, so that making the producer does not wait for a broker to tell its version (it waits 30 s for
             # an absent one): every broker since Kafka 2.6 speaks it.

@@ -57,8 +57,10 @@ class TopicIds:
 
 
 def _probe(bootstrap: str) -> KafkaConsumer:
+    # Never the one to create a topic (flywheel.topics.ensure_topics is): on a broker just restarted, a second
+    # creator racing the first can replace a topic that already took messages.
     return KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest",
-                         client_id="flywheel-probe")
+                         client_id="flywheel-probe", allow_auto_create_topics=False)
 
 
 def first_offset(bootstrap: str, topic: str, partition: int, start: int, *, timeout: float = 10.0) -> int | None:

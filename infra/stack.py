@@ -213,12 +213,14 @@ class LocalStack:
         return start_broker(self.root / "broker.log", port)
 
 
-def start_broker(log_path: Path, port: int) -> int:
-    """A memory-only tansu broker listening on 127.0.0.1:`port`, in a session of its own; returns its pid."""
+def start_broker(log_path: Path, port: int, *, advertised: int | None = None) -> int:
+    """A memory-only tansu broker listening on 127.0.0.1:`port` (telling clients to come to `advertised`, a proxy's
+    port, when given), in a session of its own; returns its pid."""
     listener = f"tcp://127.0.0.1:{port}"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [broker_bin(), "broker", "--listener-url", listener, "--advertised-listener-url", listener,
+            [broker_bin(), "broker", "--listener-url", listener,
+             "--advertised-listener-url", f"tcp://127.0.0.1:{advertised or port}",
              "--storage-engine", "memory://tansu/"],
             stdout=log,
             stderr=subprocess.STDOUT,

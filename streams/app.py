@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence, Set
-from typing import Any
+from collections.abc import Callable, Sequence, Set
+from typing import Any, TypeVar
 
 import faust
 import psycopg
 from faust.types import TP
+from kafka.errors import KafkaError
 
 from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
@@ -23,6 +24,7 @@ from streams.projector import Pacing, Projector
 from streams.transport import Transport
 
 log = logging.getLogger("flywheel.worker")
+T = TypeVar("T")
 
 
 class Decoding(faust.Schema):
@@ -102,13 +104,25 @@ def create_app(
 
     topic_ids = TopicIds(endpoints.kafka_bootstrap)
 
+    async def asking(call: Callable[..., T], *args: Any) -> T:
+        """`call(*args)` in a thread, asked again while the broker cannot answer: the batch waiting on the answer is
+        in hand, and an agent that crashed here would not be given it again."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(call, *args)
+            except (KafkaError, OSError, TimeoutError) as e:
+                log.warning("the broker did not answer (%s: %s); asking again in %.1fs", type(e).__name__, e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     async def probe(topic: str, partition: int, start: int) -> int | None:
-        return await asyncio.to_thread(first_offset, endpoints.kafka_bootstrap, topic, partition, start)
+        return await asking(first_offset, endpoints.kafka_bootstrap, topic, partition, start)
 
     async def broker_view(batch: Sequence[Decoded]) -> BrokerView:
         """Asked once a batch is in hand: the ids of the topics it came from, and its partitions' log ends."""
         tps = {(d.message.topic, d.message.partition) for d in batch}
-        ids = await asyncio.to_thread(topic_ids, {topic for topic, _ in tps})
+        ids = await asking(topic_ids, {topic for topic, _ in tps})
         ends = {tp: end for tp in tps if (end := app.consumer.highwater(TP(*tp))) is not None}
         return BrokerView(ids, ends, probe)
 
@@ -127,9 +141,9 @@ def create_app(
             rows = await cur.fetchall()
         finally:
             await conn.close()
-        current = await asyncio.to_thread(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic)
+        current = await asking(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic)
         resume = {int(p): offset + 1 if known in (None, current) else 0 for p, offset, known in rows}
-        ends = await asyncio.to_thread(log_ends, endpoints.kafka_bootstrap, settings.feedback_topic, resume)
+        ends = await asking(log_ends, endpoints.kafka_bootstrap, settings.feedback_topic, resume)
         for p, offset in sorted(resume.items()):
             if offset > ends[p]:
                 error = TrackedBeyondLogEnd(settings.feedback_topic, p, offset - 1, ends[p])
@@ -179,6 +193,29 @@ def create_app(
         # let feedback expire while its interaction sits unread on another partition).
         count = app.consumer.topic_partitions(settings.feedback_topic) or partitions
         return {settings.feedback_topic: count} if count else {}
+
+    @app.timer(settings.sweep_interval)
+    async def watch_topic() -> None:
+        """A topic created again with no rebalance to tell (a memory-only broker restarted under the worker): the
+        consumer's positions belong to the old log, so every assigned partition is sought back to the store's
+        offset for the new one (its start); the next batch records the reset."""
+        mine = {tp for tp in app.consumer.assignment() if tp.topic == settings.feedback_topic}
+        if not mine:
+            return
+        conn = await open_db()
+        try:
+            cur = await conn.execute("SELECT DISTINCT topic_id FROM tracking WHERE consumer_group = %s AND topic = %s"
+                                     " AND topic_id IS NOT NULL", [settings.consumer_group, settings.feedback_topic])
+            known = {row[0] for row in await cur.fetchall()}
+        finally:
+            await conn.close()
+        current = await asking(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic)
+        if current is None or not known or known == {current}:
+            return
+        for tp, offset in sorted((await resume_from(mine)).items()):
+            log.warning("%s[%d] was created again under this worker: reading it from offset %d", tp.topic,
+                        tp.partition, offset)
+            await app.consumer.seek(tp, offset)
 
     @app.timer(settings.sweep_interval)
     async def sweep_parked() -> None:
