@@ -55,7 +55,9 @@ def raw_librdkafka(bootstrap: str, name: str, messages: list[tuple[bytes, bytes]
     return len(messages) / (time.perf_counter() - started)
 
 
-def client(bootstrap: str, name: str, events: list[object], sender: str) -> float:
+def client(bootstrap: str, name: str, events: list[object], sender: str) -> tuple[float, int]:
+    """(events/s until every event is acknowledged, how many of them went through the spill file: sent faster
+    than delivered, they overflow its buffer)."""
     with tempfile.TemporaryDirectory() as spill:
         c = FeedbackClient(bootstrap, topic=name, sender=sender, spill_dir=spill)
         started = time.perf_counter()
@@ -64,9 +66,9 @@ def client(bootstrap: str, name: str, events: list[object], sender: str) -> floa
         done = c.flush(300)
         took = time.perf_counter() - started
         c.close(10)
-    if done.delivered != len(events) or done.spilled or done.dropped:
+    if done.delivered != len(events) or done.dropped:
         raise SystemExit(f"client ({sender}): {done}")
-    return len(events) / took
+    return len(events) / took, done.spilled
 
 
 def main() -> None:
@@ -85,9 +87,9 @@ def main() -> None:
               f"({len(messages)} events, {size:.0f} bytes each)",
               flush=True)
         for sender in ("kafka-python", "librdkafka"):
-            rate = client(bootstrap, topic(bootstrap, base), events, sender)
+            rate, spilled = client(bootstrap, topic(bootstrap, base), events, sender)
             print(f"FeedbackClient ({sender:<12})  {rate:>10,.0f} events/s   ratio to raw {rate / raw:.2f}"
-                  f"   (target >= 20,000/s)", flush=True)
+                  f"   (target >= 20,000/s; {spilled} through the spill file)", flush=True)
 
 
 if __name__ == "__main__":
