@@ -253,8 +253,10 @@ class FeedbackClient:
                 self._spill.seal()
                 self._replaying.extend(_Replay(path, handle) for path, handle in claim(self.spill_dir))
         for replay in list(self._replaying):
-            taken = replay.take(self.max_buffer_bytes // 2)
-            with self._lock:
+            with self._lock:  # a replay's counts change under the lock only (deliveries count on another thread)
+                if replay not in self._replaying:  # its last record was delivered meanwhile
+                    continue
+                taken = replay.take(self.max_buffer_bytes // 2)
                 self._queue.extend((key, value, replay) for key, value in taken)
                 self._queued_bytes += sum(len(v) for _, v in taken)
                 self._counts["replayed"] += len(taken)
