@@ -62,6 +62,10 @@ class Outage:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target))
             with self._lock:
+                if self._server is not server:  # cut while this one was being accepted
+                    client.close()
+                    upstream.close()
+                    return
                 self._conns += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
