@@ -72,22 +72,9 @@ def stack_down(purge: bool = typer.Option(False, help="Also delete the local dat
     env = stack.env()
     if env is not None and not settings.database_url:
         endpoints = Endpoints(env.database_url, env.kafka_bootstrap, embedded=True)
-        _say_unread(settings, endpoints, _drain(settings, endpoints, _progressing(settings, endpoints)))
+        _say_unread(settings, endpoints, _drain(settings, endpoints, patience=3.0))  # while some worker reads
     stack.purge() if purge else stack.down()
     typer.echo("local stack stopped" + (" and deleted" if purge else ""))
-
-
-def _progressing(settings: Settings, endpoints: Endpoints, patience: float = 3.0) -> Callable[[], bool]:
-    """True while some worker still reads: the unread count fell within the last `patience` seconds."""
-    state = {"left": -1, "since": time.monotonic()}
-
-    def reading() -> bool:
-        left = _unread(settings, endpoints)
-        if left != state["left"]:
-            state["left"], state["since"] = left, time.monotonic()
-        return time.monotonic() - state["since"] < patience
-
-    return reading
 
 
 @stack_app.command("env")
@@ -186,7 +173,7 @@ def up() -> None:
         typer.echo("stopping…")
         sched.shutdown(wait=False)
         if endpoints.embedded:
-            _say_unread(settings, endpoints, _drain(settings, endpoints, lambda: worker_proc.poll() is None))
+            _say_unread(settings, endpoints, _drain(settings, endpoints, reading=lambda: worker_proc.poll() is None))
         if worker_proc.poll() is None:
             worker_proc.send_signal(signal.SIGTERM)
             try:
@@ -200,32 +187,36 @@ def up() -> None:
     raise typer.Exit(code)
 
 
-def _unread(settings: Settings, endpoints: Endpoints) -> int:
-    """Messages on the feedback topic that the consumer group has not read."""
+def _unread(settings: Settings, endpoints: Endpoints) -> Callable[[], int]:
+    """A count of the messages on the feedback topic that the consumer group has not read."""
     from flywheel.lag import unread
-    from store.db import connect_sync
-    from store.stats import store_stats
-
-    with connect_sync(endpoints.database_url) as conn:
-        rows = [c for c in store_stats(conn)["consumers"]
-                if c["consumer_group"] == settings.consumer_group and c["topic"] == settings.feedback_topic]
     from flywheel.topics import ensure_topics
+    from store.db import connect_sync
+    from store.tracking import tracked
 
     partitions = ensure_topics(endpoints.kafka_bootstrap, settings)[settings.feedback_topic]
-    return sum(unread(endpoints.kafka_bootstrap, settings.feedback_topic, partitions, rows).values())
+
+    def count() -> int:
+        with connect_sync(endpoints.database_url) as conn:
+            rows = tracked(conn, settings.consumer_group, settings.feedback_topic)
+        return sum(unread(endpoints.kafka_bootstrap, settings.feedback_topic, partitions, rows).values())
+
+    return count
 
 
-def _drain(settings: Settings, endpoints: Endpoints, reading: Callable[[], bool]) -> int | None:
-    """Let the worker read what the broker holds, for at most FLYWHEEL_DRAIN_SECONDS; None: the broker or store
-    could not say."""
+def _drain(settings: Settings, endpoints: Endpoints, *, reading: Callable[[], bool] = lambda: True,
+           patience: float | None = None) -> int | None:
+    """Let the worker read what the broker holds, for at most FLYWHEEL_DRAIN_SECONDS (flywheel.lag.drain); None:
+    the broker or store could not say."""
     from flywheel.lag import drain
 
     try:
         left = _unread(settings, endpoints)
-        if left:
-            typer.echo(f"draining: {left} messages on the broker not yet ingested "
+        first = left()
+        if first:
+            typer.echo(f"draining: {first} messages on the broker not yet ingested "
                        f"(at most {settings.drain_seconds:g}s)…")
-        return drain(lambda: _unread(settings, endpoints), seconds=settings.drain_seconds, still_reading=reading)
+        return drain(left, seconds=settings.drain_seconds, still_reading=reading, patience=patience)
     except Exception as e:  # the stack may be half down already: say so, and stop anyway
         typer.echo(f"warning: could not count the unread messages ({type(e).__name__}: {e})", err=True)
         return None
@@ -682,11 +673,10 @@ def tracking_reset(
     offset = -1
     if to == "end":
         from store.db import connect_sync
-        from store.stats import store_stats
+        from store.tracking import tracked
 
         with connect_sync(endpoints.database_url) as conn:
-            rows = [c for c in store_stats(conn)["consumers"]
-                    if c["consumer_group"] == group and c["topic"] == topic and c["partition"] == partition]
+            rows = [r for r in tracked(conn, group, topic) if r["partition"] == partition]
         near = next_offsets(rows, incarnation, partition + 1)[partition]
         offset = log_ends(endpoints.kafka_bootstrap, topic, {partition: near})[partition] - 1
     done = _in_store(lambda conn: reset(conn, group, topic, partition, offset, topic_id=incarnation,

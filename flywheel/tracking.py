@@ -29,6 +29,14 @@ class Resume:
     gap: tuple[int, int] | None = None  # offsets [start, end) at which the broker holds no message
 
 
+def next_offset(tracked: int, tracked_id: str | None, current_id: str | None) -> int:
+    """The next offset to read of a topic whose id is now `current_id`, from a tracking row at `tracked` written
+    while its id was `tracked_id`: a row of a topic since created again (another id) counts for nothing. A row or a
+    broker that gives no id (an older row, an older broker) is taken as the same log."""
+    same = current_id is None or tracked_id is None or tracked_id == current_id
+    return tracked + 1 if same else 0
+
+
 def needs_probe(tracked: int, offsets: Sequence[int]) -> bool:
     """Whether the batch skips past what the store has, so the broker must say what lies between."""
     new = [o for o in offsets if o > tracked]

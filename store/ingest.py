@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -41,7 +41,7 @@ class DeadLetter:
     reason: str
     detail: str
     source: Incoming
-    topic_id: str = ""  # the id of the topic it was read from, when known before it is recorded
+    topic_id: str = ""  # the id of the topic it was read from ("": not known)
 
     def envelope(self) -> bytes:
         """The dead-letter topic's message: the reason, where it came from, and the original bytes."""
@@ -162,7 +162,8 @@ async def ingest_batch(
         out.duplicates += len(ready) - (len(stored) - out.released)
         out.stored.update(e.type for e in stored)
 
-        await record_dead_letters(conn, dead, publish, broker.topic_ids)
+        await record_dead_letters(conn, [replace(d, topic_id=broker.topic_ids.get(d.source.topic, "")) for d in dead],
+                                  publish)
         out.dead.update(d.reason for d in dead)
     return out
 
@@ -374,19 +375,16 @@ def _source(row: tuple[Any, ...]) -> tuple[str, int, int]:
     return (row[0], row[1], row[2])
 
 
-async def record_dead_letters(conn: psycopg.AsyncConnection, dead: Sequence[DeadLetter], publish: Publish,
-                              topic_ids: dict[str, str] | None = None) -> None:
+async def record_dead_letters(conn: psycopg.AsyncConnection, dead: Sequence[DeadLetter], publish: Publish) -> None:
     """Dead letters in the store (once per source message: a topic's id tells a recreated topic's offsets from the
     old one's) and on the dead-letter topic."""
     if not dead:
         return
-    ids = topic_ids or {}
     async with conn.cursor() as cur:
         await cur.executemany(
             'INSERT INTO dead_letters (reason, detail, topic, topic_id, partition, "offset", key, original)'
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [(d.reason, d.detail, d.source.topic, d.topic_id or ids.get(d.source.topic, ""), d.source.partition,
-              d.source.offset,
-              d.source.key, d.source.value) for d in dead],
+            [(d.reason, d.detail, d.source.topic, d.topic_id, d.source.partition, d.source.offset, d.source.key,
+              d.source.value) for d in dead],
         )
     await publish(dead)

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 
 from store.tables import READ_MODELS
+from store.tracking import tracked
 
 
 def _pairs(conn: psycopg.Connection, sql: str) -> dict[str, int]:
@@ -22,12 +23,7 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
     head = conn.execute("SELECT coalesce(max(position), 0) FROM events").fetchone()
     projected = conn.execute("SELECT position FROM checkpoints WHERE name = 'signals'").fetchone()
     read_models = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in READ_MODELS}  # type: ignore[index]
-    tracking = [
-        {"consumer_group": g, "topic": t, "partition": p, "offset": o, "topic_id": i}
-        for g, t, p, o, i in conn.execute(
-            'SELECT consumer_group, topic, partition, "offset", topic_id FROM tracking ORDER BY 1, 2, 3'
-        ).fetchall()
-    ]
+    tracking = tracked(conn)
     return {
         "events": {"total": sum(events.values()), "by_type": events, "head_position": int(head[0]) if head else 0},
         "dead_lettered": {"total": sum(dead.values()), "by_reason": dead},

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -26,6 +27,17 @@ def tracking_reset(group: str, topic: str, partition: int, previous: int, offset
         "consumer_group": group, "topic": topic, "partition": partition, "previous_offset": previous,
         "offset": offset, "reason": reason, "by": by, "topic_id": topic_id, "previous_topic_id": previous_topic_id,
         "note": note})
+
+
+def tracked(conn: psycopg.Connection, group: str | None = None, topic: str | None = None) -> list[dict[str, Any]]:
+    """Tracking rows (all, or one consumer group's of one topic), in key order."""
+    return [
+        {"consumer_group": g, "topic": t, "partition": p, "offset": o, "topic_id": i}
+        for g, t, p, o, i in conn.execute(
+            'SELECT consumer_group, topic, partition, "offset", topic_id FROM tracking'
+            " WHERE (%(g)s::text IS NULL OR consumer_group = %(g)s) AND (%(t)s::text IS NULL OR topic = %(t)s)"
+            " ORDER BY 1, 2, 3", {"g": group, "t": topic}).fetchall()
+    ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

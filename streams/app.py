@@ -16,7 +16,7 @@ from kafka.errors import KafkaError
 from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
 from flywheel.topics import TopicIds, first_offset, log_ends, topic_id
-from flywheel.tracking import TrackedBeyondLogEnd
+from flywheel.tracking import TrackedBeyondLogEnd, next_offset
 from store.db import connect
 from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
 from streams.metrics import Metrics
@@ -142,7 +142,7 @@ def create_app(
         finally:
             await conn.close()
         current = await asking(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic)
-        resume = {int(p): offset + 1 if known in (None, current) else 0 for p, offset, known in rows}
+        resume = {int(p): next_offset(offset, known, current) for p, offset, known in rows}
         ends = await asking(log_ends, endpoints.kafka_bootstrap, settings.feedback_topic, resume)
         for p, offset in sorted(resume.items()):
             if offset > ends[p]:

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.tracking import Resume, TrackedBeyondLogEnd, needs_probe, resume
+from flywheel.tracking import Resume, TrackedBeyondLogEnd, needs_probe, next_offset, resume
 
 
 def test_a_batch_that_follows_the_stored_offset_is_taken() -> None:
@@ -134,3 +134,10 @@ def test_any_gapped_log_is_stored_once_whatever_the_consumer_position_and_buffer
     # batch then rewinds like any other.
     stored = ingest(log, Consumer(log, batch=batch, stale=stale, position=min(start, log[-1])))
     assert stored == log
+
+
+def test_a_row_of_a_topic_created_again_counts_for_nothing() -> None:
+    assert next_offset(41, "id-1", "id-1") == 42
+    assert next_offset(41, "id-1", "id-2") == 0
+    assert next_offset(41, None, "id-2") == 42  # a row from before topic ids were kept: taken as the same log
+    assert next_offset(41, "id-1", None) == 42  # a broker that gives no id
