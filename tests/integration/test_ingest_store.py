@@ -11,7 +11,7 @@ import pytest
 import store.ingest
 from flywheel.endpoints import Endpoints
 from store.db import connect, connect_sync
-from store.ingest import DeadLetter, Incoming, decode_message, expire_parked, ingest_batch
+from store.ingest import BrokerView, DeadLetter, Incoming, decode_message, expire_parked, ingest_batch
 from store.projections import check, rebuild
 from store.tables import READ_MODELS
 from tests.factories import comparison, interaction, raw, thumbs
@@ -32,12 +32,12 @@ def messages(values: list[bytes], partition: int = 0, first_offset: int = 0) -> 
     return [Incoming("feedback", partition, first_offset + i, b"k", v) for i, v in enumerate(values)]
 
 
-def ingest(url: str, msgs: list[Incoming], publish: Recorder | None = None) -> Any:
+def ingest(url: str, msgs: list[Incoming], publish: Recorder | None = None, broker: BrokerView | None = None) -> Any:
     async def run() -> Any:
         conn = await connect(url)
         try:
             batch = [decode_message(m, max_event_bytes=10_000) for m in msgs]
-            return await ingest_batch(conn, batch, consumer_group="g", publish=publish or Recorder())
+            return await ingest_batch(conn, batch, consumer_group="g", publish=publish or Recorder(), broker=broker)
         finally:
             await conn.close()
 
