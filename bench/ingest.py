@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack, fresh_database  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
-from flywheel.simulate import generate  # noqa: E402
-from flywheel.topics import ensure_topics  # noqa: E402
+from flywheel.simulator import generate  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
 
 
 def produce(bootstrap: str, topic: str, events: int, seed: int) -> int:
@@ -98,7 +98,7 @@ def pipeline(settings: Settings, produced: int, workers: int) -> tuple[float, fl
     with psycopg.connect(settings.database_url, autocommit=True) as conn:
         expected = stored(conn) + produced
         env = settings.child_env()
-        procs = [subprocess.Popen([sys.executable, "-m", "flywheel.cli", "worker", "--loglevel", "warn"], env=env,
+        procs = [subprocess.Popen([sys.executable, "-m", "flywheel", "worker", "--loglevel", "warn"], env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
         try:
             first_at, first_n, stored_at = 0.0, 0, 0.0

@@ -15,8 +15,9 @@ machine's two cores in the middle of the measurements), then in the same run
              command's wall time (with interpreter start and imports, ~1 s) and its peak RSS
   (the raw COPY of interactions and feedback and the build take turns, --repeat times each, and their medians
   are compared: on this shared machine one run of either can be a tenth off)
-  rollback   `flywheel.oncall.rollback` of the last round, in-process (what on-call waits for): the median of 5
-             rollbacks, printed beside the median of 20 durable one-row commits (its floor: it commits one event)
+  rollback   `flywheel.services.rollback.rollback` of the last round, in-process (what on-call waits
+             for): the median of 5 rollbacks, printed beside the median of 20 durable one-row commits (its
+             floor: it commits one event)
   live       the build once more while another process ingests new traffic at --live-rate events/s (as the
              workers do all night): its time beside the quiet build's median, and the events appended meanwhile
 Targets: build ≤ 3× raw COPY; peak RSS growth from the smallest to the largest size ≤ 200 MB;
@@ -46,16 +47,16 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack, fresh_database  # noqa: E402
-from flywheel.oncall import restore, rollback  # noqa: E402
+from flywheel.services.rollback import restore, rollback  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
-from flywheel.simulate import generate  # noqa: E402
-from flywheel.topics import ensure_topics  # noqa: E402
+from flywheel.simulator import generate  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
 from store.projections import DEFAULT_SIGNALS, record  # noqa: E402
 from store.roundrows import GROUPS_QUERY, signals_query  # noqa: E402
 from store.rounds import quarantine_added  # noqa: E402
 from store.signals import catch_up  # noqa: E402
+from streams.topics import ensure_topics  # noqa: E402
 
 BATCH = 5000
 
@@ -144,7 +145,7 @@ def build(settings: Settings) -> tuple[float, dict[str, object], int]:
     env = settings.child_env()
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        child = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "rounds", "build", "--json"], env=env,
+        child = subprocess.Popen([sys.executable, "-m", "flywheel", "rounds", "build", "--json"], env=env,
                                  stdout=out, stderr=err)
         _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS
         child.returncode = os.waitstatus_to_exitcode(status)

@@ -14,4 +14,4 @@ if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import vllm" 2>/dev/n
     "$venv/bin/pip" uninstall -q -y torchvision torchaudio torchcodec
 fi
 "$venv/bin/pip" install -q -e '.[test]' 2>&1 | grep -v -e "dependency resolver" -e "requires click" -e "which is not installed" -e "^$" || true
-"$venv/bin/python" -c "import vllm, flywheel.cli" >/dev/null
+"$venv/bin/python" -c "import vllm, flywheel.entrypoints.cli" >/dev/null

@@ -1,20 +1,10 @@
-"""Multi-candidate generation: sampling spec, candidate groups, the generator port and its vLLM adapters."""
+"""Multi-candidate generation: sampling spec, candidate groups and the generator port (adapters: sampling.adapters)."""
 
 from __future__ import annotations
 
-import gc
-import json
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
-
-if TYPE_CHECKING:
-    from vllm import LLM, RequestOutput, SamplingParams
+from typing import Any, Protocol, runtime_checkable
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -135,7 +125,7 @@ class Generator(Protocol):
         ...
 
 
-def _seeds(spec: SamplingSpec, count: int, seeds: Sequence[int] | None) -> list[int]:
+def prompt_seeds(spec: SamplingSpec, count: int, seeds: Sequence[int] | None) -> list[int]:
     if seeds is None:
         return [spec.prompt_seed(i) for i in range(count)]
     if len(seeds) != count:
@@ -143,7 +133,7 @@ def _seeds(spec: SamplingSpec, count: int, seeds: Sequence[int] | None) -> list[
     return list(seeds)
 
 
-def _prompt(messages: Messages) -> tuple[dict[str, str], ...]:
+def chat_messages(messages: Messages) -> tuple[dict[str, str], ...]:
     return tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
 
 
@@ -157,235 +147,3 @@ class GenerationTiming:
     @property
     def overhead_seconds(self) -> float:
         return max(0.0, self.total_seconds - self.engine_seconds)
-
-
-class VLLMGenerator:
-    """In-process vLLM engine; all prompts of a call go to one `LLM.chat` call with one `n`-sample request each.
-
-    On CPU, `gpu_memory_utilization` is the share of RAM the worker may use; `kv_cache_memory_bytes` sets the
-    KV cache size directly (and skips that RAM check). `enforce_eager` skips torch.compile, which on a small CPU
-    costs more start-up time than it saves.
-    """
-
-    name = "vllm"
-
-    def __init__(
-        self,
-        model_path: str | Path,
-        model_version: str,
-        *,
-        gpu_memory_utilization: float = 0.3,
-        max_model_len: int = 512,
-        dtype: str = "float32",
-        enforce_eager: bool = True,
-        kv_cache_memory_bytes: int | None = None,
-        engine_kwargs: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.model_path = Path(model_path)
-        self.model_version = model_version
-        self.gpu_memory_utilization = gpu_memory_utilization
-        self.max_model_len = max_model_len
-        self.dtype = dtype
-        self.enforce_eager = enforce_eager
-        self.kv_cache_memory_bytes = kv_cache_memory_bytes
-        self.engine_kwargs = dict(engine_kwargs or {})
-        self.last_timing: GenerationTiming | None = None
-        self._llm: LLM | None = None
-
-    @property
-    def loaded(self) -> bool:
-        return self._llm is not None
-
-    def load(self) -> None:
-        if self._llm is not None:
-            return
-        from vllm import LLM
-
-        options: dict[str, Any] = {
-            "dtype": self.dtype,
-            "max_model_len": self.max_model_len,
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "enforce_eager": self.enforce_eager,
-            "kv_cache_memory_bytes": self.kv_cache_memory_bytes,
-            **self.engine_kwargs,
-        }
-        self._llm = LLM(model=str(self.model_path), **options)
-
-    def unload(self) -> None:
-        llm, self._llm = self._llm, None
-        if llm is None:
-            return
-        llm.llm_engine.engine_core.shutdown()
-        del llm
-        gc.collect()
-
-    def __enter__(self) -> VLLMGenerator:
-        self.load()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.unload()
-
-    def sampling_params(self, spec: SamplingSpec, seed: int) -> SamplingParams:
-        from vllm import SamplingParams
-
-        return SamplingParams(
-            n=spec.n,
-            temperature=spec.temperature,
-            top_p=spec.top_p,
-            max_tokens=spec.max_tokens,
-            seed=seed,
-            logprobs=spec.logprobs,
-        )
-
-    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
-                 seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
-        if self._llm is None:
-            raise RuntimeError("VLLMGenerator.generate before load()")
-        started = time.perf_counter()
-        conversations = [_prompt(p) for p in prompts]
-        if not conversations:
-            self.last_timing = GenerationTiming(total_seconds=0.0, engine_seconds=0.0)
-            return []
-        seed_of = _seeds(spec, len(conversations), seeds)
-        params = [self.sampling_params(spec, seed_of[i]) for i in range(len(conversations))]
-        messages: Any = [list(c) for c in conversations]
-        engine_started = time.perf_counter()
-        outputs = self._llm.chat(messages, params, use_tqdm=False)
-        engine_seconds = time.perf_counter() - engine_started
-        groups = [
-            self._group(conversation, output, spec, seed_of[i])
-            for i, (conversation, output) in enumerate(zip(conversations, outputs, strict=True))
-        ]
-        self.last_timing = GenerationTiming(
-            total_seconds=time.perf_counter() - started, engine_seconds=engine_seconds
-        )
-        return groups
-
-    def _group(
-        self, prompt: tuple[dict[str, str], ...], output: RequestOutput, spec: SamplingSpec, seed: int
-    ) -> CandidateGroup:
-        candidates = tuple(
-            Candidate(
-                text=o.text,
-                token_count=len(o.token_ids),
-                cumulative_logprob=o.cumulative_logprob,
-                finish_reason=o.finish_reason,
-            )
-            for o in sorted(output.outputs, key=lambda o: o.index)
-        )
-        return CandidateGroup(
-            prompt=prompt,
-            candidates=candidates,
-            spec=spec,
-            seed=seed,
-            model_version=self.model_version,
-            prompt_tokens=len(output.prompt_token_ids) if output.prompt_token_ids is not None else None,
-            generator=self.name,
-        )
-
-
-class OpenAIServerGenerator:
-    """A vLLM OpenAI-compatible server: one `/v1/chat/completions` request with `n` per prompt.
-
-    Uses vLLM's `return_token_ids` extension for per-candidate token counts (the OpenAI `usage` only sums them).
-    """
-
-    name = "vllm-openai"
-
-    def __init__(
-        self, base_url: str, model: str, model_version: str, *, timeout: float = 600.0, max_concurrency: int = 8
-    ) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.model = model
-        self.model_version = model_version
-        self.timeout = timeout
-        self.max_concurrency = max_concurrency
-
-    def load(self) -> None:
-        """Fails unless the server answers and serves `model`."""
-        with urllib.request.urlopen(f"{self.base_url}/v1/models", timeout=self.timeout) as response:
-            served = [m["id"] for m in json.load(response)["data"]]
-        if self.model not in served:
-            raise RuntimeError(f"model {self.model!r} is not served at {self.base_url} (serves {served})")
-
-    def unload(self) -> None:
-        """The server's lifetime is not ours."""
-
-    def request_body(self, messages: Messages, spec: SamplingSpec, seed: int) -> dict[str, Any]:
-        body: dict[str, Any] = {
-            "model": self.model,
-            "messages": [dict(m) for m in _prompt(messages)],
-            "n": spec.n,
-            "temperature": spec.temperature,
-            "top_p": spec.top_p,
-            "max_tokens": spec.max_tokens,
-            "seed": seed,
-            "return_token_ids": True,
-        }
-        if spec.logprobs is not None:
-            body["logprobs"] = True
-            body["top_logprobs"] = spec.logprobs
-        return body
-
-    def _post(self, body: Mapping[str, Any]) -> dict[str, Any]:
-        request = urllib.request.Request(
-            f"{self.base_url}/v1/chat/completions",
-            data=json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                result: dict[str, Any] = json.load(response)
-                return result
-        except urllib.error.HTTPError as e:
-            detail = e.read().decode(errors="replace")[:500]
-            raise RuntimeError(f"chat completion failed: HTTP {e.code}: {detail}") from e
-
-    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
-                 seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
-        """The prompts' requests are in flight together, so the server batches them as the in-process engine does."""
-        seed_of = _seeds(spec, len(prompts), seeds)
-        bodies = [self.request_body(messages, spec, seed_of[i]) for i, messages in enumerate(prompts)]
-        if not bodies:
-            return []
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_concurrency, len(bodies)))) as pool:
-            results = list(pool.map(self._post, bodies))
-        return [
-            self._group(_prompt(messages), result, spec, seed_of[i])
-            for i, (messages, result) in enumerate(zip(prompts, results, strict=True))
-        ]
-
-    def _group(
-        self, prompt: tuple[dict[str, str], ...], result: Mapping[str, Any], spec: SamplingSpec, seed: int
-    ) -> CandidateGroup:
-        candidates = []
-        for choice in sorted(result["choices"], key=lambda c: c["index"]):
-            token_ids = choice.get("token_ids")
-            content = (choice.get("logprobs") or {}).get("content")
-            if token_ids is not None:
-                token_count = len(token_ids)
-            elif content is not None:
-                token_count = len(content)
-            else:
-                token_count = 0
-            candidates.append(
-                Candidate(
-                    text=choice["message"].get("content") or "",
-                    token_count=token_count,
-                    cumulative_logprob=sum(t["logprob"] for t in content) if content else None,
-                    finish_reason=choice.get("finish_reason"),
-                )
-            )
-        prompt_token_ids = result.get("prompt_token_ids")
-        usage = result.get("usage") or {}
-        return CandidateGroup(
-            prompt=prompt,
-            candidates=tuple(candidates),
-            spec=spec,
-            seed=seed,
-            model_version=self.model_version,
-            prompt_tokens=len(prompt_token_ids) if prompt_token_ids is not None else usage.get("prompt_tokens"),
-            generator=self.name,
-        )

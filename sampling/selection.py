@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flywheel.signals import prompt_key
+from flywheel.domain.signals import prompt_key
 from sampling.verifiers import ExplainingScorer, Verdict
 
 if TYPE_CHECKING:

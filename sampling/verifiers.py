@@ -1,20 +1,12 @@
-"""Scorers: verifiers for checkable tasks (JSON, numeric answers, Python tests) and an LLM judge via the generator."""
+"""Scorers: the scorer port and the pure verifiers of checkable tasks (JSON, numeric answers)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import jsonschema
@@ -58,7 +50,7 @@ class ExplainingScorer(Scorer, Protocol):
     def verdicts(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[Verdict]: ...
 
 
-def _short_hash(value: Any) -> str:
+def short_hash(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:8]
 
 
@@ -86,7 +78,7 @@ class JsonFormatVerifier:
             cls.check_schema(schema)  # a broken schema is a configuration error: fail at construction
             self._validator = cls(schema)
         # The schema decides what passes, so it is part of the version.
-        self.version = "1" if schema is None else f"1+schema.{_short_hash(schema)}"
+        self.version = "1" if schema is None else f"1+schema.{short_hash(schema)}"
 
     def verdicts(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[Verdict]:
         return [self._one(c) for c in completions]
@@ -142,7 +134,7 @@ class NumericAnswerVerifier:
         self.expected = value
         self.tolerance = Decimal(repr(float(tolerance)))
         # What counts as right is part of the version, as a schema is of JsonFormatVerifier's.
-        self.version = f"1+answer.{_short_hash([str(self.expected), str(self.tolerance)])}"
+        self.version = f"1+answer.{short_hash([str(self.expected), str(self.tolerance)])}"
 
     def verdicts(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[Verdict]:
         out = []
@@ -160,21 +152,6 @@ class NumericAnswerVerifier:
         return [v.value for v in self.verdicts(prompt_messages, completions)]
 
 
-# ---- Python unit tests ----
-
-_RUNNER = """\
-import sys
-namespace = {"__name__": "solution"}
-try:
-    exec(compile(open("solution.py", encoding="utf-8").read(), "solution.py", "exec"), namespace)
-except SystemExit:
-    sys.exit(3)  # a solution that exits early must not skip the tests
-exec(compile(open("tests.py", encoding="utf-8").read(), "tests.py", "exec"), namespace)
-sys.stdout.flush()
-sys.stdout.write("\\n%s\\n")
-"""
-
-
 def extract_code(completion: str) -> str:
     """The first ```python (or ```py) block, else the first unlabelled fenced block, else the whole text."""
     blocks = _fenced_blocks(completion)
@@ -185,153 +162,3 @@ def extract_code(completion: str) -> str:
         if label == "":
             return body
     return completion
-
-
-class PythonTestsVerifier:
-    """1.0 when the candidate's code followed by `tests_source` runs to the end within `timeout_s`, else 0.0.
-
-    Each candidate runs in its own isolated interpreter (`python -I`) in a fresh temporary directory, with an
-    empty environment and no standard input; on timeout its whole process group is killed. The tests share the
-    solution's namespace, so plain `assert`s on its functions work. This isolates accidents, not attacks: it is
-    no sandbox for untrusted code.
-    """
-
-    name = "python_tests"
-
-    def __init__(self, tests_source: str, timeout_s: float = 10.0, *, output_limit: int = 2000) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        self.tests_source = tests_source
-        self.version = f"1+tests.{_short_hash(tests_source)}"  # the tests decide what passes
-        self.timeout_s = timeout_s
-        self.output_limit = output_limit
-        # Printed only after the tests ran to the end: an os._exit(0) in the solution cannot fake a pass.
-        self._marker = f"flywheel-tests-passed-{hashlib.sha256(tests_source.encode()).hexdigest()[:16]}"
-
-    def verdicts(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[Verdict]:
-        return [self._run(extract_code(c)) for c in completions]
-
-    def score(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[float]:
-        return [v.value for v in self.verdicts(prompt_messages, completions)]
-
-    def _run(self, code: str) -> Verdict:
-        with tempfile.TemporaryDirectory(prefix="flywheel-pytests-") as tmp:
-            root = Path(tmp)
-            (root / "solution.py").write_text(code, encoding="utf-8")
-            (root / "tests.py").write_text(self.tests_source, encoding="utf-8")
-            (root / "runner.py").write_text(_RUNNER % self._marker, encoding="utf-8")
-            with open(root / "output.txt", "wb") as out:
-                proc = subprocess.Popen(
-                    [sys.executable, "-I", "runner.py"], cwd=root, stdin=subprocess.DEVNULL, stdout=out,
-                    stderr=subprocess.STDOUT, env={"PATH": os.defpath, "HOME": tmp}, start_new_session=True,
-                )
-                try:
-                    returncode: int | None = proc.wait(timeout=self.timeout_s)
-                except subprocess.TimeoutExpired:
-                    returncode = None
-                finally:
-                    _kill_group(proc)  # on timeout, and children the solution left behind
-            output = (root / "output.txt").read_bytes().decode("utf-8", errors="replace")
-        if returncode is None:
-            return Verdict(value=0.0, reason=f"{TIMEOUT}: after {self.timeout_s:g}s")
-        if returncode == 0 and output.rstrip().endswith(self._marker):
-            return Verdict(value=1.0)
-        tail = output[-self.output_limit:].strip()
-        return Verdict(value=0.0, reason=f"{TESTS_FAILED}: exit {returncode}: {tail}")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-# ---- LLM judge ----
-
-
-class JudgeCandidate(Protocol):
-    @property
-    def text(self) -> str: ...
-
-
-class JudgeCandidateGroup(Protocol):
-    @property
-    def candidates(self) -> Sequence[JudgeCandidate]: ...
-
-
-class JudgeGenerator(Protocol):
-    """The part of the generator port the judge needs: one candidate group per prompt, in prompt order."""
-
-    def generate(self, prompts: list[list[dict[str, Any]]], spec: Any) -> Sequence[JudgeCandidateGroup]: ...
-
-
-JUDGE_INSTRUCTIONS = (
-    "Grade the assistant's final response on a scale from 1 (worst) to 10 (best). "
-    "End your reply with a line of the form 'Score: N', where N is an integer from 1 to 10."
-)
-_SCORE_LINE = re.compile(r"score\s*(?:\*\*)?\s*[:=]\s*(?:\*\*)?\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE)
-_BARE_SCORE = re.compile(r"(-?\d+(?:\.\d+)?)(?:\s*/\s*10)?")
-
-
-def parse_judgement(text: str) -> Verdict:
-    """The 1-10 score of a judge's reply: the last 'Score: N', or a reply that is only a number (or 'N/10').
-    Anything else scores 0 with the reason."""
-    matches = _SCORE_LINE.findall(text)
-    if matches:
-        raw = matches[-1]
-    else:
-        bare = _BARE_SCORE.fullmatch(text.strip().strip("*").strip())
-        if bare is None:
-            return Verdict(value=0.0, reason=UNPARSEABLE_JUDGEMENT)
-        raw = bare.group(1)
-    value = float(raw)
-    if not 1.0 <= value <= 10.0:
-        return Verdict(value=0.0, reason=f"{SCORE_OUT_OF_RANGE}: {raw}")
-    return Verdict(value=value)
-
-
-def _render(messages: Sequence[Mapping[str, Any]]) -> str:
-    return "\n\n".join(f"[{m.get('role', '')}]\n{m.get('content') or ''}" for m in messages)
-
-
-class JudgeScorer:
-    """An LLM judge: asks the generator for a 1-10 grade of each completion under `rubric` and parses it.
-
-    The rubric decides what a grade means, so its hash is part of the version; pass `version` to also name the
-    judge model (the spec is opaque here).
-    """
-
-    name = "llm_judge"
-
-    def __init__(self, generator: JudgeGenerator, rubric: str, spec: Any, *, version: str = "1") -> None:
-        self.generator = generator
-        self.rubric = rubric
-        self.spec = spec
-        self.version = f"{version}+rubric.{_short_hash(rubric)}"
-
-    def prompts(self, prompt_messages: Sequence[Mapping[str, Any]], completions: Sequence[str]) -> list[
-            list[dict[str, Any]]]:
-        """The judge conversations, one per completion."""
-        conversation = _render(prompt_messages)
-        return [
-            [
-                {"role": "system", "content": f"{self.rubric.strip()}\n\n{JUDGE_INSTRUCTIONS}"},
-                {"role": "user", "content": f"Conversation:\n{conversation}\n\nResponse to grade:\n{c}"},
-            ]
-            for c in completions
-        ]
-
-    def verdicts(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[Verdict]:
-        if not completions:
-            return []
-        groups = list(self.generator.generate(self.prompts(prompt_messages, completions), self.spec))
-        out = []
-        for i in range(len(completions)):
-            if i >= len(groups) or not groups[i].candidates:
-                out.append(Verdict(value=0.0, reason=NO_JUDGEMENT))
-            else:
-                out.append(parse_judgement(groups[i].candidates[0].text))
-        return out
-
-    def score(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[float]:
-        return [v.value for v in self.verdicts(prompt_messages, completions)]

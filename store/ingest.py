@@ -12,14 +12,14 @@ from typing import Any
 import orjson
 import psycopg
 
-from flywheel.ingest import (
+from flywheel.domain.tracking import needs_probe, resume
+from flywheel.domain.validation import (
     DUPLICATE_INTERACTION,
     UNKNOWN_INTERACTION,
     Accepted,
     InvalidEvent,
     decode,
 )
-from flywheel.tracking import needs_probe, resume
 from store.eventstore import NewEvent, StoredEvent, append
 from store.projections import project
 from store.tracking import TOPIC_RECREATED, tracking_reset
@@ -120,7 +120,7 @@ async def ingest_batch(
 
     `broker` says which log the batch came from and where it ends: a partition whose topic was created again
     since its tracking row was written is read from its start (recorded as a TrackingReset), and one whose
-    tracked offset lies beyond the log's end stops ingest (flywheel.tracking.TrackedBeyondLogEnd)."""
+    tracked offset lies beyond the log's end stops ingest (flywheel.domain.tracking.TrackedBeyondLogEnd)."""
     out = BatchOutcome()
     broker = broker or BrokerView()
     async with conn.transaction():
@@ -176,7 +176,7 @@ async def _claim(
 ) -> dict[tuple[str, int], int]:
     """Lock this batch's tracking rows and return, per partition, the stored offset that a message must
     exceed to be new (redeliveries are counted). A partition whose batch starts past the stored offset
-    (the broker is ahead of the store) is left out and recorded in out.rewind (flywheel.tracking.resume)."""
+    (the broker is ahead of the store) is left out and recorded in out.rewind (flywheel.domain.tracking.resume)."""
     by_tp: dict[tuple[str, int], list[int]] = {}
     for m in messages:
         by_tp.setdefault((m.topic, m.partition), []).append(m.offset)

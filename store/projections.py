@@ -17,7 +17,7 @@ import psycopg
 from sqlalchemy import JSON
 from sqlmodel import SQLModel
 
-from flywheel.signals import SignalConfig, prompt_key
+from flywheel.domain.signals import SignalConfig, prompt_key
 from store.candidates import CANDIDATES_GENERATED, CANDIDATES_SELECTED, project_candidates
 from store.eventstore import NewEvent, StoredEvent, append, head, read
 from store.rounds import ROUND_EVENTS, project_rounds

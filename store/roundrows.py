@@ -24,7 +24,7 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from flywheel.signals import PreferencePair, SignalConfig, derive
+from flywheel.domain.signals import PreferencePair, SignalConfig, derive
 from store.db import conninfo
 from store.projections import DEFAULT_SIGNALS
 from store.signals import checkpoint, load_groups, newest_sources
@@ -34,7 +34,7 @@ _GROUPS_PER_LOAD = 500
 
 class SourceRow(NamedTuple):  # a tuple: one is made per row read, and a frozen dataclass takes 5x as long
     kind: str  # pair | kto | sft (signal records) | group (a candidate group with its selection)
-    # The record as JSON (flywheel.signals dataclasses), or the candidate group; None for an exact copy (see
+    # The record as JSON (flywheel.domain.signals dataclasses), or the candidate group; None for an exact copy (see
     # `copy_key`) of an earlier row, which the read leaves unread.
     data: dict[str, Any] | None
     position: int  # the newest event the row was derived from
@@ -112,7 +112,8 @@ async def stream_rows(
 
 def signals_query(*, copies: bool) -> str:
     """The query a round reads the signals read model with (bench/rounds.py copies it raw as a baseline)."""
-    # Tied pairs never become training rows (flywheel.rounds.row_from_signal): not worth reading. With copies, nor is
+    # Tied pairs never become training rows (flywheel.domain.rounds.row_from_signal): not worth reading. With
+    # copies, nor is
     # the data of a record without consent that would be a row (any but a pair not accepted): consent removes it;
     # nor are the times, which only rollback slices need.
     data = "CASE WHEN consent OR kind = 'pair' AND status IS DISTINCT FROM 'accepted' THEN data::text END" \

@@ -1,6 +1,6 @@
 """Signals as a read model that follows the event log.
 
-A projector re-derives (flywheel.signals.derive) every prompt group that the events past its
+A projector re-derives (flywheel.domain.signals.derive) every prompt group that the events past its
 checkpoint touched, replaces the groups' rows and moves the checkpoint, in one transaction. It runs
 a moment behind ingest and takes everything committed since its last run at once, so a hot prompt
 group is derived once per run, not once per ingest batch. derive is a pure function of a group's
@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from flywheel.signals import (
+from flywheel.domain.signals import (
     FeedbackRecord,
     InteractionRecord,
     KTOLabel,
@@ -151,7 +151,7 @@ def rows(key: str, signals: Signals, sources: dict[str, tuple[int, datetime]],
 
 def copy_key(record: object) -> bytes | None:
     """What makes two training records (pair, KTO label, SFT sample) the same to every round gate up to dedup,
-    and equal in what flywheel.rounds.row_from_signal makes of them: kind, consent, status (and when a pending
+    and equal in what flywheel.domain.rounds.row_from_signal makes of them: kind, consent, status (and when a pending
     pair is decided), tags, and every value its body is made from. None for other records. A round reads every
     later record with the key of an earlier one as an exact copy of it (store.roundrows)."""
     if isinstance(record, PreferencePair):

@@ -62,7 +62,7 @@ async def _rows(conn: psycopg.AsyncConnection, sql: str, params: list[Any]) -> l
 
 
 async def _signals_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str, Any]:
-    from flywheel.quality import length_bias_from_sums
+    from flywheel.domain.quality import length_bias_from_sums
 
     counts = [
         {"kind": k, "rule": r, "status": s, "count": n, "disagreement": d, "no_consent": c}
@@ -72,7 +72,7 @@ async def _signals_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str
             " count(*) FILTER (WHERE NOT consent) FROM signals WHERE position <= %s GROUP BY 1, 2, 3 ORDER BY 1, 2, 3",
             [upto])
     ]
-    # Bias audits as aggregates: a report's memory must not grow with the log (flywheel.quality has the rules).
+    # Bias audits as aggregates: a report's memory must not grow with the log (flywheel.domain.quality has the rules).
     [(decided, longer, equal, sum_dm, sum_dd, sum_mm)] = await _rows(
         conn,
         "SELECT count(*) FILTER (WHERE NOT tie), count(*) FILTER (WHERE NOT tie AND chosen > rejected),"
@@ -87,8 +87,8 @@ async def _signals_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str
 
 
 async def _feedback_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str, Any]:
-    from flywheel.quality import agreement_by, judgements_from, position_bias_of
-    from flywheel.signals import InteractionRecord
+    from flywheel.domain.quality import agreement_by, judgements_from, position_bias_of
+    from flywheel.domain.signals import InteractionRecord
 
     feedback_rates = await _feedback_rates(conn, upto)
     # Agreement needs items judged by several users: load just those.
@@ -171,7 +171,7 @@ async def _feedback_rates(conn: psycopg.AsyncConnection, upto: int) -> dict[str,
 
 
 async def _feedback(conn: psycopg.AsyncConnection, where: str, params: list[Any]) -> list[Any]:
-    from flywheel.signals import FeedbackRecord
+    from flywheel.domain.signals import FeedbackRecord
 
     cur = await conn.execute(
         "SELECT event_id::text, position, type, interaction_id, user_id_hash, consent_training, occurred_at,"

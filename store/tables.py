@@ -175,7 +175,7 @@ class SignalView(SQLModel, table=True):
     disagreement: bool
     status: str | None = None
     # Where the record stands in its group's derivation (pairs, then KTO labels, SFT samples, hard cases,
-    # disagreements, each in derive's order: flywheel.signals.order_key), and the newest event it came from:
+    # disagreements, each in derive's order: flywheel.domain.signals.order_key), and the newest event it came from:
     # a round reads these rows in that order instead of deriving again (store.roundrows). A key, not an
     # index, so a record keeps it as its group grows and the projector rewrites only the rows that changed.
     sort_key: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -13,14 +13,14 @@ import psycopg
 from faust.types import TP
 from kafka.errors import KafkaError
 
+from flywheel.domain.tracking import TrackedBeyondLogEnd, next_offset
 from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
-from flywheel.topics import TopicIds, first_offset, log_ends, topic_id
-from flywheel.tracking import TrackedBeyondLogEnd, next_offset
 from store.db import connect
 from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
 from streams.metrics import Metrics
 from streams.projector import Pacing, Projector
+from streams.topics import TopicIds, first_offset, log_ends, topic_id
 from streams.transport import Transport
 
 log = logging.getLogger("flywheel.worker")
@@ -53,9 +53,10 @@ def create_app(
         settings.consumer_group,
         broker=f"kafka://{endpoints.kafka_bootstrap}",
         store="memory://",
+        datadir=str(settings.home / "faust"),  # Faust's default is ./<group>-data in the working directory
         web_enabled=False,
         topic_partitions=settings.partitions,
-        topic_allow_declare=False,  # topics are created up front by flywheel.topics
+        topic_allow_declare=False,  # topics are created up front by streams.topics
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),

@@ -25,8 +25,8 @@ from multiprocessing.process import BaseProcess
 
 from psycopg import AsyncConnection
 
-from flywheel.child import die_with_parent
-from flywheel.collect import collect_rarely
+from flywheel.runtime.child import die_with_parent
+from flywheel.runtime.collect import collect_rarely
 from store.db import connect
 from store.eventstore import head
 from store.projections import DEFAULT_SIGNALS

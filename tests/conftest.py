@@ -80,7 +80,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 def run_cli(settings: Settings) -> Callable[..., subprocess.CompletedProcess[str]]:
     def run(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(
-            [sys.executable, "-m", "flywheel.cli", *args],
+            [sys.executable, "-m", "flywheel", *args],
             env=settings_env(settings), capture_output=True, text=True, timeout=timeout,
         )
         if check and done.returncode != 0:
@@ -99,7 +99,7 @@ def start_worker(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., s
     def start(command: str = "worker", with_settings: Settings | None = None) -> subprocess.Popen[bytes]:
         log = open(tmp_path / f"{command}-{len(procs)}.log", "wb")  # noqa: SIM115 - lives as long as the process
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.cli", command], env=settings_env(with_settings or settings),
+            [sys.executable, "-m", "flywheel", command], env=settings_env(with_settings or settings),
             stdout=log, stderr=log,
         )
         procs.append(proc)

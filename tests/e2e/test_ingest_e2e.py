@@ -85,7 +85,7 @@ def test_kill_9_mid_stream_still_stores_every_event_exactly_once(
 ) -> None:
     events = 20000
     producer = subprocess.Popen(
-        [sys.executable, "-m", "flywheel.cli", "simulate", "--events", str(events), "--seed", "5",
+        [sys.executable, "-m", "flywheel", "simulate", "--events", str(events), "--seed", "5",
          "--bad-fraction", "0.02", "--json"],
         env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )

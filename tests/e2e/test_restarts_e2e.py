@@ -20,8 +20,8 @@ import pytest
 from kafka import KafkaProducer
 
 from flywheel.settings import Settings
-from flywheel.topics import ensure_topics, topic_id
 from store.db import connect_sync
+from streams.topics import ensure_topics, topic_id
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ def home() -> Iterator[Path]:
     root.chmod(0o755)
     yield root
     env = _env(root)
-    subprocess.run([sys.executable, "-m", "flywheel.cli", "stack", "down", "--purge"], env=env, capture_output=True,
+    subprocess.run([sys.executable, "-m", "flywheel", "stack", "down", "--purge"], env=env, capture_output=True,
                    timeout=120)
     shutil.rmtree(root, ignore_errors=True)
 
@@ -47,7 +47,7 @@ def _env(home: Path) -> dict[str, str]:
 
 
 def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "flywheel.cli", *args], env=_env(home), capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "flywheel", *args], env=_env(home), capture_output=True,
                           text=True, timeout=timeout)
     assert done.returncode == 0, f"flywheel {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
     return done
@@ -56,7 +56,7 @@ def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 def start(home: Path, command: str, log: Path) -> subprocess.Popen[bytes]:
     """A long-running command in a session of its own (as a terminal would run it); ready once its worker is."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "flywheel.cli", command], env=_env(home), stdout=out,
+        proc = subprocess.Popen([sys.executable, "-m", "flywheel", command], env=_env(home), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     wait_until(lambda: proc.poll() is not None or "[^Worker]: Ready" in log.read_text(errors="replace"),
                timeout=120, what=f"flywheel {command} ready")

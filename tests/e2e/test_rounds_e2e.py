@@ -96,7 +96,7 @@ def test_rounds_rollback_with_quarantine_then_a_clean_round(
 
     # kill -9 a build while it writes: no round appears, and the next build cleans up and succeeds
     root = settings.rounds_root
-    build = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "rounds", "build"], env=settings_env(settings),
+    build = subprocess.Popen([sys.executable, "-m", "flywheel", "rounds", "build"], env=settings_env(settings),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not list(root.glob(".building-*/*/*.jsonl")) and time.monotonic() < deadline and build.poll() is None:
@@ -120,7 +120,7 @@ def test_a_round_builds_while_traffic_flows_and_recuts_to_the_same_hash(
     first = json.loads(run_cli("simulate", "--events", "2000", "--seed", "5", "--bad-fraction", "0",
                                "--start", "2026-11-02T08:00:00+00:00", "--json").stdout)
     wait_until(stored(settings, first["valid"]["total"]), timeout=180, what="first traffic stored")
-    traffic = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "simulate", "--events", "30000", "--seed", "6",
+    traffic = subprocess.Popen([sys.executable, "-m", "flywheel", "simulate", "--events", "30000", "--seed", "6",
                                 "--bad-fraction", "0", "--start", "2026-11-03T08:00:00+00:00", "--json"],
                                env=settings_env(settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

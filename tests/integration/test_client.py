@@ -16,12 +16,12 @@ import orjson
 import pytest
 
 from flywheel.client import FeedbackClient
-from flywheel.ingest import InvalidEvent
+from flywheel.domain.validation import InvalidEvent
 from flywheel.settings import Settings
-from flywheel.simulate import generate
-from flywheel.topics import ensure_topics
+from flywheel.simulator import generate
 from infra.stack import free_port, start_broker, stop_pid
 from store.db import connect_sync
+from streams.topics import ensure_topics
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

@@ -12,11 +12,11 @@ from typing import Any
 import psycopg
 import pytest
 
+from flywheel.domain.rounds import RoundConfig
 from flywheel.endpoints import Endpoints
-from flywheel.oncall import restore, rollback
-from flywheel.roundbuild import BuilderBusy, build_round
-from flywheel.rounds import RoundConfig
-from flywheel.simulate import generate
+from flywheel.services.build_round import BuilderBusy, build_round
+from flywheel.services.rollback import restore, rollback
+from flywheel.simulator import generate
 from store.db import connect, connect_sync
 from store.eventstore import SnapshotAppend, head
 from store.ingest import Incoming, decode_message, ingest_batch

@@ -13,13 +13,14 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from flywheel.generation import generate_candidates, sample_hard_cases  # noqa: E402
-from flywheel.roundbuild import build_round  # noqa: E402
-from flywheel.rounds import RoundConfig  # noqa: E402
+from flywheel.domain.rounds import RoundConfig  # noqa: E402
+from flywheel.services.build_round import build_round  # noqa: E402
+from flywheel.services.generation import generate_candidates, sample_hard_cases  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
-from flywheel.simulate import generate  # noqa: E402
-from sampling import tiny_model  # noqa: E402
-from sampling.generation import SamplingSpec, VLLMGenerator  # noqa: E402
+from flywheel.simulator import generate  # noqa: E402
+from sampling.adapters import tiny_model  # noqa: E402
+from sampling.adapters.vllm import VLLMGenerator  # noqa: E402
+from sampling.generation import SamplingSpec  # noqa: E402
 from sampling.hardcases import SamplerConfig  # noqa: E402
 from store.db import connect_sync  # noqa: E402
 from tests.conftest import settings_env  # noqa: E402
@@ -57,7 +58,7 @@ def test_sample_generate_select_build_on_the_real_engine(
 
     env_settings = settings.model_copy(update={"reward_model": str(tiny_model.reward_model_dir(policy))})
     selected = subprocess.run(
-        [sys.executable, "-m", "flywheel.cli", "select", "--min-margin", "0", "--sft-threshold", "-100", "--json"],
+        [sys.executable, "-m", "flywheel", "select", "--min-margin", "0", "--sft-threshold", "-100", "--json"],
         env=settings_env(env_settings),
         capture_output=True, text=True, timeout=300, check=True)
     report = json.loads(selected.stdout)

@@ -14,10 +14,10 @@ pytest.importorskip("vllm")
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
-from flywheel.generation import sample_hard_cases  # noqa: E402
+from flywheel.services.generation import sample_hard_cases  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
-from flywheel.simulate import generate  # noqa: E402
-from sampling import tiny_model  # noqa: E402
+from flywheel.simulator import generate  # noqa: E402
+from sampling.adapters import tiny_model  # noqa: E402
 from sampling.hardcases import SamplerConfig  # noqa: E402
 from store.db import connect_sync  # noqa: E402
 from tests.conftest import wait_until  # noqa: E402

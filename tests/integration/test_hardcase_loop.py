@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from flywheel.endpoints import Endpoints
-from flywheel.generation import sample_hard_cases, select_candidates
-from flywheel.simulate import generate
+from flywheel.services.generation import sample_hard_cases, select_candidates
+from flywheel.simulator import generate
 from sampling.generation import Candidate, CandidateGroup, SamplingSpec
 from sampling.hardcases import SamplerConfig
 from sampling.selection import SelectionConfig

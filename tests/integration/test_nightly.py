@@ -12,12 +12,12 @@ import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from flywheel.endpoints import Endpoints
-from flywheel.oncall import ROUNDS_LOCK
-from flywheel.scheduler import configure
+from flywheel.entrypoints.scheduler import configure
+from flywheel.services.nightly import run_steps
+from flywheel.services.rollback import ROUNDS_LOCK
 from flywheel.settings import Settings
-from flywheel.simulate import generate
-from flywheel.steps import run_steps
-from flywheel.topics import ensure_topics
+from flywheel.simulator import generate
+from streams.topics import ensure_topics
 from tests.integration.test_signals_store import ingest_all
 
 pytestmark = pytest.mark.integration
@@ -72,7 +72,7 @@ def test_scheduler_jobs_persist_in_postgres_once_across_instances(settings: Sett
     restarted.start(paused=True)
     try:
         job = restarted.get_job("nightly_pipeline")
-        assert job is not None and job.func_ref == "flywheel.jobs:nightly_pipeline"
+        assert job is not None and job.func_ref == "flywheel.entrypoints.jobs:nightly_pipeline"
         assert job.misfire_grace_time == 3600 and job.coalesce and job.max_instances == 1
     finally:
         restarted.shutdown()

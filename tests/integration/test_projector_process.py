@@ -16,7 +16,7 @@ import pytest
 
 from flywheel.endpoints import Endpoints
 from flywheel.settings import Settings
-from flywheel.simulate import generate
+from flywheel.simulator import generate
 from store.signals import Progress
 from streams.projector import Pacing, Projector, ProjectorFailed
 from tests.integration.test_signals_store import drift, ingest_all

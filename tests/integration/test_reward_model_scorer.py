@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("transformers")
 pytest.importorskip("torch")
 
-from sampling import tiny_model  # noqa: E402
-from sampling.scorers_rm import RewardModelScorer  # noqa: E402
+from sampling.adapters import tiny_model  # noqa: E402
+from sampling.adapters.reward_model import RewardModelScorer  # noqa: E402
 from sampling.verifiers import Scorer  # noqa: E402
 
 pytestmark = pytest.mark.vllm  # runs where the generation extras are installed

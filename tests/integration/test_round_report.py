@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 
+from flywheel.domain.quality import length_bias, position_bias
+from flywheel.domain.rounds import RoundConfig
+from flywheel.domain.signals import FeedbackRecord
 from flywheel.endpoints import Endpoints
-from flywheel.quality import length_bias, position_bias
-from flywheel.roundbuild import build_round
-from flywheel.rounds import RoundConfig
-from flywheel.signals import FeedbackRecord
-from flywheel.simulate import generate
+from flywheel.services.build_round import build_round
+from flywheel.simulator import generate
 from store.db import connect_sync
 from store.stats import _RATES_FROM_FEEDBACK, _rates, signal_report
 from tests.integration.test_signals_store import ingest_all
@@ -46,7 +46,7 @@ def test_the_report_shows_the_feedback_as_of_the_round_watermark(endpoints: Endp
     # panels judged the same interactions: agreement per app and per model version
     assert audits["agreement"]["thumbs"]["app_id"] and audits["agreement"]["thumbs"]["model_version"]
 
-    # the bias aggregates the query computes are the rules of flywheel.quality over every pair and comparison
+    # the bias aggregates the query computes are the rules of flywheel.domain.quality over every pair and comparison
     with connect_sync(url) as conn:
         pairs = [SimpleNamespace(chosen=c, rejected=r, margin=m, tie=t) for c, r, m, t in conn.execute(
             "SELECT data->>'chosen', data->>'rejected', (data->>'margin')::float8, (data->>'tie')::bool FROM signals"

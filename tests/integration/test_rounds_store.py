@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
+from flywheel.domain.rounds import RoundConfig
 from flywheel.endpoints import Endpoints
-from flywheel.oncall import MARKER, restore, rollback
-from flywheel.roundbuild import build_round
-from flywheel.rounds import RoundConfig
-from flywheel.simulate import generate
+from flywheel.services.build_round import build_round
+from flywheel.services.rollback import MARKER, restore, rollback
+from flywheel.simulator import generate
 from store.db import connect_sync
 from store.projections import record
 from store.rounds import quarantine_added

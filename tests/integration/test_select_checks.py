@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.generation import sample_hard_cases
+from flywheel.services.generation import sample_hard_cases
 from flywheel.settings import Settings
-from flywheel.simulate import generate
-from sampling.checks import last_user_text
+from flywheel.simulator import generate
+from sampling.adapters.checks import last_user_text
 from sampling.generation import Candidate, CandidateGroup, SamplingSpec
 from sampling.hardcases import SamplerConfig
 from store.candidates import generated_event

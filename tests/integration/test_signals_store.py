@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flywheel.endpoints import Endpoints
-from flywheel.simulate import generate
+from flywheel.simulator import generate
 from store.db import connect, connect_sync, create_schema
 from store.ingest import Incoming, decode_message, ingest_batch
 from store.projections import DEFAULT_SIGNALS, check

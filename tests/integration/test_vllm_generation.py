@@ -17,15 +17,15 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from flywheel.domain.signals import prompt_key  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
-from flywheel.signals import prompt_key  # noqa: E402
-from sampling import tiny_model  # noqa: E402
+from sampling.adapters import tiny_model  # noqa: E402
+from sampling.adapters.openai_server import OpenAIServerGenerator  # noqa: E402
+from sampling.adapters.vllm import VLLMGenerator  # noqa: E402
 from sampling.generation import (  # noqa: E402
     Candidate,
     CandidateGroup,
-    OpenAIServerGenerator,
     SamplingSpec,
-    VLLMGenerator,
 )
 from store.candidates import generated_event  # noqa: E402
 from store.db import connect_sync  # noqa: E402
@@ -225,7 +225,7 @@ def test_select_grades_with_an_llm_judge_through_the_server(server: str, setting
     rubric.write_text("Reward correct arithmetic.\n")
     judged = settings.model_copy(update={"generator_url": server, "generator_model": "tiny",
                                          "generator_model_version": MODEL_VERSION})
-    done = subprocess.run([sys.executable, "-m", "flywheel.cli", "select", "--judge-rubric", str(rubric), "--json"],
+    done = subprocess.run([sys.executable, "-m", "flywheel", "select", "--judge-rubric", str(rubric), "--json"],
                           env=settings_env(judged), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["groups"] == 1

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from sampling.checks import load_checks
-from sampling.verifiers import NumericAnswerVerifier, PythonTestsVerifier
+from sampling.adapters.checks import load_checks
+from sampling.adapters.test_runner import PythonTestsVerifier
+from sampling.verifiers import NumericAnswerVerifier
 
 
 def write(tmp_path: Path, *lines: object) -> Path:

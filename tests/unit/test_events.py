@@ -10,9 +10,9 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from flywheel.events import EVENT_CLASSES, EVENT_TYPES, FeedbackEvent, Interaction, Rating, to_wire
-from flywheel.ingest import INVALID_FIELD, InvalidEvent, parse
-from flywheel.simulate import generate
+from flywheel.domain.validation import INVALID_FIELD, InvalidEvent, parse
+from flywheel.domain.wire import EVENT_CLASSES, EVENT_TYPES, FeedbackEvent, Interaction, Rating, to_wire
+from flywheel.simulator import generate
 from tests.factories import comparison, event, thumbs
 
 ASKED, OTHER = "ix-asked", "ix-other"

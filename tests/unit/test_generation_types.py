@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 
+from sampling.adapters.openai_server import OpenAIServerGenerator
+from sampling.adapters.reward_model import RewardModelScorer, model_dir_version
+from sampling.adapters.vllm import VLLMGenerator
 from sampling.generation import (
     Candidate,
     CandidateGroup,
     Generator,
     Messages,
-    OpenAIServerGenerator,
     SamplingSpec,
-    VLLMGenerator,
 )
-from sampling.scorers_rm import RewardModelScorer, model_dir_version
-from sampling.verifiers import JudgeScorer, Scorer
+from sampling.judge import JudgeScorer
+from sampling.verifiers import Scorer
 
 PROMPT = ({"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 2?"})
 
@@ -116,7 +117,7 @@ def test_adapters_satisfy_the_ports_without_loading_anything(tmp_path: Path) -> 
 
 def test_importing_the_adapters_imports_no_heavy_library() -> None:
     code = (
-        "import sys, sampling.generation, sampling.scorers_rm, sampling.tiny_model\n"
+        "import sys, sampling.generation, sampling.adapters.reward_model, sampling.adapters.tiny_model\n"
         "heavy = {'vllm', 'torch', 'transformers', 'tokenizers'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

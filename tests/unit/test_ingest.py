@@ -13,8 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from flywheel.events import EVENT_CLASSES, to_wire
-from flywheel.ingest import (
+from flywheel.domain.validation import (
     BAD_ENCODING,
     BAD_JSON,
     DUPLICATE_INTERACTION,
@@ -32,7 +31,8 @@ from flywheel.ingest import (
     redact_event,
     validate,
 )
-from flywheel.simulate import generate
+from flywheel.domain.wire import EVENT_CLASSES, to_wire
+from flywheel.simulator import generate
 from tests.factories import event, interaction, raw, thumbs
 
 MAX = 64 * 1024
@@ -196,7 +196,7 @@ def test_events_without_free_text_are_stored_as_sent() -> None:
 
 
 def test_redact_event_counts_per_event_with_a_shared_redactor() -> None:
-    from flywheel.redact import Redactor
+    from flywheel.domain.redact import Redactor
 
     shared = Redactor()
     one = interaction("ix-1", prompt="a@example.com")
@@ -309,7 +309,7 @@ def test_dropping_any_required_field_gives_missing_field(data: st.DataObject) ->
 
 
 def test_validate_refuses_a_dict_json_cannot_carry_with_a_reason() -> None:
-    from flywheel.ingest import INVALID_FIELD, InvalidEvent, validate
+    from flywheel.domain.validation import INVALID_FIELD, InvalidEvent, validate
     from tests.factories import event
 
     with pytest.raises(InvalidEvent) as caught:

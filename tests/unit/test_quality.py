@@ -11,8 +11,7 @@ import numpy as np
 import orjson
 import pytest
 
-from flywheel.events import Interaction
-from flywheel.quality import (
+from flywheel.domain.quality import (
     BANDS,
     Judgement,
     agreement,
@@ -24,8 +23,9 @@ from flywheel.quality import (
     length_bias,
     position_bias,
 )
-from flywheel.signals import FeedbackRecord, InteractionRecord, PreferencePair
-from flywheel.simulate import APPS, generate
+from flywheel.domain.signals import FeedbackRecord, InteractionRecord, PreferencePair
+from flywheel.domain.wire import Interaction
+from flywheel.simulator import APPS, generate
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.redact import Redactor, find_pii, has_pii, luhn_ok, redact
+from flywheel.domain.redact import Redactor, find_pii, has_pii, luhn_ok, redact
 
 EMAILS = ["ann@example.com", "first.last+tag@mail.example.co.uk", "x_y-z99@example.io", "ANN.LEE@EXAMPLE.ORG"]
 PHONES = [

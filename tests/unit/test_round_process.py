@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from flywheel import roundbuild
-from flywheel.roundbuild import build_in_process
-from flywheel.rounds import Prepare, Repeat, RoundConfig, RoundResult, Row, build, process
-from flywheel.rounds.builder import Entry, Prepared, Removed
+from flywheel.domain.rounds import Prepare, Repeat, RoundConfig, RoundResult, Row, build
+from flywheel.domain.rounds.builder import Entry, Prepared, Removed
+from flywheel.runtime import builder_process as process
+from flywheel.services import build_round as roundbuild
+from flywheel.services.build_round import build_in_process
 from tests.unit.test_rounds import EMPTY_QUARANTINE, all_bytes, make_row, run
 
 

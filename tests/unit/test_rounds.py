@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flywheel.rounds import (
+from flywheel.domain.rounds import (
     AUDIT,
     CALIBRATION,
     FILE_NAMES,
@@ -45,7 +45,7 @@ from flywheel.rounds import (
     rows_from_group,
     split_of,
 )
-from flywheel.signals import KTOLabel, PreferencePair, SFTSample
+from flywheel.domain.signals import KTOLabel, PreferencePair, SFTSample
 from sampling.selection import Score, ScoredCandidate, SelectionConfig, select
 
 # ---- a benchmark item and its paraphrases (the canaries) ----
@@ -262,7 +262,7 @@ def test_normalise_folds_case_punctuation_and_whitespace() -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127)), st.text())
 def test_garbled_counts_what_the_pattern_finds(ascii_text: str, other: str) -> None:
-    from flywheel.rounds.gates import _GARBLED_CHARS, garbled
+    from flywheel.domain.rounds.gates import _GARBLED_CHARS, garbled
 
     for text in (ascii_text, other, ascii_text + other, ascii_text + "\ufffd\x85"):
         assert garbled(text) == len(_GARBLED_CHARS.findall(text))
@@ -272,7 +272,7 @@ def test_garbled_counts_what_the_pattern_finds(ascii_text: str, other: str) -> N
 @given(st.text(alphabet=st.characters(max_codepoint=127)), st.text())
 def test_words_of_ascii_text_are_the_words_the_pattern_finds(ascii_text: str, other: str) -> None:
     """words' ASCII shortcut (a byte table) splits as the pattern does, which every other text goes through."""
-    from flywheel.rounds.quarantine import _WORD, words
+    from flywheel.domain.rounds.quarantine import _WORD, words
 
     for text in (ascii_text, other, ascii_text + other):
         assert words(text) == _WORD.findall(unicodedata.normalize("NFKC", text).casefold())

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from flywheel import redact
-from flywheel.redact import find_pii
-from flywheel.rounds import QuarantineIndex, QuarantineItem, QuarantineList, RoundConfig, Row, build, builder
-from flywheel.rounds.gates import has_pii
+from flywheel.domain import redact
+from flywheel.domain.redact import find_pii
+from flywheel.domain.rounds import QuarantineIndex, QuarantineItem, QuarantineList, RoundConfig, Row, build, builder
+from flywheel.domain.rounds.gates import has_pii
 
 PII_TEXTS = [
     "Write to ann@example.com, please.",

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from flywheel.signals import prompt_key
+from flywheel.domain.signals import prompt_key
 from sampling.selection import (
     BELOW_SFT_THRESHOLD,
     BEST_VS_WORST,

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flywheel.events import Interaction
-from flywheel.signals import (
+from flywheel.domain.signals import (
     COMPARISON_PAIR,
     EDIT_PAIR,
     EDIT_SFT,
@@ -30,7 +29,8 @@ from flywheel.signals import (
     edit_distance,
     prompt_key,
 )
-from flywheel.simulate import generate
+from flywheel.domain.wire import Interaction
+from flywheel.simulator import generate
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 PROMPT: tuple[dict[str, Any], ...] = ({"role": "user", "content": "How do I reset my password?"},)

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from flywheel.events import (
+from flywheel.domain.redact import Redactor
+from flywheel.domain.validation import OVERSIZE, REASONS, UNKNOWN_INTERACTION, InvalidEvent, decode, parse
+from flywheel.domain.wire import (
     EVENT_TYPES,
     Comparison,
     Edit,
@@ -19,9 +21,7 @@ from flywheel.events import (
     Regenerate,
     Thumbs,
 )
-from flywheel.ingest import OVERSIZE, REASONS, UNKNOWN_INTERACTION, InvalidEvent, decode, parse
-from flywheel.redact import Redactor
-from flywheel.simulate import BAD_KINDS, DEFAULT_MAX_EVENT_BYTES, Simulated, Summary, generate
+from flywheel.simulator import BAD_KINDS, DEFAULT_MAX_EVENT_BYTES, Simulated, Summary, generate
 
 
 def stream(events: int = 3000, seed: int = 1, bad_fraction: float = 0.0, **kw: object) -> list[Simulated]:

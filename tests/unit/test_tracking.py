@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.tracking import Resume, TrackedBeyondLogEnd, needs_probe, next_offset, resume
+from flywheel.domain.tracking import Resume, TrackedBeyondLogEnd, needs_probe, next_offset, resume
 
 
 def test_a_batch_that_follows_the_stored_offset_is_taken() -> None:

@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import pytest
 
+from sampling.adapters.test_runner import PythonTestsVerifier
+from sampling.judge import JudgeScorer, parse_judgement
 from sampling.verifiers import (
     INVALID_JSON,
     NO_JUDGEMENT,
@@ -21,14 +23,11 @@ from sampling.verifiers import (
     UNPARSEABLE_JUDGEMENT,
     ExplainingScorer,
     JsonFormatVerifier,
-    JudgeScorer,
     NumericAnswerVerifier,
-    PythonTestsVerifier,
     Scorer,
     Verdict,
     extract_code,
     last_number,
-    parse_judgement,
 )
 
 PROMPT = [{"role": "user", "content": "Answer in JSON."}]

@@ -1,0 +1,1 @@
+"""The pure core: wire schema, internal events, signal rules, quality, redaction and the round core."""

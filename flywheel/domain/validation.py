@@ -1,0 +1,147 @@
+"""Decode → validate → redact: the pure edge every consumed message goes through."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from flywheel.domain.redact import Redactor
+from flywheel.domain.wire import EVENT_CLASSES, SUPPORTED_SCHEMA_VERSIONS, BaseEvent, FeedbackEvent, to_wire
+
+# Machine-readable reasons a message is dead-lettered.
+BAD_ENCODING = "bad_encoding"
+BAD_JSON = "bad_json"
+NOT_AN_OBJECT = "not_an_object"
+OVERSIZE = "oversize"
+UNKNOWN_TYPE = "unknown_type"
+UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+MISSING_FIELD = "missing_field"
+INVALID_FIELD = "invalid_field"
+UNKNOWN_INTERACTION = "unknown_interaction"
+DUPLICATE_INTERACTION = "duplicate_interaction"
+REASONS = (
+    BAD_ENCODING,
+    BAD_JSON,
+    NOT_AN_OBJECT,
+    OVERSIZE,
+    UNKNOWN_TYPE,
+    UNKNOWN_SCHEMA_VERSION,
+    MISSING_FIELD,
+    INVALID_FIELD,
+    UNKNOWN_INTERACTION,
+    DUPLICATE_INTERACTION,
+)
+
+
+class InvalidEvent(ValueError):
+    """An event that must not enter the store; `reason` is one of REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    event: FeedbackEvent
+    data: dict[str, Any]  # the redacted event, as stored
+    redactions: int
+
+
+def parse(raw: bytes, *, max_bytes: int) -> FeedbackEvent:
+    """Validate one wire message; raises InvalidEvent with a reason code."""
+    if len(raw) > max_bytes:
+        raise InvalidEvent(OVERSIZE, f"{len(raw)} bytes > limit {max_bytes}")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidEvent(BAD_ENCODING, f"not UTF-8 at byte {e.start}") from None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise InvalidEvent(BAD_JSON, str(e)) from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(NOT_AN_OBJECT, f"top level is {type(obj).__name__}")
+    return _validate_json(_checked_class(obj), raw)
+
+
+def validate(obj: dict[str, Any]) -> FeedbackEvent:
+    """Validate a decoded event dict; raises InvalidEvent with a reason code."""
+    cls = _checked_class(obj)
+    try:
+        raw = orjson.dumps(obj)
+    except orjson.JSONEncodeError as e:  # e.g. an int beyond 64 bits, or a value JSON cannot carry
+        raise InvalidEvent(INVALID_FIELD, f"not representable as JSON: {e}") from None
+    return _validate_json(cls, raw)
+
+
+_STARTS_WITH_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _checked_class(obj: dict[str, Any]) -> type[BaseEvent]:
+    cls = _event_class(obj)
+    at = obj.get("occurred_at")
+    # Strict JSON mode still reads a string like "1700000000" as Unix time in UTC, a zone nobody sent.
+    if isinstance(at, str) and not _STARTS_WITH_DATE.match(at):
+        raise InvalidEvent(INVALID_FIELD, "occurred_at: must be an RFC 3339 date-time with a zone")
+    return cls
+
+
+def _event_class(obj: dict[str, Any]) -> type[BaseEvent]:
+    if "type" not in obj:
+        raise InvalidEvent(MISSING_FIELD, "type: field required")
+    kind = obj.get("type")
+    cls = EVENT_CLASSES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise InvalidEvent(UNKNOWN_TYPE, f"type {kind!r} is not one of {sorted(EVENT_CLASSES)}")
+    version = obj.get("schema_version")
+    if version is None:
+        raise InvalidEvent(MISSING_FIELD, "schema_version: field required")
+    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+        raise InvalidEvent(UNKNOWN_SCHEMA_VERSION, f"schema_version {version!r} for type {kind}")
+    return cls
+
+
+def _validate_json(cls: type[BaseEvent], raw: bytes) -> FeedbackEvent:
+    try:
+        # JSON mode: strict types, but RFC 3339 strings for datetimes and UUIDs as JSON carries them.
+        return cls.model_validate_json(raw)  # type: ignore[return-value]
+    except ValidationError as e:
+        raise _reason_of(e) from None
+
+
+def _reason_of(e: ValidationError) -> InvalidEvent:
+    errors = e.errors(include_url=False, include_input=False)
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "event"
+    reason = MISSING_FIELD if first["type"] == "missing" else INVALID_FIELD
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return InvalidEvent(reason, f"{where}: {first['msg']}{more}")
+
+
+def redact_event(event: FeedbackEvent, redactor: Redactor | None = None) -> Accepted:
+    """The stored form of an event: every free-text field passed through the redactor."""
+    r = redactor or Redactor()
+    before = sum(r.counts.values())
+    data = to_wire(event)
+    p = data["payload"]
+    match event.type:
+        case "interaction":
+            for m in p["messages"]:
+                m["content"] = r(m["content"])
+            p["response"] = r(p["response"])
+        case "edit":
+            p["edited_response"] = r(p["edited_response"])
+        case "thumbs" if "reason" in p:
+            p["reason"] = r(p["reason"])
+    return Accepted(event=event, data=data, redactions=sum(r.counts.values()) - before)
+
+
+def decode(raw: bytes, *, max_bytes: int) -> Accepted:
+    """parse + redact: what the ingest worker does to every message."""
+    return redact_event(parse(raw, max_bytes=max_bytes))

@@ -1,0 +1,1 @@
+"""Entry points: the `flywheel` CLI and the scheduler."""

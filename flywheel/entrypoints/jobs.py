@@ -1,0 +1,43 @@
+"""Scheduled jobs: importable module-level functions taking plain arguments (the job store pickles references)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from store.db import connect
+from store.projections import check
+
+log = logging.getLogger("flywheel.jobs")
+
+
+def audit_projections(database_url: str) -> bool:
+    """Nightly: rebuild the read models from the log into scratch tables and compare with the live ones."""
+
+    async def run() -> bool:
+        conn = await connect(database_url)
+        try:
+            drifts = await check(conn)
+        finally:
+            await conn.close()
+        bad = [d for d in drifts if d.missing or d.extra]
+        for d in bad:
+            log.error("read model %s drifted from the log: %d missing, %d extra rows", d.table, d.missing, d.extra)
+        return not bad
+
+    ok = asyncio.run(run())
+    if ok:
+        log.info("read models match a rebuild from the log")
+    return ok
+
+
+def nightly_pipeline(settings: dict[str, Any]) -> dict[str, Any]:
+    """The nightly round: sample → generate → select → build, each step skippable (FLYWHEEL_NIGHTLY_STEPS).
+
+    Steps that need what is not configured (no generator model or URL, no reward model) are skipped and
+    say so; one builder runs at a time across instances (the build holds a Postgres advisory lock)."""
+    from flywheel.services.nightly import run_steps
+    from flywheel.settings import Settings
+
+    return run_steps(Settings(**settings))

@@ -1,0 +1,1 @@
+"""Process pools, packing and GC policy: the fast paths, kept out of the domain."""
