@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
@@ -83,3 +84,12 @@ class Settings(BaseSettings):
     def rounds_root(self) -> Path:
         """Where round directories and the `current` pointer live (FLYWHEEL_ROUNDS_DIR, default home/rounds)."""
         return Path(self.rounds_dir) if self.rounds_dir else self.home / "rounds"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Where Postgres and Kafka are (flywheel.bootstrap.resolve: the settings' URLs, else the local stack's)."""
+
+    database_url: str
+    kafka_bootstrap: str
+    embedded: bool = False

@@ -14,8 +14,7 @@ from faust.types import TP
 from kafka.errors import KafkaError
 
 from flywheel.domain.tracking import TrackedBeyondLogEnd, next_offset
-from flywheel.endpoints import Endpoints
-from flywheel.settings import Settings
+from flywheel.settings import Endpoints, Settings
 from store.db import connect
 from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
 from streams.metrics import Metrics

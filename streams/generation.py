@@ -17,8 +17,7 @@ from typing import Any
 import faust
 import orjson
 
-from flywheel.endpoints import Endpoints
-from flywheel.settings import Settings
+from flywheel.settings import Endpoints, Settings
 from sampling.generation import Generator, SamplingSpec
 from store.candidates import generated_event
 from store.db import connect

@@ -14,8 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flywheel.endpoints import Endpoints
-from flywheel.settings import Settings
+from flywheel.settings import Endpoints, Settings
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ from typing import Any
 
 import typer
 
-from flywheel.endpoints import Endpoints, NoStack, resolve
-from flywheel.settings import Settings
+from flywheel.bootstrap import NoStack, resolve
+from flywheel.settings import Endpoints, Settings
 
 app = typer.Typer(help="Flywheel: feedback events in, round-tagged training datasets out.", no_args_is_help=True)
 stack_app = typer.Typer(help="The embedded local stack (PostgreSQL + Kafka-protocol broker).", no_args_is_help=True)

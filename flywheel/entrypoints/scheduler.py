@@ -6,8 +6,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from flywheel.endpoints import Endpoints
-from flywheel.settings import Settings
+from flywheel.settings import Endpoints, Settings
 from store.db import sqlalchemy_url
 
 

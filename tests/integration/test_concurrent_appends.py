@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from flywheel.domain.rounds import RoundConfig
-from flywheel.endpoints import Endpoints
 from flywheel.services.build_round import BuilderBusy, build_round
 from flywheel.services.rollback import restore, rollback
+from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect, connect_sync
 from store.eventstore import SnapshotAppend, head

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from flywheel.endpoints import Endpoints
 from flywheel.services.generation import sample_hard_cases, select_candidates
+from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from sampling.generation import Candidate, CandidateGroup, SamplingSpec
 from sampling.hardcases import SamplerConfig

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import store.ingest
-from flywheel.endpoints import Endpoints
+from flywheel.settings import Endpoints
 from store.db import connect, connect_sync
 from store.ingest import BrokerView, DeadLetter, Incoming, decode_message, expire_parked, ingest_batch
 from store.projections import check, rebuild

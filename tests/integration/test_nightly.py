@@ -11,11 +11,10 @@ import psycopg
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from flywheel.endpoints import Endpoints
 from flywheel.entrypoints.scheduler import configure
 from flywheel.services.nightly import run_steps
 from flywheel.services.rollback import ROUNDS_LOCK
-from flywheel.settings import Settings
+from flywheel.settings import Endpoints, Settings
 from flywheel.simulator import generate
 from streams.topics import ensure_topics
 from tests.integration.test_signals_store import ingest_all

@@ -14,8 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from flywheel.endpoints import Endpoints
-from flywheel.settings import Settings
+from flywheel.settings import Endpoints, Settings
 from flywheel.simulator import generate
 from store.signals import Progress
 from streams.projector import Pacing, Projector, ProjectorFailed

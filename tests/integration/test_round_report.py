@@ -13,8 +13,8 @@ import pytest
 from flywheel.domain.quality import length_bias, position_bias
 from flywheel.domain.rounds import RoundConfig
 from flywheel.domain.signals import FeedbackRecord
-from flywheel.endpoints import Endpoints
 from flywheel.services.build_round import build_round
+from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect_sync
 from store.stats import _RATES_FROM_FEEDBACK, _rates, signal_report

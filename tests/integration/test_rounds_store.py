@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from flywheel.domain.rounds import RoundConfig
-from flywheel.endpoints import Endpoints
 from flywheel.services.build_round import build_round
 from flywheel.services.rollback import MARKER, restore, rollback
+from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect_sync
 from store.projections import record

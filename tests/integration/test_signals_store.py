@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flywheel.endpoints import Endpoints
+from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect, connect_sync, create_schema
 from store.ingest import Incoming, decode_message, ingest_batch

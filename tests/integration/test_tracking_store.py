@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from flywheel.domain.tracking import TrackedBeyondLogEnd
-from flywheel.endpoints import Endpoints
+from flywheel.settings import Endpoints
 from store.ingest import BrokerView
 from tests.factories import interaction, raw
 from tests.integration.test_ingest_store import ingest, messages, query

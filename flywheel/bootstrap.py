@@ -1,21 +1,12 @@
-"""Where Postgres and Kafka are: given by FLYWHEEL_* variables (production), else the embedded local stack."""
+"""The wiring: settings → endpoints → adapters → services. The only module that knows them all."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from flywheel.settings import Settings
+from flywheel.settings import Endpoints, Settings
 
 
 class NoStack(RuntimeError):
     pass
-
-
-@dataclass(frozen=True)
-class Endpoints:
-    database_url: str
-    kafka_bootstrap: str
-    embedded: bool = False
 
 
 def resolve(settings: Settings, *, start: bool = False) -> Endpoints:

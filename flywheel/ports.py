@@ -1,0 +1,1 @@
+"""The interfaces the services need; adapters implement them, tests fake them."""
