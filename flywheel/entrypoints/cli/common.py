@@ -1,0 +1,55 @@
+"""What several command groups share: settings, endpoints, the store, printing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import typer
+
+from flywheel.bootstrap import NoStack, resolve
+from flywheel.settings import Endpoints, Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
+    try:
+        return resolve(settings, start=start)
+    except NoStack as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _prepare(settings: Settings, endpoints: Endpoints) -> dict[str, int]:
+    """Schema and topics; returns each topic's partition count."""
+    from store.db import create_schema
+    from streams.topics import ensure_topics
+
+    create_schema(endpoints.database_url)
+    return ensure_topics(endpoints.kafka_bootstrap, settings)
+
+
+def _print(data: Any, as_json: bool, human: str) -> None:
+    typer.echo(json.dumps(data, indent=2, default=str) if as_json else human)
+
+
+def _in_store(work: Callable[[Any], Any]) -> Any:
+    """Run an async unit of work on one store connection."""
+    from store.db import connect, create_schema
+
+    endpoints = _endpoints(_settings())
+    create_schema(endpoints.database_url)
+
+    async def run() -> Any:
+        conn = await connect(endpoints.database_url, autocommit=True)
+        try:
+            return await work(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())

@@ -1,0 +1,190 @@
+"""`flywheel rounds`: build, inspect, roll back, restore and consume rounds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _settings
+from flywheel.settings import Settings
+
+rounds_app = typer.Typer(help="Round-tagged datasets: build, inspect, roll back.", no_args_is_help=True)
+
+
+def _announcer(settings: Settings) -> Callable[[dict[str, Any]], None]:
+    from flywheel.services.rollback import kafka_announcer
+
+    return kafka_announcer(_endpoints(settings).kafka_bootstrap, settings.rounds_topic)
+
+
+def _describe_round(r: dict[str, Any]) -> str:
+    state = f"ROLLED BACK ({r['rollback_reason']})" if r["rolled_back"] else "published"
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(r["summary"].get("rows", {}).items()))
+    return (f"round {r['number']:>4}  {state}  watermark {r['watermark']}  parent {r['parent']}  "
+            f"hash {r['content_hash'][:12]}  {counts}\n            {r['path']}"
+            + (f"\n            consumed by {', '.join(r['consumed_by'])}" if r["consumed_by"] else ""))
+
+
+@rounds_app.command("build")
+def rounds_build(
+    watermark: int = typer.Option(
+        None, help="Event-log position to cut at (default: the head of the log, once signals are derived to it)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Cut the next round from the log: gates, splits, files, manifests, report; published atomically."""
+    from flywheel.domain.rounds import RoundConfig
+    from flywheel.services.build_round import BuilderBusy, build_round
+
+    settings = _settings()
+    started = time.perf_counter()
+    try:
+        out = _in_store(lambda conn: build_round(conn, settings.rounds_root, RoundConfig(), watermark=watermark,
+                                                 announce=_announcer(settings)))
+    except (BuilderBusy, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    data = {"round": out.round, "path": str(out.path), "content_hash": out.content_hash,
+            "watermark": out.watermark, "rows_in": out.rows_in, "rows_out": out.rows_out,
+            "sliced_out": out.sliced_out, "seconds": round(time.perf_counter() - started, 3)}
+    _print(data, as_json, f"round {out.round} published at {out.path}\n  watermark {out.watermark}, "
+                          f"{out.rows_out} of {out.rows_in} rows kept ({out.sliced_out} in rolled-back slices), "
+                          f"content hash {out.content_hash[:16]}")
+
+
+@rounds_app.command("list")
+def rounds_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Every round, newest last, with its state, and the run history of the nightly pipeline (failed runs
+    with their error)."""
+    from store.rounds import nightly_runs, rounds
+
+    async def both(conn: Any) -> dict[str, Any]:
+        return {"rounds": await rounds(conn), "nightly_runs": await nightly_runs(conn)}
+
+    data = _in_store(both)
+    human = "\n".join(_describe_round(r) for r in data["rounds"]) or "no rounds yet"
+    if data["nightly_runs"]:
+        human += "\nnightly runs (newest last)\n" + "\n".join(_describe_run(r) for r in data["nightly_runs"])
+    _print(data, as_json, human)
+
+
+def _describe_run(r: dict[str, Any]) -> str:
+    steps = "; ".join(f"{k}: {v}" for k, v in r["steps"].items())
+    return (f"  {r['started_at'][:19]}  {r['status'].upper():<6}  {steps or 'no step ran'}"
+            + (f"\n      error: {r['error']}" if r["error"] else ""))
+
+
+@rounds_app.command("show")
+def rounds_show(number: int = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
+    """One round and its manifest."""
+    from store.rounds import round_by_number
+
+    r = _in_store(lambda conn: round_by_number(conn, number))
+    if r is None:
+        typer.echo(f"error: no round {number}", err=True)
+        raise typer.Exit(1)
+    manifest_path = Path(r["path"]) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    _print({**r, "manifest": manifest}, as_json,
+           _describe_round(r) + ("" if manifest else "\n            (manifest file missing)"))
+
+
+@rounds_app.command("diff")
+def rounds_diff(a: int = typer.Argument(...), b: int = typer.Argument(...),
+                as_json: bool = typer.Option(False, "--json")) -> None:
+    """What changed between two rounds: rows per kind and split, sources, gate removals."""
+    from store.rounds import round_by_number
+
+    found = _in_store(lambda conn: asyncio.gather(round_by_number(conn, a), round_by_number(conn, b)))
+    missing = [n for n, r in zip((a, b), found, strict=True) if r is None]
+    if missing:
+        typer.echo(f"error: no round {missing[0]}", err=True)
+        raise typer.Exit(1)
+    diff = _summary_diff(found[0]["summary"], found[1]["summary"])
+    _print({"a": a, "b": b, "changes": diff}, as_json,
+           "\n".join(f"{k:<40} {va!s:>10} -> {vb!s:<10}" for k, (va, vb) in diff.items()) or "no differences")
+
+
+def _summary_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    out: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.update(_summary_diff(va, vb, f"{prefix}{key}."))
+        elif va != vb:
+            out[f"{prefix}{key}"] = (va, vb)
+    return out
+
+
+@rounds_app.command("current")
+def rounds_current() -> None:
+    """The current round's directory (the newest one not rolled back)."""
+    from store.rounds import current_round
+
+    r = _in_store(current_round)
+    if r is None:
+        typer.echo("error: no current round", err=True)
+        raise typer.Exit(1)
+    typer.echo(r["path"])
+
+
+@rounds_app.command("rollback")
+def rounds_rollback(
+    number: int = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason", help="Why: goes into the log and the marker file."),
+    quarantine_slice: list[str] = typer.Option(
+        [], "--quarantine", help="Exclude this slice from every later build: app_id=, model_version=, "
+                                 "prompt_version=, since=, until= (repeat to combine)."),
+) -> None:
+    """Roll a round back: RoundRolledBack event, `current` moves to the newest good round, announced."""
+    from flywheel.services.rollback import parse_slice, rollback
+
+    settings = _settings()
+    try:
+        filters = parse_slice(quarantine_slice)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        out = _in_store(lambda conn: rollback(conn, settings.rounds_root, number, reason=reason,
+                                              quarantine=filters, announce=_announcer(settings)))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"round {number} {'rolled back' if out.changed else 'was already rolled back'}; "
+               f"current round: {out.current if out.current is not None else 'none'}")
+
+
+@rounds_app.command("restore")
+def rounds_restore(number: int = typer.Argument(...)) -> None:
+    """Undo a rollback."""
+    from flywheel.services.rollback import restore
+
+    settings = _settings()
+    try:
+        out = _in_store(lambda conn: restore(conn, settings.rounds_root, number, announce=_announcer(settings)))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"round {number} {'restored' if out.changed else 'was not rolled back'}; "
+               f"current round: {out.current if out.current is not None else 'none'}")
+
+
+@rounds_app.command("consume")
+def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..., "--run", help="Training run id.")
+                   ) -> None:
+    """Record that a training run used a round (its training-consumption manifest)."""
+    from flywheel.services.rollback import consume
+
+    settings = _settings()
+    try:
+        new = _in_store(lambda conn: consume(conn, settings.rounds_root, number, run))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"round {number}: run {run} {'recorded' if new else 'was already recorded'}")
