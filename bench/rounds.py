@@ -47,14 +47,15 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack, fresh_database  # noqa: E402
-from flywheel.services.rollback import restore, rollback  # noqa: E402
+from flywheel.bootstrap import round_ops  # noqa: E402
+from flywheel.domain.commands import RestoreRound, RollBackRound  # noqa: E402
+from flywheel.domain.events import QuarantineItemsAdded  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulator import generate  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
 from store.projections import DEFAULT_SIGNALS, record  # noqa: E402
 from store.roundrows import GROUPS_QUERY, signals_query  # noqa: E402
-from store.rounds import quarantine_added  # noqa: E402
 from store.signals import catch_up  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
@@ -92,7 +93,7 @@ async def add_quarantine(url: str, items: int, seed: int) -> None:
     pairs = [(" ".join(rng.choices(vocabulary, k=24)), " ".join(rng.choices(vocabulary, k=16))) for _ in range(items)]
     conn = await connect(url)
     try:
-        await record(conn, [quarantine_added("bench-eval", pairs)])
+        await record(conn, [QuarantineItemsAdded.listing("bench-eval", pairs)])
     finally:
         await conn.close()
 
@@ -163,9 +164,9 @@ async def time_rollback(url: str, root: Path, number: int, times: int = 5) -> fl
         took = []
         for _ in range(times):
             started = time.perf_counter()
-            await rollback(conn, root, number, reason="bench", quarantine=None, announce=lambda _: None)
+            await round_ops(conn, root).rollback(RollBackRound(round=number, reason="bench"))
             took.append(time.perf_counter() - started)
-            await restore(conn, root, number, announce=lambda _: None)
+            await round_ops(conn, root).restore(RestoreRound(round=number))
         return statistics.median(took)
     finally:
         await conn.close()

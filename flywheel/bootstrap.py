@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flywheel.domain.commands import BuildRound, RegisterConsumption, RestoreRound, RollBackRound
+from flywheel.ports import Announcer, EventLog, HardCaseStore, RoundBuilder
+from flywheel.services.build_round import Published, build_round
+from flywheel.services.nightly import run_nightly
+from flywheel.services.rollback import Change, register_consumption, restore, rollback
 from flywheel.settings import Endpoints, Settings
+from sampling.generation import Generator
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class NoStack(RuntimeError):
@@ -25,3 +44,103 @@ def resolve(settings: Settings, *, start: bool = False) -> Endpoints:
     return Endpoints(
         settings.database_url or env.database_url, settings.kafka_bootstrap or env.kafka_bootstrap, embedded=True
     )
+
+
+@dataclass(frozen=True, slots=True)
+class RoundOps:
+    """The rounds' use cases with their adapters bound in (one store connection, the rounds directory)."""
+
+    build: Callable[[BuildRound], Awaitable[Published]]
+    rollback: Callable[[RollBackRound], Awaitable[Change]]
+    restore: Callable[[RestoreRound], Awaitable[Change]]
+    register_consumption: Callable[[RegisterConsumption], Awaitable[bool]]
+
+
+def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
+    """Round changes announced on the rounds topic."""
+    from streams.announcer import KafkaAnnouncer
+
+    return KafkaAnnouncer(endpoints.kafka_bootstrap, settings.rounds_topic)
+
+
+def round_ops(conn: psycopg.AsyncConnection, root: Path, *, announce: Announcer | None = None,
+              builder: RoundBuilder | None = None) -> RoundOps:
+    """Postgres on `conn` (in autocommit), round directories under `root`, the builder in a process of its own;
+    without `announce`, changes are not announced."""
+    from flywheel.runtime.round_builder import ProcessRoundBuilder
+    from store.roundfiles import RoundDirectories
+    from store.roundsource import PostgresRoundSource
+    from store.unit_of_work import PostgresRounds
+    from streams.announcer import Silent
+
+    rounds, files, told = PostgresRounds(conn), RoundDirectories(root), announce or Silent()
+    return RoundOps(
+        build=partial(build_round, source=PostgresRoundSource(conn), builder=builder or ProcessRoundBuilder(),
+                      files=files, announce=announce),
+        rollback=partial(rollback, rounds=rounds, files=files, announce=told),
+        restore=partial(restore, rounds=rounds, files=files, announce=told),
+        register_consumption=partial(register_consumption, rounds=rounds, files=files),
+    )
+
+
+def make_generator(settings: Settings) -> Generator:
+    """The configured generator: an OpenAI-compatible vLLM server (FLYWHEEL_GENERATOR_URL) or an
+    in-process vLLM engine on a local model directory (FLYWHEEL_GENERATOR_MODEL)."""
+    from sampling.adapters.openai_server import OpenAIServerGenerator
+    from sampling.adapters.vllm import VLLMGenerator
+
+    if settings.generator_url:
+        return OpenAIServerGenerator(settings.generator_url, settings.generator_model,
+                                     settings.generator_model_version)
+    if not settings.generator_model:
+        raise ValueError("set FLYWHEEL_GENERATOR_MODEL (a local model directory) or FLYWHEEL_GENERATOR_URL "
+                         "(an OpenAI-compatible vLLM server)")
+    return VLLMGenerator(settings.generator_model, settings.generator_model_version)
+
+
+def hard_cases(conn: psycopg.AsyncConnection) -> HardCaseStore:
+    """The hard-case loop's store on `conn` (in autocommit)."""
+    from store.hardcases import PostgresHardCases
+
+    return PostgresHardCases(conn)
+
+
+def nightly(settings: Settings) -> dict[str, Any]:
+    """One nightly run with the settings' adapters (explicit URLs: the scheduler passes them); returns its report."""
+    from sampling.adapters.reward_model import RewardModelScorer
+    started = datetime.now(UTC).isoformat()
+
+    async def run() -> dict[str, Any]:
+        async with _connection(settings.database_url) as conn:
+            return await run_nightly(
+                [s.strip() for s in settings.nightly_steps.split(",") if s.strip()],
+                store=hard_cases(conn), budget=settings.nightly_budget,
+                generator=(partial(make_generator, settings)
+                           if settings.generator_model or settings.generator_url else None),
+                scorer=partial(RewardModelScorer, settings.reward_model) if settings.reward_model else None,
+                build=round_ops(conn, settings.rounds_root, announce=announcer(settings, Endpoints(
+                    settings.database_url, settings.kafka_bootstrap))).build,
+                history=partial(_unit_of_work, settings.database_url),
+                run_id=str(uuid.uuid4()), started_at=started)
+
+    return asyncio.run(run())
+
+
+@contextlib.asynccontextmanager
+async def _connection(url: str) -> AsyncIterator[psycopg.AsyncConnection]:
+    from store.db import connect
+
+    conn = await connect(url, autocommit=True)
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def _unit_of_work(url: str) -> AsyncIterator[EventLog]:
+    """A unit of work on a connection of its own."""
+    from store.unit_of_work import transaction
+
+    async with _connection(url) as conn, transaction(conn) as unit:
+        yield unit

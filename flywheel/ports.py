@@ -1,1 +1,212 @@
-"""The interfaces the services need; adapters implement them, tests fake them."""
+"""The interfaces the services need. Adapters implement them (store/, streams/, sampling/adapters/,
+flywheel/runtime/); flywheel.bootstrap wires them; tests swap in the in-memory ones (store.memory)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from flywheel.domain.events import InternalEvent
+from flywheel.domain.log import StoredEvent
+from flywheel.domain.rounds import Entry, QuarantineList, RoundConfig, RoundResult
+from flywheel.domain.signals import SignalConfig
+from sampling.hardcases import PromptCandidate
+
+
+class BuilderBusy(RuntimeError):
+    """Another instance is building (or changing) rounds right now."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundState:
+    """A published round as the rounds read model has it."""
+
+    number: int
+    position: int
+    path: str
+    content_hash: str
+    watermark: int
+    parent: int | None
+    quarantine_version: str
+    summary: dict[str, Any]
+    rolled_back: bool
+    rollback_reason: str | None
+    consumed_by: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Quarantine:
+    """The quarantine list as it stands: its content-named version, its items and the active rollback slices."""
+
+    version: str
+    items: QuarantineList
+    slices: list[dict[str, Any]]
+
+
+class SourceRow(NamedTuple):  # a tuple: one is made per row read, and a frozen dataclass takes 5x as long
+    """One record a round build reads (RoundSnapshot.rows)."""
+
+    kind: str  # pair | kto | sft (signal records) | group (a candidate group with its selection)
+    # The record as JSON (flywheel.domain.signals dataclasses), or the candidate group; None for an exact copy (see
+    # `copy_key`) of an earlier row, which the read leaves unread.
+    data: dict[str, Any] | None
+    position: int  # the newest event the row was derived from
+    # That event's time, which rollback slices select on; None with `copies`, which rows come with only when no
+    # slice may leave any out.
+    occurred_at: datetime | None
+    # With `copies`, what an exact copy shares with the first row of its kind (which comes with data; the
+    # copies with None): the same kind, consent, status and tags and the same body, so row_from_signal makes
+    # the same of it, every gate up to dedup treats it as that row, and dedup then removes it.
+    copy_key: bytes | None = None
+    # False for a training record without the user's consent, which (with `copies`) comes unread: the consent gate
+    # removes it whatever its data says, so it is not worth decoding.
+    consent: bool = True
+
+
+class EventLog(Protocol):
+    """The log inside one unit of work: what is recorded is projected into the read models in the same
+    transaction, and both commit (or roll back) together."""
+
+    async def head(self) -> int:
+        """The newest position in the log (0 when empty)."""
+        ...
+
+    async def record(self, events: Sequence[InternalEvent]) -> list[StoredEvent]:
+        """Append and project; returns the events that were new (an event id seen before is a no-op)."""
+        ...
+
+
+class RoundsChange(EventLog, Protocol):
+    """One change of the rounds, under the rounds lock: nothing else builds, rolls back or restores meanwhile."""
+
+    async def find(self, number: int) -> RoundState | None: ...
+
+    async def current(self) -> RoundState | None:
+        """The newest round that is not rolled back: what trainers should use."""
+        ...
+
+
+class Rounds(Protocol):
+    def change(self, *, lock: bool = True) -> AbstractAsyncContextManager[RoundsChange]:
+        """A unit of work, under the rounds lock (waited for) unless `lock` is False."""
+        ...
+
+
+class RoundSnapshot(Protocol):
+    """The log and read models as one consistent snapshot, which a build reads its round from."""
+
+    async def head(self) -> int: ...
+
+    async def signals_checkpoint(self) -> int:
+        """How far the signals read model is derived."""
+        ...
+
+    async def next_number(self) -> int: ...
+
+    async def current(self) -> RoundState | None: ...
+
+    async def quarantine(self) -> Quarantine: ...
+
+    def rows(self, watermark: int, signals: SignalConfig, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
+        """The round's source rows up to `watermark`, in chunks. With `copies`, exact copies of an earlier row and
+        rows without consent come unread (see SourceRow)."""
+        ...
+
+    def report(self, watermark: int) -> Awaitable[dict[str, Any]]:
+        """The signals report's figures as of `watermark`, in this snapshot (may run beside further reads)."""
+        ...
+
+
+class RoundSource(Protocol):
+    """What a round build reads and where it publishes."""
+
+    async def derive_signals(self) -> None:
+        """Bring the signals read model up to the log's head as it is now."""
+        ...
+
+    def exclusive(self) -> AbstractAsyncContextManager[None]:
+        """Hold the rounds lock for a whole build; BuilderBusy when another holds it."""
+        ...
+
+    def snapshot(self) -> AbstractAsyncContextManager[RoundSnapshot]: ...
+
+    def publication(self) -> AbstractAsyncContextManager[EventLog]:
+        """A unit of work that sees every commit made so far (the build's snapshot does not): it publishes."""
+        ...
+
+
+class RoundBuilder(Protocol):
+    """Cuts the rows into a round's files under `out` (flywheel.domain.rounds.build, wherever it runs)."""
+
+    async def __call__(self, chunks: AsyncIterator[list[Entry]], config: RoundConfig, quarantine: QuarantineList,
+                       out: Path, *, watermark: int, parent: str | None, round_number: int) -> RoundResult: ...
+
+
+class RoundFiles(Protocol):
+    """Round directories and the `current` pointer."""
+
+    def staging(self, number: int) -> Path:
+        """A fresh hidden directory to write round `number` into (leftovers of crashed builds are removed)."""
+        ...
+
+    def location(self, number: int) -> Path:
+        """Where round `number` is once published."""
+        ...
+
+    def publish(self, staged: Path, number: int) -> None:
+        """Make the staged round visible as round `number` (at `location(number)`)."""
+        ...
+
+    def discard(self, number: int, staged: Path | None) -> None:
+        """Remove what a failed build left, staged or already renamed."""
+        ...
+
+    def point_current(self, number: int | None) -> None:
+        """Make `current` point at round `number` (or remove it), atomically: readers see old or new."""
+        ...
+
+    def mark_rolled_back(self, number: int, note: dict[str, Any]) -> None: ...
+
+    def clear_rolled_back(self, number: int) -> None: ...
+
+    def write_consumption(self, number: int, runs: list[str]) -> None: ...
+
+
+class HardCaseSampling(EventLog, Protocol):
+    """One unit of work of the sampler: read the prompt candidates, record the sample."""
+
+    async def prompt_candidates(self, watermark: int) -> tuple[list[PromptCandidate], dict[str, list[dict[str, Any]]]]:
+        """Every prompt worth sampling as the log stood at `watermark`, and each one's conversation."""
+        ...
+
+
+class HardCaseStore(EventLog, Protocol):
+    """What the hard-case loop (sample → generate → select) reads and records; `record` commits on its own."""
+
+    async def signals_checkpoint(self) -> int: ...
+
+    def sampling(self) -> AbstractAsyncContextManager[HardCaseSampling]: ...
+
+    async def sample(self, sample_id: str | None) -> StoredEvent | None:
+        """A recorded HardCasesSampled event by id, or the newest one."""
+        ...
+
+    async def generated(self, sample_id: str, generator: str, model_version: str,
+                        sampling: dict[str, Any]) -> set[str]:
+        """Prompt keys of the sample that already have a group from this generator, model and sampling."""
+        ...
+
+    async def unselected(self, sample_id: str | None) -> list[dict[str, Any]]:
+        """Candidate groups without a selection yet (of one sample, or all), oldest first."""
+        ...
+
+
+class Announcer(Protocol):
+    """Tells the world about a round change (the rounds topic), waiting for the broker's ack. One with a
+    prepare() method has it called by a round build once every row is read, to get ready in the background."""
+
+    def __call__(self, message: dict[str, Any]) -> None: ...

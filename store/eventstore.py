@@ -3,52 +3,27 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
 
+from flywheel.domain.events import InternalEvent
+from flywheel.domain.log import NewEvent, StoredEvent
+
 
 class SnapshotAppend(RuntimeError):
     """An append from a transaction that cannot see the log's current head."""
 
 
-@dataclass(frozen=True, slots=True)
-class NewEvent:
-    event_id: str
-    type: str
-    occurred_at: str
-    data: dict[str, Any]
-    interaction_id: str | None = None
-    app_id: str | None = None
-
-    @classmethod
-    def internal(cls, event_id: str, kind: str, payload: dict[str, Any], **fields: Any) -> NewEvent:
-        """An event the system records itself (a sample, a candidate group, a round …), stamped now; its id is
-        named by the caller after what it says, so recording the same fact twice is a no-op."""
-        at = datetime.now(UTC).isoformat()
-        data = {"event_id": event_id, "type": kind, "schema_version": 1, "occurred_at": at, **fields,
-                "payload": payload}
-        return cls(event_id=event_id, type=kind, occurred_at=at, data=data)
-
-    @classmethod
-    def of(cls, data: dict[str, Any]) -> NewEvent:
-        """The log entry of a stored-form feedback event (flywheel.domain.validation.Accepted.data)."""
-        return cls(event_id=data["event_id"], type=data["type"], occurred_at=data["occurred_at"], data=data,
-                   interaction_id=data["interaction_id"], app_id=data["app_id"])
+def entries(events: Sequence[NewEvent | InternalEvent]) -> list[NewEvent]:
+    """Log entries of `events`; the system's own are stamped now."""
+    at = datetime.now(UTC).isoformat()
+    return [e if isinstance(e, NewEvent) else NewEvent.internal(e, at=at) for e in events]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    position: int
-    event_id: str
-    type: str
-    data: dict[str, Any]
-
-
-async def append(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> list[StoredEvent]:
+async def append(conn: psycopg.AsyncConnection, events: Sequence[NewEvent | InternalEvent]) -> list[StoredEvent]:
     """Append in order inside the caller's transaction; returns the events that were new, by position.
 
     Appenders take an EXCLUSIVE lock and number events themselves, so positions are gap-free and
@@ -62,6 +37,7 @@ async def append(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> l
     """
     if not events:
         return []
+    rows = entries(events)
     async with conn.cursor() as cur:
         await cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await cur.execute("SELECT coalesce(max(position), 0), current_setting('transaction_isolation') FROM events")
@@ -71,14 +47,14 @@ async def append(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> l
                                  " lock is granted, which only READ COMMITTED sees; append in a transaction of its own")
         position = int(row[0])
         await cur.execute(
-            "SELECT event_id::text FROM events WHERE event_id = ANY(%s::uuid[])", [[e.event_id for e in events]]
+            "SELECT event_id::text FROM events WHERE event_id = ANY(%s::uuid[])", [[e.event_id for e in rows]]
         )
         existing = {row[0] for row in await cur.fetchall()}
         stored: list[StoredEvent] = []
         async with cur.copy(
             "COPY events (position, event_id, type, interaction_id, app_id, occurred_at, data) FROM STDIN"
         ) as copy:
-            for e in events:
+            for e in rows:
                 if e.event_id in existing:
                     continue
                 existing.add(e.event_id)

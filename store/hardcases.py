@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import uuid
-from dataclasses import asdict
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import psycopg
 
+from flywheel.domain.events import HardCasesSampled
+from flywheel.domain.log import StoredEvent
 from sampling.hardcases import PromptCandidate, SampledHardCases, SamplerConfig, prompt_text
-from store.eventstore import NewEvent, StoredEvent, append
-
-HARD_CASES_SAMPLED = "hard_cases_sampled"
-_NAMESPACE = uuid.UUID("5b0e7c1e-3d7f-4a43-9d8e-6b1f4f1c2a90")
+from store.candidates import unselected
+from store.eventstore import append
+from store.signals import checkpoint
+from store.unit_of_work import PostgresLog
 
 
 async def prompt_candidates(
@@ -87,36 +90,54 @@ async def prompt_candidates(
     return candidates, prompts
 
 
-def sample_id(config: SamplerConfig, watermark: int) -> str:
-    """The same config, seed and watermark name the same sample: recording it twice is a no-op."""
-    return str(uuid.uuid5(_NAMESPACE, f"{HARD_CASES_SAMPLED}:{config.version()}:{config.seed}:{watermark}"))
-
-
 async def record_sample(
     conn: psycopg.AsyncConnection, result: SampledHardCases, config: SamplerConfig,
     prompts: dict[str, list[dict[str, Any]]],
 ) -> tuple[str, bool]:
     """Append the HardCasesSampled event (in the caller's transaction); returns its id and whether it is new."""
-    event_id = sample_id(config, result.watermark)
-    stored = await append(conn, [NewEvent.internal(event_id, HARD_CASES_SAMPLED, {
-        "watermark": result.watermark,
-        "seed": result.seed,
-        "config": asdict(config),
-        "config_version": result.config_version,
-        "clusters": result.clusters,
-        "excluded": result.excluded_counts,
-        "chosen": [{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen],
-    })])
-    return event_id, bool(stored)
+    event = HardCasesSampled.of_result(result, config, prompts)
+    stored = await append(conn, [event])
+    return event.event_id, bool(stored)
 
 
 async def load_sample(conn: psycopg.AsyncConnection, event_id: str | None) -> StoredEvent | None:
     """A recorded sample by id, or the newest one."""
     where, params = ("AND event_id = %s::uuid", [event_id]) if event_id else ("", [])
     cur = await conn.execute(
-        f"SELECT position, event_id::text, type, data FROM events WHERE type = '{HARD_CASES_SAMPLED}' {where}"
+        f"SELECT position, event_id::text, type, data FROM events WHERE type = '{HardCasesSampled.TYPE}' {where}"
         " ORDER BY position DESC LIMIT 1",
         params,
     )
     row = await cur.fetchone()
     return StoredEvent(*row) if row else None
+
+
+class PostgresHardCaseSampling(PostgresLog):
+    async def prompt_candidates(self, watermark: int) -> tuple[list[PromptCandidate], dict[str, list[dict[str, Any]]]]:
+        return await prompt_candidates(self.conn, watermark)
+
+
+class PostgresHardCases(PostgresLog):
+    """The HardCaseStore port on `conn` (in autocommit: each record is a transaction of its own)."""
+
+    async def signals_checkpoint(self) -> int:
+        return await checkpoint(self.conn)
+
+    @contextlib.asynccontextmanager
+    async def sampling(self) -> AsyncIterator[PostgresHardCaseSampling]:
+        async with self.conn.transaction():
+            yield PostgresHardCaseSampling(self.conn)
+
+    async def sample(self, sample_id: str | None) -> StoredEvent | None:
+        return await load_sample(self.conn, sample_id)
+
+    async def generated(self, sample_id: str, generator: str, model_version: str,
+                        sampling: dict[str, Any]) -> set[str]:
+        cur = await self.conn.execute(
+            "SELECT prompt_key FROM candidate_groups WHERE sample_id = %s::uuid AND generator = %s"
+            " AND model_version = %s AND sampling @> %s::jsonb",
+            [sample_id, generator, model_version, orjson.dumps(sampling).decode()])
+        return {row[0] for row in await cur.fetchall()}
+
+    async def unselected(self, sample_id: str | None) -> list[dict[str, Any]]:
+        return await unselected(self.conn, sample_id)

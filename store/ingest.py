@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 import psycopg
 
+from flywheel.domain.events import TOPIC_RECREATED, TrackingReset
+from flywheel.domain.log import NewEvent, StoredEvent
 from flywheel.domain.tracking import needs_probe, resume
 from flywheel.domain.validation import (
     DUPLICATE_INTERACTION,
@@ -20,9 +22,8 @@ from flywheel.domain.validation import (
     InvalidEvent,
     decode,
 )
-from store.eventstore import NewEvent, StoredEvent, append
+from store.eventstore import append
 from store.projections import project
-from store.tracking import TOPIC_RECREATED, tracking_reset
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ async def _claim(
     for m in messages:
         by_tp.setdefault((m.topic, m.partition), []).append(m.offset)
     floor: dict[tuple[str, int], int] = {}
-    resets: list[NewEvent] = []
+    resets: list[TrackingReset] = []
     async with conn.cursor() as cur:
         for (topic, partition), offsets in sorted(by_tp.items()):
             incarnation = broker.topic_ids.get(topic)
@@ -199,8 +200,9 @@ async def _claim(
             tracked, known = (int(row[0]), row[1]) if row else (-1, None)
             if incarnation is not None and known != incarnation:
                 if known is not None:  # the topic was created again: a new log, read from its start
-                    resets.append(tracking_reset(group, topic, partition, tracked, -1, reason=TOPIC_RECREATED,
-                                                 by="worker", topic_id=incarnation, previous_topic_id=known))
+                    resets.append(TrackingReset(
+                        consumer_group=group, topic=topic, partition=partition, previous_offset=tracked, offset=-1,
+                        reason=TOPIC_RECREATED, by="worker", topic_id=incarnation, previous_topic_id=known))
                     out.recreated[(topic, partition)] = tracked
                     tracked = -1
                 await cur.execute(

@@ -17,10 +17,11 @@ import psycopg
 from sqlalchemy import JSON
 from sqlmodel import SQLModel
 
+from flywheel.domain.events import CandidatesGenerated, CandidatesSelected, InternalEvent
 from flywheel.domain.signals import SignalConfig, prompt_key
-from store.candidates import CANDIDATES_GENERATED, CANDIDATES_SELECTED, project_candidates
+from store.candidates import project_candidates
 from store.eventstore import NewEvent, StoredEvent, append, head, read
-from store.rounds import ROUND_EVENTS, project_rounds
+from store.rounds import ROUND_EVENT_TYPES, project_rounds
 from store.signals import CHECKPOINT, checkpoint, derive_groups, touched_groups
 from store.tables import READ_MODELS
 
@@ -36,6 +37,7 @@ _FEEDBACK_COLUMNS = (
 _COUNTER = {"edit": "edits", "regenerate": "regenerations", "rating": "ratings", "comparison": "comparisons"}
 _COUNTERS = ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons")
 DEFAULT_SIGNALS = SignalConfig()
+_CANDIDATE_EVENT_TYPES = (CandidatesGenerated.TYPE, CandidatesSelected.TYPE)
 
 
 def _json(value: object) -> str:
@@ -51,8 +53,8 @@ def _counter(e: StoredEvent) -> str:
 async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
     """Apply events (in position order) to interactions, feedback and candidate_groups, inside the caller's
     transaction (signals follow later: store.signals.catch_up)."""
-    generated = [e for e in events if e.type in (CANDIDATES_GENERATED, CANDIDATES_SELECTED)]
-    rounds = [e for e in events if e.type in ROUND_EVENTS]
+    generated = [e for e in events if e.type in _CANDIDATE_EVENT_TYPES]
+    rounds = [e for e in events if e.type in ROUND_EVENT_TYPES]
     if generated or rounds:
         async with conn.cursor() as cur:
             await project_candidates(cur, generated)
@@ -109,7 +111,7 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
         )
 
 
-async def record(conn: psycopg.AsyncConnection, events: Sequence[NewEvent]) -> list[StoredEvent]:
+async def record(conn: psycopg.AsyncConnection, events: Sequence[NewEvent | InternalEvent]) -> list[StoredEvent]:
     """Append and project in one transaction (the caller's, when it has one): the log and the read models
     move together. Returns the events that were new."""
     async with conn.transaction():

@@ -18,36 +18,19 @@ import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 import psycopg
 from psycopg import sql
 
 from flywheel.domain.signals import PreferencePair, SignalConfig, derive
+from flywheel.ports import SourceRow
 from store.db import conninfo
 from store.projections import DEFAULT_SIGNALS
 from store.signals import checkpoint, load_groups, newest_sources
 
 _GROUPS_PER_LOAD = 500
-
-
-class SourceRow(NamedTuple):  # a tuple: one is made per row read, and a frozen dataclass takes 5x as long
-    kind: str  # pair | kto | sft (signal records) | group (a candidate group with its selection)
-    # The record as JSON (flywheel.domain.signals dataclasses), or the candidate group; None for an exact copy (see
-    # `copy_key`) of an earlier row, which the read leaves unread.
-    data: dict[str, Any] | None
-    position: int  # the newest event the row was derived from
-    # That event's time, which rollback slices select on; None with `copies` (stream_rows), which rows come with
-    # only when no slice may leave any out.
-    occurred_at: datetime | None
-    # With `copies`, what an exact copy shares with the first row of its kind (which comes with data; the
-    # copies with None): the same kind, consent, status and tags and the same body, so row_from_signal makes
-    # the same of it, every gate up to dedup treats it as that row, and dedup then removes it.
-    copy_key: bytes | None = None
-    # False for a training record without the user's consent, which (with `copies`) comes unread: the consent gate
-    # removes it whatever its data says, so it is not worth decoding.
-    consent: bool = True
 
 
 # The candidate groups a round reads, generated (and selected) by watermark %(w)s.

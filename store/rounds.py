@@ -3,103 +3,69 @@
 from __future__ import annotations
 
 import hashlib
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 import psycopg
 
-from store.eventstore import NewEvent, StoredEvent
+from flywheel.domain.events import (
+    ROUND_EVENTS,
+    NightlyRunFinished,
+    QuarantineItemsAdded,
+    RoundConsumed,
+    RoundPublished,
+    RoundRestored,
+    RoundRolledBack,
+)
+from flywheel.domain.log import StoredEvent
 
-QUARANTINE_ITEMS_ADDED = "quarantine_items_added"
-ROUND_PUBLISHED = "round_published"
-ROUND_ROLLED_BACK = "round_rolled_back"
-ROUND_RESTORED = "round_restored"
-ROUND_CONSUMED = "round_consumed"
-NIGHTLY_RUN = "nightly_run"
-ROUND_EVENTS = (QUARANTINE_ITEMS_ADDED, ROUND_PUBLISHED, ROUND_ROLLED_BACK, ROUND_RESTORED, ROUND_CONSUMED,
-                NIGHTLY_RUN)
-_NAMESPACE = uuid.UUID("9a1d3c55-0b7e-4c62-8f0a-3e5d2b7c6a14")
 SLICE_FIELDS = ("app_id", "model_version", "prompt_version", "since", "until")
-
-
-def _event(kind: str, identity: str, payload: dict[str, Any]) -> NewEvent:
-    return NewEvent.internal(str(uuid.uuid5(_NAMESPACE, f"{kind}:{identity}")), kind, payload)
-
-
-def item_id(prompt: str, answer: str) -> str:
-    return hashlib.sha256(orjson.dumps([prompt, answer])).hexdigest()[:16]
-
-
-def quarantine_added(list_name: str, items: Sequence[tuple[str, str]]) -> NewEvent:
-    rows = sorted({(item_id(p, a), p, a) for p, a in items})
-    payload = {"list_name": list_name, "items": [{"item_id": i, "prompt": p, "answer": a} for i, p, a in rows]}
-    return _event(QUARANTINE_ITEMS_ADDED, f"{list_name}:{[i for i, _, _ in rows]}", payload)
-
-
-def round_published(payload: dict[str, Any]) -> NewEvent:
-    return _event(ROUND_PUBLISHED, f"{payload['round']}:{payload['content_hash']}", payload)
-
-
-def round_rolled_back(number: int, reason: str, filters: dict[str, str] | None, after: int) -> NewEvent:
-    """`after`: the log position this decision was made at, so a rollback after a restore is a new fact."""
-    return _event(ROUND_ROLLED_BACK, f"{number}:{after}", {"round": number, "reason": reason, "quarantine": filters})
-
-
-def round_restored(number: int, after: int) -> NewEvent:
-    return _event(ROUND_RESTORED, f"{number}:{after}", {"round": number})
-
-
-def round_consumed(number: int, run_id: str) -> NewEvent:
-    return _event(ROUND_CONSUMED, f"{number}:{run_id}", {"round": number, "run_id": run_id})
-
-
-def nightly_run(run_id: str, started_at: str, status: str, steps: dict[str, Any], error: str | None) -> NewEvent:
-    """One run of the nightly pipeline, done ("ok") or "failed" (with the error): its history for on-call."""
-    return _event(NIGHTLY_RUN, run_id, {"run_id": run_id, "started_at": started_at, "status": status,
-                                        "steps": steps, "error": error})
+ROUND_EVENT_TYPES = frozenset(t.TYPE for t in ROUND_EVENTS)
 
 
 async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredEvent]) -> None:
     """Apply round and quarantine events (in position order) to their read models."""
     for e in events:
         p = e.data["payload"]
-        if e.type == QUARANTINE_ITEMS_ADDED:
+        if e.type == QuarantineItemsAdded.TYPE:
+            added = QuarantineItemsAdded.of(p)
             await cur.executemany(
                 "INSERT INTO quarantine_items (item_id, list_name, prompt, answer, position)"
                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                [(i["item_id"], p["list_name"], i["prompt"], i["answer"], e.position) for i in p["items"]],
+                [(i.item_id, added.list_name, i.prompt, i.answer, e.position) for i in added.items],
             )
-        elif e.type == ROUND_PUBLISHED:
+        elif e.type == RoundPublished.TYPE:
+            published = RoundPublished.of(p)
             await cur.execute(
                 "INSERT INTO rounds (number, position, path, content_hash, watermark, parent, quarantine_version,"
                 " summary, rolled_back, consumed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, false, '{}')",
-                (p["round"], e.position, p["path"], p["content_hash"], p["watermark"], p["parent"],
-                 p["quarantine_version"], orjson.dumps(p["summary"]).decode()),
+                (published.round, e.position, published.path, published.content_hash, published.watermark,
+                 published.parent, published.quarantine_version, orjson.dumps(published.summary).decode()),
             )
-        elif e.type == ROUND_ROLLED_BACK:
+        elif e.type == RoundRolledBack.TYPE:
+            rolled = RoundRolledBack.of(p)
             await cur.execute(
                 "UPDATE rounds SET rolled_back = true, rollback_reason = %s, rolled_back_position = %s"
-                " WHERE number = %s", (p["reason"], e.position, p["round"]))
-            if p["quarantine"]:
+                " WHERE number = %s", (rolled.reason, e.position, rolled.round))
+            if rolled.quarantine:
                 await cur.execute(
                     "INSERT INTO quarantine_slices (round_number, position, filters, reason, active)"
                     " VALUES (%s, %s, %s, %s, true) ON CONFLICT (round_number) DO UPDATE"
                     " SET position = excluded.position, filters = excluded.filters, reason = excluded.reason,"
                     " active = true",
-                    (p["round"], e.position, orjson.dumps(p["quarantine"]).decode(), p["reason"]))
-        elif e.type == ROUND_RESTORED:
+                    (rolled.round, e.position, orjson.dumps(rolled.quarantine).decode(), rolled.reason))
+        elif e.type == RoundRestored.TYPE:
             await cur.execute("UPDATE rounds SET rolled_back = false, rollback_reason = NULL,"
                               " rolled_back_position = NULL WHERE number = %s", (p["round"],))
             await cur.execute("UPDATE quarantine_slices SET active = false WHERE round_number = %s", (p["round"],))
-        elif e.type == NIGHTLY_RUN:
+        elif e.type == NightlyRunFinished.TYPE:
             await cur.execute(
                 "INSERT INTO nightly_runs (run_id, position, started_at, finished_at, status, steps, error)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (p["run_id"], e.position, p["started_at"], e.data["occurred_at"], p["status"],
                  orjson.dumps(p["steps"]).decode(), p["error"]))
-        elif e.type == ROUND_CONSUMED:
+        elif e.type == RoundConsumed.TYPE:
             await cur.execute("UPDATE rounds SET consumed_by = array_append(consumed_by, %s) WHERE number = %s"
                               " AND NOT %s = ANY(consumed_by)", (p["run_id"], p["round"], p["run_id"]))
 

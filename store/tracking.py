@@ -9,24 +9,8 @@ from typing import Any
 
 import psycopg
 
-from store.eventstore import NewEvent, append
-
-TRACKING_RESET = "tracking_reset"
-TOPIC_RECREATED = "topic_recreated"  # the worker found a new topic id under a tracked topic's name
-OPERATOR = "operator"  # `flywheel tracking reset`
-_NAMESPACE = uuid.UUID("5f0c2a0e-7d43-4b8e-9a51-1c6e3f2b8d70")
-
-
-def tracking_reset(group: str, topic: str, partition: int, previous: int, offset: int, *, reason: str, by: str,
-                   topic_id: str | None, previous_topic_id: str | None = None, note: str = "",
-                   identity: str | None = None) -> NewEvent:
-    """A tracking row moved from offset `previous` to `offset` (-1: read from the start). A recreated topic's reset
-    is named after the two topic ids, so a batch retried after a crash records it once."""
-    name = identity or f"{group}:{topic}:{partition}:{previous_topic_id}:{topic_id}"
-    return NewEvent.internal(str(uuid.uuid5(_NAMESPACE, name)), TRACKING_RESET, {
-        "consumer_group": group, "topic": topic, "partition": partition, "previous_offset": previous,
-        "offset": offset, "reason": reason, "by": by, "topic_id": topic_id, "previous_topic_id": previous_topic_id,
-        "note": note})
+from flywheel.domain.events import OPERATOR, TrackingReset
+from store.eventstore import append
 
 
 def tracked(conn: psycopg.Connection, group: str | None = None, topic: str | None = None) -> list[dict[str, Any]]:
@@ -60,7 +44,8 @@ async def reset(conn: psycopg.AsyncConnection, group: str, topic: str, partition
             ' ON CONFLICT (consumer_group, topic, partition) DO UPDATE SET "offset" = excluded."offset",'
             " topic_id = excluded.topic_id, event_time = NULL, updated_at = now()",
             [group, topic, partition, offset, topic_id])
-        await append(conn, [tracking_reset(group, topic, partition, -1 if previous is None else previous, offset,
-                                           reason=OPERATOR, by=by, topic_id=topic_id, note=note,
-                                           identity=str(uuid.uuid4()))])
+        await append(conn, [TrackingReset(
+            consumer_group=group, topic=topic, partition=partition,
+            previous_offset=-1 if previous is None else previous, offset=offset, reason=OPERATOR, by=by,
+            topic_id=topic_id, note=note, key=str(uuid.uuid4()))])
     return Reset(previous=previous, offset=offset)

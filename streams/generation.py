@@ -17,9 +17,9 @@ from typing import Any
 import faust
 import orjson
 
+from flywheel.domain.events import CandidatesGenerated
 from flywheel.settings import Endpoints, Settings
 from sampling.generation import Generator, SamplingSpec
-from store.candidates import generated_event
 from store.db import connect
 from store.ingest import DeadLetter, Incoming
 from store.projections import record
@@ -94,7 +94,7 @@ def create_generation_app(settings: Settings, endpoints: Endpoints,
                     except Exception as e:  # the engine refused these prompts: dead-letter them, keep serving
                         await dead(GENERATION_FAILED, f"{type(e).__name__}: {e}", [v for v, *_ in batch])
                         continue
-                    await record(conn, [generated_event(sample_id, case, g.to_event_payload())
+                    await record(conn, [CandidatesGenerated.for_case(sample_id, case, g.to_event_payload())
                                         for (_, sample_id, case, _), g in zip(batch, groups, strict=True)])
         finally:
             await conn.close()

@@ -37,7 +37,7 @@ def nightly_pipeline(settings: dict[str, Any]) -> dict[str, Any]:
 
     Steps that need what is not configured (no generator model or URL, no reward model) are skipped and
     say so; one builder runs at a time across instances (the build holds a Postgres advisory lock)."""
-    from flywheel.services.nightly import run_steps
+    from flywheel.bootstrap import nightly
     from flywheel.settings import Settings
 
-    return run_steps(Settings(**settings))
+    return nightly(Settings(**settings))

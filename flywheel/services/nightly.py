@@ -1,96 +1,84 @@
-"""The nightly pipeline's steps, run in order by the scheduler: sample → generate → select → build."""
+"""The nightly run: sample → generate → select → build, each step skippable, the run recorded either way."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
-from flywheel.settings import Settings
+from flywheel.domain.commands import BuildRound
+from flywheel.domain.events import NightlyRunFinished
+from flywheel.ports import BuilderBusy, EventLog, HardCaseStore
+from flywheel.services.build_round import Published
+from flywheel.services.generate import generate_candidates
+from flywheel.services.sample import sample_hard_cases
+from flywheel.services.select import select_candidates
+from sampling.generation import Generator, SamplingSpec
+from sampling.hardcases import SamplerConfig
+from sampling.selection import SelectionConfig
+from sampling.verifiers import Scorer
 
 log = logging.getLogger("flywheel.nightly")
 
+STEPS = ("sample", "generate", "select", "build")  # always in this order, whatever order they are listed in
+NO_GENERATOR = "skipped: no FLYWHEEL_GENERATOR_MODEL or FLYWHEEL_GENERATOR_URL"
+NO_REWARD_MODEL = "skipped: no FLYWHEEL_REWARD_MODEL"
 
-def run_steps(settings: Settings) -> dict[str, Any]:
-    """Run the configured steps; a step that is not configured (no generator, no reward model) is skipped
-    with a reason. Returns what each step did, for the job log."""
-    from flywheel.domain.rounds import RoundConfig
-    from flywheel.services.build_round import BuilderBusy, build_round
-    from flywheel.services.generation import generate_candidates, make_generator, sample_hard_cases, select_candidates
-    from flywheel.services.rollback import kafka_announcer
-    from sampling.generation import SamplingSpec
-    from sampling.hardcases import SamplerConfig
-    from sampling.selection import SelectionConfig
-    from store.db import connect
 
-    steps = [s.strip() for s in settings.nightly_steps.split(",") if s.strip()]
+async def run_nightly(
+    steps: Sequence[str], *, store: HardCaseStore, budget: int, generator: Callable[[], Generator] | None,
+    scorer: Callable[[], Scorer] | None, build: Callable[[BuildRound], Awaitable[Published]],
+    history: Callable[[], AbstractAsyncContextManager[EventLog]], run_id: str, started_at: str,
+) -> dict[str, Any]:
+    """Run the listed steps; one whose adapter is not configured (`generator`, `scorer` None) is skipped with a
+    reason, and so is a build while another instance builds. The run is recorded in the log (`history`: a unit of
+    work of its own, as the store may be what failed) as ok or failed with its error. Returns what each step did."""
     report: dict[str, Any] = {}
-
-    async def run() -> None:
-        conn = await connect(settings.database_url, autocommit=True)
-        try:
-            if "sample" in steps:
-                out = await sample_hard_cases(conn, SamplerConfig(budget=settings.nightly_budget))
-                report["sample"] = {"sample_id": out.sample_id, "chosen": len(out.result.chosen), "new": out.new}
-            if "generate" in steps:
-                if not (settings.generator_model or settings.generator_url):
-                    report["generate"] = "skipped: no FLYWHEEL_GENERATOR_MODEL or FLYWHEEL_GENERATOR_URL"
-                else:
-                    generator = make_generator(settings)
-                    generator.load()
-                    try:
-                        g = await generate_candidates(conn, generator, SamplingSpec())
-                    finally:
-                        generator.unload()
-                    report["generate"] = {"groups_new": g.groups_new, "candidates": g.candidates}
-            if "select" in steps:
-                if not settings.reward_model:
-                    report["select"] = "skipped: no FLYWHEEL_REWARD_MODEL"
-                else:
-                    from sampling.adapters.reward_model import RewardModelScorer
-
-                    s = await select_candidates(conn, [RewardModelScorer(settings.reward_model)], SelectionConfig())
-                    report["select"] = {"groups": s.groups, "sft_samples": s.sft_samples, "pairs": s.pairs}
-            if "build" in steps:
-                try:
-                    b = await build_round(conn, settings.rounds_root, RoundConfig(), announce=kafka_announcer(
-                        settings.kafka_bootstrap, settings.rounds_topic))
-                    report["build"] = {"round": b.round, "rows_out": b.rows_out, "content_hash": b.content_hash}
-                except BuilderBusy as e:
-                    report["build"] = f"skipped: {e}"
-        finally:
-            await conn.close()
-
-    started = datetime.now(UTC).isoformat()
     try:
-        asyncio.run(run())
+        if "sample" in steps:
+            out = await sample_hard_cases(store, SamplerConfig(budget=budget))
+            report["sample"] = {"sample_id": out.sample_id, "chosen": len(out.result.chosen), "new": out.new}
+        if "generate" in steps:
+            report["generate"] = NO_GENERATOR if generator is None else await _generate(store, generator())
+        if "select" in steps:
+            if scorer is None:
+                report["select"] = NO_REWARD_MODEL
+            else:
+                s = await select_candidates(store, [scorer()], SelectionConfig())
+                report["select"] = {"groups": s.groups, "sft_samples": s.sft_samples, "pairs": s.pairs}
+        if "build" in steps:
+            try:
+                b = await build(BuildRound())
+                report["build"] = {"round": b.round, "rows_out": b.rows_out, "content_hash": b.content_hash}
+            except BuilderBusy as e:
+                report["build"] = f"skipped: {e}"
     except Exception as e:
-        _record_run(settings, started, "failed", report, f"{type(e).__name__}: {e}")
+        await _remember(history, NightlyRunFinished(run_id=run_id, started_at=started_at, status="failed",
+                                                    steps=report, error=f"{type(e).__name__}: {e}"))
         raise
-    _record_run(settings, started, "ok", report, None)
+    await _remember(history, NightlyRunFinished(run_id=run_id, started_at=started_at, status="ok", steps=report,
+                                                error=None))
     log.info("nightly pipeline: %s", report)
     return report
 
 
-def _record_run(settings: Settings, started: str, status: str, steps: dict[str, Any], error: str | None) -> None:
-    """Append the run to the log (`flywheel rounds list` shows it), on a connection of its own: a failed run's
-    may be what failed. If even that fails, the scheduler's log is all there is, and it says so."""
-    from store.db import connect
-    from store.projections import record
-    from store.rounds import nightly_run
-
-    async def append() -> None:
-        conn = await connect(settings.database_url, autocommit=True)
-        try:
-            await record(conn, [nightly_run(str(uuid.uuid4()), started, status, steps, error)])
-        finally:
-            await conn.close()
-
+async def _generate(store: HardCaseStore, generator: Generator) -> dict[str, Any]:
+    generator.load()
     try:
-        asyncio.run(append())
+        g = await generate_candidates(store, generator, SamplingSpec())
+    finally:
+        generator.unload()
+    return {"groups_new": g.groups_new, "candidates": g.candidates}
+
+
+async def _remember(history: Callable[[], AbstractAsyncContextManager[EventLog]], run: NightlyRunFinished) -> None:
+    """Append the run to the log (`flywheel rounds list` shows it). If even that fails, the scheduler's log is all
+    there is, and it says so."""
+    try:
+        async with history() as unit:
+            await unit.record([run])
     except Exception:
-        log.exception("could not record the nightly run (%s, %s) in the log", status, error)
-        if status == "ok":
+        log.exception("could not record the nightly run (%s, %s) in the log", run.status, run.error)
+        if run.status == "ok":
             raise

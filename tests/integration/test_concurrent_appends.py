@@ -12,16 +12,16 @@ from typing import Any
 import psycopg
 import pytest
 
-from flywheel.domain.rounds import RoundConfig
-from flywheel.services.build_round import BuilderBusy, build_round
-from flywheel.services.rollback import restore, rollback
+from flywheel.bootstrap import round_ops
+from flywheel.domain.commands import BuildRound, RestoreRound, RollBackRound
+from flywheel.domain.events import NightlyRunFinished
+from flywheel.ports import BuilderBusy
 from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect, connect_sync
 from store.eventstore import SnapshotAppend, head
 from store.ingest import Incoming, decode_message, ingest_batch
 from store.projections import DEFAULT_SIGNALS, check, record
-from store.rounds import nightly_run
 from store.signals import catch_up
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store
@@ -29,10 +29,13 @@ from tests.store_helpers import in_store
 pytestmark = pytest.mark.integration
 
 
+def _ok_run(run_id: str) -> NightlyRunFinished:
+    return NightlyRunFinished(run_id=run_id, started_at="2026-12-01T03:00:00+00:00", status="ok", steps={}, error=None)
+
+
 def _run_record(url: str) -> None:
     """A nightly run record appended and committed by another connection, from another thread, now."""
-    in_store(url, lambda conn: record(conn, [nightly_run(str(uuid.uuid4()), "2026-12-01T03:00:00+00:00", "ok",
-                                                         {}, None)]))
+    in_store(url, lambda conn: record(conn, [_ok_run(str(uuid.uuid4()))]))
 
 
 def positions(url: str) -> list[int]:
@@ -57,7 +60,7 @@ def test_an_append_from_a_snapshot_transaction_is_refused_before_it_writes(endpo
                     seen = await head(conn)
                     await asyncio.to_thread(_run_record, url)  # the head moves past this snapshot's
                     assert await head(conn) == seen
-                    await record(conn, [nightly_run("r", "2026-12-01T03:00:00+00:00", "ok", {}, None)])
+                    await record(conn, [_ok_run("r")])
         finally:
             await conn.close()
 
@@ -87,7 +90,7 @@ def test_a_build_publishes_after_events_appended_during_its_snapshot(endpoints: 
     ingest_all(url, [m.value for m in generate(800, seed=5) if m.expected_reason is None], [200])
     announce = _AppendsWhileRead(url)
 
-    published = in_store(url, lambda conn: build_round(conn, tmp_path, RoundConfig(), announce=announce))
+    published = in_store(url, lambda conn: round_ops(conn, tmp_path, announce=announce).build(BuildRound()))
 
     assert announce.head_then > published.watermark  # another writer appended while the build read
     with connect_sync(url) as conn:
@@ -95,7 +98,7 @@ def test_a_build_publishes_after_events_appended_during_its_snapshot(endpoints: 
     assert at == (announce.head_then + 1,)
     assert positions(url) == list(range(1, announce.head_then + 2))
     assert announce.announced[0]["round"] == published.round == 1
-    again = in_store(url, lambda conn: build_round(conn, tmp_path, RoundConfig(), watermark=published.watermark))
+    again = in_store(url, lambda conn: round_ops(conn, tmp_path).build(BuildRound(watermark=published.watermark)))
     assert again.content_hash == published.content_hash
 
 
@@ -126,7 +129,7 @@ def test_ingest_builds_rollbacks_and_run_records_append_at_once(endpoints: Endpo
         try:
             while not done.is_set() or tally["builds"] < 2:
                 try:
-                    await build_round(conn, tmp_path, RoundConfig())
+                    await round_ops(conn, tmp_path).build(BuildRound())
                     tally["builds"] += 1
                 except BuilderBusy:  # a rollback holds the rounds lock: a build does not wait for it
                     await asyncio.sleep(0.01)
@@ -140,8 +143,8 @@ def test_ingest_builds_rollbacks_and_run_records_append_at_once(endpoints: Endpo
                 cur = await conn.execute("SELECT max(number) FROM rounds")
                 newest = (await cur.fetchone() or (None,))[0]
                 if newest is not None:
-                    await rollback(conn, tmp_path, newest, reason="stress", quarantine=None, announce=_ignore)
-                    await restore(conn, tmp_path, newest, announce=_ignore)
+                    await round_ops(conn, tmp_path).rollback(RollBackRound(round=newest, reason="stress"))
+                    await round_ops(conn, tmp_path).restore(RestoreRound(round=newest))
                     tally["rollbacks"] += 1
                 await asyncio.sleep(0.05)
         finally:
@@ -151,7 +154,7 @@ def test_ingest_builds_rollbacks_and_run_records_append_at_once(endpoints: Endpo
         conn = await connect(url, autocommit=True)
         try:
             while not done.is_set():
-                await record(conn, [nightly_run(str(uuid.uuid4()), "2026-12-01T03:00:00+00:00", "ok", {}, None)])
+                await record(conn, [_ok_run(str(uuid.uuid4()))])
                 tally["runs"] += 1
                 await asyncio.sleep(0.01)
         finally:

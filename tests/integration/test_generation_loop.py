@@ -13,9 +13,10 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from flywheel.domain.rounds import RoundConfig  # noqa: E402
-from flywheel.services.build_round import build_round  # noqa: E402
-from flywheel.services.generation import generate_candidates, sample_hard_cases  # noqa: E402
+from flywheel.bootstrap import hard_cases, round_ops  # noqa: E402
+from flywheel.domain.commands import BuildRound  # noqa: E402
+from flywheel.services.generate import generate_candidates  # noqa: E402
+from flywheel.services.sample import sample_hard_cases  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulator import generate  # noqa: E402
 from sampling.adapters import tiny_model  # noqa: E402
@@ -37,7 +38,8 @@ def test_sample_generate_select_build_on_the_real_engine(
 ) -> None:
     url = settings.database_url
     ingest_all(url, [m.value for m in generate(1200, seed=4) if m.expected_reason is None], [400])
-    sampled = in_store(url, lambda conn: sample_hard_cases(conn, SamplerConfig(budget=4, max_cluster_share=0.5)))
+    sampled = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), SamplerConfig(
+        budget=4, max_cluster_share=0.5)))
     assert len(sampled.result.chosen) == 4
 
     policy = tiny_model.ensure(tmp_path_factory.getbasetemp() / "tiny-model", seed=0)
@@ -45,8 +47,8 @@ def test_sample_generate_select_build_on_the_real_engine(
     engine.load()
     try:
         spec = SamplingSpec(n=3, max_tokens=12, seed=5)
-        out = in_store(url, lambda conn: generate_candidates(conn, engine, spec, batch=2))
-        again = in_store(url, lambda conn: generate_candidates(conn, engine, spec))
+        out = in_store(url, lambda conn: generate_candidates(hard_cases(conn), engine, spec, batch=2))
+        again = in_store(url, lambda conn: generate_candidates(hard_cases(conn), engine, spec))
     finally:
         engine.unload()
     assert (out.groups_new, out.candidates) == (4, 12) and again.groups_new == 0  # a re-run adds nothing
@@ -64,7 +66,7 @@ def test_sample_generate_select_build_on_the_real_engine(
     report = json.loads(selected.stdout)
     assert report["groups"] == 4 and report["sft_samples"] == 4  # every best-of-3 clears a threshold of -100
 
-    published = in_store(url, lambda conn: build_round(conn, tmp_path / "rounds", RoundConfig()))
+    published = in_store(url, lambda conn: round_ops(conn, tmp_path / "rounds").build(BuildRound()))
     lines = [json.loads(line) for f in published.path.glob("*/groups.jsonl") for line in f.read_text().splitlines()]
     assert len(lines) == 4 and all(len(g["candidates"]) == 3 for g in lines)
     assert all(c["scores"][0]["scorer"] == "reward_model" for g in lines for c in g["candidates"])

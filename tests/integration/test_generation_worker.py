@@ -14,7 +14,8 @@ pytest.importorskip("vllm")
 
 from kafka import KafkaConsumer, KafkaProducer  # noqa: E402
 
-from flywheel.services.generation import sample_hard_cases  # noqa: E402
+from flywheel.bootstrap import hard_cases  # noqa: E402
+from flywheel.services.sample import sample_hard_cases  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulator import generate  # noqa: E402
 from sampling.adapters import tiny_model  # noqa: E402
@@ -33,7 +34,8 @@ def test_requests_through_kafka_become_candidate_groups(
 ) -> None:
     url = settings.database_url
     ingest_all(url, [m.value for m in generate(1200, seed=6) if m.expected_reason is None], [600])
-    sampled = in_store(url, lambda conn: sample_hard_cases(conn, SamplerConfig(budget=5, max_cluster_share=0.5)))
+    sampled = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), SamplerConfig(
+        budget=5, max_cluster_share=0.5)))
     policy = tiny_model.ensure(tmp_path_factory.getbasetemp() / "tiny-model", seed=0)
     worker_settings = settings.model_copy(update={"generator_model": str(policy), "generation_batch": 8})
 

@@ -6,14 +6,16 @@ from typing import Any
 
 import pytest
 
-from flywheel.services.generation import sample_hard_cases, select_candidates
+from flywheel.bootstrap import hard_cases
+from flywheel.domain.events import CandidatesGenerated
+from flywheel.services.sample import sample_hard_cases
+from flywheel.services.select import select_candidates
 from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from sampling.generation import Candidate, CandidateGroup, SamplingSpec
 from sampling.hardcases import SamplerConfig
 from sampling.selection import SelectionConfig
 from sampling.verifiers import JsonFormatVerifier
-from store.candidates import generated_event
 from store.db import connect_sync
 from store.projections import check, record
 from tests.integration.test_signals_store import ingest_all
@@ -33,9 +35,9 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
     ingest_all(url, [m.value for m in generate(1500, seed=3) if m.expected_reason is None], [500])
     config = SamplerConfig(budget=12, seed=1, max_cluster_share=0.25)
 
-    first = in_store(url, lambda conn: sample_hard_cases(conn, config))
+    first = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), config))
     assert first.new and 0 < len(first.result.chosen) <= 12
-    again = in_store(url, lambda conn: sample_hard_cases(conn, config))
+    again = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), config))
     assert (again.sample_id, again.new) == (first.sample_id, False)  # same config, seed, watermark: one event
     assert [c.prompt_key for c in again.result.chosen] == [c.prompt_key for c in first.result.chosen]
     # every chosen prompt really drew objections inside the watermark, and every user consented
@@ -57,13 +59,13 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
         Candidate(text=t, token_count=len(t.split()), cumulative_logprob=None, finish_reason="stop") for t in ts),
         spec=spec, seed=spec.prompt_seed(i), model_version="m-test", prompt_tokens=10, generator="vllm")
         for i, (c, ts) in enumerate(zip(payload["chosen"], texts, strict=False))]
-    events = [generated_event(first.sample_id, c, g.to_event_payload())
+    events = [CandidatesGenerated.for_case(first.sample_id, c, g.to_event_payload())
               for c, g in zip(payload["chosen"], groups, strict=False)]
     assert len(in_store(url, lambda conn: record(conn, events))) == 2
     assert in_store(url, lambda conn: record(conn, events)) == []  # a re-run appends nothing
 
     selection = SelectionConfig(sft_threshold=1.0, min_margin=0.5, length_guard_margin=0.5)
-    out = in_store(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection))
+    out = in_store(url, lambda conn: select_candidates(hard_cases(conn), [JsonFormatVerifier()], selection))
     assert (out.groups, out.sft_samples, out.pairs) == (2, 1, 1)
     assert out.reasons == {"tie": 1, "below_sft_threshold": 1}  # "same" x3 is not JSON: all score 0
     rows = query(url, "SELECT selection #>> '{pair,chosen}', selection #>> '{pair,rejected}', margin,"
@@ -71,7 +73,8 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
                       " ORDER BY position")
     # among the equally bad, the longer one is the rejected (the tie-break leans against length bias)
     assert rows[0][:3] == ('{"answer": 42}', "forty-two, I think", 1.0) and "tie" in rows[1][3]
-    assert in_store(url, lambda conn: select_candidates(conn, [JsonFormatVerifier()], selection)).groups == 0
+    assert in_store(url, lambda conn: select_candidates(hard_cases(conn), [JsonFormatVerifier(
+        )], selection)).groups == 0
 
     drifts = {d.table: (d.missing, d.extra) for d in in_store(url, check)}
     assert drifts["candidate_groups"] == (0, 0) and all(v == (0, 0) for v in drifts.values())

@@ -11,11 +11,11 @@ import psycopg
 import pytest
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from flywheel.bootstrap import nightly as run_steps
 from flywheel.entrypoints.scheduler import configure
-from flywheel.services.nightly import run_steps
-from flywheel.services.rollback import ROUNDS_LOCK
 from flywheel.settings import Endpoints, Settings
 from flywheel.simulator import generate
+from store.unit_of_work import ROUNDS_LOCK
 from streams.topics import ensure_topics
 from tests.integration.test_signals_store import ingest_all
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from flywheel.bootstrap import round_ops
+from flywheel.domain.commands import BuildRound
 from flywheel.domain.quality import length_bias, position_bias
-from flywheel.domain.rounds import RoundConfig
 from flywheel.domain.signals import FeedbackRecord
-from flywheel.services.build_round import build_round
 from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect_sync
@@ -28,7 +28,7 @@ def test_the_report_shows_the_feedback_as_of_the_round_watermark(endpoints: Endp
     url = endpoints.database_url
     values = [m.value for m in generate(3000, seed=5, panel_fraction=0.2) if m.expected_reason is None]
     ingest_all(url, values[:2000], [500])
-    built = in_store(url, lambda conn: build_round(conn, tmp_path / "rounds", RoundConfig()))
+    built = in_store(url, lambda conn: round_ops(conn, tmp_path / "rounds").build(BuildRound()))
     audits: dict[str, Any] = in_store(url, lambda conn: signal_report(conn, upto=built.watermark))
 
     with connect_sync(url) as conn:  # the interactions' own counters (the watermark is the head here)

@@ -8,14 +8,15 @@ from typing import Any
 
 import pytest
 
+from flywheel.bootstrap import round_ops
+from flywheel.domain.commands import BuildRound, RestoreRound, RollBackRound
+from flywheel.domain.events import QuarantineItemsAdded
 from flywheel.domain.rounds import RoundConfig
-from flywheel.services.build_round import build_round
-from flywheel.services.rollback import MARKER, restore, rollback
+from flywheel.domain.rounds.rollback import MARKER
 from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect_sync
 from store.projections import record
-from store.rounds import quarantine_added
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store
 
@@ -41,9 +42,11 @@ def test_rounds_publish_roll_back_and_exclude_a_slice(endpoints: Endpoints, tmp_
             "SELECT messages -> -1 ->> 'content', response FROM interactions i WHERE consent_training"
             " AND EXISTS (SELECT 1 FROM feedback f WHERE f.interaction_id = i.interaction_id AND f.type = 'edit')"
             " ORDER BY position LIMIT 1").fetchone()
-    in_store(url, lambda conn: record(conn, [quarantine_added("canary-bench", [(prompt.upper() + "  ", answer)])]))
+    canary = QuarantineItemsAdded.listing("canary-bench", [(prompt.upper() + "  ", answer)])
+    in_store(url, lambda conn: record(conn, [canary]))
 
-    first = in_store(url, lambda conn: build_round(conn, root, config, announce=announced.append))
+    first = in_store(url, lambda conn: round_ops(conn, root, announce=announced.append).build(
+        BuildRound(config=config)))
     assert first.round == 1 and first.rows_out > 0 and (root / "current").resolve() == first.path.resolve()
     manifest = json.loads((first.path / "manifest.json").read_text())
     assert manifest["evaluation_isolation"]["hits"], "the canary was not caught"
@@ -53,28 +56,29 @@ def test_rounds_publish_roll_back_and_exclude_a_slice(endpoints: Endpoints, tmp_
     assert not list(root.glob(".building-*"))
 
     # Same log, same config, same quarantine: byte-identical data files.
-    again = in_store(url, lambda conn: build_round(conn, root, config, watermark=first.watermark))
+    again = in_store(url, lambda conn: round_ops(conn, root).build(
+        BuildRound(config=config, watermark=first.watermark)))
     assert again.content_hash == first.content_hash
     for f in sorted(first.path.glob("*/*.jsonl")):
         assert f.read_bytes() == (again.path / f.relative_to(first.path)).read_bytes()
 
     ingest_all(url, values[1500:], [500], first_offset=1500)
-    third = in_store(url, lambda conn: build_round(conn, root, config))
+    third = in_store(url, lambda conn: round_ops(conn, root).build(BuildRound(config=config)))
     apps = {r["lineage"]["app_id"] for r in lines(third.path)}
     assert third.round == 3
 
-    out = in_store(url, lambda conn: rollback(conn, root, 3, reason="bad labels from support app",
-                                         quarantine={"app_id": "support-bot"}, announce=announced.append))
+    out = in_store(url, lambda conn: round_ops(conn, root, announce=announced.append).rollback(
+        RollBackRound(round=3, reason="bad labels from support app", quarantine={"app_id": "support-bot"})))
     assert (out.changed, out.current) == (True, 2)
     assert (root / "current").resolve() == again.path.resolve() and (third.path / MARKER).exists()
-    assert in_store(url, lambda conn: rollback(conn, root, 3, reason="again", quarantine=None,
-                                          announce=announced.append)).changed is False
-    fourth = in_store(url, lambda conn: build_round(conn, root, config))
+    assert in_store(url, lambda conn: round_ops(conn, root, announce=announced.append).rollback(
+        RollBackRound(round=3, reason="again"))).changed is False
+    fourth = in_store(url, lambda conn: round_ops(conn, root).build(BuildRound(config=config)))
     assert fourth.sliced_out > 0
     assert lines(fourth.path) and not any(r["lineage"]["app_id"] == "support-bot" for r in lines(fourth.path))
     assert [m["type"] for m in announced] == ["round_published", "round_rolled_back"]
 
-    back = in_store(url, lambda conn: restore(conn, root, 3, announce=announced.append))
+    back = in_store(url, lambda conn: round_ops(conn, root, announce=announced.append).restore(RestoreRound(round=3)))
     assert back.changed and back.current == 4 and not (third.path / MARKER).exists()
     assert "support-bot" in apps  # round 3 had the support app's rows before the rollback sliced them out
 
@@ -97,7 +101,7 @@ def test_a_round_read_from_the_signals_read_model_equals_one_derived_from_the_lo
         newest = conn.execute("SELECT max(position) FROM events").fetchone()[0]
     with monkeypatch.context() as m:
         _forbid(m, "_derive_signals")
-        read = in_store(url, lambda conn: build_round(conn, root, config))
+        read = in_store(url, lambda conn: round_ops(conn, root).build(BuildRound(config=config)))
     with connect_sync(url) as conn:
         assert conn.execute("SELECT position FROM checkpoints WHERE name = 'signals'").fetchone()[0] == newest
     assert read.watermark == newest
@@ -109,7 +113,8 @@ def test_a_round_read_from_the_signals_read_model_equals_one_derived_from_the_lo
     # The checkpoint is past the first watermark now: the same cut is derived again from the log.
     with monkeypatch.context() as m:
         _forbid(m, "_read_signals")
-        derived = in_store(url, lambda conn: build_round(conn, root, config, watermark=read.watermark))
+        derived = in_store(url, lambda conn: round_ops(conn, root).build(
+            BuildRound(config=config, watermark=read.watermark)))
     assert read.rows_out > 0 and derived.content_hash == read.content_hash
     assert json.loads((derived.path / "manifest.json").read_text())["sample_processing"] == processing
     for f in sorted(read.path.glob("*/*.jsonl")):

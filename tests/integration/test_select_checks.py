@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from flywheel.services.generation import sample_hard_cases
+from flywheel.bootstrap import hard_cases
+from flywheel.domain.events import CandidatesGenerated
+from flywheel.services.sample import sample_hard_cases
 from flywheel.settings import Settings
 from flywheel.simulator import generate
 from sampling.adapters.checks import last_user_text
 from sampling.generation import Candidate, CandidateGroup, SamplingSpec
 from sampling.hardcases import SamplerConfig
-from store.candidates import generated_event
 from store.projections import record
 from tests.integration.test_hardcase_loop import query
 from tests.integration.test_signals_store import ingest_all
@@ -33,7 +34,7 @@ def test_select_scores_checkable_prompts_with_their_verifiers(
 ) -> None:
     url = settings.database_url
     ingest_all(url, [m.value for m in generate(1500, seed=3) if m.expected_reason is None], [500])
-    sampled = in_store(url, lambda conn: sample_hard_cases(conn, SamplerConfig(budget=3, seed=1)))
+    sampled = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), SamplerConfig(budget=3, seed=1)))
     [(sample,)] = query(url, "SELECT data -> 'payload' FROM events WHERE event_id = %s::uuid", [sampled.sample_id])
     cases = sample["chosen"]
     chosen = [c["messages"] for c in cases]
@@ -43,7 +44,8 @@ def test_select_scores_checkable_prompts_with_their_verifiers(
         Candidate(text=t, token_count=len(t.split()), cumulative_logprob=None, finish_reason="stop") for t in texts),
         spec=spec, seed=spec.prompt_seed(i), model_version="m-test", prompt_tokens=10, generator="vllm")
         for i, (prompt, texts) in enumerate(zip(chosen, [ANSWERS, CODE, ["a", "b", "c"]], strict=True))]
-    events = [generated_event(sampled.sample_id, c, g.to_event_payload()) for c, g in zip(cases, groups, strict=True)]
+    events = [CandidatesGenerated.for_case(sampled.sample_id, c, g.to_event_payload())
+              for c, g in zip(cases, groups, strict=True)]
     assert len(in_store(url, lambda conn: record(conn, events))) == 3
 
     checks = tmp_path / "checks.jsonl"

@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("vllm")
 
+from flywheel.domain.events import CandidatesGenerated  # noqa: E402
 from flywheel.domain.signals import prompt_key  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from sampling.adapters import tiny_model  # noqa: E402
@@ -27,7 +28,6 @@ from sampling.generation import (  # noqa: E402
     CandidateGroup,
     SamplingSpec,
 )
-from store.candidates import generated_event  # noqa: E402
 from store.db import connect_sync  # noqa: E402
 from store.projections import record  # noqa: E402
 from tests.conftest import settings_env  # noqa: E402
@@ -220,7 +220,7 @@ def test_select_grades_with_an_llm_judge_through_the_server(server: str, setting
         spec=SamplingSpec(n=3, seed=1), seed=1, model_version=MODEL_VERSION, prompt_tokens=5, generator="vllm")
     case = {"prompt_key": prompt_key(QUESTION), "app_id": "app-a", "tags": []}
     in_store(settings.database_url, lambda conn: record(
-        conn, [generated_event(str(uuid.uuid4()), case, group.to_event_payload())]))
+        conn, [CandidatesGenerated.for_case(str(uuid.uuid4()), case, group.to_event_payload())]))
     rubric = tmp_path / "rubric.txt"
     rubric.write_text("Reward correct arithmetic.\n")
     judged = settings.model_copy(update={"generator_url": server, "generator_model": "tiny",

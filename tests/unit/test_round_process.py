@@ -15,15 +15,15 @@ import pytest
 from flywheel.domain.rounds import Prepare, Repeat, RoundConfig, RoundResult, Row, build
 from flywheel.domain.rounds.builder import Entry, Prepared, Removed
 from flywheel.runtime import builder_process as process
-from flywheel.services import build_round as roundbuild
-from flywheel.services.build_round import build_in_process
+from flywheel.runtime import round_builder
+from flywheel.runtime.round_builder import build_in_process
 from tests.unit.test_rounds import EMPTY_QUARANTINE, all_bytes, make_row, run
 
 
 @pytest.fixture(autouse=True, params=["fork", "spawn"])
 def start_method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Each test with the builder forked (this process runs a single thread, as the CLI does) and spawned."""
-    monkeypatch.setattr(roundbuild, "_start_method", lambda: request.param)
+    monkeypatch.setattr(round_builder, "_start_method", lambda: request.param)
     return str(request.param)
 
 

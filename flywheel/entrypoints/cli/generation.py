@@ -20,11 +20,12 @@ def sample(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Choose hard cases from the read models and record them as a HardCasesSampled event."""
-    from flywheel.services.generation import sample_hard_cases
+    from flywheel.bootstrap import hard_cases
+    from flywheel.services.sample import sample_hard_cases
     from sampling.hardcases import SamplerConfig
 
     config = SamplerConfig(budget=budget, seed=seed, max_cluster_share=max_cluster_share)
-    out = _in_store(lambda conn: sample_hard_cases(conn, config, watermark=watermark))
+    out = _in_store(lambda conn: sample_hard_cases(hard_cases(conn), config, watermark=watermark))
     r = out.result
     data = {"sample_id": out.sample_id, "new": out.new, "watermark": r.watermark, "chosen": len(r.chosen),
             "clusters": r.clusters, "excluded": r.excluded_counts, "config_version": r.config_version,
@@ -37,7 +38,7 @@ def sample(
 
 
 def _generator(settings: Settings) -> Any:
-    from flywheel.services.generation import make_generator
+    from flywheel.bootstrap import make_generator
 
     try:
         return make_generator(settings)
@@ -58,7 +59,8 @@ def generate(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Generate a candidate group for every hard case of a sample, with vLLM; each group is an event."""
-    from flywheel.services.generation import generate_candidates
+    from flywheel.bootstrap import hard_cases
+    from flywheel.services.generate import generate_candidates
     from sampling.generation import SamplingSpec
 
     settings = _settings()
@@ -76,7 +78,7 @@ def generate(
                 bar.length = max(bar.length or 0, bar.pos + k)
                 bar.update(k)
 
-            out = _in_store(lambda conn: generate_candidates(conn, generator, spec, sample_id=sample_id,
+            out = _in_store(lambda conn: generate_candidates(hard_cases(conn), generator, spec, sample_id=sample_id,
                                                              progress=advance))
     finally:
         generator.unload()
@@ -117,7 +119,7 @@ def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn
     mode.loop.use("uvloop")
     from faust.worker import Worker
 
-    from flywheel.services.generation import make_generator
+    from flywheel.bootstrap import make_generator
     from streams.generation import create_generation_app
 
     settings = _settings()
@@ -222,12 +224,13 @@ def select_cmd(
 
 
 def _select(scorers: list[Any], config: Any, sample_id: str | None, checks: Any) -> Any:
-    from flywheel.services.generation import select_candidates
+    from flywheel.bootstrap import hard_cases
+    from flywheel.services.select import select_candidates
 
     with typer.progressbar(length=1, label="selecting", file=sys.stderr) as bar:
         def advance(k: int) -> None:
             bar.length = max(bar.length or 0, bar.pos + k)
             bar.update(k)
 
-        return _in_store(lambda conn: select_candidates(conn, scorers, config, sample_id=sample_id,
+        return _in_store(lambda conn: select_candidates(hard_cases(conn), scorers, config, sample_id=sample_id,
                                                         progress=advance, scorers_for=checks.for_prompt))

@@ -36,15 +36,15 @@ def quarantine_add(
     name: str = typer.Option(..., "--name", help="The list's name, e.g. the benchmark."),
 ) -> None:
     """Add benchmark/eval items to the quarantine list (an event; every later round is checked against it)."""
+    from flywheel.domain.events import QuarantineItemsAdded
     from store.projections import record
-    from store.rounds import quarantine_added
 
     try:
         items = _read_items(file)
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    stored = _in_store(lambda conn: record(conn, [quarantine_added(name, items)]))
+    stored = _in_store(lambda conn: record(conn, [QuarantineItemsAdded.listing(name, items)]))
     typer.echo(f"{len(items)} items {'added to' if stored else 'already in'} quarantine list {name!r}")
 
 

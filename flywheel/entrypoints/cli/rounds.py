@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _settings
 from flywheel.settings import Settings
 
+if TYPE_CHECKING:
+    from flywheel.bootstrap import RoundOps
+
 rounds_app = typer.Typer(help="Round-tagged datasets: build, inspect, roll back.", no_args_is_help=True)
 
 
-def _announcer(settings: Settings) -> Callable[[dict[str, Any]], None]:
-    from flywheel.services.rollback import kafka_announcer
+def _ops(conn: Any, settings: Settings) -> RoundOps:
+    """The rounds' use cases on `conn`, announcing on the rounds topic."""
+    from flywheel.bootstrap import announcer, round_ops
 
-    return kafka_announcer(_endpoints(settings).kafka_bootstrap, settings.rounds_topic)
+    return round_ops(conn, settings.rounds_root, announce=announcer(settings, _endpoints(settings)))
 
 
 def _describe_round(r: dict[str, Any]) -> str:
@@ -38,14 +41,13 @@ def rounds_build(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Cut the next round from the log: gates, splits, files, manifests, report; published atomically."""
-    from flywheel.domain.rounds import RoundConfig
-    from flywheel.services.build_round import BuilderBusy, build_round
+    from flywheel.domain.commands import BuildRound
+    from flywheel.ports import BuilderBusy
 
     settings = _settings()
     started = time.perf_counter()
     try:
-        out = _in_store(lambda conn: build_round(conn, settings.rounds_root, RoundConfig(), watermark=watermark,
-                                                 announce=_announcer(settings)))
+        out = _in_store(lambda conn: _ops(conn, settings).build(BuildRound(watermark=watermark)))
     except (BuilderBusy, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -142,7 +144,8 @@ def rounds_rollback(
                                  "prompt_version=, since=, until= (repeat to combine)."),
 ) -> None:
     """Roll a round back: RoundRolledBack event, `current` moves to the newest good round, announced."""
-    from flywheel.services.rollback import parse_slice, rollback
+    from flywheel.domain.commands import RollBackRound
+    from flywheel.domain.rounds.rollback import parse_slice
 
     settings = _settings()
     try:
@@ -151,8 +154,8 @@ def rounds_rollback(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     try:
-        out = _in_store(lambda conn: rollback(conn, settings.rounds_root, number, reason=reason,
-                                              quarantine=filters, announce=_announcer(settings)))
+        out = _in_store(lambda conn: _ops(conn, settings).rollback(
+            RollBackRound(round=number, reason=reason, quarantine=filters)))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -163,11 +166,11 @@ def rounds_rollback(
 @rounds_app.command("restore")
 def rounds_restore(number: int = typer.Argument(...)) -> None:
     """Undo a rollback."""
-    from flywheel.services.rollback import restore
+    from flywheel.domain.commands import RestoreRound
 
     settings = _settings()
     try:
-        out = _in_store(lambda conn: restore(conn, settings.rounds_root, number, announce=_announcer(settings)))
+        out = _in_store(lambda conn: _ops(conn, settings).restore(RestoreRound(round=number)))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -179,11 +182,12 @@ def rounds_restore(number: int = typer.Argument(...)) -> None:
 def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..., "--run", help="Training run id.")
                    ) -> None:
     """Record that a training run used a round (its training-consumption manifest)."""
-    from flywheel.services.rollback import consume
+    from flywheel.domain.commands import RegisterConsumption
 
     settings = _settings()
     try:
-        new = _in_store(lambda conn: consume(conn, settings.rounds_root, number, run))
+        new = _in_store(lambda conn: _ops(conn, settings).register_consumption(
+            RegisterConsumption(round=number, run_id=run)))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -1,0 +1,42 @@
+"""What users and jobs ask of the rounds, as commands: imperative, frozen, keyword-only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from flywheel.domain.rounds import RoundConfig
+from flywheel.domain.signals import SignalConfig
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildRound:
+    """Cut the next round from the log up to `watermark` (default: as far as signals are derived, after
+    deriving them up to the head)."""
+
+    config: RoundConfig = field(default_factory=RoundConfig)
+    watermark: int | None = None
+    signals: SignalConfig | None = None  # rules to derive the rows with when the watermark is an older one
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollBackRound:
+    """Take a round out of use; with `quarantine`, that slice of events is left out of every later build."""
+
+    round: int
+    reason: str
+    quarantine: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreRound:
+    """Undo a rollback: the round is good again, its quarantine slice is lifted."""
+
+    round: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RegisterConsumption:
+    """A trainer's run `run_id` used the round (the training-consumption manifest)."""
+
+    round: int
+    run_id: str

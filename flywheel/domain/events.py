@@ -1,0 +1,317 @@
+"""The facts Flywheel records itself, as typed events: rounds, quarantine, samples, candidates, tracking.
+
+Each is named in the past tense and knows its type string, its payload in the log and its event id. The id is
+a UUIDv5 of what the event says, so recording the same fact twice is a no-op (the log is idempotent on ids).
+Feedback from apps is not here: that is the wire schema (flywheel.domain.wire).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+
+if TYPE_CHECKING:
+    from sampling.hardcases import SampledHardCases, SamplerConfig
+
+_ROUNDS = uuid.UUID("9a1d3c55-0b7e-4c62-8f0a-3e5d2b7c6a14")
+_CANDIDATES = uuid.UUID("0c6f2b8e-8d1b-4f4e-a7d5-2f0d7b9e4c31")
+_SAMPLES = uuid.UUID("5b0e7c1e-3d7f-4a43-9d8e-6b1f4f1c2a90")
+_TRACKING = uuid.UUID("5f0c2a0e-7d43-4b8e-9a51-1c6e3f2b8d70")
+
+
+class InternalEvent:
+    """An event the system records itself. Subclasses are frozen, keyword-only dataclasses."""
+
+    __slots__ = ()
+    TYPE: ClassVar[str]
+    NAMESPACE: ClassVar[uuid.UUID]
+
+    def identity(self) -> str:
+        """What names this fact among all of its type."""
+        raise NotImplementedError
+
+    @property
+    def event_id(self) -> str:
+        return str(uuid.uuid5(self.NAMESPACE, f"{self.TYPE}:{self.identity()}"))
+
+    def payload(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def fields(self) -> dict[str, Any]:
+        """Fields of the log entry beside the payload (what the read models are keyed by)."""
+        return {}
+
+
+# ---- rounds and the quarantine list ----
+
+def quarantine_item_id(prompt: str, answer: str) -> str:
+    return hashlib.sha256(orjson.dumps([prompt, answer])).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuarantineItem:
+    item_id: str
+    prompt: str
+    answer: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class QuarantineItemsAdded(InternalEvent):
+    TYPE: ClassVar[str] = "quarantine_items_added"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    list_name: str
+    items: tuple[QuarantineItem, ...]  # sorted by item_id, each once
+
+    def identity(self) -> str:
+        return f"{self.list_name}:{[i.item_id for i in self.items]}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"list_name": self.list_name,
+                "items": [{"item_id": i.item_id, "prompt": i.prompt, "answer": i.answer} for i in self.items]}
+
+    @classmethod
+    def listing(cls, list_name: str, pairs: Sequence[tuple[str, str]]) -> QuarantineItemsAdded:
+        """The (prompt, answer) pairs added to a named list, each once, in item id order."""
+        rows = sorted({(quarantine_item_id(p, a), p, a) for p, a in pairs})
+        return cls(list_name=list_name, items=tuple(QuarantineItem(item_id=i, prompt=p, answer=a) for i, p, a in rows))
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> QuarantineItemsAdded:
+        return cls(list_name=payload["list_name"], items=tuple(
+            QuarantineItem(item_id=i["item_id"], prompt=i["prompt"], answer=i["answer"]) for i in payload["items"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPublished(InternalEvent):
+    TYPE: ClassVar[str] = "round_published"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    path: str
+    content_hash: str
+    watermark: int
+    parent: int | None
+    quarantine_version: str
+    config_version: str
+    summary: dict[str, Any] = field(hash=False)
+
+    def identity(self) -> str:
+        return f"{self.round}:{self.content_hash}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round, "path": self.path, "content_hash": self.content_hash,
+                "watermark": self.watermark, "parent": self.parent, "quarantine_version": self.quarantine_version,
+                "config_version": self.config_version, "summary": self.summary}
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> RoundPublished:
+        return cls(round=payload["round"], path=payload["path"], content_hash=payload["content_hash"],
+                   watermark=payload["watermark"], parent=payload["parent"],
+                   quarantine_version=payload["quarantine_version"],
+                   config_version=payload.get("config_version", ""), summary=payload["summary"])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundRolledBack(InternalEvent):
+    TYPE: ClassVar[str] = "round_rolled_back"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    reason: str
+    quarantine: dict[str, str] | None = field(default=None, hash=False)  # the slice later builds leave out
+    after: int  # the log position this decision was made at: a rollback after a restore is a new fact
+
+    def identity(self) -> str:
+        return f"{self.round}:{self.after}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round, "reason": self.reason, "quarantine": self.quarantine}
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any], *, after: int = 0) -> RoundRolledBack:
+        return cls(round=payload["round"], reason=payload["reason"], quarantine=payload["quarantine"], after=after)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundRestored(InternalEvent):
+    TYPE: ClassVar[str] = "round_restored"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    after: int
+
+    def identity(self) -> str:
+        return f"{self.round}:{self.after}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundConsumed(InternalEvent):
+    """A trainer registered that its run used the round (the training-consumption manifest)."""
+
+    TYPE: ClassVar[str] = "round_consumed"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    run_id: str
+
+    def identity(self) -> str:
+        return f"{self.round}:{self.run_id}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round, "run_id": self.run_id}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NightlyRunFinished(InternalEvent):
+    """One run of the nightly pipeline, done ("ok") or "failed" (with the error): its history for on-call."""
+
+    TYPE: ClassVar[str] = "nightly_run"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    run_id: str
+    started_at: str
+    status: str
+    steps: dict[str, Any] = field(hash=False)
+    error: str | None
+
+    def identity(self) -> str:
+        return self.run_id
+
+    def payload(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "started_at": self.started_at, "status": self.status, "steps": self.steps,
+                "error": self.error}
+
+
+ROUND_EVENTS: tuple[type[InternalEvent], ...] = (
+    QuarantineItemsAdded, RoundPublished, RoundRolledBack, RoundRestored, RoundConsumed, NightlyRunFinished)
+
+
+# ---- the hard-case loop ----
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HardCasesSampled(InternalEvent):
+    """The hard cases the sampler chose at a watermark; `chosen` carries each case's conversation."""
+
+    TYPE: ClassVar[str] = "hard_cases_sampled"
+    NAMESPACE: ClassVar[uuid.UUID] = _SAMPLES
+    watermark: int
+    seed: int
+    config: dict[str, Any] = field(hash=False)
+    config_version: str
+    clusters: int
+    excluded: dict[str, int] = field(hash=False)
+    chosen: Sequence[dict[str, Any]] = field(hash=False)
+
+    def identity(self) -> str:
+        # The same config, seed and watermark name the same sample.
+        return f"{self.config_version}:{self.seed}:{self.watermark}"
+
+    @classmethod
+    def of_result(cls, result: SampledHardCases, config: SamplerConfig,
+                  prompts: Mapping[str, Sequence[Mapping[str, Any]]]) -> HardCasesSampled:
+        """The sampler's result, each chosen case with its conversation (`prompts` by prompt key)."""
+        return cls(watermark=result.watermark, seed=result.seed, config=asdict(config),
+                   config_version=result.config_version, clusters=result.clusters, excluded=result.excluded_counts,
+                   chosen=[{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen])
+
+    def payload(self) -> dict[str, Any]:
+        return {"watermark": self.watermark, "seed": self.seed, "config": self.config,
+                "config_version": self.config_version, "clusters": self.clusters, "excluded": self.excluded,
+                "chosen": list(self.chosen)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CandidatesGenerated(InternalEvent):
+    """One candidate group for a sampled hard case; `group`: sampling.generation.CandidateGroup.to_event_payload().
+    Generating the same prompt of the same sample with the same model and sampling names the same group, so
+    re-running generation after a crash appends only what is missing."""
+
+    TYPE: ClassVar[str] = "candidates_generated"
+    NAMESPACE: ClassVar[uuid.UUID] = _CANDIDATES
+    sample_id: str
+    prompt_key: str
+    app_id: str | None
+    tags: tuple[str, ...]
+    group: dict[str, Any] = field(hash=False)
+
+    def identity(self) -> str:
+        what = orjson.dumps([self.group["model_version"], self.group["generator"], self.group["sampling"]],
+                            option=orjson.OPT_SORT_KEYS).decode()
+        return f"{self.sample_id}:{self.prompt_key}:{what}"
+
+    def payload(self) -> dict[str, Any]:
+        return self.group
+
+    def fields(self) -> dict[str, Any]:
+        return {"sample_id": self.sample_id, "prompt_key": self.prompt_key, "app_id": self.app_id,
+                "tags": list(self.tags)}
+
+    @classmethod
+    def for_case(cls, sample_id: str, case: Mapping[str, Any], group: dict[str, Any]) -> CandidatesGenerated:
+        """The group generated for one sampled hard case (its prompt_key, app_id, tags)."""
+        return cls(sample_id=sample_id, prompt_key=case["prompt_key"], app_id=case.get("app_id"),
+                   tags=tuple(case.get("tags") or ()), group=group)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CandidatesSelected(InternalEvent):
+    """The scores and selection of one group, named by the group and the scorers/config that judged it."""
+
+    TYPE: ClassVar[str] = "candidates_selected"
+    NAMESPACE: ClassVar[uuid.UUID] = _CANDIDATES
+    group_id: str
+    selector_version: str
+    selection: dict[str, Any] = field(hash=False)
+
+    def identity(self) -> str:
+        return f"{self.group_id}:{self.selector_version}"
+
+    def payload(self) -> dict[str, Any]:
+        return self.selection
+
+    def fields(self) -> dict[str, Any]:
+        return {"group_id": self.group_id, "selector_version": self.selector_version}
+
+
+# ---- ingest ----
+
+TOPIC_RECREATED = "topic_recreated"  # the worker found a new topic id under a tracked topic's name
+OPERATOR = "operator"  # `flywheel tracking reset`
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrackingReset(InternalEvent):
+    """A tracking row moved by a decision rather than by ingest, from `previous_offset` to `offset` (-1: read
+    from the start). A recreated topic's reset is named after the two topic ids, so a batch retried after a
+    crash records it once; an operator's reset is named by the caller (`key`), so each one is recorded."""
+
+    TYPE: ClassVar[str] = "tracking_reset"
+    NAMESPACE: ClassVar[uuid.UUID] = _TRACKING
+    consumer_group: str
+    topic: str
+    partition: int
+    previous_offset: int
+    offset: int
+    reason: str
+    by: str
+    topic_id: str | None
+    previous_topic_id: str | None = None
+    note: str = ""
+    key: str | None = None
+
+    def identity(self) -> str:
+        return self.key or f"{self.consumer_group}:{self.topic}:{self.partition}:{self.previous_topic_id}:" \
+                           f"{self.topic_id}"
+
+    @property
+    def event_id(self) -> str:
+        return str(uuid.uuid5(self.NAMESPACE, self.identity()))  # named without the type, as it always was
+
+    def payload(self) -> dict[str, Any]:
+        return {"consumer_group": self.consumer_group, "topic": self.topic, "partition": self.partition,
+                "previous_offset": self.previous_offset, "offset": self.offset, "reason": self.reason,
+                "by": self.by, "topic_id": self.topic_id, "previous_topic_id": self.previous_topic_id,
+                "note": self.note}

@@ -1,0 +1,107 @@
+"""Where a round build reads (one REPEATABLE READ snapshot) and publishes (READ COMMITTED), on Postgres."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from flywheel.domain.rounds import QuarantineItem, QuarantineList
+from flywheel.domain.signals import SignalConfig
+from flywheel.ports import BuilderBusy, Quarantine, RoundState, SourceRow
+from store.db import connect, conninfo
+from store.eventstore import head
+from store.projections import DEFAULT_SIGNALS
+from store.roundrows import stream_rows
+from store.rounds import current_round, quarantine
+from store.signals import catch_up, checkpoint
+from store.stats import signal_report
+from store.unit_of_work import ROUNDS_LOCK, PostgresLog, round_state
+
+
+async def _report_in(conn: psycopg.AsyncConnection, snapshot: str, upto: int) -> dict[str, Any]:
+    """signal_report as of `upto` on two connections of its own to the same database (the signals' figures on one,
+    the feedback's on the other, at once: the report is what a build waits for last), in the exported `snapshot`
+    (so they see what the build's transaction sees)."""
+    async with contextlib.AsyncExitStack() as stack:
+        signals, feedback = [await stack.enter_async_context(await connect(conninfo(conn))) for _ in range(2)]
+        for other in (signals, feedback):
+            await stack.enter_async_context(other.transaction())
+            await other.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            await other.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
+        return await signal_report(signals, upto=upto, feedback_conn=feedback)
+
+
+class PostgresSnapshot:
+    """The RoundSnapshot port: the caller's REPEATABLE READ transaction on `conn`, exported as `exported` so the
+    report's connections see the same."""
+
+    def __init__(self, conn: psycopg.AsyncConnection, exported: str) -> None:
+        self.conn, self.exported = conn, exported
+
+    async def head(self) -> int:
+        return await head(self.conn)
+
+    async def signals_checkpoint(self) -> int:
+        return await checkpoint(self.conn)
+
+    async def next_number(self) -> int:
+        cur = await self.conn.execute("SELECT coalesce(max(number), 0) + 1 FROM rounds")
+        return int((await cur.fetchone() or (1,))[0])
+
+    async def current(self) -> RoundState | None:
+        found = await current_round(self.conn)
+        return None if found is None else round_state(found)
+
+    async def quarantine(self) -> Quarantine:
+        version, items, slices = await quarantine(self.conn)
+        return Quarantine(version=version, slices=slices, items=QuarantineList(version=version, items=tuple(
+            QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items)))
+
+    def rows(self, watermark: int, signals: SignalConfig, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
+        return stream_rows(self.conn, watermark, signals, copies=copies)
+
+    async def report(self, watermark: int) -> dict[str, Any]:
+        return await _report_in(self.conn, self.exported, watermark)
+
+
+class PostgresRoundSource:
+    """The RoundSource port on `conn` (in autocommit: the build opens its own transactions)."""
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        self.conn = conn
+
+    async def derive_signals(self) -> None:
+        target = await head(self.conn)
+        while (run := await catch_up(self.conn, DEFAULT_SIGNALS, wait=True)) is not None and run.upto < target:
+            pass
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        """The rounds lock for this session: taken before the build's snapshot, so nothing the lock guards (rounds,
+        rollbacks) changes between the snapshot and the publication; BuilderBusy when held."""
+        cur = await self.conn.execute("SELECT pg_try_advisory_lock(%s)", [ROUNDS_LOCK])
+        locked = await cur.fetchone()
+        if not locked or not locked[0]:
+            raise BuilderBusy("another round build or rollback is running")
+        try:
+            yield
+        finally:
+            # A connection broken mid-build has lost its session, and the lock with it.
+            with contextlib.suppress(psycopg.OperationalError):
+                await self.conn.execute("SELECT pg_advisory_unlock(%s)", [ROUNDS_LOCK])
+
+    @contextlib.asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[PostgresSnapshot]:
+        async with self.conn.transaction():
+            await self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            cur = await self.conn.execute("SELECT pg_export_snapshot()")
+            yield PostgresSnapshot(self.conn, str((await cur.fetchone() or ("",))[0]))
+
+    @contextlib.asynccontextmanager
+    async def publication(self) -> AsyncIterator[PostgresLog]:
+        async with self.conn.transaction():
+            yield PostgresLog(self.conn)
