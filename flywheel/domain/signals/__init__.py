@@ -1,0 +1,67 @@
+"""Signal rules: one prompt group's interactions and feedback in; preference pairs, KTO labels, SFT samples out."""
+
+from __future__ import annotations
+
+from flywheel.domain.signals.config import SignalConfig
+from flywheel.domain.signals.derive import EVENT_HANDLERS, GROUP_RULES, JUDGES, derive
+from flywheel.domain.signals.edit import edit_distance
+from flywheel.domain.signals.group import FEEDBACK_TYPES, prompt_key
+from flywheel.domain.signals.judgement import OVERALL
+from flywheel.domain.signals.order import order_key
+from flywheel.domain.signals.records import (
+    HARD_CASE_REASONS,
+    Disagreement,
+    FeedbackRecord,
+    HardCase,
+    InteractionRecord,
+    KTOLabel,
+    PairStatus,
+    PreferencePair,
+    Record,
+    SFTSample,
+    Signals,
+)
+from flywheel.domain.signals.rules import (
+    COMPARISON_PAIR,
+    EDIT_PAIR,
+    EDIT_SFT,
+    RATING_LABEL,
+    RATING_PAIR,
+    REGENERATE_PAIR,
+    RULES,
+    THUMBS_LABEL,
+)
+from flywheel.domain.signals.score import normalised_score
+
+__all__ = [
+    "COMPARISON_PAIR",
+    "EDIT_PAIR",
+    "EDIT_SFT",
+    "EVENT_HANDLERS",
+    "FEEDBACK_TYPES",
+    "GROUP_RULES",
+    "HARD_CASE_REASONS",
+    "JUDGES",
+    "OVERALL",
+    "RATING_LABEL",
+    "RATING_PAIR",
+    "REGENERATE_PAIR",
+    "RULES",
+    "THUMBS_LABEL",
+    "Disagreement",
+    "FeedbackRecord",
+    "HardCase",
+    "InteractionRecord",
+    "KTOLabel",
+    "PairStatus",
+    "PreferencePair",
+    "Record",
+    "SFTSample",
+    "SignalConfig",
+    "Signals",
+    "derive",
+    "edit_distance",
+    "normalised_score",
+    "order_key",
+    "prompt_key",
+]
