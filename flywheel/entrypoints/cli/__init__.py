@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.entrypoints.cli import generation, inspection, run, traffic
+from flywheel.entrypoints.cli import candidates, inspection, run, traffic
 from flywheel.entrypoints.cli.quarantine import quarantine_app
 from flywheel.entrypoints.cli.rounds import rounds_app
 from flywheel.entrypoints.cli.stack import stack_app
@@ -19,10 +19,10 @@ app.command()(traffic.simulate)
 app.command()(inspection.stats)
 app.command()(inspection.signals)
 app.command()(inspection.replay)
-app.command()(generation.sample)
-app.command()(generation.generate)
-app.command("generation-worker")(generation.generation_worker)
-app.command("select")(generation.select_cmd)
+app.command()(candidates.sample)
+app.command()(candidates.generate)
+app.command("generation-worker")(candidates.generation_worker)
+app.command("select")(candidates.select_cmd)
 app.add_typer(stack_app, name="stack")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(rounds_app, name="rounds")
