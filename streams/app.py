@@ -1,11 +1,12 @@
-"""The Faust worker: a thin ingest agent around store.ingest, plus the parked-feedback sweep."""
+"""The Faust worker: a thin ingest agent around its port (streams.ingestion), plus the parked-feedback sweep."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence, Set
+from collections.abc import AsyncIterator, Callable, Sequence, Set
 from typing import Any, TypeVar
 
 import faust
@@ -16,7 +17,8 @@ from kafka.errors import KafkaError
 from flywheel.domain.tracking import TrackedBeyondLogEnd, next_offset
 from flywheel.settings import Endpoints, Settings
 from store.db import connect
-from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked, ingest_batch
+from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked
+from streams.ingestion import Ingestion, OpenIngestion, StoreIngestion
 from streams.metrics import Metrics
 from streams.projector import Pacing, Projector
 from streams.topics import TopicIds, first_offset, log_ends, topic_id
@@ -42,11 +44,13 @@ class Decoding(faust.Schema):
 
 
 def create_app(
-    settings: Settings, endpoints: Endpoints, metrics: Metrics | None = None, *, partitions: int | None = None
+    settings: Settings, endpoints: Endpoints, metrics: Metrics | None = None, *, partitions: int | None = None,
+    ingestion: OpenIngestion | None = None,
 ) -> faust.App:
     """A Faust app whose consumer group is settings.consumer_group: start more of them to scale out.
     `partitions`: the feedback topic's partition count at start-up (the consumer's metadata wins once
-    it has one)."""
+    it has one). `ingestion`: what the ingest agent hands each batch to (default: the store on
+    endpoints.database_url, the broker at endpoints.kafka_bootstrap)."""
     metrics = metrics or Metrics()
     app = faust.App(
         settings.consumer_group,
@@ -126,6 +130,17 @@ def create_app(
         ends = {tp: end for tp in tps if (end := app.consumer.highwater(TP(*tp))) is not None}
         return BrokerView(ids, ends, probe)
 
+    @contextlib.asynccontextmanager
+    async def store_ingestion() -> AsyncIterator[Ingestion]:
+        conn = await open_db()
+        try:
+            yield StoreIngestion(conn, consumer_group=settings.consumer_group, publish=publish, view=broker_view)
+        finally:
+            topic_ids.close()
+            await conn.close()
+
+    open_ingestion = ingestion or store_ingestion
+
     async def resume_from(assigned: Set[TP]) -> dict[TP, int]:
         """Where the store says each assigned feedback partition resumes: after its tracked offset, or at the start
         of a topic created again since (store.ingest then records the reset). A tracked offset past the log's end
@@ -156,17 +171,13 @@ def create_app(
 
     @app.agent(feedback, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
-        conn = await open_db()
-        try:
+        async with open_ingestion() as batches:
             # take() acks a batch's events only after this loop body returns, i.e. after the commit.
             async for batch in stream.take(settings.batch_size, within=settings.batch_timeout):
                 progress["in_flight"] = time.monotonic()
                 try:
                     with metrics.batch_seconds.time():
-                        outcome = await ingest_batch(
-                            conn, batch, consumer_group=settings.consumer_group, publish=publish,
-                            broker=await broker_view(batch),
-                        )
+                        outcome = await batches.ingest(batch, await batches.broker_view(batch))
                 except TrackedBeyondLogEnd as e:
                     log.critical("%s", e)
                     await app.crash(e)  # the worker stops with this error: a person must decide
@@ -183,9 +194,6 @@ def create_app(
                 for (topic, partition), offset in outcome.rewind.items():
                     log.warning("store is behind the broker on %s[%d]: re-reading from %d", topic, partition, offset)
                     await app.consumer.seek(TP(topic, partition), offset)
-        finally:
-            topic_ids.close()
-            await conn.close()
 
     def known_partitions() -> dict[str, int]:
         # A group member's metadata may not know the topic (None or 0); without any count there is no

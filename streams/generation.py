@@ -10,19 +10,22 @@ reason, never dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import faust
 import orjson
 
 from flywheel.domain.events import CandidatesGenerated
+from flywheel.ports import EventLog
 from flywheel.settings import Endpoints, Settings
 from sampling.generation import Generator, SamplingSpec
 from store.db import connect
-from store.ingest import DeadLetter, Incoming
-from store.projections import record
+from store.ingest import DeadLetter, Incoming, Publish
+from store.unit_of_work import PostgresLog
 
 log = logging.getLogger("flywheel.generation")
 
@@ -46,8 +49,13 @@ def _read(value: bytes) -> tuple[str, dict[str, Any], SamplingSpec, int]:
     return str(r["sample_id"]), r["case"], spec, int(r["seed"])
 
 
-def create_generation_app(settings: Settings, endpoints: Endpoints,
-                          make_generator: Callable[[], Generator]) -> faust.App:
+def create_generation_app(settings: Settings, endpoints: Endpoints, make_generator: Callable[[], Generator], *,
+                          candidate_log: Callable[[], AbstractAsyncContextManager[EventLog]] | None = None,
+                          dead_letters: Publish | None = None) -> faust.App:
+    """A Faust app whose consumer group is settings.generation_group, with one engine per agent from
+    `make_generator`. `candidate_log`: where the groups are recorded, opened once per run of the agent (default:
+    the store on endpoints.database_url, each record committed on its own); `dead_letters`: where a request that
+    cannot be read or generated goes (default: the dead-letter topic, waiting for the broker's ack)."""
     app = faust.App(
         settings.generation_group, broker=f"kafka://{endpoints.kafka_bootstrap}", store="memory://",
         web_enabled=False, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
@@ -59,45 +67,60 @@ def create_generation_app(settings: Settings, endpoints: Endpoints,
     requests = app.topic(settings.generation_topic, key_serializer="raw", value_serializer="raw")
     deadletter = app.topic(settings.deadletter_topic, key_serializer="raw", value_serializer="raw")
 
+    async def publish(letters: Sequence[DeadLetter]) -> None:
+        sent = [await deadletter.send(key=d.source.key, value=d.envelope()) for d in letters]
+        await asyncio.gather(*sent)
+
+    @contextlib.asynccontextmanager
+    async def store_log() -> AsyncIterator[EventLog]:
+        conn = await connect(endpoints.database_url, autocommit=True)
+        try:
+            yield PostgresLog(conn)
+        finally:
+            await conn.close()
+
+    open_log, send_dead = candidate_log or store_log, dead_letters or publish
+
     async def dead(reason: str, detail: str, messages: Sequence[Incoming]) -> None:
         """The ingest worker's dead letters (reason, where from, original bytes), acked before going on."""
         log.error("dead-lettering %d generation request(s): %s: %s", len(messages), reason, detail)
-        letters = [DeadLetter(reason, detail, m) for m in messages]
-        sent = [await deadletter.send(key=d.source.key, value=d.envelope()) for d in letters]
-        await asyncio.gather(*sent)
+        await send_dead([DeadLetter(reason, detail, m) for m in messages])
+
+    async def serve(generator: Generator, candidates: EventLog, events: Sequence[faust.EventT]) -> None:
+        """One batch of requests: one engine call per distinct sampling spec, one record per call."""
+        readable: dict[str, list[tuple[Incoming, str, dict[str, Any], int]]] = {}
+        specs: dict[str, SamplingSpec] = {}
+        for event in events:
+            m = event.message
+            message = Incoming(m.topic, m.partition, m.offset, m.key, event.value)
+            try:
+                sample_id, case, spec, seed = _read(message.value)
+            except (ValueError, KeyError, TypeError) as e:
+                await dead(BAD_REQUEST, f"{type(e).__name__}: {e}", [message])
+                continue
+            key = orjson.dumps(spec.to_payload(), option=orjson.OPT_SORT_KEYS).decode()
+            readable.setdefault(key, []).append((message, sample_id, case, seed))
+            specs[key] = spec
+        for key, batch in readable.items():
+            try:
+                groups = await asyncio.to_thread(generator.generate, [c["messages"] for _, _, c, _ in batch],
+                                                 specs[key], [seed for *_, seed in batch])
+            except Exception as e:  # the engine refused these prompts: dead-letter them, keep serving
+                await dead(GENERATION_FAILED, f"{type(e).__name__}: {e}", [v for v, *_ in batch])
+                continue
+            await candidates.record([CandidatesGenerated.for_case(sample_id, case, g.to_event_payload())
+                                     for (_, sample_id, case, _), g in zip(batch, groups, strict=True)])
 
     @app.agent(requests, name="generate")
     async def generate(stream: faust.StreamT) -> None:
         generator = make_generator()
         await asyncio.to_thread(generator.load)
-        conn = await connect(endpoints.database_url, autocommit=True)
-        try:
-            # take_events: take() with the messages (for dead letters); faust.Stream has it, StreamT does not say so
-            async for events in stream.take_events(settings.generation_batch, within=1.0):  # type: ignore[attr-defined]
-                readable: dict[str, list[tuple[Incoming, str, dict[str, Any], int]]] = {}
-                specs: dict[str, SamplingSpec] = {}
-                for event in events:
-                    m = event.message
-                    message = Incoming(m.topic, m.partition, m.offset, m.key, event.value)
-                    try:
-                        sample_id, case, spec, seed = _read(message.value)
-                    except (ValueError, KeyError, TypeError) as e:
-                        await dead(BAD_REQUEST, f"{type(e).__name__}: {e}", [message])
-                        continue
-                    key = orjson.dumps(spec.to_payload(), option=orjson.OPT_SORT_KEYS).decode()
-                    readable.setdefault(key, []).append((message, sample_id, case, seed))
-                    specs[key] = spec
-                for key, batch in readable.items():  # one engine call per distinct sampling spec
-                    try:
-                        groups = await asyncio.to_thread(generator.generate, [c["messages"] for _, _, c, _ in batch],
-                                                         specs[key], [seed for *_, seed in batch])
-                    except Exception as e:  # the engine refused these prompts: dead-letter them, keep serving
-                        await dead(GENERATION_FAILED, f"{type(e).__name__}: {e}", [v for v, *_ in batch])
-                        continue
-                    await record(conn, [CandidatesGenerated.for_case(sample_id, case, g.to_event_payload())
-                                        for (_, sample_id, case, _), g in zip(batch, groups, strict=True)])
-        finally:
-            await conn.close()
-            generator.unload()
+        async with open_log() as candidates:
+            try:
+                # take_events: take() with the messages (for dead letters); faust.Stream has it, StreamT does not say so
+                async for events in stream.take_events(settings.generation_batch, within=1.0):  # type: ignore[attr-defined]
+                    await serve(generator, candidates, events)
+            finally:
+                generator.unload()
 
     return app
