@@ -22,7 +22,7 @@ from flywheel.settings import Endpoints, Settings
 from sampling.generation import Candidate, CandidateGroup, Messages, SamplingSpec
 from store.ingest import BatchOutcome, BrokerView, DeadLetter, Decoded
 from streams.app import create_app
-from streams.generation import BAD_REQUEST, GENERATION_FAILED, create_generation_app, request
+from streams.generation_worker import BAD_REQUEST, GENERATION_FAILED, create_generation_app, request
 from streams.metrics import Metrics
 from tests.factories import interaction, raw, thumbs
 

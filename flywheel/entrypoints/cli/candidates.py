@@ -92,7 +92,7 @@ def _send_generation_requests(settings: Settings, spec: Any, sample_id: str | No
     from kafka import KafkaProducer
 
     from store.hardcases import load_sample
-    from streams.generation import request
+    from streams.generation_worker import request
 
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
@@ -120,7 +120,7 @@ def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn
     from faust.worker import Worker
 
     from flywheel.bootstrap import make_generator
-    from streams.generation import create_generation_app
+    from streams.generation_worker import create_generation_app
 
     settings = _settings()
     endpoints = _endpoints(settings)
