@@ -117,5 +117,9 @@ async def quarantine(conn: psycopg.AsyncConnection) -> tuple[str, list[Quarantin
     items: list[QuarantineRow] = [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
     cur = await conn.execute("SELECT round_number, filters FROM quarantine_slices WHERE active ORDER BY round_number")
     slices = [{"round": n, **f} for n, f in await cur.fetchall()]
-    version = hashlib.sha256(orjson.dumps([[i[0] for i in items], slices], option=orjson.OPT_SORT_KEYS)).hexdigest()
-    return version[:16], items, slices
+    return quarantine_version([i[0] for i in items], slices), items, slices
+
+
+def quarantine_version(item_ids: Sequence[str], slices: Sequence[dict[str, Any]]) -> str:
+    """The name of a quarantine list's content: its item ids (sorted) and active slices (by round)."""
+    return hashlib.sha256(orjson.dumps([list(item_ids), list(slices)], option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
