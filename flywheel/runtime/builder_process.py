@@ -17,8 +17,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from typing import Any
 
-from flywheel.domain.rounds.builder import Entry, Prepared, Removed, build
-from flywheel.domain.rounds.rows import Repeat
+from flywheel.domain.rounds import Entry, Prepared, Removed, Repeat, build
 from flywheel.runtime.child import die_with_parent
 from flywheel.runtime.collect import fewer_collections
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.domain.rounds import Prepare, Repeat, RoundConfig, RoundResult, Row, build
-from flywheel.domain.rounds.builder import Entry, Prepared, Removed
+from flywheel.domain.rounds.entries import Entry, Prepared, Removed
 from flywheel.runtime import builder_process as process
 from flywheel.services import build_round as roundbuild
 from flywheel.services.build_round import build_in_process
