@@ -44,12 +44,6 @@ class Row:
         if self.kind not in KINDS:
             raise ValueError(f"unknown row kind {self.kind!r}")
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Pickled as its values (rows cross to the builder process): the dataclass default looks the
-        # fields up for every row, which made unpickling a third of the builder's time.
-        return (_row, (self.kind, self.key, self.position, self.app_id, self.model_version, self.prompt_version,
-                       self.tags, self.consent, self.source, self.lineage, self.body, self.copy_key))
-
     @property
     def primary_tag(self) -> str:
         return self.tags[0] if self.tags else ""
@@ -120,14 +114,6 @@ def answer_texts_of(kind: str, body: Mapping[str, Any]) -> list[str]:
     if kind == "kto":
         return [turns_text(body.get("completion"))]
     return [str(c.get("text") or "") for c in body.get("candidates") or ()]
-
-
-def _row(kind: Kind, key: str, position: int, app_id: str, model_version: str, prompt_version: str | None,
-         tags: tuple[str, ...], consent: bool, source: str, lineage: dict[str, Any], body: dict[str, Any],
-         copy_key: bytes | None) -> Row:
-    return Row(kind=kind, key=key, position=position, app_id=app_id, model_version=model_version,
-               prompt_version=prompt_version, tags=tags, consent=consent, source=source, lineage=lineage, body=body,
-               copy_key=copy_key)
 
 
 def content_text(content: Any) -> str:
