@@ -1,10 +1,4 @@
-"""The round builder in a process of its own, fed chunks of rows through a queue.
-
-The parent reads rows from Postgres and converts them while this process runs them through the gates
-and writes the files: two cores instead of one (the GIL would serialise threads). The rows arrive in
-the parent's order, so the output is the same as `build` on them in one process. The queue is bounded:
-memory stays flat. The process dies with its parent (a killed build leaves no builder behind).
-"""
+"""The round builder in a process of its own, fed chunks of rows through a queue."""
 
 from __future__ import annotations
 
@@ -17,33 +11,19 @@ from multiprocessing.connection import Connection
 from multiprocessing.queues import Queue
 from typing import Any
 
-from flywheel.domain.rounds.builder import Entry, Prepared, Removed, build
-from flywheel.domain.rounds.rows import Repeat
+from flywheel.domain.rounds import Entry, build
 from flywheel.runtime.child import die_with_parent
 from flywheel.runtime.collect import fewer_collections
+from flywheel.runtime.packing import Packed, pack, unpack
 
-# The named tuples of a chunk cross as plain tuples, told apart by their length: a plain tuple pickles and unpickles
-# in C, where a named tuple costs a Python call each way (at 100k events unpickling took 0.19 s of the builder's
-# core instead of 0.06 s).
-_BY_LENGTH: dict[int, type[Prepared | Removed | Repeat]] = {len(t._fields): t for t in (Prepared, Removed, Repeat)}
-assert len(_BY_LENGTH) == 3, "the entry tuples must differ in length"
-
-
-def pack(chunk: list[Entry]) -> list[Any]:
-    """A chunk as it crosses to the builder process (`unpack` makes it again)."""
-    return [tuple(e) if isinstance(e, tuple) else e for e in chunk]
-
-
-def unpack(packed: list[Any]) -> list[Entry]:
-    new = tuple.__new__
-    return [new(_BY_LENGTH[len(e)], e) if type(e) is tuple else e for e in packed]
+__all__ = ["ParentGone", "main", "pack", "unpack"]
 
 
 class ParentGone(RuntimeError):
     pass
 
 
-def _rows(chunks: Queue[list[Any] | None], parent_pid: int) -> Iterator[Entry]:
+def _rows(chunks: Queue[Packed | None], parent_pid: int) -> Iterator[Entry]:
     while True:
         try:
             chunk = chunks.get(timeout=1.0)
@@ -56,10 +36,16 @@ def _rows(chunks: Queue[list[Any] | None], parent_pid: int) -> Iterator[Entry]:
         yield from unpack(chunk)
 
 
-def main(chunks: Queue[list[Any] | None], results: Connection, parent_pid: int, args: tuple[Any, ...],
+def main(chunks: Queue[Packed | None], results: Connection, parent_pid: int, args: tuple[Any, ...],
          kwargs: dict[str, Any]) -> None:
     """Run `build(rows, *args, **kwargs)` over the chunks (`pack`ed; None ends them); send ("ok", RoundResult) or
-    ("error", exception) back."""
+    ("error", exception) back.
+
+    The parent reads rows from Postgres and converts them while this process runs them through the gates
+    and writes the files: two cores instead of one (the GIL would serialise threads). The rows arrive in
+    the parent's order, so the output is the same as `build` on them in one process. The queue is bounded:
+    memory stays flat. The process dies with its parent (a killed build leaves no builder behind).
+    """
     die_with_parent()  # elsewhere than Linux, the queue's timeout in _rows notices
     # Forked from a process running an event loop: Ctrl-C is this process's own again, not that loop's handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -71,9 +57,10 @@ def main(chunks: Queue[list[Any] | None], results: Connection, parent_pid: int, 
     try:
         results.send(outcome)
     except Exception:
-        if outcome[0] == "ok":
+        status, value = outcome
+        if status == "ok":
             raise
         # an exception that does not pickle: send its text
-        results.send(("error", RuntimeError("".join(traceback.format_exception(outcome[1])))))
+        results.send(("error", RuntimeError("".join(traceback.format_exception(value)))))
     finally:
         results.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import pickle
 import signal
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.domain.rounds import Prepare, Repeat, RoundConfig, RoundResult, Row, build
-from flywheel.domain.rounds.builder import Entry, Prepared, Removed
+from flywheel.domain.rounds.entries import Entry, Prepared, Removed
 from flywheel.runtime import builder_process as process
 from flywheel.runtime import round_builder
 from flywheel.runtime.round_builder import build_in_process
@@ -61,6 +62,13 @@ def test_the_entries_cross_as_the_same_tuples_of_the_same_types() -> None:
     assert {type(e) for e in sent} == {Prepared, Removed, Repeat}
     crossed = process.unpack(process.pack(sent))
     assert crossed == sent and [type(e) for e in crossed] == [type(e) for e in sent]
+
+
+def test_rows_cross_pickled_beside_the_entry_tuples_in_their_order() -> None:
+    sent: list[Entry] = [*rows()[:2], *entries()[:3], rows()[2], *entries()[-2:]]
+    crossed = process.unpack(pickle.loads(pickle.dumps(process.pack(sent))))
+    assert crossed == sent and [type(e) for e in crossed] == [type(e) for e in sent]
+    assert process.unpack(pickle.loads(pickle.dumps(process.pack([])))) == []
 
 
 def test_prepared_rows_and_repeats_build_there_what_they_build_here(tmp_path: Path) -> None:

@@ -262,7 +262,7 @@ def test_normalise_folds_case_punctuation_and_whitespace() -> None:
 @settings(max_examples=500, deadline=None)
 @given(st.text(alphabet=st.characters(max_codepoint=127)), st.text())
 def test_garbled_counts_what_the_pattern_finds(ascii_text: str, other: str) -> None:
-    from flywheel.domain.rounds.gates import _GARBLED_CHARS, garbled
+    from flywheel.domain.rounds.quality import _GARBLED_CHARS, garbled
 
     for text in (ascii_text, other, ascii_text + other, ascii_text + "\ufffd\x85"):
         assert garbled(text) == len(_GARBLED_CHARS.findall(text))

@@ -11,7 +11,7 @@ import pytest
 from flywheel.domain import redact
 from flywheel.domain.redact import find_pii
 from flywheel.domain.rounds import QuarantineIndex, QuarantineItem, QuarantineList, RoundConfig, Row, build, builder
-from flywheel.domain.rounds.gates import has_pii
+from flywheel.domain.rounds.pii import has_pii
 
 PII_TEXTS = [
     "Write to ann@example.com, please.",

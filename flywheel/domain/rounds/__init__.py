@@ -2,31 +2,17 @@
 
 from __future__ import annotations
 
-from flywheel.domain.rounds.builder import (
-    FILE_NAMES,
-    MANIFEST,
-    Entry,
-    Prepare,
-    Prepared,
-    Removed,
-    RoundResult,
-    build,
-    content_hash,
-)
+from flywheel.domain.rounds.builder import RoundResult, build
 from flywheel.domain.rounds.config import BUILDER_VERSION, RoundConfig
-from flywheel.domain.rounds.gates import (
-    AUDIT,
-    CALIBRATION,
-    GATES,
-    QUALITY_REASONS,
-    SPLITS,
-    TRAIN,
-    DistributionCap,
-    content_digest,
-    has_pii,
-    quality_reason,
-    split_of,
-)
+from flywheel.domain.rounds.dedup import content_digest
+from flywheel.domain.rounds.distribution_cap import DistributionCap
+from flywheel.domain.rounds.entries import Entry, Prepared, Removed, Repeat
+from flywheel.domain.rounds.files import FILE_NAMES, MANIFEST
+from flywheel.domain.rounds.gates import GATES
+from flywheel.domain.rounds.manifest import content_hash
+from flywheel.domain.rounds.pii import has_pii
+from flywheel.domain.rounds.prepare import Prepare
+from flywheel.domain.rounds.quality import QUALITY_REASONS, quality_reason
 from flywheel.domain.rounds.quarantine import QuarantineIndex, QuarantineItem, QuarantineList, normalise
 from flywheel.domain.rounds.report import report_html
 from flywheel.domain.rounds.rows import (
@@ -35,11 +21,11 @@ from flywheel.domain.rounds.rows import (
     SOURCE_RM_SELECTION,
     SOURCE_RSFT,
     Kind,
-    Repeat,
     Row,
     row_from_signal,
     rows_from_group,
 )
+from flywheel.domain.rounds.split import AUDIT, CALIBRATION, SPLITS, TRAIN, split_of
 
 __all__ = [
     "AUDIT",

@@ -29,11 +29,11 @@ class RoundConfig:
     minhash_threshold: float = 0.7
     num_perm: int = 256  # 256, not 128: halves the variance of the Jaccard estimate that confirms a hit
     minhash_seed: int = 1
-    # Quality: per text; see flywheel.domain.rounds.gates.quality_reason.
+    # Quality: per text; see flywheel.domain.rounds.quality.quality_reason.
     min_chars: int = 1
     max_chars: int = 50_000
     max_garbled_share: float = 0.1
-    # Distribution cap: see flywheel.domain.rounds.gates.DistributionCap.
+    # Distribution cap: see flywheel.domain.rounds.distribution_cap.DistributionCap.
     stratum_cap_share: float = 0.5
     cap_warmup: int = 100
     # Splits: the audit share takes the bottom of the unit interval, calibration the next slice, train the rest.

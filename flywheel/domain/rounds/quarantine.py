@@ -250,14 +250,14 @@ class QuarantineIndex:
         if len(set(text_shingles[p] for p in matched)) < needed:
             return (0, -1)  # Jaccard >= t needs at least t * size shared shingles
         longest = max(1, math.floor(size / self.threshold + 1e-9))
-        best = (0, 0, -1)  # (count, start, end) with the earliest start on ties
+        best_count, best_start, best_end = 0, 0, -1  # the earliest start on ties
         lo = 0
         for hi in range(len(matched)):
             while matched[hi] - matched[lo] + 1 > longest:
                 lo += 1
             count = hi - lo + 1
-            if count > best[0]:
-                best = (count, matched[lo], matched[hi])
-        if best[0] < needed:
+            if count > best_count:
+                best_count, best_start, best_end = count, matched[lo], matched[hi]
+        if best_count < needed:
             return (0, -1)
-        return (best[1], best[2])
+        return (best_start, best_end)

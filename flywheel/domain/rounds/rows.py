@@ -44,12 +44,6 @@ class Row:
         if self.kind not in KINDS:
             raise ValueError(f"unknown row kind {self.kind!r}")
 
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        # Pickled as its values (rows cross to the builder process): the dataclass default looks the
-        # fields up for every row, which made unpickling a third of the builder's time.
-        return (_row, (self.kind, self.key, self.position, self.app_id, self.model_version, self.prompt_version,
-                       self.tags, self.consent, self.source, self.lineage, self.body, self.copy_key))
-
     @property
     def primary_tag(self) -> str:
         return self.tags[0] if self.tags else ""
@@ -64,7 +58,7 @@ class Row:
 
     def prompt_text(self) -> str:
         """The prompt messages' texts joined by newlines."""
-        return _turns_text(self.prompt_messages())
+        return turns_text(self.prompt_messages())
 
     def prompt_roles(self) -> tuple[Any, ...]:
         """The prompt messages' roles (dedup tells a system prompt from a user turn)."""
@@ -83,8 +77,8 @@ class Row:
         return answer_texts_of(self.kind, self.body)
 
 
-# What Row's methods read, as functions of a row's parts: flywheel.domain.rounds.Prepare reads a signal record's parts
-# without making a Row of them first.
+# What Row's methods read, as functions of a row's parts: flywheel.domain.rounds.Prepare reads a signal record's
+# parts without making a Row of them first.
 
 
 def prompt_messages_of(kind: str, body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -116,28 +110,10 @@ def answer_texts_of(kind: str, body: Mapping[str, Any]) -> list[str]:
             return [content_text(messages[-1].get("content"))]
         return []
     if kind == "dpo":
-        return [_turns_text(body.get("chosen")), _turns_text(body.get("rejected"))]
+        return [turns_text(body.get("chosen")), turns_text(body.get("rejected"))]
     if kind == "kto":
-        return [_turns_text(body.get("completion"))]
+        return [turns_text(body.get("completion"))]
     return [str(c.get("text") or "") for c in body.get("candidates") or ()]
-
-
-def _row(kind: Kind, key: str, position: int, app_id: str, model_version: str, prompt_version: str | None,
-         tags: tuple[str, ...], consent: bool, source: str, lineage: dict[str, Any], body: dict[str, Any],
-         copy_key: bytes | None) -> Row:
-    return Row(kind=kind, key=key, position=position, app_id=app_id, model_version=model_version,
-               prompt_version=prompt_version, tags=tags, consent=consent, source=source, lineage=lineage, body=body,
-               copy_key=copy_key)
-
-
-class Repeat(NamedTuple):
-    """An exact copy of an earlier row of the stream, the one whose `copy_key` it carries: the same kind, consent,
-    tags and body (only lineage and origin differ), so every gate up to dedup judges it as it judged that row, and
-    dedup removes it if that row got so far. Sent instead of the row itself: nothing of it needs reading."""
-
-    kind: Kind
-    copy_key: bytes
-    position: int
 
 
 def content_text(content: Any) -> str:
@@ -151,7 +127,7 @@ def content_text(content: Any) -> str:
     return str(content)
 
 
-def _turns_text(turns: Sequence[Mapping[str, Any]] | None) -> str:
+def turns_text(turns: Sequence[Mapping[str, Any]] | None) -> str:
     if not turns:
         return ""
     if len(turns) == 1:

@@ -1,0 +1,76 @@
+"""The counts of one build: rows in, what each gate removed, and the kept rows by where they came from."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Set
+from operator import attrgetter
+from typing import Any, NamedTuple
+
+from flywheel.domain.rounds.entries import Prepared
+from flywheel.domain.rounds.quarantine import QuarantineList
+
+# Upper bounds (exclusive, in characters of prompt plus answers) of the length buckets of the distribution report.
+LENGTH_BUCKETS: tuple[tuple[float, str], ...] = (
+    (256, "<256"), (1024, "256-1k"), (4096, "1k-4k"), (16384, "4k-16k"), (float("inf"), ">=16k"),
+)
+
+
+class Kept(NamedTuple):
+    """What kept rows are counted by: one counter per distinct combination, so its size grows with the number of
+    combinations, not with the rows."""
+
+    kind: str
+    split: str
+    source: str
+    app_id: str
+    model_version: str
+    prompt_version: str | None
+    tags: tuple[str, ...]
+    length: str  # the name of the length bucket
+
+
+class Tally:
+    """Counters only: what came in, what each gate removed, what was kept, and where it came from."""
+
+    def __init__(self, quarantine: QuarantineList) -> None:
+        self.list_of = {i.item_id: i.list_name for i in quarantine.items}
+        self.rows_in: Counter[str] = Counter()  # by kind
+        self.excluded_kinds: Counter[str] = Counter()
+        self.removed: defaultdict[str, Counter[str]] = defaultdict(Counter)  # by gate, then kind
+        self.quality: defaultdict[str, Counter[str]] = defaultdict(Counter)  # by quality reason, then kind
+        self.item_hits: Counter[str] = Counter()
+        self.list_hits: Counter[str] = Counter()
+        self.kept: Counter[Kept] = Counter()
+        self.min_position: int | None = None
+        self.max_position: int | None = None
+
+    def contaminated(self, item_ids: Set[str]) -> None:
+        self.item_hits.update(item_ids)
+        self.list_hits.update({self.list_of.get(i, "") for i in item_ids})
+
+    def keep(self, row: Prepared, split: str, length: int) -> None:
+        bucket = LENGTH_BUCKETS[-1][1]
+        for bound, name in LENGTH_BUCKETS:
+            if length < bound:
+                bucket = name
+                break
+        # Positional, in Kept's field order: one is made per kept row, and keywords make that much slower.
+        self.kept[Kept(row.kind, split, row.source, row.app_id, row.model_version, row.prompt_version, row.tags,
+                       bucket)] += 1
+        if self.min_position is None or row.position < self.min_position:
+            self.min_position = row.position
+        if self.max_position is None or row.position > self.max_position:
+            self.max_position = row.position
+
+    def kept_by(self, field: str) -> Counter[Any]:
+        """The kept rows counted by one field of `Kept`."""
+        value = attrgetter(field)
+        out: Counter[Any] = Counter()
+        for key, n in self.kept.items():
+            out[value(key)] += n
+        return out
+
+    @property
+    def rows_out(self) -> int:
+        return sum(self.kept.values())
