@@ -5,9 +5,10 @@ from __future__ import annotations
 from flywheel.domain.signals.config import SignalConfig
 from flywheel.domain.signals.derive import EVENT_HANDLERS, GROUP_RULES, JUDGES, derive
 from flywheel.domain.signals.edit import edit_distance
-from flywheel.domain.signals.group import FEEDBACK_TYPES, prompt_key
+from flywheel.domain.signals.group import FEEDBACK_TYPES
 from flywheel.domain.signals.judgement import OVERALL
 from flywheel.domain.signals.order import order_key
+from flywheel.domain.signals.prompt import prompt_key
 from flywheel.domain.signals.records import (
     HARD_CASE_REASONS,
     Disagreement,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any, TypeVar
-
-import orjson
+from typing import TYPE_CHECKING, TypeVar
 
 from flywheel.domain.signals.config import SignalConfig
 from flywheel.domain.signals.score import bounds, normalised_score
@@ -17,17 +14,6 @@ if TYPE_CHECKING:
     from flywheel.domain.signals.records import FeedbackRecord, InteractionRecord
 
 FEEDBACK_TYPES = ("thumbs", "edit", "regenerate", "rating", "comparison")
-
-
-def _canonical_message(message: Mapping[str, Any]) -> dict[str, Any]:
-    # An absent optional field and an explicit null are the same message.
-    return {k: v for k, v in message.items() if v is not None}
-
-
-def prompt_key(messages: Sequence[Mapping[str, Any]]) -> str:
-    """A stable hash of the conversation: key order and null fields do not change it, any text does."""
-    canonical = [_canonical_message(m) for m in messages]
-    return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
 _R = TypeVar("_R", "InteractionRecord", "FeedbackRecord")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
-from flywheel.domain.signals.group import prompt_key
+from flywheel.domain.signals.prompt import prompt_key
 
 if TYPE_CHECKING:
     from flywheel.domain.wire import Comparison, Edit, Interaction, Rating, Regenerate, Thumbs
