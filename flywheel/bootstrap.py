@@ -12,16 +12,17 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flywheel.domain.commands import BuildRound, RegisterConsumption, RestoreRound, RollBackRound
-from flywheel.ports import Announcer, EventLog, HardCaseStore, RoundBuilder
-from flywheel.services.build_round import Published, build_round
-from flywheel.services.nightly import run_nightly
-from flywheel.services.rollback import Change, register_consumption, restore, rollback
 from flywheel.settings import Endpoints, Settings
-from sampling.generation import Generator
 
+# Only what a command needs is imported, when it needs it: every CLI command imports this module.
 if TYPE_CHECKING:
     import psycopg
+
+    from flywheel.domain.commands import BuildRound, RegisterConsumption, RestoreRound, RollBackRound
+    from flywheel.ports import Announcer, EventLog, HardCaseStore, RoundBuilder
+    from flywheel.services.build_round import Published
+    from flywheel.services.rollback import Change
+    from sampling.generation import Generator
 
 
 class NoStack(RuntimeError):
@@ -68,6 +69,8 @@ def round_ops(conn: psycopg.AsyncConnection, root: Path, *, announce: Announcer 
     """Postgres on `conn` (in autocommit), round directories under `root`, the builder in a process of its own;
     without `announce`, changes are not announced."""
     from flywheel.runtime.round_builder import ProcessRoundBuilder
+    from flywheel.services.build_round import build_round
+    from flywheel.services.rollback import register_consumption, restore, rollback
     from store.roundfiles import RoundDirectories
     from store.roundsource import PostgresRoundSource
     from store.unit_of_work import PostgresRounds
@@ -107,6 +110,7 @@ def hard_cases(conn: psycopg.AsyncConnection) -> HardCaseStore:
 
 def nightly(settings: Settings) -> dict[str, Any]:
     """One nightly run with the settings' adapters (explicit URLs: the scheduler passes them); returns its report."""
+    from flywheel.services.nightly import run_nightly
     from sampling.adapters.reward_model import RewardModelScorer
     started = datetime.now(UTC).isoformat()
 

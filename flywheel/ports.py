@@ -8,13 +8,15 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from flywheel.domain.events import InternalEvent
 from flywheel.domain.log import StoredEvent
 from flywheel.domain.rounds import Entry, QuarantineList, RoundConfig, RoundResult
 from flywheel.domain.signals import SignalConfig
-from sampling.hardcases import PromptCandidate
+
+if TYPE_CHECKING:
+    from sampling.hardcases import PromptCandidate
 
 
 class BuilderBusy(RuntimeError):
