@@ -18,6 +18,7 @@ from flywheel.domain.tracking import TrackedBeyondLogEnd, next_offset
 from flywheel.settings import Endpoints, Settings
 from store.db import connect
 from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked
+from streams.datadir import faust_datadir
 from streams.ingestion import Ingestion, OpenIngestion, StoreIngestion
 from streams.metrics import Metrics
 from streams.projector import Pacing, Projector
@@ -56,7 +57,7 @@ def create_app(
         settings.consumer_group,
         broker=f"kafka://{endpoints.kafka_bootstrap}",
         store="memory://",
-        datadir=str(settings.home / "faust"),  # Faust's default is ./<group>-data in the working directory
+        datadir=faust_datadir(settings, settings.consumer_group),
         web_enabled=False,
         topic_partitions=settings.partitions,
         topic_allow_declare=False,  # topics are created up front by streams.topics

@@ -26,6 +26,7 @@ from sampling.generation import Generator, SamplingSpec
 from store.db import connect
 from store.ingest import DeadLetter, Incoming, Publish
 from store.unit_of_work import PostgresLog
+from streams.datadir import faust_datadir
 
 log = logging.getLogger("flywheel.generation")
 
@@ -58,6 +59,7 @@ def create_generation_app(settings: Settings, endpoints: Endpoints, make_generat
     cannot be read or generated goes (default: the dead-letter topic, waiting for the broker's ack)."""
     app = faust.App(
         settings.generation_group, broker=f"kafka://{endpoints.kafka_bootstrap}", store="memory://",
+        datadir=faust_datadir(settings, settings.generation_group),
         web_enabled=False, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.kafka_session_timeout,
         broker_heartbeat_interval=min(3.0, settings.kafka_session_timeout / 3),
