@@ -27,10 +27,10 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack, fresh_database  # noqa: E402
+from flywheel.domain.signals import SignalConfig  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
-from store.projections import DEFAULT_SIGNALS  # noqa: E402
 from store.signals import GroupCache, catch_up  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Hi! What can you help me with today?"}]
@@ -82,7 +82,7 @@ async def run(url: str, events: list[dict[str, Any]], step: int, cache: GroupCac
             await ingest_batch(conn, batch, consumer_group="bench", publish=nothing)
             responses += sum(1 for e in chunk if e["type"] == "interaction")
             started = time.perf_counter()
-            await catch_up(conn, DEFAULT_SIGNALS, max_events=2**62, cache=cache)
+            await catch_up(conn, SignalConfig(), max_events=2**62, cache=cache)
             if len(chunk) == step:  # a short last step would weigh a whole-group run by few events
                 out.append((responses, (time.perf_counter() - started) / len(chunk)))
         return out

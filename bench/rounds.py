@@ -50,11 +50,12 @@ from bench._stack import bench_stack, fresh_database  # noqa: E402
 from flywheel.bootstrap import round_ops  # noqa: E402
 from flywheel.domain.commands import RestoreRound, RollBackRound  # noqa: E402
 from flywheel.domain.events import QuarantineItemsAdded  # noqa: E402
+from flywheel.domain.signals import SignalConfig  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulator import generate  # noqa: E402
 from store.db import connect  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
-from store.projections import DEFAULT_SIGNALS, record  # noqa: E402
+from store.projections import record  # noqa: E402
 from store.roundrows import GROUPS_QUERY, signals_query  # noqa: E402
 from store.signals import catch_up  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
@@ -104,7 +105,7 @@ async def project_signals(url: str) -> float:
     conn = await connect(url)
     try:
         started = time.perf_counter()
-        await catch_up(conn, DEFAULT_SIGNALS, wait=True, max_events=2**62)
+        await catch_up(conn, SignalConfig(), wait=True, max_events=2**62)
         return time.perf_counter() - started
     finally:
         await conn.close()

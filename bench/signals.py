@@ -25,9 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack, fresh_database  # noqa: E402
 from bench.rounds import ingest  # noqa: E402
+from flywheel.domain.signals import SignalConfig  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from store.db import connect  # noqa: E402
-from store.projections import DEFAULT_SIGNALS  # noqa: E402
 from store.signals import GroupCache, catch_up  # noqa: E402
 
 
@@ -38,7 +38,7 @@ async def derive_from_scratch(url: str, run_events: int, cache: GroupCache | Non
         await conn.execute("TRUNCATE signals")
         await conn.execute("DELETE FROM checkpoints WHERE name = 'signals'")
         started, runs = time.perf_counter(), 0
-        while (run := await catch_up(conn, DEFAULT_SIGNALS, max_events=run_events, cache=cache)) is not None \
+        while (run := await catch_up(conn, SignalConfig(), max_events=run_events, cache=cache)) is not None \
                 and run.upto > run.after:
             runs += 1
         took = time.perf_counter() - started

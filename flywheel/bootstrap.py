@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     import psycopg
 
     from flywheel.domain.commands import BuildRound, RegisterConsumption, RestoreRound, RollBackRound
+    from flywheel.domain.signals import SignalConfig
     from flywheel.ports import Announcer, EventLog, HardCaseStore, RoundBuilder
     from flywheel.services.build_round import Published
     from flywheel.services.rollback import Change
@@ -65,9 +66,11 @@ def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
 
 
 def round_ops(conn: psycopg.AsyncConnection, root: Path, *, announce: Announcer | None = None,
-              builder: RoundBuilder | None = None) -> RoundOps:
+              builder: RoundBuilder | None = None, signals: SignalConfig | None = None) -> RoundOps:
     """Postgres on `conn` (in autocommit), round directories under `root`, the builder in a process of its own;
-    without `announce`, changes are not announced."""
+    without `announce`, changes are not announced. `signals`: the rules the signals read model is derived with
+    (FLYWHEEL_SIGNALS; default: the default rules)."""
+    from flywheel.domain.signals import SignalConfig
     from flywheel.runtime.round_builder import ProcessRoundBuilder
     from flywheel.services.build_round import build_round
     from flywheel.services.rollback import register_consumption, restore, rollback
@@ -78,7 +81,8 @@ def round_ops(conn: psycopg.AsyncConnection, root: Path, *, announce: Announcer 
 
     rounds, files, told = PostgresRounds(conn), RoundDirectories(root), announce or Silent()
     return RoundOps(
-        build=partial(build_round, source=PostgresRoundSource(conn), builder=builder or ProcessRoundBuilder(),
+        build=partial(build_round, source=PostgresRoundSource(conn, signals or SignalConfig()),
+                      builder=builder or ProcessRoundBuilder(),
                       files=files, announce=announce),
         rollback=partial(rollback, rounds=rounds, files=files, announce=told),
         restore=partial(restore, rounds=rounds, files=files, announce=told),
@@ -122,8 +126,8 @@ def nightly(settings: Settings) -> dict[str, Any]:
                 generator=(partial(make_generator, settings)
                            if settings.generator_model or settings.generator_url else None),
                 scorer=partial(RewardModelScorer, settings.reward_model) if settings.reward_model else None,
-                build=round_ops(conn, settings.rounds_root, announce=announcer(settings, Endpoints(
-                    settings.database_url, settings.kafka_bootstrap))).build,
+                build=round_ops(conn, settings.rounds_root, signals=settings.signals, announce=announcer(
+                    settings, Endpoints(settings.database_url, settings.kafka_bootstrap))).build,
                 history=partial(_unit_of_work, settings.database_url),
                 run_id=str(uuid.uuid4()), started_at=started)
 

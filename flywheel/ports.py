@@ -113,9 +113,10 @@ class RoundSnapshot(Protocol):
 
     async def quarantine(self) -> Quarantine: ...
 
-    def rows(self, watermark: int, signals: SignalConfig, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
-        """The round's source rows up to `watermark`, in chunks. With `copies`, exact copies of an earlier row and
-        rows without consent come unread (see SourceRow)."""
+    def rows(self, watermark: int, signals: SignalConfig | None, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
+        """The round's source rows up to `watermark`, derived by the `signals` rules (None: the configured ones, which
+        the signals read model holds), in chunks. With `copies`, exact copies of an earlier row and rows without
+        consent come unread (see SourceRow)."""
         ...
 
     def report(self, watermark: int) -> Awaitable[dict[str, Any]]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from flywheel.domain.signals import SignalConfig
 
 
 def default_home() -> Path:
@@ -47,6 +50,9 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(default=10.0, ge=0)
     # The signals projector runs this often and takes everything committed since its last run (at most
     # signals_max_events): a longer interval derives each hot prompt group less often, signals lag more.
+    # The signal rules' thresholds, margins and confidences (FLYWHEEL_SIGNALS, JSON: {"edit_min_distance": 0.2}).
+    # The signals read model is derived with them: after a change, `flywheel replay` derives it anew.
+    signals: SignalConfig = Field(default_factory=SignalConfig)
     signals_interval: float = Field(default=1.0, gt=0)
     signals_max_events: int = Field(default=50_000, gt=0)
     # Of a core (the projector has a process of its own): a long run delays the next accordingly.
@@ -73,7 +79,8 @@ class Settings(BaseSettings):
     def child_env(self) -> dict[str, str]:
         """This process's environment with the FLYWHEEL_* variables that reproduce these settings in a child."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-        env.update({f"FLYWHEEL_{field.upper()}": str(value) for field, value in self.model_dump().items()})
+        env.update({f"FLYWHEEL_{field.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
+                    for field, value in self.model_dump(mode="json").items()})
         return env
 
     @property

@@ -36,7 +36,6 @@ _FEEDBACK_COLUMNS = (
 # feedback type → counter column on the interaction it is about
 _COUNTER = {"edit": "edits", "regenerate": "regenerations", "rating": "ratings", "comparison": "comparisons"}
 _COUNTERS = ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons")
-DEFAULT_SIGNALS = SignalConfig()
 _CANDIDATE_EVENT_TYPES = (CandidatesGenerated.TYPE, CandidatesSelected.TYPE)
 
 
@@ -132,7 +131,7 @@ async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig) -> i
     return count
 
 
-async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig = DEFAULT_SIGNALS) -> int:
+async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig) -> int:
     """Throw the live read models away and project the whole log again, atomically."""
     async with conn.transaction():
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
@@ -159,7 +158,7 @@ class Drift:
     extra: int  # rows the live table has that the rebuild lacks
 
 
-async def check(conn: psycopg.AsyncConnection, config: SignalConfig = DEFAULT_SIGNALS) -> list[Drift]:
+async def check(conn: psycopg.AsyncConnection, config: SignalConfig) -> list[Drift]:
     """Rebuild into scratch tables from one snapshot and compare with the live read models.
 
     Signals are compared for every prompt group the projector is up to date on: groups touched by

@@ -27,7 +27,6 @@ from psycopg import sql
 from flywheel.domain.signals import PreferencePair, SignalConfig, derive
 from flywheel.ports import SourceRow
 from store.db import conninfo
-from store.projections import DEFAULT_SIGNALS
 from store.signals import checkpoint, load_groups, newest_sources
 
 _GROUPS_PER_LOAD = 500
@@ -66,7 +65,8 @@ def _decided_json(data: dict[str, Any], at: datetime | None) -> dict[str, Any]:
 
 
 async def stream_rows(
-    conn: psycopg.AsyncConnection, watermark: int, config: SignalConfig, *, copies: bool = False
+    conn: psycopg.AsyncConnection, watermark: int, config: SignalConfig, *, derived_with: SignalConfig,
+    copies: bool = False,
 ) -> AsyncIterator[list[SourceRow]]:
     """Every pair, KTO label and SFT sample of the log at `watermark`, by prompt group, then every candidate
     group generated (and selected) by then, in batches (a row at a time through async generators cost as much as
@@ -74,9 +74,11 @@ async def stream_rows(
     model must not move between the checkpoint check and the read).
 
     With `copies`, exact copies of an earlier row come without their data (SourceRow.copy_key): a caller that
-    passes every row on (none left out between, e.g. by a rollback slice) can tell the gates so."""
+    passes every row on (none left out between, e.g. by a rollback slice) can tell the gates so. The signals read
+    model is read as it stands when it was derived with `config` (`derived_with`) up to `watermark`, else the rows
+    are derived anew."""
     at = await watermark_time(conn, watermark)
-    if config == DEFAULT_SIGNALS and await checkpoint(conn) == watermark:
+    if config == derived_with and await checkpoint(conn) == watermark:
         signals = _read_signals(conn, at, copies=copies)
     else:
         signals = _derive_signals(conn, watermark, config, at)

@@ -14,7 +14,6 @@ from flywheel.domain.signals import SignalConfig
 from flywheel.ports import BuilderBusy, Quarantine, RoundState, SourceRow
 from store.db import connect, conninfo
 from store.eventstore import head
-from store.projections import DEFAULT_SIGNALS
 from store.roundrows import stream_rows
 from store.rounds import current_round, quarantine
 from store.signals import catch_up, checkpoint
@@ -39,8 +38,8 @@ class PostgresSnapshot:
     """The RoundSnapshot port: the caller's REPEATABLE READ transaction on `conn`, exported as `exported` so the
     report's connections see the same."""
 
-    def __init__(self, conn: psycopg.AsyncConnection, exported: str) -> None:
-        self.conn, self.exported = conn, exported
+    def __init__(self, conn: psycopg.AsyncConnection, exported: str, signals: SignalConfig) -> None:
+        self.conn, self.exported, self.signals = conn, exported, signals
 
     async def head(self) -> int:
         return await head(self.conn)
@@ -61,22 +60,23 @@ class PostgresSnapshot:
         return Quarantine(version=version, slices=slices, items=QuarantineList(version=version, items=tuple(
             QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items)))
 
-    def rows(self, watermark: int, signals: SignalConfig, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
-        return stream_rows(self.conn, watermark, signals, copies=copies)
+    def rows(self, watermark: int, signals: SignalConfig | None, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
+        return stream_rows(self.conn, watermark, signals or self.signals, derived_with=self.signals, copies=copies)
 
     async def report(self, watermark: int) -> dict[str, Any]:
         return await _report_in(self.conn, self.exported, watermark)
 
 
 class PostgresRoundSource:
-    """The RoundSource port on `conn` (in autocommit: the build opens its own transactions)."""
+    """The RoundSource port on `conn` (in autocommit: the build opens its own transactions); `signals`: the rules
+    the signals read model is derived with."""
 
-    def __init__(self, conn: psycopg.AsyncConnection) -> None:
-        self.conn = conn
+    def __init__(self, conn: psycopg.AsyncConnection, signals: SignalConfig) -> None:
+        self.conn, self.signals = conn, signals
 
     async def derive_signals(self) -> None:
         target = await head(self.conn)
-        while (run := await catch_up(self.conn, DEFAULT_SIGNALS, wait=True)) is not None and run.upto < target:
+        while (run := await catch_up(self.conn, self.signals, wait=True)) is not None and run.upto < target:
             pass
 
     @contextlib.asynccontextmanager
@@ -99,7 +99,7 @@ class PostgresRoundSource:
         async with self.conn.transaction():
             await self.conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
             cur = await self.conn.execute("SELECT pg_export_snapshot()")
-            yield PostgresSnapshot(self.conn, str((await cur.fetchone() or ("",))[0]))
+            yield PostgresSnapshot(self.conn, str((await cur.fetchone() or ("",))[0]), self.signals)
 
     @contextlib.asynccontextmanager
     async def publication(self) -> AsyncIterator[PostgresLog]:

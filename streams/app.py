@@ -248,7 +248,7 @@ def create_app(
         metrics, raise its failure, and stop it with the worker."""
         projector = Projector(endpoints.database_url, Pacing(
             settings.signals_interval, settings.signals_max_share, settings.signals_max_events,
-            settings.signals_cache_records, settings.signals_quiet))
+            settings.signals_cache_records, settings.signals_quiet), settings.signals)
         try:
             while True:
                 for run in projector.runs():

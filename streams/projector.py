@@ -25,11 +25,11 @@ from multiprocessing.process import BaseProcess
 
 from psycopg import AsyncConnection
 
+from flywheel.domain.signals import SignalConfig
 from flywheel.runtime.child import die_with_parent
 from flywheel.runtime.collect import collect_rarely
 from store.db import connect
 from store.eventstore import head
-from store.projections import DEFAULT_SIGNALS
 from store.signals import GroupCache, Progress, catch_up, take_lead
 
 
@@ -50,7 +50,7 @@ class Pacing:
         return started + max(self.interval, took / self.max_share)
 
 
-async def project_forever(url: str, pacing: Pacing, report: Callable[[Progress], None],
+async def project_forever(url: str, pacing: Pacing, signals: SignalConfig, report: Callable[[Progress], None],
                           alive: Callable[[], bool]) -> None:
     conn = await connect(url, autocommit=True)
     cache = GroupCache(pacing.cache_records)
@@ -61,7 +61,7 @@ async def project_forever(url: str, pacing: Pacing, report: Callable[[Progress],
                 await asyncio.sleep(pacing.interval)  # another worker's projector derives; take over if it goes
                 continue
             started = time.monotonic()
-            run = await catch_up(conn, DEFAULT_SIGNALS, max_events=pacing.max_events, cache=cache)
+            run = await catch_up(conn, signals, max_events=pacing.max_events, cache=cache)
             if run is not None and run.upto > run.after:
                 report(run)
             derived = run.upto if run is not None else None
@@ -89,7 +89,7 @@ async def _wait(conn: AsyncConnection, pacing: Pacing, until: float, derived: in
 _LOOK_EVERY = 0.05  # seconds
 
 
-def main(url: str, pacing: Pacing, reports: Connection, parent_pid: int) -> None:
+def main(url: str, pacing: Pacing, signals: SignalConfig, reports: Connection, parent_pid: int) -> None:
     """The child's entry point: project until the parent is gone; send ("run", Progress) after each run
     that moved, or ("error", traceback text) before exiting on an error."""
     die_with_parent()  # elsewhere than Linux, the getppid() check below notices between two runs
@@ -98,7 +98,7 @@ def main(url: str, pacing: Pacing, reports: Connection, parent_pid: int) -> None
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     collect_rarely()  # the group cache stays large and lives long: most of what a collection would traverse
     try:
-        asyncio.run(project_forever(url, pacing, lambda run: reports.send(("run", run)),
+        asyncio.run(project_forever(url, pacing, signals, lambda run: reports.send(("run", run)),
                                     lambda: os.getppid() == parent_pid))
     except Exception:
         reports.send(("error", traceback.format_exc()))
@@ -112,11 +112,11 @@ class ProjectorFailed(RuntimeError):
 class Projector:
     """The worker's handle on its projector process."""
 
-    def __init__(self, url: str, pacing: Pacing) -> None:
+    def __init__(self, url: str, pacing: Pacing, signals: SignalConfig) -> None:
         ctx = multiprocessing.get_context("spawn")  # no fork of a process running an event loop and threads
         self._reports, child_end = ctx.Pipe(duplex=False)
         self._process: BaseProcess = ctx.Process(
-            target=main, args=(url, pacing, child_end, os.getpid()), name="flywheel-signals", daemon=True)
+            target=main, args=(url, pacing, signals, child_end, os.getpid()), name="flywheel-signals", daemon=True)
         self._process.start()
         child_end.close()
 

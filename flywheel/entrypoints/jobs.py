@@ -6,19 +6,20 @@ import asyncio
 import logging
 from typing import Any
 
+from flywheel.domain.signals import SignalConfig
 from store.db import connect
 from store.projections import check
 
 log = logging.getLogger("flywheel.jobs")
 
 
-def audit_projections(database_url: str) -> bool:
+def audit_projections(database_url: str, signals: dict[str, Any] | None = None) -> bool:
     """Nightly: rebuild the read models from the log into scratch tables and compare with the live ones."""
 
     async def run() -> bool:
         conn = await connect(database_url)
         try:
-            drifts = await check(conn)
+            drifts = await check(conn, SignalConfig(**(signals or {})))
         finally:
             await conn.close()
         bad = [d for d in drifts if d.missing or d.extra]

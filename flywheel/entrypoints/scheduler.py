@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -20,7 +22,7 @@ def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints
     scheduler.add_job(
         "flywheel.entrypoints.jobs:audit_projections",
         CronTrigger.from_crontab(settings.audit_cron, timezone="UTC"),
-        kwargs={"database_url": endpoints.database_url},
+        kwargs={"database_url": endpoints.database_url, "signals": asdict(settings.signals)},
         id="audit_projections",
         name="nightly read-model audit (replay --check)",
         replace_existing=True,

@@ -29,7 +29,6 @@ from flywheel.domain.rounds import (
     rows_from_group,
 )
 from flywheel.domain.rounds.rollback import in_slice
-from flywheel.domain.signals import SignalConfig
 from flywheel.ports import (
     Announcer,
     BuilderBusy,
@@ -115,7 +114,7 @@ async def _cut(
     sliced = [0]
     slices = quarantine.slices
     # Exact copies come unread unless a rollback slice may leave out the row they copy.
-    chunks = _rows(snapshot.rows(watermark, command.signals or SignalConfig(), copies=not slices), slices,
+    chunks = _rows(snapshot.rows(watermark, command.signals, copies=not slices), slices,
                    sliced, Prepare(command.config))
     # The report's aggregates run in this snapshot once every row is read, while the builder process works
     # through the last of them and this one would wait; so does the announcer's getting ready.

@@ -44,7 +44,7 @@ class MemorySnapshot:
     async def quarantine(self) -> Quarantine:
         return self._model.quarantine()
 
-    async def rows(self, watermark: int, signals: SignalConfig, *, copies: bool,
+    async def rows(self, watermark: int, signals: SignalConfig | None, *, copies: bool,
                    chunk: int = 100) -> AsyncIterator[list[SourceRow]]:
         """The given rows up to `watermark`, in their order. Without `copies`, each must come with its data."""
         rows = [r for r in self._rows if r.position <= watermark]

@@ -10,6 +10,7 @@ from typing import Protocol
 import psycopg
 
 from flywheel.domain.log import StoredEvent
+from flywheel.domain.signals import SignalConfig
 from flywheel.ports import EventLog, Rounds, RoundSource
 from store.db import connect
 from store.eventstore import head, read
@@ -82,7 +83,7 @@ class Postgres:
     @contextlib.asynccontextmanager
     async def source(self) -> AsyncIterator[RoundSource]:
         async with self._connection() as conn:
-            yield PostgresRoundSource(conn)
+            yield PostgresRoundSource(conn, SignalConfig())
 
     async def read(self, *, after: int = 0, upto: int | None = None) -> list[StoredEvent]:
         async with self._connection() as conn, conn.transaction():

@@ -67,7 +67,11 @@ def start(home: Path, command: str, log: Path) -> subprocess.Popen[bytes]:
 def ctrl_c(proc: subprocess.Popen[bytes], log: Path) -> int:
     """Ctrl-C at the terminal (SIGINT to the foreground process group); returns the messages reported unread."""
     os.killpg(proc.pid, signal.SIGINT)
-    proc.wait(120)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError("no exit within 120 s of Ctrl-C:\n" + log.read_text(errors="replace")[-4000:]) from None
     text = log.read_text(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     return _unread(text)

@@ -15,13 +15,14 @@ import pytest
 from flywheel.bootstrap import round_ops
 from flywheel.domain.commands import BuildRound, RestoreRound, RollBackRound
 from flywheel.domain.events import NightlyRunFinished
+from flywheel.domain.signals import SignalConfig
 from flywheel.ports import BuilderBusy
 from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect, connect_sync
 from store.eventstore import SnapshotAppend, head
 from store.ingest import Incoming, decode_message, ingest_batch
-from store.projections import DEFAULT_SIGNALS, check, record
+from store.projections import check, record
 from store.signals import catch_up
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store
@@ -118,7 +119,7 @@ def test_ingest_builds_rollbacks_and_run_records_append_at_once(endpoints: Endpo
                 await ingest_batch(conn, batch, consumer_group="g", publish=_nothing)
                 tally["batches"] += 1
                 if tally["batches"] % 5 == 0:
-                    await catch_up(conn, DEFAULT_SIGNALS)
+                    await catch_up(conn, SignalConfig())
                 await asyncio.sleep(0)
         finally:
             done.set()
@@ -178,8 +179,8 @@ def test_ingest_builds_rollbacks_and_run_records_append_at_once(endpoints: Endpo
     async def drift() -> list[Any]:
         conn = await connect(url)
         try:
-            await catch_up(conn, DEFAULT_SIGNALS)
-            return [d for d in await check(conn) if d.missing or d.extra]
+            await catch_up(conn, SignalConfig())
+            return [d for d in await check(conn, SignalConfig()) if d.missing or d.extra]
         finally:
             await conn.close()
 

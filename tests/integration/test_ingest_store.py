@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import store.ingest
+from flywheel.domain.signals import SignalConfig
 from flywheel.settings import Endpoints
 from store.db import connect, connect_sync
 from store.ingest import BrokerView, DeadLetter, Incoming, decode_message, expire_parked, ingest_batch
@@ -161,8 +162,8 @@ def test_replay_rebuilds_the_same_read_models(endpoints: Endpoints) -> None:
     async def run() -> Any:
         conn = await connect(url)
         try:
-            drifts = await check(conn)
-            rebuilt = await rebuild(conn)
+            drifts = await check(conn, SignalConfig())
+            rebuilt = await rebuild(conn, SignalConfig())
             return drifts, rebuilt
         finally:
             await conn.close()
@@ -182,7 +183,7 @@ def test_check_notices_a_tampered_read_model(endpoints: Endpoints) -> None:
     async def run() -> Any:
         conn = await connect(url)
         try:
-            return await check(conn)
+            return await check(conn, SignalConfig())
         finally:
             await conn.close()
 

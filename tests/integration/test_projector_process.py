@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from flywheel.domain.signals import SignalConfig
 from flywheel.settings import Endpoints, Settings
 from flywheel.simulator import generate
 from store.signals import Progress
@@ -39,7 +40,7 @@ def test_pacing_waits_the_interval_or_longer_after_a_long_run() -> None:
 def test_the_projector_process_derives_the_log_and_reports_its_runs(endpoints: Endpoints) -> None:
     url = endpoints.database_url
     ingest_all(url, [s.value for s in generate(600, seed=3, bad_fraction=0.0)], [150], project_every=None)
-    projector = Projector(url, FAST)
+    projector = Projector(url, FAST, SignalConfig())
     try:
         runs = wait_for_runs(projector, url)
     finally:
@@ -54,7 +55,7 @@ def test_once_the_log_stops_growing_the_projector_derives_without_waiting_out_it
     values = [s.value for s in generate(900, seed=4, bad_fraction=0.0)]
     ingest_all(url, values[:300], [150], project_every=None)
     # A share this small would make the wait after the first run minutes long.
-    projector = Projector(url, Pacing(interval=0.1, max_share=0.001, max_events=50_000))
+    projector = Projector(url, Pacing(interval=0.1, max_share=0.001, max_events=50_000), SignalConfig())
     try:
         runs = wait_for_runs(projector, url)
         ingest_all(url, values[300:], [150], project_every=None, first_offset=300)
@@ -69,10 +70,10 @@ def test_one_projector_leads_and_another_takes_over_when_it_goes(endpoints: Endp
     url = endpoints.database_url
     values = [s.value for s in generate(900, seed=6, bad_fraction=0.0)]
     ingest_all(url, values[:300], [150], project_every=None)
-    first = Projector(url, FAST)
+    first = Projector(url, FAST, SignalConfig())
     try:
         assert wait_for_runs(first, url)
-        second = Projector(url, FAST)
+        second = Projector(url, FAST, SignalConfig())
         try:
             for start in range(300, 600, 50):  # new events while both run: only the leader derives them
                 ingest_all(url, values[start:start + 50], [50], project_every=None, first_offset=start)
@@ -99,7 +100,7 @@ def wait_for_runs(projector: Projector, url: str, timeout: float = 60) -> list[P
 
 def test_a_failing_projector_raises_its_error_in_the_worker(endpoints: Endpoints) -> None:
     missing = endpoints.database_url.rsplit("/", 1)[0] + "/no_such_database"
-    projector = Projector(missing, FAST)
+    projector = Projector(missing, FAST, SignalConfig())
     try:
         deadline = time.monotonic() + 60
         with pytest.raises(ProjectorFailed, match="no_such_database"):
@@ -112,8 +113,9 @@ def test_a_failing_projector_raises_its_error_in_the_worker(endpoints: Endpoints
 
 PARENT = """
 import sys, time
+from flywheel.domain.signals import SignalConfig
 from streams.projector import Pacing, Projector
-p = Projector(sys.argv[1], Pacing(0.05, 1.0, 1000))
+p = Projector(sys.argv[1], Pacing(0.05, 1.0, 1000), SignalConfig())
 print(p.pid, flush=True)
 time.sleep(600)
 """

@@ -9,11 +9,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flywheel.domain.signals import SignalConfig
 from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from store.db import connect, connect_sync, create_schema
 from store.ingest import Incoming, decode_message, ingest_batch
-from store.projections import DEFAULT_SIGNALS, check
+from store.projections import check
 from store.signals import GroupCache, catch_up, touched_groups
 from store.tables import READ_MODELS
 from tests.factories import event, interaction, raw
@@ -44,9 +45,9 @@ def ingest_all(url: str, values: list[bytes], sizes: list[int], project_every: i
                 await ingest_batch(conn, batch, consumer_group="g", publish=_nothing)
                 start, i = start + size, i + 1
                 if project_every and i % project_every == 0:
-                    await catch_up(conn, DEFAULT_SIGNALS, cache=cache)
+                    await catch_up(conn, SignalConfig(), cache=cache)
             if project_every:
-                await catch_up(conn, DEFAULT_SIGNALS, cache=cache)
+                await catch_up(conn, SignalConfig(), cache=cache)
         finally:
             await conn.close()
 
@@ -57,7 +58,7 @@ def drift(url: str) -> dict[str, tuple[int, int]]:
     async def run() -> dict[str, tuple[int, int]]:
         conn = await connect(url)
         try:
-            return {d.table: (d.missing, d.extra) for d in await check(conn)}
+            return {d.table: (d.missing, d.extra) for d in await check(conn, SignalConfig())}
         finally:
             await conn.close()
 
@@ -161,7 +162,7 @@ def test_signals_follow_the_log_from_a_checkpoint(endpoints: Endpoints) -> None:
     async def project() -> Any:
         conn = await connect(url)
         try:
-            return await catch_up(conn, DEFAULT_SIGNALS)
+            return await catch_up(conn, SignalConfig())
         finally:
             await conn.close()
 

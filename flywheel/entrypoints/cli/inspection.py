@@ -100,10 +100,10 @@ def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scrat
         conn = await connect(endpoints.database_url)
         try:
             if not check:
-                n = await rebuild(conn)
+                n = await rebuild(conn, settings.signals)
                 typer.echo(f"rebuilt read models from {n} events")
                 return 0
-            drifts = await check_projections(conn)
+            drifts = await check_projections(conn, settings.signals)
         finally:
             await conn.close()
         for d in drifts:

@@ -23,7 +23,8 @@ def _ops(conn: Any, settings: Settings) -> RoundOps:
     """The rounds' use cases on `conn`, announcing on the rounds topic."""
     from flywheel.bootstrap import announcer, round_ops
 
-    return round_ops(conn, settings.rounds_root, announce=announcer(settings, _endpoints(settings)))
+    return round_ops(conn, settings.rounds_root, signals=settings.signals,
+                     announce=announcer(settings, _endpoints(settings)))
 
 
 def _describe_round(r: dict[str, Any]) -> str:
