@@ -56,8 +56,11 @@ def cli(home: Path, *args: str, timeout: float = 300) -> subprocess.CompletedPro
 def start(home: Path, command: str, log: Path) -> subprocess.Popen[bytes]:
     """A long-running command in a session of its own (as a terminal would run it); ready once its worker is."""
     with open(log, "wb") as out:
+        # As a terminal starts a foreground command: Ctrl-C not ignored, whatever this test process inherited (a
+        # shell's background job ignores SIGINT, and a child would inherit that).
         proc = subprocess.Popen([sys.executable, "-m", "flywheel", command], env=_env(home), stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_until(lambda: proc.poll() is not None or "[^Worker]: Ready" in log.read_text(errors="replace"),
                timeout=120, what=f"flywheel {command} ready")
     assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
@@ -71,7 +74,7 @@ def ctrl_c(proc: subprocess.Popen[bytes], log: Path) -> int:
         proc.wait(120)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        raise AssertionError("no exit within 120 s of Ctrl-C:\n" + log.read_text(errors="replace")[-4000:]) from None
+        raise AssertionError("no exit within 120 s of Ctrl-C:\n" + log.read_text(errors="replace")[-12000:]) from None
     text = log.read_text(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     return _unread(text)

@@ -8,6 +8,7 @@ import pytest
 
 from flywheel.bootstrap import hard_cases
 from flywheel.domain.events import CandidatesGenerated
+from flywheel.domain.signals import SignalConfig
 from flywheel.services.sample import sample_hard_cases
 from flywheel.services.select import select_candidates
 from flywheel.settings import Endpoints
@@ -76,5 +77,5 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
     assert in_store(url, lambda conn: select_candidates(hard_cases(conn), [JsonFormatVerifier(
         )], selection)).groups == 0
 
-    drifts = {d.table: (d.missing, d.extra) for d in in_store(url, check)}
+    drifts = {d.table: (d.missing, d.extra) for d in in_store(url, lambda conn: check(conn, SignalConfig()))}
     assert drifts["candidate_groups"] == (0, 0) and all(v == (0, 0) for v in drifts.values())
