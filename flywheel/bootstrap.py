@@ -65,11 +65,12 @@ def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
     return KafkaAnnouncer(endpoints.kafka_bootstrap, settings.rounds_topic)
 
 
-def round_ops(conn: psycopg.AsyncConnection, root: Path, *, announce: Announcer | None = None,
-              builder: RoundBuilder | None = None, signals: SignalConfig | None = None) -> RoundOps:
-    """Postgres on `conn` (in autocommit), round directories under `root`, the builder in a process of its own;
-    without `announce`, changes are not announced. `signals`: the rules the signals read model is derived with
-    (FLYWHEEL_SIGNALS; default: the default rules)."""
+def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: RoundBuilder | None = None,
+                  signals: SignalConfig | None = None) -> Callable[[psycopg.AsyncConnection], RoundOps]:
+    """The rounds' use cases, ready to bind to a store connection (in autocommit): round directories under `root`,
+    the builder in a process of its own; without `announce`, changes are not announced. `signals`: the rules the
+    signals read model is derived with (FLYWHEEL_SIGNALS; default: the default rules). Everything a build needs
+    is imported here, before any connection is made."""
     from flywheel.domain.signals import SignalConfig
     from flywheel.runtime.round_builder import ProcessRoundBuilder
     from flywheel.services.build_round import build_round
@@ -79,15 +80,25 @@ def round_ops(conn: psycopg.AsyncConnection, root: Path, *, announce: Announcer 
     from store.unit_of_work import PostgresRounds
     from streams.announcer import Silent
 
-    rounds, files, told = PostgresRounds(conn), RoundDirectories(root), announce or Silent()
-    return RoundOps(
-        build=partial(build_round, source=PostgresRoundSource(conn, signals or SignalConfig()),
-                      builder=builder or ProcessRoundBuilder(),
-                      files=files, announce=announce),
-        rollback=partial(rollback, rounds=rounds, files=files, announce=told),
-        restore=partial(restore, rounds=rounds, files=files, announce=told),
-        register_consumption=partial(register_consumption, rounds=rounds, files=files),
-    )
+    files, told, rules = RoundDirectories(root), announce or Silent(), signals or SignalConfig()
+
+    def bind(conn: psycopg.AsyncConnection) -> RoundOps:
+        rounds = PostgresRounds(conn)
+        return RoundOps(
+            build=partial(build_round, source=PostgresRoundSource(conn, rules),
+                          builder=builder or ProcessRoundBuilder(), files=files, announce=announce),
+            rollback=partial(rollback, rounds=rounds, files=files, announce=told),
+            restore=partial(restore, rounds=rounds, files=files, announce=told),
+            register_consumption=partial(register_consumption, rounds=rounds, files=files),
+        )
+
+    return bind
+
+
+def round_ops(conn: psycopg.AsyncConnection, root: Path, *, announce: Announcer | None = None,
+              builder: RoundBuilder | None = None, signals: SignalConfig | None = None) -> RoundOps:
+    """rounds_wiring bound to `conn` at once."""
+    return rounds_wiring(root, announce=announce, builder=builder, signals=signals)(conn)
 
 
 def make_generator(settings: Settings) -> Generator:

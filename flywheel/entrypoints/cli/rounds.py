@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,12 +20,12 @@ if TYPE_CHECKING:
 rounds_app = typer.Typer(help="Round-tagged datasets: build, inspect, roll back.", no_args_is_help=True)
 
 
-def _ops(conn: Any, settings: Settings) -> RoundOps:
-    """The rounds' use cases on `conn`, announcing on the rounds topic."""
-    from flywheel.bootstrap import announcer, round_ops
+def _wiring(settings: Settings) -> Callable[[Any], RoundOps]:
+    """The rounds' use cases, announcing on the rounds topic, to bind to a store connection."""
+    from flywheel.bootstrap import announcer, rounds_wiring
 
-    return round_ops(conn, settings.rounds_root, signals=settings.signals,
-                     announce=announcer(settings, _endpoints(settings)))
+    return rounds_wiring(settings.rounds_root, signals=settings.signals,
+                         announce=announcer(settings, _endpoints(settings)))
 
 
 def _describe_round(r: dict[str, Any]) -> str:
@@ -46,9 +47,10 @@ def rounds_build(
     from flywheel.ports import BuilderBusy
 
     settings = _settings()
+    ops = _wiring(settings)
     started = time.perf_counter()
     try:
-        out = _in_store(lambda conn: _ops(conn, settings).build(BuildRound(watermark=watermark)))
+        out = _in_store(lambda conn: ops(conn).build(BuildRound(watermark=watermark)))
     except (BuilderBusy, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -155,7 +157,7 @@ def rounds_rollback(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     try:
-        out = _in_store(lambda conn: _ops(conn, settings).rollback(
+        out = _in_store(lambda conn: _wiring(settings)(conn).rollback(
             RollBackRound(round=number, reason=reason, quarantine=filters)))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
@@ -171,7 +173,7 @@ def rounds_restore(number: int = typer.Argument(...)) -> None:
 
     settings = _settings()
     try:
-        out = _in_store(lambda conn: _ops(conn, settings).restore(RestoreRound(round=number)))
+        out = _in_store(lambda conn: _wiring(settings)(conn).restore(RestoreRound(round=number)))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -187,7 +189,7 @@ def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..
 
     settings = _settings()
     try:
-        new = _in_store(lambda conn: _ops(conn, settings).register_consumption(
+        new = _in_store(lambda conn: _wiring(settings)(conn).register_consumption(
             RegisterConsumption(round=number, run_id=run)))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
