@@ -10,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from flywheel.domain.events import InternalEvent
+from flywheel.domain.events import HardCasesSampled, InternalEvent
 from flywheel.domain.log import StoredEvent
 from flywheel.domain.rounds import Entry, QuarantineList, RoundConfig, RoundResult
 from flywheel.domain.signals import SignalConfig
@@ -194,8 +194,8 @@ class HardCaseStore(EventLog, Protocol):
 
     def sampling(self) -> AbstractAsyncContextManager[HardCaseSampling]: ...
 
-    async def sample(self, sample_id: str | None) -> StoredEvent | None:
-        """A recorded HardCasesSampled event by id, or the newest one."""
+    async def sample(self, sample_id: str | None) -> HardCasesSampled | None:
+        """A recorded sample by id, or the newest one."""
         ...
 
     async def generated(self, sample_id: str, generator: str, model_version: str,

@@ -128,8 +128,9 @@ class PostgresHardCases(PostgresLog):
         async with self.conn.transaction():
             yield PostgresHardCaseSampling(self.conn)
 
-    async def sample(self, sample_id: str | None) -> StoredEvent | None:
-        return await load_sample(self.conn, sample_id)
+    async def sample(self, sample_id: str | None) -> HardCasesSampled | None:
+        found = await load_sample(self.conn, sample_id)
+        return None if found is None else HardCasesSampled.of(found.data["payload"])
 
     async def generated(self, sample_id: str, generator: str, model_version: str,
                         sampling: dict[str, Any]) -> set[str]:

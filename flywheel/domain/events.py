@@ -217,6 +217,12 @@ class HardCasesSampled(InternalEvent):
                    config_version=result.config_version, clusters=result.clusters, excluded=result.excluded_counts,
                    chosen=[{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen])
 
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> HardCasesSampled:
+        return cls(watermark=payload["watermark"], seed=payload["seed"], config=payload["config"],
+                   config_version=payload["config_version"], clusters=payload["clusters"],
+                   excluded=payload["excluded"], chosen=payload["chosen"])
+
     def payload(self) -> dict[str, Any]:
         return {"watermark": self.watermark, "seed": self.seed, "config": self.config,
                 "config_version": self.config_version, "clusters": self.clusters, "excluded": self.excluded,

@@ -31,7 +31,7 @@ async def generate_candidates(
     sampled = await store.sample(sample_id)
     if sampled is None:
         raise LookupError(f"no hard-case sample {sample_id}" if sample_id else "no hard-case sample recorded yet")
-    chosen = sampled.data["payload"]["chosen"]
+    chosen = sampled.chosen
     done = await store.generated(sampled.event_id, generator.name, generator.model_version, spec.to_payload())
     # Hard case number r of the sample is always sampled with spec.prompt_seed(r), however the work is batched
     # or resumed.

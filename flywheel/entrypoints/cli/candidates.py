@@ -91,18 +91,18 @@ def generate(
 def _send_generation_requests(settings: Settings, spec: Any, sample_id: str | None) -> dict[str, Any]:
     from kafka import KafkaProducer
 
-    from store.hardcases import load_sample
+    from flywheel.bootstrap import hard_cases
     from streams.generation_worker import request
 
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
-    sampled = _in_store(lambda conn: load_sample(conn, sample_id))
+    sampled = _in_store(lambda conn: hard_cases(conn).sample(sample_id))
     if sampled is None:
         typer.echo("error: no hard-case sample recorded yet (flywheel sample)", err=True)
         raise typer.Exit(1)
     producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all", enable_idempotence=False)
     try:
-        chosen = sampled.data["payload"]["chosen"]
+        chosen = sampled.chosen
         for rank, case in enumerate(chosen):
             producer.send(settings.generation_topic, key=case["prompt_key"].encode(),
                           value=request(sampled.event_id, rank, case, spec))
