@@ -86,7 +86,7 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
         rounds = PostgresRounds(conn)
         return RoundOps(
             build=partial(build_round, source=PostgresRoundSource(conn, rules),
-                          builder=builder or ProcessRoundBuilder(), files=files, announce=announce),
+                          builder=builder or ProcessRoundBuilder(), files=files, announce=told),
             rollback=partial(rollback, rounds=rounds, files=files, announce=told),
             restore=partial(restore, rounds=rounds, files=files, announce=told),
             register_consumption=partial(register_consumption, rounds=rounds, files=files),
@@ -127,10 +127,11 @@ def nightly(settings: Settings) -> dict[str, Any]:
     """One nightly run with the settings' adapters (explicit URLs: the scheduler passes them); returns its report."""
     from flywheel.services.nightly import run_nightly
     from sampling.adapters.reward_model import RewardModelScorer
+    from store.db import connect
     started = datetime.now(UTC).isoformat()
 
     async def run() -> dict[str, Any]:
-        async with _connection(settings.database_url) as conn:
+        async with await connect(settings.database_url, autocommit=True) as conn:
             return await run_nightly(
                 [s.strip() for s in settings.nightly_steps.split(",") if s.strip()],
                 store=hard_cases(conn), budget=settings.nightly_budget,
@@ -146,20 +147,10 @@ def nightly(settings: Settings) -> dict[str, Any]:
 
 
 @contextlib.asynccontextmanager
-async def _connection(url: str) -> AsyncIterator[psycopg.AsyncConnection]:
-    from store.db import connect
-
-    conn = await connect(url, autocommit=True)
-    try:
-        yield conn
-    finally:
-        await conn.close()
-
-
-@contextlib.asynccontextmanager
 async def _unit_of_work(url: str) -> AsyncIterator[EventLog]:
     """A unit of work on a connection of its own."""
+    from store.db import connect
     from store.unit_of_work import transaction
 
-    async with _connection(url) as conn, transaction(conn) as unit:
+    async with await connect(url, autocommit=True) as conn, transaction(conn) as unit:
         yield unit

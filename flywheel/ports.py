@@ -3,7 +3,7 @@ flywheel/runtime/); flywheel.bootstrap wires them; tests swap in the in-memory o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +17,9 @@ from flywheel.domain.signals import SignalConfig
 
 if TYPE_CHECKING:
     from sampling.hardcases import PromptCandidate
+
+
+Progress = Callable[[int], None]  # told how many items a long use case just finished
 
 
 class BuilderBusy(RuntimeError):

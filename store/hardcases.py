@@ -11,9 +11,8 @@ import psycopg
 
 from flywheel.domain.events import HardCasesSampled
 from flywheel.domain.log import StoredEvent
-from sampling.hardcases import PromptCandidate, SampledHardCases, SamplerConfig, prompt_text
+from sampling.hardcases import PromptCandidate, prompt_text
 from store.candidates import unselected
-from store.eventstore import append
 from store.signals import checkpoint
 from store.unit_of_work import PostgresLog
 
@@ -88,16 +87,6 @@ async def prompt_candidates(
             text=prompt_text(messages), last_position=int(last),
         ))
     return candidates, prompts
-
-
-async def record_sample(
-    conn: psycopg.AsyncConnection, result: SampledHardCases, config: SamplerConfig,
-    prompts: dict[str, list[dict[str, Any]]],
-) -> tuple[str, bool]:
-    """Append the HardCasesSampled event (in the caller's transaction); returns its id and whether it is new."""
-    event = HardCasesSampled.of_result(result, config, prompts)
-    stored = await append(conn, [event])
-    return event.event_id, bool(stored)
 
 
 async def load_sample(conn: psycopg.AsyncConnection, event_id: str | None) -> StoredEvent | None:

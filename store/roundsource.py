@@ -18,7 +18,7 @@ from store.roundrows import stream_rows
 from store.rounds import current_round, quarantine
 from store.signals import catch_up, checkpoint
 from store.stats import signal_report
-from store.unit_of_work import ROUNDS_LOCK, PostgresLog, round_state
+from store.unit_of_work import ROUNDS_LOCK, PostgresLog, round_state, transaction
 
 
 async def _report_in(conn: psycopg.AsyncConnection, snapshot: str, upto: int) -> dict[str, Any]:
@@ -101,7 +101,5 @@ class PostgresRoundSource:
             cur = await self.conn.execute("SELECT pg_export_snapshot()")
             yield PostgresSnapshot(self.conn, str((await cur.fetchone() or ("",))[0]), self.signals)
 
-    @contextlib.asynccontextmanager
-    async def publication(self) -> AsyncIterator[PostgresLog]:
-        async with self.conn.transaction():
-            yield PostgresLog(self.conn)
+    def publication(self) -> contextlib.AbstractAsyncContextManager[PostgresLog]:
+        return transaction(self.conn)

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from flywheel.domain.events import CandidatesGenerated
-from flywheel.ports import HardCaseStore
+from flywheel.ports import HardCaseStore, Progress
 from sampling.generation import Generator, SamplingSpec
-
-Progress = Callable[[int], None]  # called with how many items were just done
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

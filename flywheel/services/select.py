@@ -9,11 +9,9 @@ from typing import Any
 import orjson
 
 from flywheel.domain.events import CandidatesSelected
-from flywheel.ports import HardCaseStore
+from flywheel.ports import HardCaseStore, Progress
 from sampling.selection import ScoredCandidate, Selection, SelectionConfig, length_bias, score_group, select
 from sampling.verifiers import Scorer
-
-Progress = Callable[[int], None]  # called with how many items were just done
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

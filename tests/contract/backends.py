@@ -62,33 +62,28 @@ class Postgres:
     def __init__(self, url: str) -> None:
         self.url = url
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        conn = await connect(self.url, autocommit=True)
-        try:
-            yield conn
-        finally:
-            await conn.close()
+    async def _connection(self) -> psycopg.AsyncConnection:
+        return await connect(self.url, autocommit=True)
 
     @contextlib.asynccontextmanager
     async def unit(self) -> AsyncIterator[EventLog]:
-        async with self._connection() as conn, transaction(conn) as log:
+        async with await self._connection() as conn, transaction(conn) as log:
             yield log
 
     @contextlib.asynccontextmanager
     async def rounds(self) -> AsyncIterator[Rounds]:
-        async with self._connection() as conn:
+        async with await self._connection() as conn:
             yield PostgresRounds(conn)
 
     @contextlib.asynccontextmanager
     async def source(self) -> AsyncIterator[RoundSource]:
-        async with self._connection() as conn:
+        async with await self._connection() as conn:
             yield PostgresRoundSource(conn, SignalConfig())
 
     async def read(self, *, after: int = 0, upto: int | None = None) -> list[StoredEvent]:
-        async with self._connection() as conn, conn.transaction():
+        async with await self._connection() as conn, conn.transaction():
             return [e async for chunk in read(conn, after=after, upto=upto, chunk=2) for e in chunk]
 
     async def head(self) -> int:
-        async with self._connection() as conn:
+        async with await self._connection() as conn:
             return await head(conn)
