@@ -1,6 +1,6 @@
 """Hot prompt group benchmark: the projector's cost per new event as one prompt group grows.
 
-    python bench/hotgroup.py [--responses 20000] [--step 1000]
+    python bench/hotgroup.py [--responses 100000] [--step 1000]
 
 One conversation opening that every user sends (a popular first message) collects responses, each with some
 feedback (thumbs, ratings by a few raters, edits), ingested --step events at a time straight through store.ingest;
@@ -92,7 +92,7 @@ async def run(url: str, events: list[dict[str, Any]], step: int, cache: GroupCac
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--responses", type=int, default=20_000)
+    ap.add_argument("--responses", type=int, default=100_000)
     ap.add_argument("--step", type=int, default=1000, help="events ingested between projector runs")
     ap.add_argument("--seed", type=int, default=5)
     args = ap.parse_args()

@@ -24,10 +24,10 @@ import orjson
 import psycopg
 from psycopg import sql
 
-from flywheel.domain.signals import PreferencePair, SignalConfig, derive
+from flywheel.domain.signals import PreferencePair, PromptGroup, SignalConfig, derive_group
 from flywheel.ports import SourceRow
 from store.db import conninfo
-from store.signals import checkpoint, load_groups, newest_sources
+from store.signals import checkpoint, load_groups
 
 _GROUPS_PER_LOAD = 500
 
@@ -223,11 +223,10 @@ async def _derive_signals(
         while keys := [row[0] for row in await keys_cur.fetchmany(_GROUPS_PER_LOAD)]:
             groups = await load_groups(cur, keys, upto=watermark)
             for key in keys:
-                interactions, feedback = groups[key]
-                sources = newest_sources(interactions, feedback)
-                signals = derive(interactions, feedback, config)
+                g = PromptGroup(*groups[key], config)
+                signals = derive_group(g)
                 pairs = [_decided(p, at) for p in signals.pairs]
                 yield [SourceRow(kind, orjson.loads(orjson.dumps(record)),
-                                 *max(sources[e] for e in record.source_event_ids))
+                                 *g.newest(record.source_event_ids))
                        for kind, records in (("pair", pairs), ("kto", signals.kto_labels), ("sft", signals.sft_samples))
                        for record in records]

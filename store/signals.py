@@ -11,23 +11,26 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import orjson
 import psycopg
 
 from flywheel.domain.signals import (
+    Disagreement,
     FeedbackRecord,
+    HardCase,
     InteractionRecord,
     KTOLabel,
     PreferencePair,
+    PromptGroup,
+    Record,
     SFTSample,
     SignalConfig,
-    Signals,
-    derive,
+    Unit,
+    derive_units,
     order_key,
 )
 
@@ -111,42 +114,31 @@ async def load_groups(
     return groups
 
 
-def newest_sources(
-    interactions: Iterable[InteractionRecord], feedback: Iterable[FeedbackRecord]
-) -> dict[str, tuple[int, datetime]]:
-    """Event id -> (position, occurred_at) of a group's events, to date each record by its newest source."""
-    sources = {i.event_id: (i.position, i.occurred_at) for i in interactions}
-    sources.update({f.event_id: (f.position, f.occurred_at) for f in feedback})
-    return sources
+_KINDS: dict[type, tuple[str, str, bytes]] = {  # record type -> kind, id field, rank of the kind in derive's order
+    kind: (name, id_field, rank.to_bytes(1, "big"))
+    for rank, (kind, name, id_field) in enumerate([
+        (PreferencePair, "pair", "pair_id"), (KTOLabel, "kto", "label_id"), (SFTSample, "sft", "sample_id"),
+        (HardCase, "hard_case", "case_id"), (Disagreement, "disagreement", "disagreement_id")])
+}
 
 
-def rows(key: str, signals: Signals, sources: dict[str, tuple[int, datetime]],
-         interaction_positions: dict[str, int]) -> Iterable[tuple[Any, ...]]:
-    """One row per derived record: the columns queries filter on, its place in derive's order, its newest
-    source event (`sources`: see newest_sources), and the whole record as JSON."""
-    kinds: list[tuple[str, str, Sequence[Any]]] = [
-        ("pair", "pair_id", signals.pairs),
-        ("kto", "label_id", signals.kto_labels),
-        ("sft", "sample_id", signals.sft_samples),
-        ("hard_case", "case_id", signals.hard_cases),
-        ("disagreement", "disagreement_id", signals.disagreements),
-    ]
-    positions = {e: p for e, (p, _) in sources.items()}
-    for rank, (kind, id_field, records) in enumerate(kinds):
-        prefix = rank.to_bytes(1, "big")
-        for r in records:
-            position, occurred_at = max(sources[e] for e in r.source_event_ids)
-            pair = r if isinstance(r, PreferencePair) else None
-            # orjson serialises the frozen dataclasses directly (dataclasses.asdict deep-copies: 5x slower)
-            yield (
-                getattr(r, id_field), kind, key, getattr(r, "rule", kind), getattr(r, "rule_version", 1),
-                getattr(r, "interaction_id", None) or getattr(r, "rejected_interaction_id", None),
-                getattr(r, "app_id", None), getattr(r, "model_version", None), getattr(r, "prompt_version", None),
-                r.consent, getattr(r, "disagreement", kind == "disagreement"), getattr(r, "status", None),
-                prefix + order_key(r, positions, interaction_positions), position, occurred_at, copy_key(r),
-                *((pair.tie, pair.margin, len(pair.chosen), len(pair.rejected)) if pair else (None,) * 4),
-                orjson.dumps(r).decode(),
-            )
+def rows(key: str, records: Iterable[Record], g: PromptGroup) -> Iterator[tuple[Any, ...]]:
+    """One row per derived record of group `g`: the columns queries filter on, its place in derive's order,
+    its newest source event, and the whole record as JSON."""
+    for r in records:
+        kind, id_field, prefix = _KINDS[type(r)]
+        position, occurred_at = g.newest(r.source_event_ids)
+        pair = r if isinstance(r, PreferencePair) else None
+        # orjson serialises the frozen dataclasses directly (dataclasses.asdict deep-copies: 5x slower)
+        yield (
+            getattr(r, id_field), kind, key, getattr(r, "rule", kind), getattr(r, "rule_version", 1),
+            getattr(r, "interaction_id", None) or getattr(r, "rejected_interaction_id", None),
+            getattr(r, "app_id", None), getattr(r, "model_version", None), getattr(r, "prompt_version", None),
+            r.consent, getattr(r, "disagreement", kind == "disagreement"), getattr(r, "status", None),
+            prefix + order_key(r, g.positions, g.interaction_positions), position, occurred_at, copy_key(r),
+            *((pair.tie, pair.margin, len(pair.chosen), len(pair.rejected)) if pair else (None,) * 4),
+            orjson.dumps(r).decode(),
+        )
 
 
 def copy_key(record: object) -> bytes | None:
@@ -169,23 +161,21 @@ def copy_key(record: object) -> bytes | None:
 
 @dataclass(slots=True)
 class _Known:
-    interactions: list[InteractionRecord]
-    feedback: list[FeedbackRecord]
-    rows: dict[str, bytes]  # signal_id -> digest of the row written for it
-
-    @property
-    def size(self) -> int:
-        return len(self.interactions) + len(self.feedback)
+    group: PromptGroup
+    rows: dict[Unit, dict[str, bytes]]  # signal_id -> digest of the row written for it, by the unit that derived it
+    counted: int = 0  # the group's size when the cache last counted it
 
 
 @dataclass
 class GroupCache:
-    """What a long-lived projector remembers of the prompt groups it derived: each group's inputs and a digest
-    of every row it wrote, as of checkpoint `position`. The next run then reads only what the log added to a
-    group and rewrites only the rows that changed, so a hot group costs its new events, not its size, in
-    reads and writes (derive still sees the whole group). Bounded by `max_records` inputs (the groups derived
-    longest ago go first). It is only trusted while the checkpoint is where this process left it: another
-    worker's projector, a replay or a schema renewal moves it, and the cache starts over."""
+    """What a long-lived projector remembers of the prompt groups it derived: each group as a PromptGroup and
+    a digest of every row it wrote, by derive unit, as of checkpoint `position`. The next run reads only what
+    the log added to a group, re-derives only the units those events changed (PromptGroup.add) and rewrites
+    only the rows that differ, so a hot group costs its new events, not its size. Bounded by `max_records`
+    inputs (the groups derived longest ago go first), except that the biggest group of the last run stays.
+    It is only trusted while the checkpoint is where this process left it: another worker's projector, a
+    replay or a schema renewal moves it, and the cache starts over; so does a run that failed, having grown
+    groups its transaction never wrote."""
 
     max_records: int
     position: int | None = None
@@ -204,12 +194,18 @@ class GroupCache:
     def commit(self, position: int, known: dict[str, _Known]) -> None:
         """The run that derived `known` up to `position` has committed."""
         for key, group in known.items():
-            old = self._groups.pop(key, None)
-            self._records += group.size - (old.size if old else 0)
+            self._groups.pop(key, None)
+            self._records += len(group.group) - group.counted
+            group.counted = len(group.group)
             self._groups[key] = group
-        while self._records > self.max_records and self._groups:
-            _, evicted = self._groups.popitem(last=False)
-            self._records -= evicted.size
+        # The run's biggest group stays whatever its size: a hot group evicted every run would be derived whole
+        # every run, and the memory it holds is what deriving it takes anyway.
+        biggest = max(known, key=lambda k: len(known[k].group), default=None)
+        for key in list(self._groups):  # oldest first
+            if self._records <= self.max_records:
+                break
+            if key != biggest:
+                self._records -= self._groups.pop(key).counted
         self.position = position
 
     def clear(self) -> None:
@@ -233,20 +229,9 @@ async def derive_groups(
 ) -> tuple[int, dict[str, _Known]]:
     """Replace the signal rows of these prompt groups with a fresh derivation from the log up to `upto`
     (so the read model at a checkpoint is exactly the log up to it). With a `cache` (GroupCache.start), a
-    cached group reads only its new events and only its changed rows are rewritten. Returns (rows derived,
-    what the cache keeps once the transaction commits)."""
+    cached group reads only its new events, re-derives what they changed and rewrites the rows that differ.
+    Returns (rows derived, what the cache keeps once the transaction commits)."""
     count, known = 0, {}
-
-    def derived(key: str, interactions: list[InteractionRecord], feedback: list[FeedbackRecord]
-                ) -> list[tuple[Any, ...]]:
-        nonlocal count
-        out = list(rows(key, derive(interactions, feedback, config), newest_sources(interactions, feedback),
-                        {i.interaction_id: i.position for i in interactions}))
-        count += len(out)
-        if cache is not None:
-            known[key] = _Known(interactions, feedback, {row[0]: _digest(row) for row in out})
-        return out
-
     for start in range(0, len(keys), _GROUPS_PER_QUERY):
         chunk = list(keys[start:start + _GROUPS_PER_QUERY])
         cached = {k: c for k in chunk if cache is not None and (c := cache.get(k)) is not None}
@@ -258,11 +243,16 @@ async def derive_groups(
             assert cache is not None and cache.position is not None
             added = await load_groups(cur, list(cached), upto=upto, after=cache.position)
             for key, old in cached.items():
-                more_interactions, more_feedback = added[key]
-                new = derived(key, old.interactions + more_interactions, old.feedback + more_feedback)
-                digests = known[key].rows
-                stale.extend((key, sid) for sid, d in old.rows.items() if digests.get(sid) != d)
-                changed.extend(row for row in new if old.rows.get(row[0]) != digests[row[0]])
+                units = derive_units(old.group, old.group.add(*added[key]))
+                for unit, records in units.items():
+                    new = list(rows(key, records, old.group))
+                    before, after = old.rows.pop(unit, {}), {row[0]: _digest(row) for row in new}
+                    stale.extend((key, sid) for sid, d in before.items() if after.get(sid) != d)
+                    changed.extend(row for row in new if before.get(row[0]) != after[row[0]])
+                    if after:
+                        old.rows[unit] = after
+                    count += len(new)
+                known[key] = old
         if stale:
             await cur.execute(
                 "DELETE FROM signals s USING unnest(%s::text[], %s::text[]) d(prompt_key, signal_id)"
@@ -276,8 +266,15 @@ async def derive_groups(
             for row in changed:
                 await copy.write_row(row)
             for key in fresh:
-                for row in derived(key, *groups[key]):
-                    await copy.write_row(row)
+                g = PromptGroup(*groups[key], config)
+                digests: dict[Unit, dict[str, bytes]] = {}
+                for unit, records in derive_units(g, g.everything()).items():
+                    for row in rows(key, records, g):
+                        await copy.write_row(row)
+                        digests.setdefault(unit, {})[row[0]] = _digest(row)
+                        count += 1
+                if cache is not None:
+                    known[key] = _Known(g, digests)
     return count, known
 
 
@@ -307,27 +304,32 @@ async def catch_up(
     events under a table lock, so once a position is visible every lower one is too. A long-lived caller
     passes the same `cache` to every run (see GroupCache).
     """
-    async with conn.transaction(), conn.cursor() as cur:
-        await cur.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
-                          [CHECKPOINT])
-        await cur.execute(
-            f"SELECT position FROM checkpoints WHERE name = %s FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
-            [CHECKPOINT],
-        )
-        row = await cur.fetchone()
-        if row is None:
-            return None
-        after = int(row[0])
-        await cur.execute("SELECT coalesce(max(position), 0) FROM events")
-        head = await cur.fetchone()
-        upto = min(int(head[0]) if head else 0, after + max_events)
-        if upto <= after:
-            return Progress(after, after, 0, 0)
+    try:
+        async with conn.transaction(), conn.cursor() as cur:
+            await cur.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+                              [CHECKPOINT])
+            await cur.execute(
+                f"SELECT position FROM checkpoints WHERE name = %s FOR UPDATE{'' if wait else ' SKIP LOCKED'}",
+                [CHECKPOINT],
+            )
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            after = int(row[0])
+            await cur.execute("SELECT coalesce(max(position), 0) FROM events")
+            head = await cur.fetchone()
+            upto = min(int(head[0]) if head else 0, after + max_events)
+            if upto <= after:
+                return Progress(after, after, 0, 0)
+            if cache is not None:
+                cache.start(after)
+            keys = await touched_groups(cur, after, upto)
+            count, known = await derive_groups(cur, keys, config, upto=upto, cache=cache)
+            await cur.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [upto, CHECKPOINT])
+    except BaseException:
         if cache is not None:
-            cache.start(after)
-        keys = await touched_groups(cur, after, upto)
-        count, known = await derive_groups(cur, keys, config, upto=upto, cache=cache)
-        await cur.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [upto, CHECKPOINT])
+            cache.clear()  # its groups may have grown by events that this transaction never wrote
+        raise
     if cache is not None:
         cache.commit(upto, known)
     return Progress(after, upto, len(keys), count)

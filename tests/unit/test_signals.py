@@ -23,11 +23,16 @@ from flywheel.domain.signals import (
     THUMBS_LABEL,
     FeedbackRecord,
     InteractionRecord,
+    PromptGroup,
+    Record,
     SignalConfig,
     Signals,
+    Unit,
     derive,
+    derive_units,
     edit_distance,
     prompt_key,
+    signals,
 )
 from flywheel.domain.wire import Interaction
 from flywheel.simulator import generate
@@ -285,6 +290,20 @@ def test_ratings_under_the_gap_or_from_different_users_make_no_pair() -> None:
     assert len(two_users.kto_labels) == 2
 
 
+def test_a_rating_is_compared_with_the_raters_latest_ratings_before_it() -> None:
+    # One rater alternates 5 and 1 over six responses: with a window of 2, each rating meets the two before it.
+    records: list[InteractionRecord | FeedbackRecord] = []
+    for n in range(6):
+        records += [turn(f"i{n}", 2 * n + 1, response=f"answer {n}"), rating(f"i{n}", 2 * n + 2, 5 if n % 2 else 1)]
+    out = run(*records, config=SignalConfig(rating_pair_window=2))
+
+    assert sorted((p.chosen_interaction_id, p.rejected_interaction_id) for p in out.pairs) == [
+        ("i1", "i0"), ("i1", "i2"), ("i3", "i2"), ("i3", "i4"), ("i5", "i4")]
+    assert len(run(*records).pairs) == 9  # the default window (8) reaches every earlier rating here
+    with pytest.raises(ValueError, match="rating_pair_window"):
+        SignalConfig(rating_pair_window=0)
+
+
 def test_ratings_on_other_scales_are_normalised() -> None:
     out = run(turn("a", 1, response=BETTER), turn("b", 2), rating("a", 3, 9, scale=10, dimension="clarity"),
               rating("b", 4, 3, scale=10, dimension="clarity"))
@@ -537,3 +556,68 @@ def test_derive_ignores_input_order_on_random_groups(
         assert pair.status == "accepted" or pair.rule == REGENERATE_PAIR
     for label in expected.kto_labels:
         assert label.disagreement == (label.interaction_id in disputed)
+
+
+def grown(interactions: list[InteractionRecord], feedback: list[FeedbackRecord], config: SignalConfig,
+          cuts: list[int], order: list[int]) -> Signals:
+    """The group fed to PromptGroup.add in batches (events in `order`, cut at `cuts`), each change's units
+    re-derived and replacing their earlier records, as the signals projector does."""
+    events: list[InteractionRecord | FeedbackRecord] = [*interactions, *feedback]
+    events = [events[k] for k in order]
+    g = PromptGroup([], [], config)
+    units: dict[Unit, list[Record]] = {}
+    for start, end in zip([0, *cuts], [*cuts, len(events)], strict=True):
+        batch = events[start:end]
+        change = g.add([e for e in batch if isinstance(e, InteractionRecord)],
+                       [e for e in batch if isinstance(e, FeedbackRecord)])
+        units.update(derive_units(g, change))
+    return signals(g, [r for records in units.values() for r in records])
+
+
+def test_a_dispute_that_arrives_later_marks_the_rating_pairs_of_later_ratings() -> None:
+    # The pair of two ratings belongs to the later one; a dispute about the earlier one's response must reach it.
+    first = [turn("a", 1, response=BETTER), turn("b", 2), rating("a", 3, 5), rating("b", 4, 1)]
+    then = [thumbs("a", 5, "up", user="u2"), thumbs("a", 6, "down", user="u3")]
+    whole = derive([r for r in first if isinstance(r, InteractionRecord)],
+                   [r for r in [*first, *then] if isinstance(r, FeedbackRecord)], CONFIG)
+
+    assert [p.disagreement for p in whole.pairs] == [True]
+    assert grown(first[:2], [*first[2:], *then], CONFIG, [4], list(range(6))) == whole
+
+
+@settings(max_examples=150, deadline=None)
+@given(random_groups(), st.data())
+def test_a_group_grown_in_log_order_derives_what_the_whole_group_does(
+        group: tuple[list[InteractionRecord], list[FeedbackRecord]], data: st.DataObject) -> None:
+    interactions, feedback = group
+    config = SignalConfig(rating_pair_window=data.draw(st.integers(1, 3)))
+    events = [*interactions, *feedback]
+    order = sorted(range(len(events)), key=lambda k: events[k].position)
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(events) - 1)), max_size=6)))
+
+    assert grown(interactions, feedback, config, cuts, order) == derive(interactions, feedback, config)
+
+
+@settings(max_examples=150, deadline=None)
+@given(random_groups(), st.data())
+def test_a_group_grown_in_any_order_derives_what_the_whole_group_does(
+        group: tuple[list[InteractionRecord], list[FeedbackRecord]], data: st.DataObject) -> None:
+    interactions, feedback = group
+    config = SignalConfig(rating_pair_window=data.draw(st.integers(1, 3)))
+    order = data.draw(st.permutations(range(len(interactions) + len(feedback))))
+    cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(order) - 1)), max_size=6)))
+
+    assert grown(interactions, feedback, config, cuts, list(order)) == derive(interactions, feedback, config)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=10_000), st.integers(1, 40))
+def test_simulated_groups_grown_a_step_at_a_time_derive_the_same(pick: int, step: int) -> None:
+    groups = simulated_groups()
+    interactions, feedback = groups[pick % min(len(groups), 40)]
+    events = [*interactions, *feedback]
+    order = sorted(range(len(events)), key=lambda k: events[k].position)
+    config = SignalConfig(rating_pair_window=2)
+
+    assert grown(list(interactions), list(feedback), config, list(range(step, len(events), step)), order) == derive(
+        interactions, feedback, config)

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from flywheel.domain.signals.config import SignalConfig
-from flywheel.domain.signals.derive import EVENT_HANDLERS, GROUP_RULES, JUDGES, derive
+from flywheel.domain.signals.derive import (
+    EVENT_HANDLERS,
+    JUDGES,
+    WINDOW_RULES,
+    Unit,
+    derive,
+    derive_group,
+    derive_units,
+    signals,
+)
 from flywheel.domain.signals.edit import edit_distance
-from flywheel.domain.signals.group import FEEDBACK_TYPES
+from flywheel.domain.signals.group import FEEDBACK_TYPES, Change, PromptGroup
 from flywheel.domain.signals.judgement import OVERALL
 from flywheel.domain.signals.order import order_key
 from flywheel.domain.signals.prompt import prompt_key
@@ -40,7 +49,6 @@ __all__ = [
     "EDIT_SFT",
     "EVENT_HANDLERS",
     "FEEDBACK_TYPES",
-    "GROUP_RULES",
     "HARD_CASE_REASONS",
     "JUDGES",
     "OVERALL",
@@ -49,6 +57,8 @@ __all__ = [
     "REGENERATE_PAIR",
     "RULES",
     "THUMBS_LABEL",
+    "WINDOW_RULES",
+    "Change",
     "Disagreement",
     "FeedbackRecord",
     "HardCase",
@@ -56,13 +66,18 @@ __all__ = [
     "KTOLabel",
     "PairStatus",
     "PreferencePair",
+    "PromptGroup",
     "Record",
     "SFTSample",
     "SignalConfig",
     "Signals",
+    "Unit",
     "derive",
+    "derive_group",
+    "derive_units",
     "edit_distance",
     "normalised_score",
     "order_key",
     "prompt_key",
+    "signals",
 ]

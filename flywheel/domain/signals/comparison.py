@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from flywheel.domain.signals.lineage import pair
@@ -12,7 +13,7 @@ if TYPE_CHECKING:
     from flywheel.domain.signals.group import PromptGroup
 
 
-def comparison_pair(g: PromptGroup, f: FeedbackRecord, disputed: set[str]) -> PreferencePair | None:
+def comparison_pair(g: PromptGroup, f: FeedbackRecord, disputed: Container[str]) -> PreferencePair | None:
     """comparison_pair: the response the user chose over the one they rejected, when both answer the same
     prompt; an A/B of two different prompts prefers nothing.
 

@@ -23,6 +23,9 @@ class SignalConfig:
     rating_desirable_min: int = 4
     rating_undesirable_max: int = 2
     rating_pair_min_gap: float = 0.5  # on the normalised 0..1 score: 2 points on a 5-point scale
+    # A rating is compared with at most this many earlier ratings by the same rater on the same dimension in
+    # its prompt group (the latest ones), so the pairs, and the work, per new rating are bounded.
+    rating_pair_window: int = 8
     margin_edit: float = 1.0
     margin_regenerate: float = 0.5
     margin_much: float = 1.0
@@ -48,6 +51,8 @@ class SignalConfig:
                 raise ValueError(f"{name} must be within 0..1")
             if value < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if self.rating_pair_window < 1:
+            raise ValueError("rating_pair_window must be >= 1")
         if self.rating_scale < 2:
             raise ValueError("rating_scale must be >= 2")
         if not 1 <= self.rating_undesirable_max < self.rating_desirable_min <= self.rating_scale:

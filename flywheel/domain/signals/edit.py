@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from rapidfuzz.distance import Levenshtein
@@ -46,7 +47,7 @@ def judge(g: PromptGroup, f: FeedbackRecord) -> Judgement | None:
     return Judgement(OVERALL, False, "edit", f) if substantive(g, f) else None
 
 
-def edit_pair(g: PromptGroup, f: FeedbackRecord, disputed: set[str]) -> PreferencePair | None:
+def edit_pair(g: PromptGroup, f: FeedbackRecord, disputed: Container[str]) -> PreferencePair | None:
     """edit_pair: a substantive edit prefers the user's text over the response they edited.
 
     The chosen side is the edited text (no interaction produced it), the rejected one the original response;
@@ -61,7 +62,7 @@ def edit_pair(g: PromptGroup, f: FeedbackRecord, disputed: set[str]) -> Preferen
                 confidence=g.config.confidence_edit, user=f.user_id_hash, disputed=disputed)
 
 
-def edit_sft(g: PromptGroup, f: FeedbackRecord, disputed: set[str]) -> SFTSample | None:
+def edit_sft(g: PromptGroup, f: FeedbackRecord, disputed: Container[str]) -> SFTSample | None:
     """edit_sft: a substantive edit is also a target response: the prompt, then the edited text as the
     assistant's turn, at `confidence_edit`. A trivial edit gives nothing."""
     if not substantive(g, f):

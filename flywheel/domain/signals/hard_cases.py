@@ -3,42 +3,38 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from flywheel.domain.signals.judgement import Judgement
 from flywheel.domain.signals.lineage import consent
-from flywheel.domain.signals.records import Disagreement, HardCase
+from flywheel.domain.signals.records import FeedbackRecord, HardCase
 from flywheel.domain.signals.rules import digest
 
 if TYPE_CHECKING:
+    from flywheel.domain.signals.derive import Reading
     from flywheel.domain.signals.group import PromptGroup
 
+_REASON_OF = {"thumbs_down": "thumbs_down", "edit": "edited", "regenerate": "regenerated"}
 
-def hard_cases(g: PromptGroup, judgements: Mapping[str, list[Judgement]],
-               disagreements: Sequence[Disagreement]) -> tuple[HardCase, ...]:
-    """One hard case per response and reason: a thumbs-down, a low rating (in any dimension), a substantive
-    edit, a regeneration, or a disagreement it is part of; every event behind that reason among its sources."""
-    events: dict[tuple[str, str], set[str]] = defaultdict(set)
-    reason_of = {"thumbs_down": "thumbs_down", "edit": "edited", "regenerate": "regenerated"}
-    for iid, js in judgements.items():
-        for j in js:
-            if j.positive:
-                continue
-            reason = reason_of.get(j.kind, "low_rating")
-            events[(iid, reason)].add(j.event.event_id)
-    for d in disagreements:
-        for disputed in (d.interaction_id, d.other_interaction_id):
-            if disputed is not None:
-                events[(disputed, "disagreement")].update(d.source_event_ids)
-    by_id = {f.event_id: f for f in g.feedback}
+
+def hard_cases(g: PromptGroup, reading: Reading, iid: str) -> list[HardCase]:
+    """One hard case of the interaction per reason: a thumbs-down, a low rating (in any dimension), a
+    substantive edit, a regeneration, or a disagreement it is part of; every event behind that reason among
+    its sources."""
+    events: dict[str, dict[str, FeedbackRecord]] = defaultdict(dict)
+    for j in reading.judgements(iid):
+        if not j.positive:
+            events[_REASON_OF.get(j.kind, "low_rating")][j.event.event_id] = j.event
+    disputing = [j.event for j in reading.conflicting(iid)]
+    disputing.extend(f for key in reading.opposed(iid) for f in g.comparisons[key])
+    if disputing:
+        events["disagreement"].update((f.event_id, f) for f in disputing)
+    record = g.interactions[iid]
     cases = []
-    for (iid, reason), ids in events.items():
-        record = g.interactions[iid]
-        sources = g.sources([], [by_id[e] for e in ids])
+    for reason, by_id in events.items():
+        sources = g.sources([], by_id.values())
         cases.append(HardCase(
             case_id=digest("hard_case", reason, iid, *sources), interaction_id=iid, reason=reason,
             source_event_ids=sources, app_id=record.app_id, model_version=record.model_version,
-            prompt_version=record.prompt_version, consent=consent([record], [by_id[e] for e in ids]),
+            prompt_version=record.prompt_version, consent=consent([record], by_id.values()),
         ))
-    return tuple(cases)  # derive sorts them (order_key)
+    return cases  # derive sorts them (order_key)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +30,7 @@ def prompt(record: InteractionRecord) -> tuple[dict[str, Any], ...]:
 
 def pair(g: PromptGroup, *, rule: str, reason: str, rejected: InteractionRecord, chosen: InteractionRecord | None,
          chosen_text: str, events: Sequence[FeedbackRecord], margin: float, confidence: float, user: str,
-         disputed: set[str], tie: bool = False, status: PairStatus = "accepted",
+         disputed: Container[str], tie: bool = False, status: PairStatus = "accepted",
          decided_after: datetime | None = None, dimension: str | None = None) -> PreferencePair:
     """A pair of `rule` judged by `user`, its lineage read from the interactions and events behind it."""
     sources = g.sources([rejected, chosen], events)
@@ -44,13 +44,13 @@ def pair(g: PromptGroup, *, rule: str, reason: str, rejected: InteractionRecord,
         app_id=rejected.app_id, model_version=rejected.model_version, prompt_version=rejected.prompt_version,
         chosen_model_version=None if chosen is None else chosen.model_version,
         chosen_prompt_version=None if chosen is None else chosen.prompt_version,
-        tags=tags(rejected, chosen), disagreement=bool(involved & disputed),
+        tags=tags(rejected, chosen), disagreement=any(i in disputed for i in involved),
         consent=consent([rejected, chosen], events), user_id_hash=user, dimension=dimension,
     )
 
 
 def label(g: PromptGroup, *, rule: str, reason: str, f: FeedbackRecord, desirable: bool, confidence: float,
-          disputed: set[str], dimension: str | None = None) -> KTOLabel:
+          disputed: Container[str], dimension: str | None = None) -> KTOLabel:
     """A label of `rule` on the response that `f` is about, its lineage read from the two."""
     record = g.interactions[f.interaction_id]
     sources = g.sources([record], [f])

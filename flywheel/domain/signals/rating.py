@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
@@ -30,7 +29,7 @@ def judge(g: PromptGroup, f: FeedbackRecord) -> Judgement | None:
     return Judgement(aspect, positive, kind if dimension is None else f"{kind}:{dimension}", f)
 
 
-def rating_label(g: PromptGroup, f: FeedbackRecord, disputed: set[str]) -> KTOLabel | None:
+def rating_label(g: PromptGroup, f: FeedbackRecord, disputed: Container[str]) -> KTOLabel | None:
     """rating_label: a high rating labels the response desirable, a low one undesirable.
 
     Scores are compared normalised to 0..1, so a rating on any scale is judged like one on `rating_scale`:
@@ -46,26 +45,26 @@ def rating_label(g: PromptGroup, f: FeedbackRecord, disputed: set[str]) -> KTOLa
                  dimension=f.payload.get("dimension"))
 
 
-def rating_pairs(g: PromptGroup, disputed: set[str]) -> Iterator[PreferencePair]:
+def rating_pairs(g: PromptGroup, f: FeedbackRecord, disputed: Container[str]) -> Iterator[PreferencePair]:
     """rating_pair: of two responses to the same prompt rated by one user on one dimension, the higher rated
     is preferred when the normalised scores are at least `rating_pair_min_gap` apart.
 
+    A rating is compared with the same user's latest `rating_pair_window` ratings on its dimension in the
+    group before it (PromptGroup.window), so a rater's pairs grow with their ratings, not with their square.
     Reason "rating_gap", the gap as margin, at `confidence_rating_pair`, with the dimension; ratings by
-    different users or on different dimensions are never compared."""
-    # Only ratings by the same user on the same dimension are compared: people use a scale differently.
-    by_rater: dict[tuple[str, str | None], list[tuple[FeedbackRecord, Fraction]]] = defaultdict(list)
-    for f in g.feedback:
-        if f.type == "rating" and (score := g.score(f)) is not None:
-            by_rater[(f.user_id_hash, f.payload.get("dimension"))].append((f, score))
+    different users or on different dimensions are never compared: people use a scale differently."""
+    score = g.score(f)
+    if score is None:
+        return
     min_gap = Fraction(repr(float(g.config.rating_pair_min_gap)))
-    for (user, dimension), rated in by_rater.items():
-        for n, (fa, sa) in enumerate(rated):
-            for fb, sb in rated[n + 1:]:
-                if not g.same_prompt(fa.interaction_id, fb.interaction_id) or abs(sa - sb) < min_gap:
-                    continue
-                (hi, _), (lo, _) = ((fa, sa), (fb, sb)) if sa > sb else ((fb, sb), (fa, sa))
-                chosen, rejected = g.interactions[hi.interaction_id], g.interactions[lo.interaction_id]
-                yield pair(g, rule=RATING_PAIR, reason="rating_gap", rejected=rejected, chosen=chosen,
-                           chosen_text=chosen.response, events=[fa, fb], margin=float(abs(sa - sb)),
-                           confidence=g.config.confidence_rating_pair, user=user, disputed=disputed,
-                           dimension=dimension)
+    for earlier in g.window(f):
+        earlier_score = g.score(earlier)
+        assert earlier_score is not None  # the window holds only ratings with a score
+        if not g.same_prompt(f.interaction_id, earlier.interaction_id) or abs(score - earlier_score) < min_gap:
+            continue
+        hi, lo = (f, earlier) if score > earlier_score else (earlier, f)
+        chosen, rejected = g.interactions[hi.interaction_id], g.interactions[lo.interaction_id]
+        yield pair(g, rule=RATING_PAIR, reason="rating_gap", rejected=rejected, chosen=chosen,
+                   chosen_text=chosen.response, events=[earlier, f], margin=float(abs(score - earlier_score)),
+                   confidence=g.config.confidence_rating_pair, user=f.user_id_hash, disputed=disputed,
+                   dimension=f.payload.get("dimension"))

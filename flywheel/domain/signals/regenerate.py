@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ def judge(g: PromptGroup, f: FeedbackRecord) -> Judgement:
     return Judgement(OVERALL, False, "regenerate", f)
 
 
-def regenerate_pair(g: PromptGroup, f: FeedbackRecord, disputed: set[str]) -> PreferencePair | None:
+def regenerate_pair(g: PromptGroup, f: FeedbackRecord, disputed: Container[str]) -> PreferencePair | None:
     """regenerate_pair: regenerating prefers the new response over the one it replaced, if the user went on
     with it.
 

@@ -19,7 +19,7 @@ RULES: Mapping[str, int] = {
     REGENERATE_PAIR: 1,
     THUMBS_LABEL: 1,
     RATING_LABEL: 1,
-    RATING_PAIR: 1,
+    RATING_PAIR: 2,  # 2: a rating is compared with a window of the rater's ratings before it
     COMPARISON_PAIR: 1,
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Container
 from typing import TYPE_CHECKING
 
 from flywheel.domain.signals.judgement import OVERALL, Judgement
@@ -19,7 +20,7 @@ def judge(g: PromptGroup, f: FeedbackRecord) -> Judgement:
     return Judgement(OVERALL, up, "thumbs_up" if up else "thumbs_down", f)
 
 
-def thumbs_label(g: PromptGroup, f: FeedbackRecord, disputed: set[str]) -> KTOLabel:
+def thumbs_label(g: PromptGroup, f: FeedbackRecord, disputed: Container[str]) -> KTOLabel:
     """thumbs_label: a thumbs-up labels the response desirable, a thumbs-down undesirable.
 
     Reason "thumbs_up" or "thumbs_down", at `confidence_thumbs`; every thumbs gives a label, also one that
