@@ -56,6 +56,12 @@ _ADDED: dict[tuple[str, str], list[str]] = {
         "ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS dead_letters_topic_partition_offset_key",
         'ALTER TABLE dead_letters ADD UNIQUE (topic, topic_id, partition, "offset")',
     ],
+    # Filled from the log, as a replay would. No tools could be stored before this column: the signals stand.
+    ("interactions", "tools"): [
+        "ALTER TABLE interactions ADD COLUMN tools jsonb",
+        "UPDATE interactions i SET tools = e.data -> 'payload' -> 'tools' FROM events e"
+        " WHERE e.position = i.position AND e.data -> 'payload' ? 'tools'",
+    ],
 }
 
 

@@ -32,14 +32,15 @@ class InteractionRecord:
     user_id_hash: str
     consent_training: bool
     occurred_at: datetime
-    messages: tuple[dict[str, Any], ...]  # the conversation up to the response (role/content dicts)
+    messages: tuple[dict[str, Any], ...]  # the conversation up to the response (wire messages, nulls left out)
     response: str
     tags: tuple[str, ...]
-    prompt_key: str = ""  # prompt_key(messages), computed when not given (the store passes its column)
+    prompt_key: str = ""  # prompt_key(messages, tools), computed when not given (the store passes its column)
+    tools: tuple[dict[str, Any], ...] = ()  # the tools the model was offered (wire `tools`), if any
 
     def __post_init__(self) -> None:
         if not self.prompt_key:
-            object.__setattr__(self, "prompt_key", prompt_key(self.messages))
+            object.__setattr__(self, "prompt_key", prompt_key(self.messages, self.tools))
 
     @classmethod
     def from_event(cls, event: Interaction, position: int) -> InteractionRecord:
@@ -52,6 +53,7 @@ class InteractionRecord:
             occurred_at=event.occurred_at,
             messages=tuple(m.model_dump(mode="json", exclude_none=True) for m in p.messages),
             response=p.response, tags=tuple(p.tags),
+            tools=tuple(t.model_dump(mode="json", exclude_none=True) for t in p.tools or ()),
         )
 
 
@@ -113,6 +115,7 @@ class PreferencePair:
     consent: bool  # False when any judged interaction or any judging user did not consent to training
     user_id_hash: str  # the judging user
     dimension: str | None = None  # rating pairs only
+    tools: tuple[dict[str, Any], ...] = ()  # the tools offered with the prompt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +140,7 @@ class KTOLabel:
     disagreement: bool
     consent: bool
     dimension: str | None = None  # rating labels only
+    tools: tuple[dict[str, Any], ...] = ()  # the tools offered with the prompt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +161,7 @@ class SFTSample:
     disagreement: bool
     consent: bool
     user_id_hash: str
+    tools: tuple[dict[str, Any], ...] = ()  # the tools offered with the prompt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
