@@ -27,7 +27,7 @@ from store.tables import READ_MODELS
 
 _INTERACTION_COLUMNS = (
     "interaction_id, position, event_id, app_id, model_version, prompt_version, prompt_key, user_id_hash,"
-    " consent_training, occurred_at, messages, response, sampling, tags, last_position, tools"
+    " consent_training, occurred_at, messages, response, sampling, tags, last_position, tools, finish_reason"
 )
 _FEEDBACK_COLUMNS = (
     "position, event_id, type, interaction_id, app_id, model_version, prompt_version, user_id_hash,"
@@ -71,6 +71,7 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
                         d["user"]["consent_training"],
                         d["occurred_at"], _json(p["messages"]), p["response"], _json(p.get("sampling", {})),
                         p.get("tags", []), e.position, _json(p["tools"]) if "tools" in p else None,
+                        p.get("finish_reason"),
                     ))
         if not feedback:
             return

@@ -86,17 +86,17 @@ async def load_groups(
     groups: dict[str, tuple[list[InteractionRecord], list[FeedbackRecord]]] = defaultdict(lambda: ([], []))
     await cur.execute(
         "SELECT prompt_key, interaction_id, event_id::text, position, app_id, model_version, prompt_version,"
-        " user_id_hash, consent_training, occurred_at, messages, response, tags, tools"
+        " user_id_hash, consent_training, occurred_at, messages, response, tags, tools, finish_reason"
         " FROM interactions WHERE prompt_key = ANY(%s) AND position > %s AND position <= %s",
         [keys, after, upto],
     )
-    for (key, iid, eid, pos, app, model, prompt, user, consent, at, messages, response, tags,
-         tools) in await cur.fetchall():
+    for (key, iid, eid, pos, app, model, prompt, user, consent, at, messages, response, tags, tools,
+         finish_reason) in await cur.fetchall():
         groups[key][0].append(InteractionRecord(
             interaction_id=iid, event_id=eid, position=pos, app_id=app, model_version=model,
             prompt_version=prompt, user_id_hash=user, consent_training=consent, occurred_at=at,
             messages=tuple(messages), response=response, tags=tuple(tags), prompt_key=key,
-            tools=tuple(tools or ()),
+            tools=tuple(tools or ()), finish_reason=finish_reason,
         ))
     await cur.execute(
         "SELECT i.prompt_key, f.event_id::text, f.position, f.type, f.interaction_id, f.user_id_hash,"

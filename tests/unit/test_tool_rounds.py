@@ -202,3 +202,56 @@ def test_a_benchmark_item_inside_a_tool_result_is_caught_by_contamination(tmp_pa
 
 def test_factories_send_the_conversation_the_tests_expect() -> None:
     assert tool_messages()[2]["content"] is None and tool_interaction("x")["payload"]["tools"] == [WEATHER_TOOL]
+
+
+# ---- a served response cut at max_tokens ----
+
+
+def test_the_finish_reason_of_a_served_response_reaches_the_signals() -> None:
+    wire = tool_interaction("ix")
+    wire["payload"]["finish_reason"] = "length"
+    event = parse(raw(wire), max_bytes=1 << 20)
+    assert isinstance(event, Interaction) and InteractionRecord.from_event(event, 1).finish_reason == "length"
+
+    cut, whole = replace(record("i1", 1), finish_reason="length"), replace(record("i2", 2), finish_reason="stop")
+    signals = derive([cut, whole], [feedback("thumbs", "i1", 3, value="up"),
+                                    feedback("comparison", "i1", 4, chosen_interaction_id="i1",
+                                             rejected_interaction_id="i2", presented_order=["i1", "i2"],
+                                             strength="much")], SignalConfig())
+    (label,), (pair,) = signals.kto_labels, signals.pairs
+    assert label.finish_reason == "length" and label.desirable
+    assert (pair.chosen_finish_reason, pair.rejected_finish_reason) == ("length", "stop")
+
+
+def rows_of(records: list[InteractionRecord], feedback_records: list[FeedbackRecord]) -> list[Any]:
+    signals = derive(records, feedback_records, SignalConfig())
+    out = []
+    for kind, found in (("pair", signals.pairs), ("kto", signals.kto_labels), ("sft", signals.sft_samples)):
+        for r in found:
+            row = row_from_signal(kind, orjson.loads(orjson.dumps(r)), 10)
+            assert row is not None
+            out.append(row)
+    return out
+
+
+def test_a_response_cut_by_length_is_no_desirable_label_and_no_side_of_a_pair(tmp_path: Path) -> None:
+    better = "Sunny and 21 C in Paris: take sunglasses, and no coat is needed this afternoon."
+    cut = replace(record("i1", 1, response="It is sunny in Paris today, 21 degrees: a fine"), finish_reason="length")
+    rows = rows_of([cut], [feedback("thumbs", "i1", 2, value="up"), feedback("edit", "i1", 3, edited_response=better)])
+    by_rule = {r.source: r for r in rows}
+    assert by_rule["thumbs_label"].truncated() and by_rule["thumbs_label"].lineage["finish_reasons"] == ["length"]
+    assert by_rule["edit_pair"].lineage["finish_reasons"] == [None, "length"]
+    # The user's edit is their own text, not the cut response: it stays an SFT sample.
+    assert not by_rule["edit_sft"].truncated() and "finish_reasons" not in by_rule["edit_sft"].lineage
+
+    result = build(rows, RoundConfig(), QuarantineList(version="q", items=()), tmp_path, watermark=10,
+                   parent=None, round_number=1)
+    processing = result.manifest["sample_processing"]
+    assert processing["quality_reasons"]["truncated"] == {"sft": 0, "dpo": 1, "kto": 1, "group": 0}
+    assert processing["rows_out_by_kind"] == {"sft": 1, "dpo": 0, "kto": 0, "group": 0}
+
+
+def test_a_response_that_finished_keeps_the_row_it_always_made() -> None:
+    for finish in ("stop", None, "tool_calls"):
+        (row,) = rows_of([replace(record("i1", 1), finish_reason=finish)], [feedback("thumbs", "i1", 2, value="up")])
+        assert not row.truncated() and "finish_reasons" not in row.lineage

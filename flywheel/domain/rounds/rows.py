@@ -72,7 +72,7 @@ class Row:
         return label_of(self.kind, self.body)
 
     def truncated(self) -> bool:
-        """The generator stopped an answer at its token limit (lineage finish_reasons holds "length")."""
+        """A model stopped an answer at its token limit (lineage finish_reasons holds "length")."""
         return truncated_of(self.lineage)
 
     def answer_texts(self) -> list[str]:
@@ -192,6 +192,12 @@ def signal_fields(kind: str, data: Mapping[str, Any]) -> SignalFields | None:
         "confidence": data.get("confidence"),
         "disagreement": bool(data.get("disagreement", False)),
     }
+    # The finish reasons of the served answers, in the order of answer_texts_of, when one was cut at max_tokens: the
+    # quality gate then removes the row as truncated (truncated_of), so no written row carries them.
+    finish_reasons = [data.get("chosen_finish_reason"), data.get("rejected_finish_reason")] \
+        if kind in ("pair", "dpo") else [data.get("finish_reason")]
+    if "length" in finish_reasons:
+        lineage["finish_reasons"] = finish_reasons
     row_kind: Kind
     if kind in ("pair", "dpo"):
         lineage.update({

@@ -37,6 +37,7 @@ class InteractionRecord:
     tags: tuple[str, ...]
     prompt_key: str = ""  # prompt_key(messages, tools), computed when not given (the store passes its column)
     tools: tuple[dict[str, Any], ...] = ()  # the tools the model was offered (wire `tools`), if any
+    finish_reason: str | None = None  # why the server stopped the response: "stop", "length" (cut at max_tokens)...
 
     def __post_init__(self) -> None:
         if not self.prompt_key:
@@ -54,6 +55,7 @@ class InteractionRecord:
             messages=tuple(m.model_dump(mode="json", exclude_none=True) for m in p.messages),
             response=p.response, tags=tuple(p.tags),
             tools=tuple(t.model_dump(mode="json", exclude_none=True) for t in p.tools or ()),
+            finish_reason=p.finish_reason,
         )
 
 
@@ -116,6 +118,9 @@ class PreferencePair:
     user_id_hash: str  # the judging user
     dimension: str | None = None  # rating pairs only
     tools: tuple[dict[str, Any], ...] = ()  # the tools offered with the prompt
+    # Why the server stopped each served response ("length": cut at max_tokens); None for an edit's chosen text.
+    chosen_finish_reason: str | None = None
+    rejected_finish_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,6 +146,7 @@ class KTOLabel:
     consent: bool
     dimension: str | None = None  # rating labels only
     tools: tuple[dict[str, Any], ...] = ()  # the tools offered with the prompt
+    finish_reason: str | None = None  # why the server stopped the completion ("length": cut at max_tokens)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
