@@ -58,6 +58,7 @@ def test_an_openai_style_tool_conversation_is_accepted_at_schema_version_1() -> 
     del sent["messages"][2]["content"]
     assert to_wire(event)["payload"] == sent | {"sampling": {}, "tags": []}
     assert parse(orjson.dumps(to_wire(event)), max_bytes=MAX) == event
+    assert validate(wire) == event  # what FeedbackClient.send checks a dict with
 
 
 def test_a_tool_message_without_an_id_after_an_assistant_turn_is_still_accepted() -> None:
