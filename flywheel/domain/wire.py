@@ -56,24 +56,14 @@ class ToolCall(_Wire):
 
 class Message(_Wire):
     """One turn. `content` is text or a list of text parts; an assistant message that calls tools may leave it out
-    or null. `tool_calls` only on assistant messages, `tool_call_id` (the call answered) only on tool messages."""
+    or null. `tool_calls` only on assistant messages, `tool_call_id` (the call answered) only on tool messages
+    (checked with the conversation: InteractionPayload)."""
 
     role: Literal["system", "user", "assistant", "tool"]
     content: Text | Annotated[list[TextPart], Field(min_length=1, max_length=1000)] | None = None
     name: str | None = None
     tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=128)] | None = None
     tool_call_id: Id | None = None
-
-    @model_validator(mode="after")
-    def _fields_of_the_role(self) -> Message:
-        if self.tool_calls is not None and self.role != "assistant":
-            raise ValueError(f"tool_calls on a {self.role} message (only an assistant message calls tools)")
-        if self.tool_call_id is not None and self.role != "tool":
-            raise ValueError(f"tool_call_id on a {self.role} message (only a tool message answers a call)")
-        if self.content is None and self.tool_calls is None:
-            # Reported as a missing field, as a message without content always was.
-            raise PydanticCustomError("missing", "content: field required (null only beside tool_calls)")
-        return self
 
 
 class FunctionDefinition(_Wire):
@@ -110,6 +100,22 @@ class InteractionPayload(_Wire):
 
     @model_validator(mode="after")
     def _roles_in_order(self) -> InteractionPayload:
+        # One pass over the conversation for all of it: a validator per message cost a fifth of parsing an event.
+        plain = True
+        for n, m in enumerate(self.messages):
+            if m.tool_calls is not None or m.tool_call_id is not None or m.role != "user" and m.role != "assistant":
+                plain = False
+                if m.tool_calls is not None and m.role != "assistant":
+                    raise ValueError(f"messages.{n}: tool_calls on a {m.role} message (only an assistant calls tools)")
+                if m.tool_call_id is not None and m.role != "tool":
+                    raise ValueError(f"messages.{n}: tool_call_id on a {m.role} message (only a tool message answers "
+                                     "a call)")
+            if m.content is None and m.tool_calls is None:
+                # Reported as a missing field, as a message without content always was.
+                raise PydanticCustomError("missing", f"messages.{n}.content: field required (null only beside "
+                                                     "tool_calls)")
+        if plain:
+            return self  # only user and assistant turns without tool calls: nothing is out of order
         problem = role_order_problem([
             {"role": m.role, "tool_call_id": m.tool_call_id,
              "tool_calls": None if m.tool_calls is None else [{"id": c.id} for c in m.tool_calls]}
