@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-Messages = Sequence[Mapping[str, str]]
+Messages = Sequence[Mapping[str, Any]]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -133,8 +133,20 @@ def prompt_seeds(spec: SamplingSpec, count: int, seeds: Sequence[int] | None) ->
     return list(seeds)
 
 
-def chat_messages(messages: Messages) -> tuple[dict[str, str], ...]:
-    return tuple({"role": str(m["role"]), "content": str(m["content"])} for m in messages)
+def chat_messages(messages: Messages) -> tuple[dict[str, Any], ...]:
+    """The conversation as the engine's chat API takes it: role and content (text, or text parts as sent), and
+    an assistant turn's tool calls or a tool turn's call id where the conversation has them."""
+    return tuple(_chat_message(m) for m in messages)
+
+
+def _chat_message(m: Mapping[str, Any]) -> dict[str, Any]:
+    content = m.get("content")
+    message: dict[str, Any] = {"role": str(m["role"]),
+                               "content": content if isinstance(content, list) or content is None else str(content)}
+    for field in ("tool_calls", "tool_call_id"):
+        if m.get(field) is not None:
+            message[field] = m[field]
+    return message
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

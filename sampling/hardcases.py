@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from datasketch import MinHash, MinHashLSH
 
+from flywheel.domain.messages import message_text
+
 SAMPLER_VERSION = 1  # bump whenever the same inputs and config would choose differently
 
 # Why a candidate was not chosen, in the order the checks run (a candidate is counted under the first that applies).
@@ -60,8 +62,8 @@ class PromptCandidate:
 def prompt_text(messages: Sequence[Mapping[str, Any]]) -> str:
     """The user turns of a conversation: system prompts are shared by every prompt of an app and would make
     unrelated prompts look alike."""
-    user = [str(m.get("content") or "") for m in messages if m.get("role") == "user"]
-    return "\n".join(user if user else (str(m.get("content") or "") for m in messages))
+    user = [message_text(m) for m in messages if m.get("role") == "user"]
+    return "\n".join(user if user else (message_text(m) for m in messages))
 
 
 # ---- configuration ----

@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from flywheel.domain.messages import message_text
 from sampling.verifiers import NO_JUDGEMENT, SCORE_OUT_OF_RANGE, UNPARSEABLE_JUDGEMENT, Verdict, short_hash
 
 
@@ -51,7 +52,7 @@ def parse_judgement(text: str) -> Verdict:
 
 
 def _render(messages: Sequence[Mapping[str, Any]]) -> str:
-    return "\n\n".join(f"[{m.get('role', '')}]\n{m.get('content') or ''}" for m in messages)
+    return "\n\n".join(f"[{m.get('role', '')}]\n{message_text(m)}" for m in messages)
 
 
 class JudgeScorer:

@@ -56,6 +56,21 @@ _ADDED: dict[tuple[str, str], list[str]] = {
         "ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS dead_letters_topic_partition_offset_key",
         'ALTER TABLE dead_letters ADD UNIQUE (topic, topic_id, partition, "offset")',
     ],
+    # Filled from the log, as a replay would; the signals were derived without them (no finish reasons in their
+    # lineage), so they are derived again: the table goes, the checkpoint with it, and the projector starts over.
+    ("interactions", "tools"): [
+        "ALTER TABLE interactions ADD COLUMN tools jsonb",
+        "UPDATE interactions i SET tools = e.data -> 'payload' -> 'tools' FROM events e"
+        " WHERE e.position = i.position AND e.data -> 'payload' ? 'tools'",
+    ],
+    ("interactions", "finish_reason"): [
+        "ALTER TABLE interactions ADD COLUMN finish_reason text",
+        "UPDATE interactions i SET finish_reason = e.data -> 'payload' ->> 'finish_reason' FROM events e"
+        " WHERE e.position = i.position AND e.data -> 'payload' ? 'finish_reason'",
+        "DROP TABLE IF EXISTS signals",
+        "DO $$ BEGIN IF to_regclass('checkpoints') IS NOT NULL THEN"
+        " DELETE FROM checkpoints WHERE name = 'signals'; END IF; END $$",
+    ],
 }
 
 

@@ -27,7 +27,7 @@ from store.tables import READ_MODELS
 
 _INTERACTION_COLUMNS = (
     "interaction_id, position, event_id, app_id, model_version, prompt_version, prompt_key, user_id_hash,"
-    " consent_training, occurred_at, messages, response, sampling, tags, last_position"
+    " consent_training, occurred_at, messages, response, sampling, tags, last_position, tools, finish_reason"
 )
 _FEEDBACK_COLUMNS = (
     "position, event_id, type, interaction_id, app_id, model_version, prompt_version, user_id_hash,"
@@ -67,10 +67,11 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
                     d, p = e.data, e.data["payload"]
                     await copy.write_row((
                         d["interaction_id"], e.position, e.event_id, d["app_id"], d["model_version"],
-                        d["prompt_version"], prompt_key(p["messages"]), d["user"]["id_hash"],
+                        d["prompt_version"], prompt_key(p["messages"], p.get("tools")), d["user"]["id_hash"],
                         d["user"]["consent_training"],
                         d["occurred_at"], _json(p["messages"]), p["response"], _json(p.get("sampling", {})),
-                        p.get("tags", []), e.position,
+                        p.get("tags", []), e.position, _json(p["tools"]) if "tools" in p else None,
+                        p.get("finish_reason"),
                     ))
         if not feedback:
             return

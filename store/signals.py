@@ -89,15 +89,17 @@ async def load_groups(
     groups: dict[str, tuple[list[InteractionRecord], list[FeedbackRecord]]] = defaultdict(lambda: ([], []))
     await cur.execute(
         "SELECT prompt_key, interaction_id, event_id::text, position, app_id, model_version, prompt_version,"
-        " user_id_hash, consent_training, occurred_at, messages, response, tags"
+        " user_id_hash, consent_training, occurred_at, messages, response, tags, tools, finish_reason"
         " FROM interactions WHERE prompt_key = ANY(%s) AND position > %s AND position <= %s",
         [keys, after, upto],
     )
-    for key, iid, eid, pos, app, model, prompt, user, consent, at, messages, response, tags in await cur.fetchall():
+    for (key, iid, eid, pos, app, model, prompt, user, consent, at, messages, response, tags, tools,
+         finish_reason) in await cur.fetchall():
         groups[key][0].append(InteractionRecord(
             interaction_id=iid, event_id=eid, position=pos, app_id=app, model_version=model,
             prompt_version=prompt, user_id_hash=user, consent_training=consent, occurred_at=at,
             messages=tuple(messages), response=response, tags=tuple(tags), prompt_key=key,
+            tools=tuple(tools or ()), finish_reason=finish_reason,
         ))
     await cur.execute(
         "SELECT i.prompt_key, f.event_id::text, f.position, f.type, f.interaction_id, f.user_id_hash,"
@@ -147,16 +149,23 @@ def copy_key(record: object) -> bytes | None:
     pair is decided), tags, and every value its body is made from. None for other records. A round reads every
     later record with the key of an earlier one as an exact copy of it (store.roundrows)."""
     if isinstance(record, PreferencePair):
-        body: object = (record.prompt, record.chosen, record.rejected)
+        body: object = (record.prompt, record.chosen, record.rejected, *_offered(record.tools))
         decided_after = record.decided_after if record.status == "pending" else None
         parts: tuple[object, ...] = ("pair", record.consent, record.status, decided_after, record.tags, body)
     elif isinstance(record, KTOLabel):
-        parts = ("kto", record.consent, None, None, record.tags, (record.prompt, record.completion, record.desirable))
+        parts = ("kto", record.consent, None, None, record.tags,
+                 (record.prompt, record.completion, record.desirable, *_offered(record.tools)))
     elif isinstance(record, SFTSample):
-        parts = ("sft", record.consent, None, None, record.tags, record.messages)
+        parts = ("sft", record.consent, None, None, record.tags,
+                 (*record.messages, *_offered(record.tools)) if record.tools else record.messages)
     else:
         return None
     return hashlib.blake2b(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+
+
+def _offered(tools: tuple[dict[str, Any], ...]) -> tuple[object, ...]:
+    # Tools are part of a row's body when there are any; a record without keeps the key it always had.
+    return (("tools", tools),) if tools else ()
 
 
 @dataclass(slots=True)

@@ -137,6 +137,8 @@ class InteractionView(SQLModel, table=True):
     ratings: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     comparisons: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     last_position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    tools: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSONB))  # offered to the model
+    finish_reason: str | None = Field(default=None, sa_column=Column(Text))  # "length": cut at max_tokens
 
 
 class FeedbackView(SQLModel, table=True):

@@ -42,3 +42,27 @@ def comparison(chosen: str, rejected: str, strength: str = "much", **overrides: 
 
 def raw(e: dict[str, Any]) -> bytes:
     return orjson.dumps(e)
+
+
+WEATHER_TOOL: dict[str, Any] = {"type": "function", "function": {
+    "name": "get_weather", "description": "The weather in a city now.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+
+
+def tool_messages(city: str = "Paris", call_id: str = "call_1") -> list[dict[str, Any]]:
+    """An OpenAI-style tool-using conversation up to the final answer: a call (null content) and its result."""
+    return [
+        {"role": "system", "content": "You answer with the tools you have."},
+        {"role": "user", "content": [{"type": "text", "text": f"What is the weather in {city}?"}]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": call_id, "type": "function",
+             "function": {"name": "get_weather", "arguments": orjson.dumps({"city": city}).decode()}}]},
+        {"role": "tool", "tool_call_id": call_id, "content": f"{city}: 21 C, sunny"},
+    ]
+
+
+def tool_interaction(interaction_id: str, city: str = "Paris", response: str = "It is sunny, 21 C.",
+                     **overrides: Any) -> dict[str, Any]:
+    return event("interaction", interaction_id,
+                 {"messages": tool_messages(city), "response": response, "tools": [WEATHER_TOOL],
+                  "finish_reason": "stop"}, **overrides)

@@ -86,6 +86,16 @@ class Redactor:
             text = _PHONE.sub(self._phone, text)
         return text
 
+    def member(self, key: str, value: str) -> str:
+        """A value named `key` (a JSON member, a form field), redacted as `key: value` reads: a password or a token
+        named only by its key is replaced whole, as it would be in running text."""
+        if not value:
+            return value
+        head = f"{key}: "
+        text = self(head + value)
+        # A secret's pattern takes its name with it: the value was the secret.
+        return text[len(head):] if text.startswith(head) else "[SECRET]"
+
     def _tag(self, kind: str) -> Callable[[re.Match[str]], str]:
         def replace(_: re.Match[str]) -> str:
             self.counts[kind] = self.counts.get(kind, 0) + 1

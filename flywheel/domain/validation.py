@@ -10,7 +10,14 @@ import orjson
 from pydantic import ValidationError
 
 from flywheel.domain.redact import Redactor
-from flywheel.domain.wire import EVENT_CLASSES, SUPPORTED_SCHEMA_VERSIONS, BaseEvent, FeedbackEvent, to_wire
+from flywheel.domain.wire import (
+    EVENT_CLASSES,
+    ROLE_ORDER_ERROR,
+    SUPPORTED_SCHEMA_VERSIONS,
+    BaseEvent,
+    FeedbackEvent,
+    to_wire,
+)
 
 # Machine-readable reasons a message is dead-lettered.
 BAD_ENCODING = "bad_encoding"
@@ -21,6 +28,7 @@ UNKNOWN_TYPE = "unknown_type"
 UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
 MISSING_FIELD = "missing_field"
 INVALID_FIELD = "invalid_field"
+ROLE_ORDER = "role_order"  # a conversation's roles out of order (flywheel.domain.messages.role_order_problem)
 UNKNOWN_INTERACTION = "unknown_interaction"
 DUPLICATE_INTERACTION = "duplicate_interaction"
 REASONS = (
@@ -32,6 +40,7 @@ REASONS = (
     UNKNOWN_SCHEMA_VERSION,
     MISSING_FIELD,
     INVALID_FIELD,
+    ROLE_ORDER,
     UNKNOWN_INTERACTION,
     DUPLICATE_INTERACTION,
 )
@@ -117,15 +126,18 @@ def _validate_json(cls: type[BaseEvent], raw: bytes) -> FeedbackEvent:
 
 def _reason_of(e: ValidationError) -> InvalidEvent:
     errors = e.errors(include_url=False, include_input=False)
-    first = errors[0]
+    # A conversation out of order is its own reason, whatever else is wrong with the event.
+    first = next((err for err in errors if err["type"] == ROLE_ORDER_ERROR), errors[0])
     where = ".".join(str(p) for p in first["loc"]) or "event"
-    reason = MISSING_FIELD if first["type"] == "missing" else INVALID_FIELD
+    reason = {"missing": MISSING_FIELD, ROLE_ORDER_ERROR: ROLE_ORDER}.get(first["type"], INVALID_FIELD)
     more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
     return InvalidEvent(reason, f"{where}: {first['msg']}{more}")
 
 
 def redact_event(event: FeedbackEvent, redactor: Redactor | None = None) -> Accepted:
-    """The stored form of an event: every free-text field passed through the redactor."""
+    """The stored form of an event: every free-text field passed through the redactor: a message's text and tool
+    call arguments (redact_message), the response, a tool definition's description and parameter schema
+    (redact_json), an edit, a thumbs reason."""
     r = redactor or Redactor()
     before = sum(r.counts.values())
     data = to_wire(event)
@@ -133,13 +145,63 @@ def redact_event(event: FeedbackEvent, redactor: Redactor | None = None) -> Acce
     match event.type:
         case "interaction":
             for m in p["messages"]:
-                m["content"] = r(m["content"])
+                redact_message(m, r)
             p["response"] = r(p["response"])
+            for tool in p.get("tools", ()):
+                function = tool["function"]
+                for field in ("description", "parameters"):
+                    if field in function:
+                        function[field] = redact_json(function[field], r)
         case "edit":
             p["edited_response"] = r(p["edited_response"])
         case "thumbs" if "reason" in p:
             p["reason"] = r(p["reason"])
     return Accepted(event=event, data=data, redactions=sum(r.counts.values()) - before)
+
+
+def redact_message(message: dict[str, Any], r: Redactor) -> None:
+    """Redact a wire message in place: its text (a string, or each text part), and each tool call's arguments
+    (redact_arguments). Roles, names and ids are identifiers, left as sent."""
+    content = message.get("content")
+    if isinstance(content, str):
+        message["content"] = r(content)
+    elif content is not None:
+        for part in content:
+            part["text"] = r(part["text"])
+    for call in message.get("tool_calls", ()):
+        function = call["function"]
+        function["arguments"] = redact_arguments(function["arguments"], r)
+
+
+def redact_arguments(arguments: str, r: Redactor) -> str:
+    """A tool call's arguments, redacted so they stay the JSON they were: when they parse, every string and number
+    inside passes the redactor on its own (redact_json) and the JSON is written again, compactly, only if something
+    was replaced (else the text is kept byte for byte); text that is not JSON is redacted as text. Redacting the
+    JSON text itself could eat its quotes (`"password": "..."`) and leave it unreadable."""
+    try:
+        value = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return r(arguments)
+    redacted = redact_json(value, r)
+    return arguments if redacted == value else orjson.dumps(redacted).decode()
+
+
+def redact_json(value: Any, r: Redactor, key: str | None = None) -> Any:
+    """A JSON value with every string passed through the redactor, read with the name of the member it is the
+    value of (Redactor.member: `{"password": "..."}` is a secret as `password: ...` is), and every integer the
+    redactor would replace as text (a card number sent as a number) replaced by the placeholder. Object keys are
+    names, left as they are."""
+    if isinstance(value, dict):
+        return {k: redact_json(v, r, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_json(v, r, key) for v in value]
+    if isinstance(value, str):
+        return r(value) if key is None else r.member(key, value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        text = str(value)
+        redacted = r(text) if key is None else r.member(key, text)
+        return value if redacted == text else redacted
+    return value
 
 
 def decode(raw: bytes, *, max_bytes: int) -> Accepted:

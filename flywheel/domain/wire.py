@@ -6,6 +6,9 @@ from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from flywheel.domain.messages import role_order_problem
 
 SCHEMA_VERSION = 1
 SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
@@ -13,6 +16,10 @@ EVENT_TYPES = ("interaction", "thumbs", "edit", "regenerate", "rating", "compari
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 Text = Annotated[str, Field(max_length=200_000)]
+# Names of functions and of their parameters (OpenAI allows 64 characters; room for other servers' names).
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+# The error type of a conversation whose roles are out of order (flywheel.domain.validation: reason role_order).
+ROLE_ORDER_ERROR = "role_order"
 # JSON numbers the store can write back: pydantic reads any size of integer, orjson writes 64 bits.
 Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 
@@ -27,10 +34,50 @@ class User(_Wire):
     consent_training: bool
 
 
+class TextPart(_Wire):
+    """One part of a message's content given as a list of parts (OpenAI style); only text parts are accepted."""
+
+    type: Literal["text"]
+    text: Text
+
+
+class FunctionCall(_Wire):
+    name: Name
+    arguments: Text  # JSON text, as the model wrote it
+
+
+class ToolCall(_Wire):
+    """A call an assistant message makes; the tool message with its `id` as `tool_call_id` answers it."""
+
+    id: Id
+    type: Literal["function"]
+    function: FunctionCall
+
+
 class Message(_Wire):
+    """One turn. `content` is text or a list of text parts; an assistant message that calls tools may leave it out
+    or null. `tool_calls` only on assistant messages, `tool_call_id` (the call answered) only on tool messages
+    (checked with the conversation: InteractionPayload)."""
+
     role: Literal["system", "user", "assistant", "tool"]
-    content: Text
+    content: Text | Annotated[list[TextPart], Field(min_length=1, max_length=1000)] | None = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCall], Field(min_length=1, max_length=128)] | None = None
+    tool_call_id: Id | None = None
+
+
+class FunctionDefinition(_Wire):
+    name: Name
+    description: Text | None = None
+    parameters: dict[str, Any] | None = None  # a JSON Schema object
+    strict: bool | None = None
+
+
+class Tool(_Wire):
+    """A tool the app offered the model (OpenAI's `tools` request field)."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
 
 
 class SamplingParams(_Wire):
@@ -41,13 +88,41 @@ class SamplingParams(_Wire):
 
 
 class InteractionPayload(_Wire):
-    """A served response: the conversation up to the response, and the response itself."""
+    """A served response: the conversation up to the response, and the response itself; `tools`, the tools the
+    model was offered. Roles come in order (flywheel.domain.messages.role_order_problem)."""
 
     messages: Annotated[list[Message], Field(min_length=1)]
     response: Text
     sampling: SamplingParams = SamplingParams()
     tags: list[Annotated[str, Field(max_length=64)]] = []
-    finish_reason: str | None = None
+    finish_reason: str | None = None  # as the server said: "stop", "length" (cut at max_tokens), ...
+    tools: Annotated[list[Tool], Field(max_length=128)] | None = None
+
+    @model_validator(mode="after")
+    def _roles_in_order(self) -> InteractionPayload:
+        # One pass over the conversation for all of it: a validator per message cost a fifth of parsing an event.
+        plain = True
+        for n, m in enumerate(self.messages):
+            if m.tool_calls is not None or m.tool_call_id is not None or m.role != "user" and m.role != "assistant":
+                plain = False
+                if m.tool_calls is not None and m.role != "assistant":
+                    raise ValueError(f"messages.{n}: tool_calls on a {m.role} message (only an assistant calls tools)")
+                if m.tool_call_id is not None and m.role != "tool":
+                    raise ValueError(f"messages.{n}: tool_call_id on a {m.role} message (only a tool message answers "
+                                     "a call)")
+            if m.content is None and m.tool_calls is None:
+                # Reported as a missing field, as a message without content always was.
+                raise PydanticCustomError("missing", f"messages.{n}.content: field required (null only beside "
+                                                     "tool_calls)")
+        if plain:
+            return self  # only user and assistant turns without tool calls: nothing is out of order
+        problem = role_order_problem([
+            {"role": m.role, "tool_call_id": m.tool_call_id,
+             "tool_calls": None if m.tool_calls is None else [{"id": c.id} for c in m.tool_calls]}
+            for m in self.messages])
+        if problem is not None:
+            raise PydanticCustomError(ROLE_ORDER_ERROR, problem)
+        return self
 
 
 class ThumbsPayload(_Wire):

@@ -22,6 +22,7 @@ from flywheel.domain.validation import (
     NOT_AN_OBJECT,
     OVERSIZE,
     REASONS,
+    ROLE_ORDER,
     UNKNOWN_INTERACTION,
     UNKNOWN_SCHEMA_VERSION,
     UNKNOWN_TYPE,
@@ -89,6 +90,8 @@ CASES: list[tuple[str, bytes, str]] = [
     ("score as string", raw(rating("5")), INVALID_FIELD),
     ("naive timestamp", raw(thumbs("ix-1", occurred_at="2025-03-03T09:00:00")), INVALID_FIELD),
     ("extra field", raw(thumbs("ix-1", surprise=True)), INVALID_FIELD),
+    ("system prompt last", raw(interaction("ix-1") | {"payload": {"response": "r", "messages": [
+        {"role": "user", "content": "hi"}, {"role": "system", "content": "Be brief."}]}}), ROLE_ORDER),
 ]
 
 

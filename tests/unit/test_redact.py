@@ -287,3 +287,13 @@ def test_has_pii_is_whether_find_pii_finds_any(text: str) -> None:
                                   "API_KEY=ABCD1234EFGH5678", "BEARER ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"])
 def test_has_pii_finds_every_kind(text: str) -> None:
     assert has_pii(f"Note: {text} (see above)") and has_pii(text)
+
+
+def test_a_value_named_as_a_secret_is_redacted_whole_as_it_would_be_in_text() -> None:
+    r = Redactor()
+    assert r.member("password", "hunter2hunter2") == "[SECRET]"
+    assert r.member("api_key", "abcd1234efgh5678") == "[SECRET]"
+    assert r.member("city", "Paris") == "Paris"
+    assert r.member("note", "mail ann@example.com") == "mail [EMAIL]"
+    assert r.member("password", "") == ""
+    assert r.counts == {"SECRET": 2, "EMAIL": 1}

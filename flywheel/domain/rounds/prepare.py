@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from flywheel.domain import redact
+from flywheel.domain.messages import turns_text
 from flywheel.domain.rounds.config import RoundConfig
 from flywheel.domain.rounds.entries import EXCLUDED, Prepared, Removed
 from flywheel.domain.rounds.gates import CONSENT
@@ -21,7 +22,6 @@ from flywheel.domain.rounds.rows import (
     roles_of,
     signal_fields,
     truncated_of,
-    turns_text,
 )
 
 # Distinct texts a build remembers the PII check and the reading of: rows repeat the same prompts, system prompts

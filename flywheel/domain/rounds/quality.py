@@ -41,9 +41,10 @@ def quality_reason(row: Row, config: RoundConfig) -> str | None:
 
     - empty: the prompt, or any answer (SFT target, chosen, rejected, KTO completion, group candidate), is empty
       or whitespace only; an SFT sample not ending in an assistant turn has no answer and is empty too.
-    - truncated: the generator stopped an answer at its token limit (lineage "finish_reasons" holds "length";
-      set for RSFT samples and RM-selected pairs). Group candidates are not judged on this: a truncated
-      candidate and its score are legitimate reward-model data.
+    - truncated: a model stopped an answer at its token limit (lineage "finish_reasons" holds "length"; set for
+      RSFT samples and RM-selected pairs, and for signal rows whose served response was cut: such a response is
+      neither a target nor a side of a pair, since what users said of it is about where it was cut). Group
+      candidates are not judged on this: a truncated candidate and its score are legitimate reward-model data.
     - too_short: an answer has fewer than `min_chars` characters after stripping.
     - too_long: the prompt text or an answer has more than `max_chars` characters.
     - garbled: more than `max_garbled_share` of all characters (prompt and answers) are control characters

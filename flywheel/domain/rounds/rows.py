@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from flywheel.domain.messages import message_text, trl_messages, turns_text
+
 Kind = Literal["sft", "dpo", "kto", "group"]
 KINDS: tuple[Kind, ...] = ("sft", "dpo", "kto", "group")
 
@@ -23,7 +25,8 @@ class Row:
     """One training record (`body`, in TRL conversational format) with where it came from.
 
     body by kind: sft {"messages"}; dpo {"prompt", "chosen", "rejected", "margin"}; kto {"prompt", "completion",
-    "label"}; group {"prompt", "candidates": [{"index", "text", "scores", "finish_reason"}]}.
+    "label"}; group {"prompt", "candidates": [{"index", "text", "scores", "finish_reason"}]}. Messages are in TRL's
+    form (flywheel.domain.messages.trl_messages), and a conversation the app offered tools in has them as "tools".
     """
 
     kind: Kind
@@ -57,7 +60,7 @@ class Row:
         return prompt_messages_of(self.kind, self.body)
 
     def prompt_text(self) -> str:
-        """The prompt messages' texts joined by newlines."""
+        """The prompt messages' texts (flywheel.domain.messages.message_text) joined by newlines."""
         return turns_text(self.prompt_messages())
 
     def prompt_roles(self) -> tuple[Any, ...]:
@@ -69,7 +72,7 @@ class Row:
         return label_of(self.kind, self.body)
 
     def truncated(self) -> bool:
-        """The generator stopped an answer at its token limit (lineage finish_reasons holds "length")."""
+        """A model stopped an answer at its token limit (lineage finish_reasons holds "length")."""
         return truncated_of(self.lineage)
 
     def answer_texts(self) -> list[str]:
@@ -107,32 +110,13 @@ def answer_texts_of(kind: str, body: Mapping[str, Any]) -> list[str]:
     if kind == "sft":
         messages = body.get("messages") or ()
         if messages and messages[-1].get("role") == "assistant":
-            return [content_text(messages[-1].get("content"))]
+            return [message_text(messages[-1])]
         return []
     if kind == "dpo":
         return [turns_text(body.get("chosen")), turns_text(body.get("rejected"))]
     if kind == "kto":
         return [turns_text(body.get("completion"))]
     return [str(c.get("text") or "") for c in body.get("candidates") or ()]
-
-
-def content_text(content: Any) -> str:
-    """The text of a message's content: a string, or the text parts of a list of content parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "\n".join(str(p.get("text") or "") if isinstance(p, Mapping) else str(p) for p in content)
-    return str(content)
-
-
-def turns_text(turns: Sequence[Mapping[str, Any]] | None) -> str:
-    if not turns:
-        return ""
-    if len(turns) == 1:
-        return content_text(turns[0].get("content"))
-    return "\n".join([content_text(t.get("content")) for t in turns])
 
 
 def _assistant(text: str) -> list[dict[str, Any]]:
@@ -208,6 +192,12 @@ def signal_fields(kind: str, data: Mapping[str, Any]) -> SignalFields | None:
         "confidence": data.get("confidence"),
         "disagreement": bool(data.get("disagreement", False)),
     }
+    # The finish reasons of the served answers, in the order of answer_texts_of, when one was cut at max_tokens: the
+    # quality gate then removes the row as truncated (truncated_of), so no written row carries them.
+    finish_reasons = [data.get("chosen_finish_reason"), data.get("rejected_finish_reason")] \
+        if kind in ("pair", "dpo") else [data.get("finish_reason")]
+    if "length" in finish_reasons:
+        lineage["finish_reasons"] = finish_reasons
     row_kind: Kind
     if kind in ("pair", "dpo"):
         lineage.update({
@@ -219,18 +209,20 @@ def signal_fields(kind: str, data: Mapping[str, Any]) -> SignalFields | None:
             "dimension": data.get("dimension"),
         })
         row_kind, key = "dpo", data["pair_id"]
-        body = {"prompt": [dict(m) for m in data["prompt"]], "chosen": _assistant(str(data["chosen"])),
+        body = {"prompt": trl_messages(data["prompt"]), "chosen": _assistant(str(data["chosen"])),
                 "rejected": _assistant(str(data["rejected"])), "margin": float(data["margin"])}
     elif kind == "kto":
         lineage.update({"preference_reason": data.get("preference_reason"),
                         "interaction_id": data.get("interaction_id"), "dimension": data.get("dimension")})
         row_kind, key = "kto", data["label_id"]
-        body = {"prompt": [dict(m) for m in data["prompt"]], "completion": _assistant(str(data["completion"])),
+        body = {"prompt": trl_messages(data["prompt"]), "completion": _assistant(str(data["completion"])),
                 "label": bool(data["desirable"])}
     else:
         lineage["interaction_id"] = data.get("interaction_id")
         row_kind, key = "sft", data["sample_id"]
-        body = {"messages": [dict(m) for m in data["messages"]]}
+        body = {"messages": trl_messages(data["messages"])}
+    if data.get("tools"):
+        body["tools"] = [dict(t) for t in data["tools"]]
     return SignalFields(row_kind, str(key), str(data["app_id"]), str(data["model_version"]),
                         data.get("prompt_version"), tuple([str(t) for t in data.get("tags") or ()]),
                         bool(data["consent"]), rule, lineage, body)
@@ -265,7 +257,7 @@ def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:
     candidates = sorted(((int(c.get("index", i)), c) for i, c in enumerate(group["candidates"])),
                         key=lambda ic: ic[0])
     finish = {i: c.get("finish_reason") for i, c in candidates}
-    prompt = [dict(m) for m in group["prompt"]]
+    prompt = trl_messages(group["prompt"])
     rows = [origin.row(
         kind="group", key=group_id, source=SOURCE_CANDIDATE_GROUP,
         lineage={**base_lineage, "sampling": group.get("sampling"), "margin": selection.get("margin"),
@@ -284,7 +276,7 @@ def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:
             lineage={**base_lineage, "rule": sft.get("rule"), "rule_version": sft.get("rule_version"),
                      "candidate_index": index, "value": sft.get("value"), "scores": list(sft.get("scores") or ()),
                      "finish_reasons": [finish.get(index)]},
-            body={"messages": [dict(m) for m in sft["messages"]]},
+            body={"messages": trl_messages(sft["messages"])},
         ))
     pair = selection.get("pair")
     if pair:
@@ -296,7 +288,7 @@ def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:
                      "chosen_scores": list(pair.get("chosen_scores") or ()),
                      "rejected_scores": list(pair.get("rejected_scores") or ()),
                      "finish_reasons": [finish.get(chosen), finish.get(rejected)]},
-            body={"prompt": [dict(m) for m in pair["prompt"]], "chosen": _assistant(str(pair["chosen"])),
+            body={"prompt": trl_messages(pair["prompt"]), "chosen": _assistant(str(pair["chosen"])),
                   "rejected": _assistant(str(pair["rejected"])), "margin": float(pair["margin"])},
         ))
     return rows

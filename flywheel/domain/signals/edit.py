@@ -76,5 +76,5 @@ def edit_sft(g: PromptGroup, f: FeedbackRecord, disputed: Container[str]) -> SFT
         interaction_id=original.interaction_id, source_event_ids=sources, app_id=original.app_id,
         model_version=original.model_version, prompt_version=original.prompt_version, tags=tags(original),
         confidence=g.config.confidence_edit, disagreement=original.interaction_id in disputed,
-        consent=consent([original], [f]), user_id_hash=f.user_id_hash,
+        consent=consent([original], [f]), user_id_hash=f.user_id_hash, tools=original.tools,
     )

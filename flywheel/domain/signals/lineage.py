@@ -45,7 +45,9 @@ def pair(g: PromptGroup, *, rule: str, reason: str, rejected: InteractionRecord,
         chosen_model_version=None if chosen is None else chosen.model_version,
         chosen_prompt_version=None if chosen is None else chosen.prompt_version,
         tags=tags(rejected, chosen), disagreement=any(i in disputed for i in involved),
-        consent=consent([rejected, chosen], events), user_id_hash=user, dimension=dimension,
+        consent=consent([rejected, chosen], events), user_id_hash=user, dimension=dimension, tools=rejected.tools,
+        chosen_finish_reason=None if chosen is None else chosen.finish_reason,
+        rejected_finish_reason=rejected.finish_reason,
     )
 
 
@@ -60,5 +62,5 @@ def label(g: PromptGroup, *, rule: str, reason: str, f: FeedbackRecord, desirabl
         user_id_hash=f.user_id_hash, confidence=confidence, preference_reason=reason, source_event_ids=sources,
         app_id=record.app_id, model_version=record.model_version, prompt_version=record.prompt_version,
         tags=tags(record), disagreement=record.interaction_id in disputed, consent=consent([record], [f]),
-        dimension=dimension,
+        dimension=dimension, tools=record.tools, finish_reason=record.finish_reason,
     )

@@ -32,14 +32,16 @@ class InteractionRecord:
     user_id_hash: str
     consent_training: bool
     occurred_at: datetime
-    messages: tuple[dict[str, Any], ...]  # the conversation up to the response (role/content dicts)
+    messages: tuple[dict[str, Any], ...]  # the conversation up to the response (wire messages, nulls left out)
     response: str
     tags: tuple[str, ...]
-    prompt_key: str = ""  # prompt_key(messages), computed when not given (the store passes its column)
+    prompt_key: str = ""  # prompt_key(messages, tools), computed when not given (the store passes its column)
+    tools: tuple[dict[str, Any], ...] = ()  # the tools the model was offered (wire `tools`), if any
+    finish_reason: str | None = None  # why the server stopped the response: "stop", "length" (cut at max_tokens)...
 
     def __post_init__(self) -> None:
         if not self.prompt_key:
-            object.__setattr__(self, "prompt_key", prompt_key(self.messages))
+            object.__setattr__(self, "prompt_key", prompt_key(self.messages, self.tools))
 
     @classmethod
     def from_event(cls, event: Interaction, position: int) -> InteractionRecord:
@@ -52,6 +54,8 @@ class InteractionRecord:
             occurred_at=event.occurred_at,
             messages=tuple(m.model_dump(mode="json", exclude_none=True) for m in p.messages),
             response=p.response, tags=tuple(p.tags),
+            tools=tuple(t.model_dump(mode="json", exclude_none=True) for t in p.tools or ()),
+            finish_reason=p.finish_reason,
         )
 
 
@@ -113,6 +117,10 @@ class PreferencePair:
     consent: bool  # False when any judged interaction or any judging user did not consent to training
     user_id_hash: str  # the judging user
     dimension: str | None = None  # rating pairs only
+    tools: tuple[dict[str, Any], ...] = ()  # the tools offered with the prompt
+    # Why the server stopped each served response ("length": cut at max_tokens); None for an edit's chosen text.
+    chosen_finish_reason: str | None = None
+    rejected_finish_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +145,8 @@ class KTOLabel:
     disagreement: bool
     consent: bool
     dimension: str | None = None  # rating labels only
+    tools: tuple[dict[str, Any], ...] = ()  # the tools offered with the prompt
+    finish_reason: str | None = None  # why the server stopped the completion ("length": cut at max_tokens)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -157,6 +167,7 @@ class SFTSample:
     disagreement: bool
     consent: bool
     user_id_hash: str
+    tools: tuple[dict[str, Any], ...] = ()  # the tools offered with the prompt
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
