@@ -39,8 +39,13 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
-    value: float
+    """One scorer's judgement of one completion. A value of None is "no score": the scorer could not judge it
+    (say, a judge reply that does not parse), which is not the same as judging it bad."""
+
+    value: float | None
     reason: str = ""  # why, when the scorer could not judge normally or the answer failed a check
+    rationale: str = ""  # the scorer's own words for its value (a judge's)
+    veto: bool = False  # a failed check: the completion may never be the best of its group nor a chosen answer
 
 
 @runtime_checkable
@@ -48,6 +53,27 @@ class ExplainingScorer(Scorer, Protocol):
     """A scorer that can also say why each value is what it is."""
 
     def verdicts(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[Verdict]: ...
+
+
+@runtime_checkable
+class JudgingScorer(ExplainingScorer, Protocol):
+    """A model grading under a rubric: the model's name and the rubric's hash go on every score it gives."""
+
+    @property
+    def judge_model(self) -> str: ...
+
+    @property
+    def rubric_hash(self) -> str: ...
+
+
+# The absolute scale of each scorer whose values are bounded (a reward model's logits are not). Selection
+# thresholds are stated on the deciding scorer's scale; one off it is a configuration error.
+SCALES: dict[str, tuple[float, float]] = {
+    "json_format": (0.0, 1.0),
+    "numeric_answer": (0.0, 1.0),
+    "python_tests": (0.0, 1.0),
+    "llm_judge": (1.0, 10.0),
+}
 
 
 def short_hash(value: Any) -> str:
@@ -84,7 +110,7 @@ class JsonFormatVerifier:
         return [self._one(c) for c in completions]
 
     def score(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[float]:
-        return [v.value for v in self.verdicts(prompt_messages, completions)]
+        return [float(v.value or 0.0) for v in self.verdicts(prompt_messages, completions)]
 
     def _one(self, completion: str) -> Verdict:
         text = completion.strip()
@@ -94,12 +120,12 @@ class JsonFormatVerifier:
         try:
             document = json.loads(text)
         except ValueError as e:
-            return Verdict(value=0.0, reason=f"{INVALID_JSON}: {e}")
+            return Verdict(value=0.0, reason=f"{INVALID_JSON}: {e}", veto=True)
         if self._validator is not None:
             error = jsonschema.exceptions.best_match(self._validator.iter_errors(document))
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                return Verdict(value=0.0, reason=f"{SCHEMA_VIOLATION}: {where}: {error.message}")
+                return Verdict(value=0.0, reason=f"{SCHEMA_VIOLATION}: {where}: {error.message}", veto=True)
         return Verdict(value=1.0)
 
 
@@ -141,15 +167,15 @@ class NumericAnswerVerifier:
         for c in completions:
             got = last_number(c)
             if got is None:
-                out.append(Verdict(value=0.0, reason=NO_NUMBER))
+                out.append(Verdict(value=0.0, reason=NO_NUMBER, veto=True))
             elif abs(got - self.expected) <= self.tolerance:
                 out.append(Verdict(value=1.0))
             else:
-                out.append(Verdict(value=0.0, reason=f"{WRONG_ANSWER}: {got}"))
+                out.append(Verdict(value=0.0, reason=f"{WRONG_ANSWER}: {got}", veto=True))
         return out
 
     def score(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[float]:
-        return [v.value for v in self.verdicts(prompt_messages, completions)]
+        return [float(v.value or 0.0) for v in self.verdicts(prompt_messages, completions)]
 
 
 def extract_code(completion: str) -> str:

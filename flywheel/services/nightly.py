@@ -13,7 +13,7 @@ from flywheel.ports import BuilderBusy, EventLog, HardCaseStore
 from flywheel.services.build_round import Published
 from flywheel.services.generate import generate_candidates
 from flywheel.services.sample import sample_hard_cases
-from flywheel.services.select import select_candidates
+from flywheel.services.select import Scoring, select_candidates
 from sampling.generation import Generator, SamplingSpec
 from sampling.hardcases import SamplerConfig
 from sampling.selection import SelectionConfig
@@ -45,7 +45,7 @@ async def run_nightly(
             if scorer is None:
                 report["select"] = NO_REWARD_MODEL
             else:
-                s = await select_candidates(store, [scorer()], SelectionConfig())
+                s = await select_candidates(store, Scoring(config=SelectionConfig(), scorers=[scorer()]))
                 report["select"] = {"groups": s.groups, "sft_samples": s.sft_samples, "pairs": s.pairs}
         if "build" in steps:
             try:
