@@ -209,7 +209,6 @@ def hard_cases(conn: psycopg.AsyncConnection) -> HardCaseStore:
 def nightly(settings: Settings) -> dict[str, Any]:
     """One nightly run with the settings' adapters (explicit URLs: the scheduler passes them); returns its report."""
     from flywheel.services.nightly import run_nightly
-    from sampling.adapters.reward_model import RewardModelScorer
     from store.db import connect
     started = datetime.now(UTC).isoformat()
 
@@ -220,7 +219,8 @@ def nightly(settings: Settings) -> dict[str, Any]:
                 store=hard_cases(conn), budget=settings.nightly_budget,
                 generator=(partial(make_generator, settings)
                            if settings.generator_model or settings.generator_url else None),
-                scorer=partial(RewardModelScorer, settings.reward_model) if settings.reward_model else None,
+                scoring=(partial(scoring, settings)
+                         if settings.reward_model or settings.judge_rubric or settings.select_checks else None),
                 build=round_ops(conn, settings.rounds_root, signals=settings.signals, announce=announcer(
                     settings, Endpoints(settings.database_url, settings.kafka_bootstrap))).build,
                 history=partial(_unit_of_work, settings.database_url),
