@@ -1,4 +1,4 @@
-"""Scorers: the scorer port and the pure verifiers of checkable tasks (JSON, numeric answers)."""
+"""Scorers: the scorer port and the pure verifiers of checkable tasks (JSON, numeric answers); a failed check vetoes."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ SCORE_OUT_OF_RANGE = "score_out_of_range"
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Gives every completion of one prompt a value; name and version are recorded on every score."""
+    """Gives every completion of one prompt a value (NaN: no score); name and version are recorded on every
+    score."""
 
     @property
     def name(self) -> str: ...
@@ -92,7 +93,7 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
 
 class JsonFormatVerifier:
     """1.0 when the completion is a JSON document (optionally inside one ```json fence) that validates against
-    the schema, 0.0 otherwise. With no schema any well-formed JSON passes."""
+    the schema, 0.0 and a veto otherwise. With no schema any well-formed JSON passes."""
 
     name = "json_format"
 
@@ -147,7 +148,8 @@ def last_number(text: str) -> Decimal | None:
 
 
 class NumericAnswerVerifier:
-    """1.0 when the last number of the completion is within `tolerance` of the expected answer, else 0.0."""
+    """1.0 when the last number of the completion is within `tolerance` of the expected answer, else 0.0 and a
+    veto."""
 
     name = "numeric_answer"
 

@@ -28,7 +28,8 @@ sys.stdout.write("\\n%s\\n")
 
 
 class PythonTestsVerifier:
-    """1.0 when the candidate's code followed by `tests_source` runs to the end within `timeout_s`, else 0.0.
+    """1.0 when the candidate's code followed by `tests_source` runs to the end within `timeout_s`, else 0.0 and a
+    veto.
 
     Each candidate runs in its own isolated interpreter (`python -I`) in a fresh temporary directory, with an
     empty environment and no standard input; on timeout its whole process group is killed. The tests share the
