@@ -23,7 +23,9 @@ if TYPE_CHECKING:
     from flywheel.ports import Announcer, EventLog, HardCaseStore, RoundBuilder
     from flywheel.services.build_round import Published
     from flywheel.services.rollback import Change
+    from flywheel.services.select import Scoring
     from sampling.generation import Generator
+    from sampling.judge import JudgeScorer
 
 
 class NoStack(RuntimeError):
@@ -104,16 +106,97 @@ def round_ops(conn: psycopg.AsyncConnection, root: Path, *, announce: Announcer 
 def make_generator(settings: Settings) -> Generator:
     """The configured generator: an OpenAI-compatible vLLM server (FLYWHEEL_GENERATOR_URL) or an
     in-process vLLM engine on a local model directory (FLYWHEEL_GENERATOR_MODEL)."""
+    if not settings.generator_url and not settings.generator_model:
+        raise ValueError("set FLYWHEEL_GENERATOR_MODEL (a local model directory) or FLYWHEEL_GENERATOR_URL "
+                         "(an OpenAI-compatible vLLM server)")
+    return _engine(settings.generator_url, settings.generator_model, settings.generator_model_version)
+
+
+def _engine(url: str, model: str, version: str) -> Generator:
     from sampling.adapters.openai_server import OpenAIServerGenerator
     from sampling.adapters.vllm import VLLMGenerator
 
-    if settings.generator_url:
-        return OpenAIServerGenerator(settings.generator_url, settings.generator_model,
-                                     settings.generator_model_version)
-    if not settings.generator_model:
-        raise ValueError("set FLYWHEEL_GENERATOR_MODEL (a local model directory) or FLYWHEEL_GENERATOR_URL "
-                         "(an OpenAI-compatible vLLM server)")
-    return VLLMGenerator(settings.generator_model, settings.generator_model_version)
+    return OpenAIServerGenerator(url, model, version) if url else VLLMGenerator(model, version)
+
+
+def make_judge(settings: Settings, rubric: str) -> JudgeScorer:
+    """The LLM judge of FLYWHEEL_JUDGE_MODEL (a local model directory, or with FLYWHEEL_JUDGE_URL the name a vLLM
+    server serves it under), grading under `rubric` with structured output. Refused (JudgeIsPolicy) when it is
+    the configured policy, unless FLYWHEEL_JUDGE_MAY_BE_POLICY."""
+    from flywheel.services.select import JudgeIsPolicy
+    from sampling.adapters.reward_model import model_dir_version
+    from sampling.generation import SamplingSpec
+    from sampling.judge import JudgeScorer, judgement_max_tokens, judgement_pattern
+
+    if not settings.judge_model:
+        raise ValueError("set FLYWHEEL_JUDGE_MODEL (a local model directory, or the model a server at "
+                         "FLYWHEEL_JUDGE_URL serves) for the judge")
+    if not rubric.strip():
+        raise ValueError("the judge's rubric is empty")
+    version = settings.judge_model_version or (
+        settings.judge_model if settings.judge_url else model_dir_version(Path(settings.judge_model)))
+    if not settings.judge_may_be_policy and (why := _judge_is_policy(settings, version)):
+        raise JudgeIsPolicy(f"the judge is the policy that generates the candidates ({why}): a model grading its own "
+                            "answers favours them. Configure another judge, or allow it with "
+                            "FLYWHEEL_JUDGE_MAY_BE_POLICY=true (select --judge-may-be-policy)")
+    chars = settings.judge_rationale_chars
+    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=judgement_max_tokens(chars), seed=0,
+                        output_pattern=judgement_pattern(chars))
+    return JudgeScorer(_engine(settings.judge_url, settings.judge_model, version), rubric, spec,
+                       model=settings.judge_model, model_version=version)
+
+
+def _judge_is_policy(settings: Settings, judge_version: str) -> str | None:
+    """How the configured judge is the configured policy, or None."""
+    from sampling.adapters.reward_model import model_dir_version
+
+    if settings.judge_url or settings.generator_url:
+        same_server = settings.judge_url.rstrip("/") == settings.generator_url.rstrip("/")
+        if same_server and settings.judge_model == settings.generator_model:
+            return f"{settings.judge_model} at {settings.judge_url}"
+    elif settings.generator_model:
+        judge, policy = Path(settings.judge_model).resolve(), Path(settings.generator_model).resolve()
+        if judge == policy:
+            return f"both are {judge}"
+        try:
+            if model_dir_version(policy) == model_dir_version(judge):
+                return f"{judge} and {policy} hold the same model files"
+        except FileNotFoundError:  # no model files to compare: the paths and versions still are
+            pass
+    configured = settings.generator_url or settings.generator_model
+    if configured and judge_version == settings.generator_model_version:
+        return f"both are version {judge_version}"
+    return None
+
+
+def scoring(settings: Settings, *, verify_json: bool = False) -> Scoring:
+    """What `select` judges with, from the settings: the reward model (FLYWHEEL_REWARD_MODEL), the JSON verifier
+    (`verify_json`), the judge (FLYWHEEL_JUDGE_RUBRIC and FLYWHEEL_JUDGE_MODEL), the verifiers of the checks file
+    (FLYWHEEL_SELECT_CHECKS) and the thresholds (FLYWHEEL_SELECT_*). Raises ValueError (OSError for a file that
+    cannot be read) on a bad configuration."""
+    from flywheel.services.select import Scoring
+    from sampling.adapters.checks import load_checks
+    from sampling.selection import SelectionConfig
+    from sampling.verifiers import JsonFormatVerifier, Scorer
+
+    config = SelectionConfig(sft_threshold=settings.select_sft_threshold, min_margin=settings.select_min_margin,
+                             length_guard_margin=max(settings.select_min_margin, 0.4),
+                             scorer=settings.select_decide_by or None)
+    scorers: list[Scorer] = []
+    if settings.reward_model:
+        from sampling.adapters.reward_model import RewardModelScorer
+
+        scorers.append(RewardModelScorer(settings.reward_model))
+    if verify_json:
+        scorers.append(JsonFormatVerifier())
+    if settings.judge_rubric:
+        scorers.append(make_judge(settings, Path(settings.judge_rubric).read_text(encoding="utf-8")))
+    if not settings.select_checks:
+        return Scoring(config=config, scorers=scorers, judge_may_be_policy=settings.judge_may_be_policy)
+    checks = load_checks(Path(settings.select_checks))
+    return Scoring(config=config, scorers=scorers, scorers_for=checks.for_prompt,
+                   check_names=frozenset(v.name for vs in checks.by_prompt.values() for v in vs),
+                   judge_may_be_policy=settings.judge_may_be_policy)
 
 
 def hard_cases(conn: psycopg.AsyncConnection) -> HardCaseStore:
@@ -126,7 +209,6 @@ def hard_cases(conn: psycopg.AsyncConnection) -> HardCaseStore:
 def nightly(settings: Settings) -> dict[str, Any]:
     """One nightly run with the settings' adapters (explicit URLs: the scheduler passes them); returns its report."""
     from flywheel.services.nightly import run_nightly
-    from sampling.adapters.reward_model import RewardModelScorer
     from store.db import connect
     started = datetime.now(UTC).isoformat()
 
@@ -137,7 +219,8 @@ def nightly(settings: Settings) -> dict[str, Any]:
                 store=hard_cases(conn), budget=settings.nightly_budget,
                 generator=(partial(make_generator, settings)
                            if settings.generator_model or settings.generator_url else None),
-                scorer=partial(RewardModelScorer, settings.reward_model) if settings.reward_model else None,
+                scoring=(partial(scoring, settings)
+                         if settings.reward_model or settings.judge_rubric or settings.select_checks else None),
                 build=round_ops(conn, settings.rounds_root, signals=settings.signals, announce=announcer(
                     settings, Endpoints(settings.database_url, settings.kafka_bootstrap))).build,
                 history=partial(_unit_of_work, settings.database_url),

@@ -207,7 +207,8 @@ class HardCaseStore(EventLog, Protocol):
         ...
 
     async def unselected(self, sample_id: str | None) -> list[dict[str, Any]]:
-        """Candidate groups without a selection yet (of one sample, or all), oldest first."""
+        """Candidate groups without a selection yet (of one sample, or all), oldest first: group_id, prompt_key,
+        prompt, candidates and the model_version that generated them."""
         ...
 
 

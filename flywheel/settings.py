@@ -70,6 +70,23 @@ class Settings(BaseSettings):
     generator_url: str = ""
     generator_model_version: str = "local"
     reward_model: str = ""  # a sequence-classification model directory for the reward-model scorer
+    # The LLM judge, a model of its own: a local model directory for in-process vLLM, or the name a vLLM
+    # OpenAI-compatible server at judge_url serves it under. It grades under the rubric in the judge_rubric file.
+    judge_model: str = ""
+    judge_url: str = ""
+    judge_model_version: str = ""  # default: a content hash of the local model directory, else the served name
+    judge_rubric: str = ""  # a text file; with it and a judge model, `select` and the nightly run grade with the judge
+    # A judge that is the policy grading its own candidates favours them: refused unless this is set.
+    judge_may_be_policy: bool = False
+    # The longest rationale a judge may give; its reply is held to a format whose length this bounds, so a
+    # reply always fits in its token budget (rationale + 32 tokens).
+    judge_rationale_chars: int = Field(default=300, ge=0)
+    # Selection (`select` and the nightly run; select's options override): a checks file (sampling/adapters/checks.py),
+    # the deciding scorer (needed when scorers on several scales judge a group), and the thresholds on its scale.
+    select_checks: str = ""
+    select_decide_by: str = ""
+    select_sft_threshold: float = 0.8
+    select_min_margin: float = Field(default=0.2, ge=0)
     audit_cron: str = "30 2 * * *"
     rounds_dir: str = ""
     nightly_cron: str = "0 3 * * *"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -24,6 +25,9 @@ class SamplingSpec:
     max_tokens: int = 256
     seed: int = 0
     logprobs: int | None = None  # top-k logprobs per token; None: no logprobs, cumulative_logprob may stay None
+    # A regular expression every completion must match, enforced by the engine while it samples (vLLM's
+    # structured output), as a judge's grade is; None: free text.
+    output_pattern: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
@@ -38,19 +42,27 @@ class SamplingSpec:
             raise ValueError("seed must be an integer >= 0")
         if self.logprobs is not None and (isinstance(self.logprobs, bool) or self.logprobs < 0):
             raise ValueError("logprobs must be None or an integer >= 0")
+        if self.output_pattern is not None:
+            try:
+                re.compile(self.output_pattern)
+            except re.error as e:
+                raise ValueError(f"output_pattern is not a regular expression: {e}") from None
 
     def prompt_seed(self, index: int) -> int:
         """The seed of the request for the `index`-th prompt of a batch."""
         return self.seed + index * self.n
 
     def to_payload(self) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "n": self.n,
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_tokens": self.max_tokens,
             "logprobs": self.logprobs,
         }
+        if self.output_pattern is not None:  # absent otherwise: the groups recorded before it keep their payloads
+            payload["output_pattern"] = self.output_pattern
+        return payload
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -1,4 +1,4 @@
-"""Scorers: the scorer port and the pure verifiers of checkable tasks (JSON, numeric answers)."""
+"""Scorers: the scorer port and the pure verifiers of checkable tasks (JSON, numeric answers); a failed check vetoes."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ SCORE_OUT_OF_RANGE = "score_out_of_range"
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Gives every completion of one prompt a value; name and version are recorded on every score."""
+    """Gives every completion of one prompt a value (NaN: no score); name and version are recorded on every
+    score."""
 
     @property
     def name(self) -> str: ...
@@ -39,8 +40,13 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Verdict:
-    value: float
+    """One scorer's judgement of one completion. A value of None is "no score": the scorer could not judge it
+    (say, a judge reply that does not parse), which is not the same as judging it bad."""
+
+    value: float | None
     reason: str = ""  # why, when the scorer could not judge normally or the answer failed a check
+    rationale: str = ""  # the scorer's own words for its value (a judge's)
+    veto: bool = False  # a failed check: the completion may never be the best of its group nor a chosen answer
 
 
 @runtime_checkable
@@ -48,6 +54,27 @@ class ExplainingScorer(Scorer, Protocol):
     """A scorer that can also say why each value is what it is."""
 
     def verdicts(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[Verdict]: ...
+
+
+@runtime_checkable
+class JudgingScorer(ExplainingScorer, Protocol):
+    """A model grading under a rubric: the model's name and the rubric's hash go on every score it gives."""
+
+    @property
+    def judge_model(self) -> str: ...
+
+    @property
+    def rubric_hash(self) -> str: ...
+
+
+# The absolute scale of each scorer whose values are bounded (a reward model's logits are not). Selection
+# thresholds are stated on the deciding scorer's scale; one off it is a configuration error.
+SCALES: dict[str, tuple[float, float]] = {
+    "json_format": (0.0, 1.0),
+    "numeric_answer": (0.0, 1.0),
+    "python_tests": (0.0, 1.0),
+    "llm_judge": (1.0, 10.0),
+}
 
 
 def short_hash(value: Any) -> str:
@@ -66,7 +93,7 @@ def _fenced_blocks(text: str) -> list[tuple[str, str]]:
 
 class JsonFormatVerifier:
     """1.0 when the completion is a JSON document (optionally inside one ```json fence) that validates against
-    the schema, 0.0 otherwise. With no schema any well-formed JSON passes."""
+    the schema, 0.0 and a veto otherwise. With no schema any well-formed JSON passes."""
 
     name = "json_format"
 
@@ -84,7 +111,7 @@ class JsonFormatVerifier:
         return [self._one(c) for c in completions]
 
     def score(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[float]:
-        return [v.value for v in self.verdicts(prompt_messages, completions)]
+        return [float(v.value or 0.0) for v in self.verdicts(prompt_messages, completions)]
 
     def _one(self, completion: str) -> Verdict:
         text = completion.strip()
@@ -94,12 +121,12 @@ class JsonFormatVerifier:
         try:
             document = json.loads(text)
         except ValueError as e:
-            return Verdict(value=0.0, reason=f"{INVALID_JSON}: {e}")
+            return Verdict(value=0.0, reason=f"{INVALID_JSON}: {e}", veto=True)
         if self._validator is not None:
             error = jsonschema.exceptions.best_match(self._validator.iter_errors(document))
             if error is not None:
                 where = "/".join(str(p) for p in error.absolute_path) or "(root)"
-                return Verdict(value=0.0, reason=f"{SCHEMA_VIOLATION}: {where}: {error.message}")
+                return Verdict(value=0.0, reason=f"{SCHEMA_VIOLATION}: {where}: {error.message}", veto=True)
         return Verdict(value=1.0)
 
 
@@ -121,7 +148,8 @@ def last_number(text: str) -> Decimal | None:
 
 
 class NumericAnswerVerifier:
-    """1.0 when the last number of the completion is within `tolerance` of the expected answer, else 0.0."""
+    """1.0 when the last number of the completion is within `tolerance` of the expected answer, else 0.0 and a
+    veto."""
 
     name = "numeric_answer"
 
@@ -141,15 +169,15 @@ class NumericAnswerVerifier:
         for c in completions:
             got = last_number(c)
             if got is None:
-                out.append(Verdict(value=0.0, reason=NO_NUMBER))
+                out.append(Verdict(value=0.0, reason=NO_NUMBER, veto=True))
             elif abs(got - self.expected) <= self.tolerance:
                 out.append(Verdict(value=1.0))
             else:
-                out.append(Verdict(value=0.0, reason=f"{WRONG_ANSWER}: {got}"))
+                out.append(Verdict(value=0.0, reason=f"{WRONG_ANSWER}: {got}", veto=True))
         return out
 
     def score(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[float]:
-        return [v.value for v in self.verdicts(prompt_messages, completions)]
+        return [float(v.value or 0.0) for v in self.verdicts(prompt_messages, completions)]
 
 
 def extract_code(completion: str) -> str:

@@ -36,11 +36,13 @@ async def project_candidates(cur: psycopg.AsyncCursor[Any], events: Sequence[Sto
 
 
 async def unselected(conn: psycopg.AsyncConnection, sample_id: str | None) -> list[dict[str, Any]]:
-    """Candidate groups without a selection yet (of one sample, or all), oldest first."""
+    """Candidate groups without a selection yet (of one sample, or all), oldest first, with the model version
+    that generated them."""
     where = "AND sample_id = %s::uuid" if sample_id else ""
     cur = await conn.execute(
-        "SELECT group_id::text, prompt_key, prompt, candidates FROM candidate_groups"
+        "SELECT group_id::text, prompt_key, prompt, candidates, model_version FROM candidate_groups"
         f" WHERE selected_position IS NULL {where} ORDER BY position",
         [sample_id] if sample_id else [],
     )
-    return [{"group_id": g, "prompt_key": k, "prompt": p, "candidates": c} for g, k, p, c in await cur.fetchall()]
+    return [{"group_id": g, "prompt_key": k, "prompt": p, "candidates": c, "model_version": m}
+            for g, k, p, c, m in await cur.fetchall()]

@@ -13,25 +13,23 @@ from flywheel.ports import BuilderBusy, EventLog, HardCaseStore
 from flywheel.services.build_round import Published
 from flywheel.services.generate import generate_candidates
 from flywheel.services.sample import sample_hard_cases
-from flywheel.services.select import select_candidates
+from flywheel.services.select import Scoring, select_candidates
 from sampling.generation import Generator, SamplingSpec
 from sampling.hardcases import SamplerConfig
-from sampling.selection import SelectionConfig
-from sampling.verifiers import Scorer
 
 log = logging.getLogger("flywheel.nightly")
 
 STEPS = ("sample", "generate", "select", "build")  # always in this order, whatever order they are listed in
 NO_GENERATOR = "skipped: no FLYWHEEL_GENERATOR_MODEL or FLYWHEEL_GENERATOR_URL"
-NO_REWARD_MODEL = "skipped: no FLYWHEEL_REWARD_MODEL"
+NO_SCORER = "skipped: no FLYWHEEL_REWARD_MODEL, FLYWHEEL_JUDGE_RUBRIC or FLYWHEEL_SELECT_CHECKS"
 
 
 async def run_nightly(
     steps: Sequence[str], *, store: HardCaseStore, budget: int, generator: Callable[[], Generator] | None,
-    scorer: Callable[[], Scorer] | None, build: Callable[[BuildRound], Awaitable[Published]],
+    scoring: Callable[[], Scoring] | None, build: Callable[[BuildRound], Awaitable[Published]],
     history: Callable[[], AbstractAsyncContextManager[EventLog]], run_id: str, started_at: str,
 ) -> dict[str, Any]:
-    """Run the listed steps; one whose adapter is not configured (`generator`, `scorer` None) is skipped with a
+    """Run the listed steps; one whose adapters are not configured (`generator`, `scoring` None) is skipped with a
     reason, and so is a build while another instance builds. The run is recorded in the log (`history`: a unit of
     work of its own, as the store may be what failed) as ok or failed with its error. Returns what each step did."""
     report: dict[str, Any] = {}
@@ -42,11 +40,12 @@ async def run_nightly(
         if "generate" in steps:
             report["generate"] = NO_GENERATOR if generator is None else await _generate(store, generator())
         if "select" in steps:
-            if scorer is None:
-                report["select"] = NO_REWARD_MODEL
+            if scoring is None:
+                report["select"] = NO_SCORER
             else:
-                s = await select_candidates(store, [scorer()], SelectionConfig())
-                report["select"] = {"groups": s.groups, "sft_samples": s.sft_samples, "pairs": s.pairs}
+                s = await select_candidates(store, scoring())
+                report["select"] = {"groups": s.groups, "sft_samples": s.sft_samples, "pairs": s.pairs,
+                                    "reasons": s.reasons, "not_judged": s.not_judged}
         if "build" in steps:
             try:
                 b = await build(BuildRound())

@@ -3,15 +3,55 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
 from flywheel.domain.events import CandidatesSelected
 from flywheel.ports import HardCaseStore, Progress
-from sampling.selection import ScoredCandidate, Selection, SelectionConfig, length_bias, score_group, select
+from sampling.judge import JudgeScorer
+from sampling.selection import (
+    Score,
+    ScoredCandidate,
+    Selection,
+    SelectionConfig,
+    length_bias,
+    score_group,
+    select,
+    threshold_problem,
+)
 from sampling.verifiers import Scorer
+
+
+class JudgeIsPolicy(ValueError):
+    """The judge would grade candidates its own model generated."""
+
+
+@runtime_checkable
+class Loadable(Protocol):
+    """A scorer that holds a model: loaded for a run that has groups to score, unloaded after."""
+
+    def load(self) -> None: ...
+
+    def unload(self) -> None: ...
+
+
+@dataclass(frozen=True, kw_only=True)
+class Scoring:
+    """What `select` judges with: scorers for every group, more for some (`scorers_for(prompt)`: the verifiers of
+    a checkable prompt, whose names are `check_names`), and the selection rules' config."""
+
+    config: SelectionConfig
+    scorers: Sequence[Scorer] = ()
+    scorers_for: Callable[[list[dict[str, Any]]], Sequence[Scorer]] | None = None
+    check_names: frozenset[str] = field(default_factory=frozenset)
+    judge_may_be_policy: bool = False  # let the judge grade groups its own model generated
+
+    @property
+    def names(self) -> frozenset[str]:
+        """Every scorer name a group may be scored by."""
+        return frozenset(s.name for s in self.scorers) | self.check_names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,50 +70,98 @@ def selector_version(scorers: Sequence[Scorer], config: SelectionConfig) -> str:
                         option=orjson.OPT_SORT_KEYS).decode()
 
 
+def score_payload(score: Score) -> dict[str, Any]:
+    """A score as the log holds it: scorer, version, value (null: no score) and reason, then only those of veto,
+    rationale, judge_model and rubric_hash that say something, so a reward model's scores keep their shape."""
+    payload = asdict(score)
+    for name in _SAID_ONLY_WHEN_SET:
+        if not payload[name]:
+            del payload[name]
+    return payload
+
+
+_SAID_ONLY_WHEN_SET = ("veto", "rationale", "judge_model", "rubric_hash")
+
+
 def selection_payload(selection: Selection) -> dict[str, Any]:
+    sft = None if selection.sft is None else {**asdict(selection.sft),
+                                               "scores": [score_payload(s) for s in selection.sft.scores]}
+    pair = None if selection.pair is None else {
+        **asdict(selection.pair), "chosen_scores": [score_payload(s) for s in selection.pair.chosen_scores],
+        "rejected_scores": [score_payload(s) for s in selection.pair.rejected_scores]}
     return {
-        "scores": [{"index": c.index, "scores": [asdict(s) for s in c.scores]} for c in selection.candidates],
-        "sft": None if selection.sft is None else asdict(selection.sft),
-        "pair": None if selection.pair is None else asdict(selection.pair),
+        "scores": [{"index": c.index, "scores": [score_payload(s) for s in c.scores]} for c in selection.candidates],
+        "sft": sft,
+        "pair": pair,
         "margin": selection.margin,
         "best_index": selection.best_index,
         "worst_index": selection.worst_index,
         "reasons": list(selection.reasons),
+        "decided_by": selection.decided_by,
+        "ranks": [{"index": i, "rank": r} for i, r in sorted(selection.ranks.items())],
+        "vetoed": list(selection.vetoed),
     }
 
 
 async def select_candidates(
-    store: HardCaseStore, scorers: Sequence[Scorer], config: SelectionConfig, *,
-    sample_id: str | None = None, progress: Progress | None = None,
-    scorers_for: Callable[[list[dict[str, Any]]], Sequence[Scorer]] | None = None,
+    store: HardCaseStore, scoring: Scoring, *, sample_id: str | None = None, progress: Progress | None = None,
 ) -> SelectOutcome:
     """Score every candidate group without a selection, apply RSFT and best-vs-worst selection, and
     record one CandidatesSelected event per group (the full scored group stays for RM/GRPO use).
-    `scorers_for(prompt)`: more scorers for one group (the verifiers of a checkable prompt). A group that
-    no scorer applies to (or not the deciding one) is not judged, so a later run with other scorers can."""
-    selections: list[Selection] = []
+    A group that no scorer applies to (or not the deciding one) is not judged, so a later run with other
+    scorers can. Before any model is loaded or anything recorded, every group is checked: its deciding scorer
+    must be known and the thresholds on its scale (else ValueError), and a judge must not grade a group its own
+    model generated unless `scoring.judge_may_be_policy` (else JudgeIsPolicy)."""
+    config = scoring.config
+    planned: list[tuple[dict[str, Any], list[Scorer]]] = []
     not_judged = 0
     for group in await store.unselected(sample_id):
-        group_scorers = [*scorers, *(scorers_for(group["prompt"]) if scorers_for else ())]
+        group_scorers = [*scoring.scorers, *(scoring.scorers_for(group["prompt"]) if scoring.scorers_for else ())]
         names = {s.name for s in group_scorers}
         if not names or (config.scorer is not None and config.scorer not in names):
             not_judged += 1
             if progress:
                 progress(1)
             continue
-        scored: tuple[ScoredCandidate, ...] = score_group(group_scorers, group["prompt"],
-                                                          [c["text"] for c in group["candidates"]])
-        selection = select(group["prompt"], scored, config)
-        version = selector_version(group_scorers, config)
-        await store.record([CandidatesSelected(group_id=group["group_id"], selector_version=version,
-                                               selection=selection_payload(selection))])
-        selections.append(selection)
-        if progress:
-            progress(1)
+        _check(group, group_scorers, scoring)
+        planned.append((group, group_scorers))
+
+    selections: list[Selection] = []
+    models = [s for s in scoring.scorers if isinstance(s, Loadable)] if planned else []
+    for s in models:
+        s.load()
+    try:
+        for group, group_scorers in planned:
+            scored: tuple[ScoredCandidate, ...] = score_group(group_scorers, group["prompt"],
+                                                              [c["text"] for c in group["candidates"]])
+            selection = select(group["prompt"], scored, config)
+            version = selector_version(group_scorers, config)
+            await store.record([CandidatesSelected(group_id=group["group_id"], selector_version=version,
+                                                   selection=selection_payload(selection))])
+            selections.append(selection)
+            if progress:
+                progress(1)
+    finally:
+        for s in models:
+            s.unload()
     reasons: dict[str, int] = {}
-    for s in selections:
-        for r in s.reasons:
+    for sel in selections:
+        for r in sel.reasons:
             reasons[r] = reasons.get(r, 0) + 1
     return SelectOutcome(groups=len(selections), sft_samples=sum(s.sft is not None for s in selections),
                          pairs=sum(s.pair is not None for s in selections), reasons=reasons,
                          length_bias=asdict(length_bias(selections)), not_judged=not_judged)
+
+
+def _check(group: dict[str, Any], scorers: Sequence[Scorer], scoring: Scoring) -> None:
+    deciding = scoring.config.deciding(s.name for s in scorers)
+    if deciding is not None and (problem := threshold_problem(scoring.config, deciding)):
+        raise ValueError(f"{problem}: state the thresholds on the deciding scorer's own scale")
+    if scoring.judge_may_be_policy:
+        return
+    for s in scorers:
+        if isinstance(s, JudgeScorer) and s.model_version == group.get("model_version"):
+            raise JudgeIsPolicy(
+                f"the judge ({s.judge_model}, version {s.model_version}) generated the candidates of group "
+                f"{group['group_id']}: a model grading its own answers favours them. Configure another judge "
+                "(FLYWHEEL_JUDGE_MODEL / FLYWHEEL_JUDGE_URL), or allow it with FLYWHEEL_JUDGE_MAY_BE_POLICY=true")

@@ -15,7 +15,8 @@ from sampling.generation import Candidate, CandidateGroup, Messages, SamplingSpe
 class OpenAIServerGenerator:
     """A vLLM OpenAI-compatible server: one `/v1/chat/completions` request with `n` per prompt.
 
-    Uses vLLM's `return_token_ids` extension for per-candidate token counts (the OpenAI `usage` only sums them).
+    Uses vLLM's `return_token_ids` extension for per-candidate token counts (the OpenAI `usage` only sums them), and
+    its `structured_outputs` extension for a spec's `output_pattern`.
     """
 
     name = "vllm-openai"
@@ -53,6 +54,8 @@ class OpenAIServerGenerator:
         if spec.logprobs is not None:
             body["logprobs"] = True
             body["top_logprobs"] = spec.logprobs
+        if spec.output_pattern is not None:
+            body["structured_outputs"] = {"regex": spec.output_pattern}
         return body
 
     def _post(self, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,8 @@ sys.stdout.write("\\n%s\\n")
 
 
 class PythonTestsVerifier:
-    """1.0 when the candidate's code followed by `tests_source` runs to the end within `timeout_s`, else 0.0.
+    """1.0 when the candidate's code followed by `tests_source` runs to the end within `timeout_s`, else 0.0 and a
+    veto.
 
     Each candidate runs in its own isolated interpreter (`python -I`) in a fresh temporary directory, with an
     empty environment and no standard input; on timeout its whole process group is killed. The tests share the
@@ -52,7 +53,7 @@ class PythonTestsVerifier:
         return [self._run(extract_code(c)) for c in completions]
 
     def score(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[float]:
-        return [v.value for v in self.verdicts(prompt_messages, completions)]
+        return [float(v.value or 0.0) for v in self.verdicts(prompt_messages, completions)]
 
     def _run(self, code: str) -> Verdict:
         with tempfile.TemporaryDirectory(prefix="flywheel-pytests-") as tmp:
@@ -73,11 +74,11 @@ class PythonTestsVerifier:
                     _kill_group(proc)  # on timeout, and children the solution left behind
             output = (root / "output.txt").read_bytes().decode("utf-8", errors="replace")
         if returncode is None:
-            return Verdict(value=0.0, reason=f"{TIMEOUT}: after {self.timeout_s:g}s")
+            return Verdict(value=0.0, reason=f"{TIMEOUT}: after {self.timeout_s:g}s", veto=True)
         if returncode == 0 and output.rstrip().endswith(self._marker):
             return Verdict(value=1.0)
         tail = output[-self.output_limit:].strip()
-        return Verdict(value=0.0, reason=f"{TESTS_FAILED}: exit {returncode}: {tail}")
+        return Verdict(value=0.0, reason=f"{TESTS_FAILED}: exit {returncode}: {tail}", veto=True)
 
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -91,6 +91,7 @@ class VLLMGenerator:
 
     def sampling_params(self, spec: SamplingSpec, seed: int) -> SamplingParams:
         from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
 
         return SamplingParams(
             n=spec.n,
@@ -99,6 +100,8 @@ class VLLMGenerator:
             max_tokens=spec.max_tokens,
             seed=seed,
             logprobs=spec.logprobs,
+            structured_outputs=(None if spec.output_pattern is None
+                                else StructuredOutputsParams(regex=spec.output_pattern)),
         )
 
     def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,

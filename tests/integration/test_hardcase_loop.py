@@ -10,7 +10,7 @@ from flywheel.bootstrap import hard_cases
 from flywheel.domain.events import CandidatesGenerated
 from flywheel.domain.signals import SignalConfig
 from flywheel.services.sample import sample_hard_cases
-from flywheel.services.select import select_candidates
+from flywheel.services.select import Scoring, select_candidates
 from flywheel.settings import Endpoints
 from flywheel.simulator import generate
 from sampling.generation import Candidate, CandidateGroup, SamplingSpec
@@ -66,16 +66,16 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
     assert in_store(url, lambda conn: record(conn, events)) == []  # a re-run appends nothing
 
     selection = SelectionConfig(sft_threshold=1.0, min_margin=0.5, length_guard_margin=0.5)
-    out = in_store(url, lambda conn: select_candidates(hard_cases(conn), [JsonFormatVerifier()], selection))
+    plan = Scoring(config=selection, scorers=[JsonFormatVerifier()])
+    out = in_store(url, lambda conn: select_candidates(hard_cases(conn), plan))
     assert (out.groups, out.sft_samples, out.pairs) == (2, 1, 1)
-    assert out.reasons == {"tie": 1, "below_sft_threshold": 1}  # "same" x3 is not JSON: all score 0
+    assert out.reasons == {"all_vetoed": 1}  # "same" x3 is not JSON: every one fails the check
     rows = query(url, "SELECT selection #>> '{pair,chosen}', selection #>> '{pair,rejected}', margin,"
                       " selection -> 'reasons' FROM candidate_groups WHERE selected_position IS NOT NULL"
                       " ORDER BY position")
     # among the equally bad, the longer one is the rejected (the tie-break leans against length bias)
-    assert rows[0][:3] == ('{"answer": 42}', "forty-two, I think", 1.0) and "tie" in rows[1][3]
-    assert in_store(url, lambda conn: select_candidates(hard_cases(conn), [JsonFormatVerifier(
-        )], selection)).groups == 0
+    assert rows[0][:3] == ('{"answer": 42}', "forty-two, I think", 1.0) and rows[1][3] == ["all_vetoed"]
+    assert in_store(url, lambda conn: select_candidates(hard_cases(conn), plan)).groups == 0
 
     drifts = {d.table: (d.missing, d.extra) for d in in_store(url, lambda conn: check(conn, SignalConfig()))}
     assert drifts["candidate_groups"] == (0, 0) and all(v == (0, 0) for v in drifts.values())

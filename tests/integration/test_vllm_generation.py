@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -12,11 +13,14 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 pytest.importorskip("vllm")
 
+from flywheel.bootstrap import make_judge  # noqa: E402
+from flywheel.bootstrap import nightly as run_nightly_steps  # noqa: E402
 from flywheel.domain.events import CandidatesGenerated  # noqa: E402
 from flywheel.domain.signals import prompt_key  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
@@ -28,6 +32,8 @@ from sampling.generation import (  # noqa: E402
     CandidateGroup,
     SamplingSpec,
 )
+from sampling.selection import NO_SCORED_CANDIDATES, SelectionConfig, score_group, select  # noqa: E402
+from sampling.verifiers import UNPARSEABLE_JUDGEMENT  # noqa: E402
 from store.db import connect_sync  # noqa: E402
 from store.projections import record  # noqa: E402
 from tests.conftest import settings_env  # noqa: E402
@@ -212,30 +218,115 @@ def test_server_load_refuses_an_unknown_model(server: str) -> None:
         OpenAIServerGenerator(server, "no-such-model", MODEL_VERSION).load()
 
 
-def test_select_grades_with_an_llm_judge_through_the_server(server: str, settings: Settings, tmp_path: Path) -> None:
-    """`flywheel select --judge-rubric`: every candidate gets the judge's grade (or why it has none), under a
-    version naming the judge model and the rubric."""
-    group = CandidateGroup(prompt=tuple(QUESTION), candidates=tuple(
-        Candidate(text=t, token_count=1, cumulative_logprob=None, finish_reason="stop") for t in ("4", "5", "four")),
-        spec=SamplingSpec(n=3, seed=1), seed=1, model_version=MODEL_VERSION, prompt_tokens=5, generator="vllm")
-    case = {"prompt_key": prompt_key(QUESTION), "app_id": "app-a", "tags": []}
+def record_group(settings: Settings, prompt: list[dict[str, str]], texts: list[str],
+                 model_version: str = MODEL_VERSION) -> None:
+    group = CandidateGroup(prompt=tuple(prompt), candidates=tuple(
+        Candidate(text=t, token_count=1, cumulative_logprob=None, finish_reason="stop") for t in texts),
+        spec=SamplingSpec(n=len(texts), seed=1), seed=1, model_version=model_version, prompt_tokens=5,
+        generator="vllm")
+    case = {"prompt_key": prompt_key(prompt), "app_id": "app-a", "tags": []}
     in_store(settings.database_url, lambda conn: record(
         conn, [CandidatesGenerated.for_case(str(uuid.uuid4()), case, group.to_event_payload())]))
+
+
+def selections(settings: Settings) -> list[tuple[dict[str, Any], str]]:
+    with connect_sync(settings.database_url) as conn:
+        return [(s, v) for s, v in conn.execute(
+            "SELECT g.selection, e.data ->> 'selector_version' FROM candidate_groups g"
+            " JOIN events e ON e.position = g.selected_position ORDER BY g.position").fetchall()]
+
+
+def assert_every_grade_parsed(selection: dict[str, Any], judge_model: str) -> None:
+    """A tiny random model held to the structured output still gives a grade for every candidate."""
+    grades = [s for c in selection["scores"] for s in c["scores"] if s["scorer"] == "llm_judge"]
+    assert grades and all(s["reason"] == "" and s["value"] in range(1, 11) for s in grades), grades
+    assert all(isinstance(s.get("rationale", ""), str) and s["judge_model"] == judge_model and s["rubric_hash"]
+               for s in grades)
+
+
+def test_select_grades_with_the_judge_through_the_server_and_refuses_the_policy_as_judge(
+    server: str, settings: Settings, tmp_path: Path,
+) -> None:
+    """`flywheel select --judge-rubric`: the judge is FLYWHEEL_JUDGE_URL/_MODEL. Here it serves the policy too, so
+    it is refused until allowed; then every candidate has a grade, its rationale, the judge's name and version and
+    the rubric's hash."""
+    record_group(settings, QUESTION, ["4", "5", "four"])
     rubric = tmp_path / "rubric.txt"
     rubric.write_text("Reward correct arithmetic.\n")
-    judged = settings.model_copy(update={"generator_url": server, "generator_model": "tiny",
+    judged = settings.model_copy(update={"judge_url": server, "judge_model": "tiny", "judge_rationale_chars": 40,
+                                         "generator_url": server, "generator_model": "tiny",
                                          "generator_model_version": MODEL_VERSION})
-    done = subprocess.run([sys.executable, "-m", "flywheel", "select", "--judge-rubric", str(rubric), "--json"],
-                          env=settings_env(judged), capture_output=True, text=True, timeout=300)
+    command = [sys.executable, "-m", "flywheel", "select", "--judge-rubric", str(rubric), "--sft-threshold", "5",
+               "--min-margin", "1", "--json"]
+    refused = subprocess.run(command, env=settings_env(judged), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and "the judge is the policy" in refused.stderr
+    assert "FLYWHEEL_JUDGE_MAY_BE_POLICY" in refused.stderr and selections(settings) == []
+
+    done = subprocess.run([*command, "--judge-may-be-policy"], env=settings_env(judged), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["groups"] == 1
-    with connect_sync(settings.database_url) as conn:
-        [(selection, version)] = conn.execute(
-            "SELECT g.selection, e.data ->> 'selector_version' FROM candidate_groups g"
-            " JOIN events e ON e.position = g.selected_position").fetchall()
-    scores = [c["scores"] for c in selection["scores"]]
-    assert [[s["scorer"] for s in c] for c in scores] == [["llm_judge"]] * 3
-    assert all(s["version"].startswith(f"1+{MODEL_VERSION}+rubric.") for c in scores for s in c)
-    # the tiny random model rarely writes a grade: then the value is 0 and the reason says why
-    assert all(1 <= s["value"] <= 10 or (s["value"] == 0 and s["reason"]) for c in scores for s in c)
-    assert f"llm_judge@1+{MODEL_VERSION}+rubric." in version
+    [(selection, version)] = selections(settings)
+    assert [[s["scorer"] for s in c["scores"]] for c in selection["scores"]] == [["llm_judge"]] * 3
+    assert_every_grade_parsed(selection, "tiny")
+    assert all(s["version"].startswith("2+tiny+rubric.") for c in selection["scores"] for s in c["scores"])
+    assert selection["decided_by"] == "llm_judge" and len(selection["ranks"]) == 3
+    assert "llm_judge@2+tiny+rubric." in version
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny model (other weights than the policy), to judge it."""
+    return tiny_model.ensure(tmp_path_factory.getbasetemp() / "tiny-judge", seed=1)
+
+
+def test_an_in_process_judge_gives_parseable_grades_and_a_reply_that_breaks_the_format_is_no_score(
+    judge_dir: Path, policy_dir: Path,
+) -> None:
+    judge = make_judge(Settings(judge_model=str(judge_dir), generator_model=str(policy_dir),
+                                generator_model_version=MODEL_VERSION, judge_rationale_chars=40),
+                       "Reward correct arithmetic.")
+    assert isinstance(judge.generator, VLLMGenerator)
+    judge.generator.kv_cache_memory_bytes = KV_CACHE_BYTES
+    judge.load()
+    try:
+        graded = score_group([judge], QUESTION, ["4", "5", "four", "The answer is 4."])
+        assert all(c.scores[0].value in range(1, 11) and c.scores[0].reason == "" for c in graded), graded
+        assert all(c.scores[0].judge_model == str(judge_dir) and c.scores[0].rubric_hash for c in graded)
+
+        # The same engine cut short after 3 tokens: its replies break the format, so they are no score, and
+        # the group makes neither an SFT sample nor a pair.
+        judge.spec = dataclasses.replace(judge.spec, max_tokens=3)
+        broken = score_group([judge], QUESTION, ["4", "5"])
+    finally:
+        judge.unload()
+    assert [c.scores[0].value for c in broken] == [None, None]
+    assert [c.scores[0].reason for c in broken] == [UNPARSEABLE_JUDGEMENT] * 2
+    nothing = select(QUESTION, broken, SelectionConfig(scorer="llm_judge", sft_threshold=1, min_margin=1,
+                                                       length_guard_margin=1))
+    assert (nothing.sft, nothing.pair, nothing.reasons) == (None, None, (NO_SCORED_CANDIDATES,))
+
+
+def test_the_nightly_select_grades_with_the_judge_and_the_checks_veto(
+    server: str, settings: Settings, tmp_path: Path,
+) -> None:
+    """The judge is the server's model, the groups another model's: the nightly select grades every candidate, and
+    of a checkable prompt only the right answer can be the best, whatever its grade."""
+    right = "The answer is 4."
+    record_group(settings, QUESTION, ["It is 5.", right, "no idea"], model_version="other-policy@v2")
+    record_group(settings, CHAT, ["Rain.", "Rain on the roof."], model_version="other-policy@v2")
+    rubric, checks = tmp_path / "rubric.txt", tmp_path / "checks.jsonl"
+    rubric.write_text("Reward correct, brief answers.\n")
+    checks.write_text(json.dumps({"prompt": QUESTION[0]["content"], "answer": 4}) + "\n")
+    nightly = settings.model_copy(update={
+        "nightly_steps": "select", "judge_url": server, "judge_model": "tiny", "judge_rationale_chars": 40,
+        "judge_rubric": str(rubric), "select_checks": str(checks), "select_decide_by": "llm_judge",
+        "select_sft_threshold": 1.0, "select_min_margin": 1.0})
+    report = run_nightly_steps(nightly)
+    assert report["select"]["groups"] == 2 and report["select"]["not_judged"] == 0
+    (checked, _), (free, _) = selections(settings)
+    assert_every_grade_parsed(checked, "tiny")
+    assert_every_grade_parsed(free, "tiny")
+    assert checked["vetoed"] == [0, 2] and checked["best_index"] == 1
+    assert checked["sft"]["messages"][-1] == {"role": "assistant", "content": right}
+    assert checked["pair"] is None or checked["pair"]["chosen"] == right

@@ -99,6 +99,7 @@ def test_prompt_seed_depends_only_on_spec_and_index() -> None:
         {"max_tokens": 0},
         {"seed": -1},
         {"logprobs": -1},
+        {"output_pattern": "(unclosed"},
     ],
 )
 def test_spec_rejects_bad_values(kwargs: dict[str, object]) -> None:
@@ -146,7 +147,16 @@ def test_server_request_body_asks_for_n_in_one_request() -> None:
         "top_logprobs": 2,
     }
     assert "logprobs" not in gen.request_body(PROMPT, SamplingSpec(), 0)
+    assert "structured_outputs" not in body
     assert gen.base_url == "http://127.0.0.1:8000"
+
+
+def test_an_output_pattern_asks_the_engine_for_structured_output() -> None:
+    spec = SamplingSpec(n=1, temperature=0.0, max_tokens=40, output_pattern=r"[0-9]{1,2}")
+    body = OpenAIServerGenerator("http://127.0.0.1:8000", "judge", "v1").request_body(PROMPT, spec, 0)
+    assert body["structured_outputs"] == {"regex": r"[0-9]{1,2}"}
+    assert spec.to_payload()["output_pattern"] == r"[0-9]{1,2}"
+    assert "output_pattern" not in SamplingSpec().to_payload()  # the payloads of policy groups are unchanged
 
 
 def test_server_response_becomes_a_group() -> None:
@@ -197,8 +207,8 @@ class FakeGenerator:
         return [
             group(
                 prompt=tuple(p),
-                candidates=(Candidate(text=f"Score: {i + 1}", token_count=3, cumulative_logprob=None,
-                                      finish_reason="stop"),),
+                candidates=(Candidate(text=f'{{"rationale": "", "score": {i + 1}}}', token_count=3,
+                                      cumulative_logprob=None, finish_reason="stop"),),
                 spec=spec,
                 seed=spec.prompt_seed(i),
             )
@@ -209,7 +219,8 @@ class FakeGenerator:
 def test_candidate_groups_drive_the_llm_judge() -> None:
     fake = FakeGenerator()
     assert isinstance(fake, Generator)
-    judge = JudgeScorer(fake, "Be strict.", SamplingSpec(n=1, temperature=0.0, max_tokens=16))
+    judge = JudgeScorer(fake, "Be strict.", SamplingSpec(n=1, temperature=0.0, max_tokens=16), model="fake",
+                        model_version=fake.model_version)
     assert judge.score([dict(m) for m in PROMPT], ["x", "y", "z"]) == [1.0, 2.0, 3.0]
 
 

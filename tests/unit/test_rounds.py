@@ -8,7 +8,7 @@ import tempfile
 import tracemalloc
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from flywheel.domain.rounds import (
     split_of,
 )
 from flywheel.domain.signals import KTOLabel, PreferencePair, SFTSample
+from flywheel.services.select import selection_payload
 from sampling.selection import Score, ScoredCandidate, SelectionConfig, select
 
 # ---- a benchmark item and its paraphrases (the canaries) ----
@@ -215,9 +216,7 @@ def _selected_group(nested: bool) -> dict[str, Any]:
     candidates = [ScoredCandidate(index=i, text=t, scores=(Score(scorer="rm", version="7", value=v),))
                   for i, (t, v) in enumerate([("It is 41.", 0.1), ("It is 42.", 0.9), ("Maybe 40?", 0.5)])]
     s = select(prompt, candidates, SelectionConfig())
-    selection = {"scores": [{"index": c.index, "scores": [asdict(x) for x in c.scores]} for c in s.candidates],
-                 "sft": None if s.sft is None else asdict(s.sft), "pair": None if s.pair is None else asdict(s.pair),
-                 "margin": s.margin, "reasons": list(s.reasons)}
+    selection = selection_payload(s)
     group: dict[str, Any] = {
         "group_id": "g-1", "prompt_key": s.prompt_key, "model_version": "m-2", "generator": "vllm", "prompt": prompt,
         "candidates": [{"index": i, "text": c.text, "finish_reason": "length" if i == 2 else "stop"}

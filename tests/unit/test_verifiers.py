@@ -9,9 +9,11 @@ from typing import Any
 
 import jsonschema
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sampling.adapters.test_runner import PythonTestsVerifier
-from sampling.judge import JudgeScorer, parse_judgement
+from sampling.judge import JudgeScorer, judgement_max_tokens, judgement_pattern, parse_judgement
 from sampling.verifiers import (
     INVALID_JSON,
     NO_JUDGEMENT,
@@ -133,7 +135,7 @@ def test_python_tests_time_out_and_the_process_is_killed() -> None:
     started = time.monotonic()
     verdicts = v.verdicts(PROMPT, ["def add(a, b):\n    while True:\n        pass\n"])
     assert time.monotonic() - started < 10
-    assert verdicts == [Verdict(value=0.0, reason=f"{TIMEOUT}: after 1s")]
+    assert verdicts == [Verdict(value=0.0, reason=f"{TIMEOUT}: after 1s", veto=True)]
 
 
 def test_python_tests_cannot_be_skipped_by_exiting_early() -> None:
@@ -183,51 +185,81 @@ class FakeGenerator:
         return [FakeGroup(() if r is None else (FakeCandidate(r),)) for r in self.replies[:len(prompts)]]
 
 
-@pytest.mark.parametrize(("reply", "value", "reason"), [
-    ("The answer is correct and concise.\nScore: 8", 8.0, ""),
-    ("**Score:** 7/10", 7.0, ""),
-    ("score = 9.5", 9.5, ""),
-    ("Score: 3\nOn reflection... Score: 6", 6.0, ""),
-    ("10", 10.0, ""),
-    ("4/10", 4.0, ""),
-    ("I would give it a solid B+.", 0.0, UNPARSEABLE_JUDGEMENT),
-    ("", 0.0, UNPARSEABLE_JUDGEMENT),
-    ("Score: 11", 0.0, f"{SCORE_OUT_OF_RANGE}: 11"),
-    ("Score: 0", 0.0, f"{SCORE_OUT_OF_RANGE}: 0"),
+@pytest.mark.parametrize(("reply", "value", "reason", "rationale"), [
+    ('{"rationale": "Correct and concise.", "score": 8}', 8.0, "", "Correct and concise."),
+    ('{"score": 10, "rationale": ""}', 10.0, "", ""),
+    ('{"rationale": "Off by one.", "score": 1}', 1.0, "", "Off by one."),
+    # a reply that breaks the format is no score, never 0
+    ("The answer is correct and concise.\nScore: 8", None, UNPARSEABLE_JUDGEMENT, ""),
+    ('{"rationale": "Correct.", "score": 8', None, UNPARSEABLE_JUDGEMENT, ""),  # cut short by max_tokens
+    ('{"r', None, UNPARSEABLE_JUDGEMENT, ""),
+    ('{"rationale": "Correct."}', None, UNPARSEABLE_JUDGEMENT, ""),
+    ('{"rationale": "Correct.", "score": "9"}', None, UNPARSEABLE_JUDGEMENT, ""),
+    ('{"rationale": "Correct.", "score": 7.5}', None, UNPARSEABLE_JUDGEMENT, ""),
+    ('{"rationale": "Correct.", "score": true}', None, UNPARSEABLE_JUDGEMENT, ""),
+    ('{"rationale": 3, "score": 9}', None, UNPARSEABLE_JUDGEMENT, ""),
+    ("[9]", None, UNPARSEABLE_JUDGEMENT, ""),
+    ("", None, UNPARSEABLE_JUDGEMENT, ""),
+    ('{"rationale": "Superb.", "score": 11}', None, f"{SCORE_OUT_OF_RANGE}: 11", "Superb."),
+    ('{"rationale": "Awful.", "score": 0}', None, f"{SCORE_OUT_OF_RANGE}: 0", "Awful."),
 ])
-def test_parse_judgement(reply: str, value: float, reason: str) -> None:
-    assert parse_judgement(reply) == Verdict(value=value, reason=reason)
+def test_parse_judgement(reply: str, value: float | None, reason: str, rationale: str) -> None:
+    assert parse_judgement(reply) == Verdict(value=value, reason=reason, rationale=rationale)
+
+
+@given(st.data())
+def test_every_reply_the_structured_output_admits_parses_and_fits_its_token_budget(data: st.DataObject) -> None:
+    chars = data.draw(st.integers(min_value=0, max_value=60))
+    reply = data.draw(st.from_regex(judgement_pattern(chars), fullmatch=True))
+    verdict = parse_judgement(reply)
+    assert verdict.value is not None and 1 <= verdict.value <= 10 and verdict.reason == ""
+    assert len(verdict.rationale) <= chars
+    assert len(reply) < judgement_max_tokens(chars)  # every token is at least one character
+
+
+def test_the_structured_output_refuses_what_would_not_parse() -> None:
+    import re
+
+    pattern = re.compile(judgement_pattern(20))
+    assert pattern.fullmatch('{"rationale": "Fine.", "score": 7}')
+    for reply in ['{"rationale": "Fine.", "score": 11}', '{"rationale": "Fine.", "score": 0}',
+                  '{"rationale": "a \\"quoted\\" word", "score": 7}', '{"rationale": "' + "x" * 21 + '", "score": 7}',
+                  'Score: 7']:
+        assert not pattern.fullmatch(reply), reply
 
 
 def test_judge_asks_the_generator_once_per_group_and_parses_each_reply() -> None:
-    generator = FakeGenerator(["Score: 9", "no idea", None])
+    generator = FakeGenerator(['{"rationale": "Right.", "score": 9}', "no idea", None])
     spec = {"model": "judge-1", "n": 1, "temperature": 0.0}
-    judge = JudgeScorer(generator, "Reward correct arithmetic.", spec)
+    judge = JudgeScorer(generator, "Reward correct arithmetic.", spec, model="judge-1", model_version="v1")
     verdicts = judge.verdicts([{"role": "user", "content": "6*7?"}], ["42", "41", "40"])
 
-    assert verdicts == [Verdict(value=9.0), Verdict(value=0.0, reason=UNPARSEABLE_JUDGEMENT),
-                        Verdict(value=0.0, reason=NO_JUDGEMENT)]
+    assert verdicts == [Verdict(value=9.0, rationale="Right."), Verdict(value=None, reason=UNPARSEABLE_JUDGEMENT),
+                        Verdict(value=None, reason=NO_JUDGEMENT)]
     assert len(generator.calls) == 1
     prompts, used_spec = generator.calls[0]
     assert used_spec is spec
     assert len(prompts) == 3
     assert prompts[0][0]["role"] == "system" and "Reward correct arithmetic." in prompts[0][0]["content"]
-    assert "Score: N" in prompts[0][0]["content"]
+    assert '"score"' in prompts[0][0]["content"] and '"rationale"' in prompts[0][0]["content"]
     assert "6*7?" in prompts[1][1]["content"] and prompts[1][1]["content"].endswith("Response to grade:\n41")
     assert judge.score([{"role": "user", "content": "6*7?"}], []) == []
 
 
-def test_judge_version_follows_the_rubric() -> None:
-    a = JudgeScorer(FakeGenerator([]), "rubric A", None)
-    assert a.name == "llm_judge"
-    assert a.version == JudgeScorer(FakeGenerator([]), "rubric A", None).version
-    assert a.version != JudgeScorer(FakeGenerator([]), "rubric B", None).version
-    assert JudgeScorer(FakeGenerator([]), "rubric A", None, version="judge-70b").version.startswith("judge-70b+")
+def test_judge_version_follows_the_format_the_model_and_the_rubric() -> None:
+    def judge(rubric: str, version: str = "v1") -> JudgeScorer:
+        return JudgeScorer(FakeGenerator([]), rubric, None, model="judge-70b", model_version=version)
+
+    a = judge("rubric A")
+    assert a.name == "llm_judge" and a.judge_model == "judge-70b"
+    assert a.version == judge("rubric A").version == f"2+v1+rubric.{a.rubric_hash}"
+    assert a.version != judge("rubric B").version and a.rubric_hash != judge("rubric B").rubric_hash
+    assert a.version != judge("rubric A", "v2").version
 
 
 def test_all_verifiers_satisfy_the_scorer_protocols() -> None:
     scorers = [JsonFormatVerifier(), NumericAnswerVerifier("1"), PythonTestsVerifier("pass"),
-               JudgeScorer(FakeGenerator([]), "r", None)]
+               JudgeScorer(FakeGenerator([]), "r", None, model="j", model_version="1")]
     for s in scorers:
         assert isinstance(s, Scorer) and isinstance(s, ExplainingScorer)
         assert s.name and s.version

@@ -130,100 +130,63 @@ def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
 
 
-def _scorers(settings: Settings, *, verify_json: bool) -> list[Any]:
-    from sampling.verifiers import JsonFormatVerifier
-
-    scorers: list[Any] = []
-    if settings.reward_model:
-        from sampling.adapters.reward_model import RewardModelScorer
-
-        scorers.append(RewardModelScorer(settings.reward_model))
-    if verify_json:
-        scorers.append(JsonFormatVerifier())
-    return scorers
-
-
-def _judge(settings: Settings, rubric_file: Path | None) -> Any:
-    """An LLM judge through the configured generator (FLYWHEEL_GENERATOR_URL or _MODEL), or None."""
-    if rubric_file is None:
-        return None
-    from sampling.generation import SamplingSpec
-    from sampling.judge import JudgeScorer
-
-    try:
-        rubric = rubric_file.read_text(encoding="utf-8")
-    except OSError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    if not rubric.strip():
-        typer.echo(f"error: {rubric_file}: the rubric is empty", err=True)
-        raise typer.Exit(2)
-    # Greedy and short: a grade is one line; the judge model's version is part of the scorer's.
-    return JudgeScorer(_generator(settings), rubric, SamplingSpec(n=1, temperature=0.0, max_tokens=24, seed=0),
-                       version=f"1+{settings.generator_model_version}")
-
-
-def _checks(path: Path | None) -> Any:
-    from sampling.adapters.checks import Checks, load_checks
-
-    if path is None:
-        return Checks()
-    try:
-        return load_checks(path)
-    except (OSError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-
-
 def select_cmd(
-    min_margin: float = typer.Option(0.2, help="Smallest best-vs-worst margin that makes a DPO pair."),
-    sft_threshold: float = typer.Option(0.8, help="Smallest best-of-n score that makes an SFT sample."),
+    min_margin: float = typer.Option(None, help="Smallest best-vs-worst margin that makes a DPO pair, on the "
+                                     "deciding scorer's scale (default FLYWHEEL_SELECT_MIN_MARGIN, 0.2)."),
+    sft_threshold: float = typer.Option(None, help="Smallest best-of-n value that makes an SFT sample, on the "
+                                        "deciding scorer's scale (default FLYWHEEL_SELECT_SFT_THRESHOLD, 0.8)."),
     verify_json: bool = typer.Option(False, "--verify-json", help="Also score with the JSON format verifier."),
     checks_file: Path = typer.Option(None, "--checks", help="JSONL of checkable prompts: {prompt, answer"
-                                     "[, tolerance]} or {prompt, tests[, timeout_s]} (sampling/adapters/checks.py)."),
-    judge_rubric: Path = typer.Option(None, "--judge-rubric", help="Also grade with an LLM judge under this "
-                                      "rubric (a text file), through the configured generator."),
-    decide_by: str = typer.Option(None, "--decide-by", help="The scorer whose value decides (default: the "
-                                  "mean of a candidate's scores), e.g. numeric_answer or reward_model."),
+                                     "[, tolerance]} or {prompt, tests[, timeout_s]} (sampling/adapters/checks.py); "
+                                     "default FLYWHEEL_SELECT_CHECKS."),
+    judge_rubric: Path = typer.Option(None, "--judge-rubric", help="Also grade with the LLM judge "
+                                      "(FLYWHEEL_JUDGE_MODEL / FLYWHEEL_JUDGE_URL) under this rubric (a text "
+                                      "file); default FLYWHEEL_JUDGE_RUBRIC."),
+    judge_may_be_policy: bool = typer.Option(False, "--judge-may-be-policy", help="Let the judge grade candidates "
+                                             "its own model generated (refused by default)."),
+    decide_by: str = typer.Option(None, "--decide-by", help="The scorer on whose scale the thresholds are "
+                                  "(needed when scorers on several scales judge a group), e.g. numeric_answer, "
+                                  "llm_judge or reward_model; default FLYWHEEL_SELECT_DECIDE_BY."),
     sample_id: str = typer.Option(None, "--sample", help="Only groups of this sample."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Score unselected candidate groups; RSFT best-of-n and best-vs-worst pairs, recorded as events.
-    Scorers: the reward model (FLYWHEEL_REWARD_MODEL), --verify-json, --judge-rubric, and the verifiers
-    of --checks for the groups whose prompt a check names."""
-    from sampling.selection import SelectionConfig
+    Scorers: the reward model (FLYWHEEL_REWARD_MODEL), --verify-json, the judge (--judge-rubric), and the
+    verifiers of --checks for the groups whose prompt a check names. Best and worst are picked by rank within
+    the group over all scorers; a failed check vetoes a candidate; thresholds are on the deciding scorer's scale."""
+    from flywheel.bootstrap import scoring
 
-    settings = _settings()
-    config = SelectionConfig(sft_threshold=sft_threshold, min_margin=min_margin,
-                             length_guard_margin=max(min_margin, 0.4), scorer=decide_by)
-    scorers = _scorers(settings, verify_json=verify_json)
-    checks = _checks(checks_file)
-    judge = _judge(settings, judge_rubric)
-    if judge is not None:
-        scorers.append(judge)
-    if not scorers and not checks.by_prompt:
+    overrides: dict[str, Any] = {"select_min_margin": min_margin, "select_sft_threshold": sft_threshold,
+                                 "select_checks": checks_file and str(checks_file),
+                                 "judge_rubric": judge_rubric and str(judge_rubric), "select_decide_by": decide_by,
+                                 "judge_may_be_policy": judge_may_be_policy or None}
+    settings = _settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    try:
+        plan = scoring(settings, verify_json=verify_json)
+    except (OSError, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if not plan.names:
         typer.echo("error: no scorer: set FLYWHEEL_REWARD_MODEL, or pass --verify-json, --judge-rubric or "
                    "--checks", err=True)
         raise typer.Exit(2)
-    names = {s.name for s in scorers} | {v.name for vs in checks.by_prompt.values() for v in vs}
-    if decide_by is not None and decide_by not in names:
-        typer.echo(f"error: --decide-by {decide_by}: no such scorer configured (have: {', '.join(sorted(names))})",
+    decider = plan.config.scorer
+    if decider is not None and decider not in plan.names:
+        typer.echo(f"error: --decide-by {decider}: no such scorer configured (have: {', '.join(sorted(plan.names))})",
                    err=True)
         raise typer.Exit(2)
-    if judge is not None:
-        judge.generator.load()
     try:
-        out = _select(scorers, config, sample_id, checks)
-    finally:
-        if judge is not None:
-            judge.generator.unload()
+        out = _select(plan, sample_id)
+    except ValueError as e:  # a group no threshold can be read for, or a judge grading its own model's answers
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
     data = {"groups": out.groups, "sft_samples": out.sft_samples, "pairs": out.pairs, "reasons": out.reasons,
             "length_bias": out.length_bias, "not_judged": out.not_judged}
     _print(data, as_json, f"{out.groups} groups: {out.sft_samples} SFT samples, {out.pairs} DPO pairs; "
                           f"not selected: {out.reasons or 'none'}; left for other scorers: {out.not_judged}")
 
 
-def _select(scorers: list[Any], config: Any, sample_id: str | None, checks: Any) -> Any:
+def _select(plan: Any, sample_id: str | None) -> Any:
     from flywheel.bootstrap import hard_cases
     from flywheel.services.select import select_candidates
 
@@ -232,5 +195,5 @@ def _select(scorers: list[Any], config: Any, sample_id: str | None, checks: Any)
             bar.length = max(bar.length or 0, bar.pos + k)
             bar.update(k)
 
-        return _in_store(lambda conn: select_candidates(hard_cases(conn), scorers, config, sample_id=sample_id,
-                                                        progress=advance, scorers_for=checks.for_prompt))
+        return _in_store(lambda conn: select_candidates(hard_cases(conn), plan, sample_id=sample_id,
+                                                        progress=advance))
