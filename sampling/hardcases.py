@@ -46,7 +46,9 @@ class PromptCandidate:
     regenerations: int = 0
     edits: int = 0  # substantive edits only
     disagreements: int = 0
-    prior_reward_margin: float | None = None  # best-vs-worst reward margin from an earlier round, if any
+    # best-vs-worst margin of an earlier selection, as a share of its deciding scorer's scale (a reward model's
+    # margin as it is), if any; at or below 0 (a tie, or the decider against the ranks) it is as hard as it gets
+    prior_reward_margin: float | None = None
     text: str  # what near-duplicate detection compares: see prompt_text()
     last_position: int  # event-log position of the newest event that went into this record
 
@@ -249,7 +251,7 @@ def score(candidate: PromptCandidate, cluster_size: int, config: SamplerConfig) 
     less than the first, and one viral prompt should not outrank everything else."""
     margin = 0.0
     if candidate.prior_reward_margin is not None:
-        margin = max(0.0, 1.0 - abs(candidate.prior_reward_margin) / config.reward_margin_scale)
+        margin = max(0.0, 1.0 - max(candidate.prior_reward_margin, 0.0) / config.reward_margin_scale)
     parts = {
         "thumbs_down": config.weight_thumbs_down * math.log1p(max(0, candidate.thumbs_down)),
         "regenerations": config.weight_regenerations * math.log1p(max(0, candidate.regenerations)),

@@ -12,6 +12,7 @@ import psycopg
 from flywheel.domain.events import HardCasesSampled
 from flywheel.domain.log import StoredEvent
 from sampling.hardcases import PromptCandidate, prompt_text
+from sampling.verifiers import SCALES
 from store.candidates import unselected
 from store.signals import checkpoint
 from store.unit_of_work import PostgresLog
@@ -44,7 +45,8 @@ async def prompt_candidates(
                 JOIN events e ON e.event_id = src.id::uuid WHERE e.position > %(w)s)
             GROUP BY s.prompt_key
         ), margins AS (
-            SELECT prompt_key, (array_agg(margin ORDER BY selected_position DESC))[1] AS margin
+            SELECT prompt_key, (array_agg(margin ORDER BY selected_position DESC))[1] AS margin,
+                   (array_agg(selection ->> 'decided_by' ORDER BY selected_position DESC))[1] AS decided_by
             FROM candidate_groups WHERE selected_position <= %(w)s AND margin IS NOT NULL GROUP BY prompt_key
         ), hard AS (
             SELECT prompt_key FROM judged WHERE thumbs_down + regenerations > 0
@@ -58,7 +60,7 @@ async def prompt_candidates(
                bool_and(i.consent_training) AND coalesce(min(j.consent::int), 1) = 1,
                coalesce(min(j.thumbs_down), 0), coalesce(min(j.regenerations), 0),
                coalesce(min(d.edits), 0), coalesce(min(d.disagreements), 0), min(m.margin),
-               max(i.position)
+               min(m.decided_by), max(i.position)
         FROM interactions i
         JOIN hard h USING (prompt_key)
         LEFT JOIN judged j USING (prompt_key)
@@ -77,16 +79,24 @@ async def prompt_candidates(
     )
     conversation = {iid: (messages, tags) for iid, messages, tags in await cur.fetchall()}
     candidates, prompts = [], {}
-    for key, ids, app, model, newest, consent, down, regens, edits, disputes, margin, last in rows:
+    for key, ids, app, model, newest, consent, down, regens, edits, disputes, margin, decided_by, last in rows:
         messages, tags = conversation[newest]
         prompts[key] = messages
         candidates.append(PromptCandidate(
             prompt_key=key, interaction_ids=tuple(ids), app_id=app, model_version=model, tags=tuple(tags),
             consent=bool(consent), thumbs_down=int(down), regenerations=int(regens), edits=int(edits),
-            disagreements=int(disputes), prior_reward_margin=None if margin is None else float(margin),
+            disagreements=int(disputes),
+            prior_reward_margin=None if margin is None else share_of_scale(float(margin), decided_by),
             text=prompt_text(messages), last_position=int(last),
         ))
     return candidates, prompts
+
+
+def share_of_scale(margin: float, decided_by: str | None) -> float:
+    """A selection's margin as a share of its deciding scorer's scale (a 1-10 judge's 7 is 7/9), so the
+    sampler reads every margin alike; a reward model's unbounded margin stays as it is."""
+    low, high = SCALES.get(decided_by or "", (0.0, 1.0))
+    return margin / (high - low)
 
 
 async def load_sample(conn: psycopg.AsyncConnection, event_id: str | None) -> StoredEvent | None:

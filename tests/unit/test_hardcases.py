@@ -26,6 +26,7 @@ from sampling.hardcases import (
     sample,
     score,
 )
+from store.hardcases import share_of_scale
 
 WATERMARK = 1_000
 BASE = ("please explain step by step how the refund policy works for annual subscriptions that were bought "
@@ -88,8 +89,16 @@ def test_small_prior_margin_is_harder_than_large_and_unknown_counts_nothing() ->
     close = score(cand("a", "x", thumbs_down=0, prior_reward_margin=0.05), 1, config)
     clear = score(cand("b", "x", thumbs_down=0, prior_reward_margin=3.0), 1, config)
     unknown = score(cand("c", "x", thumbs_down=0), 1, config)
+    against = score(cand("d", "x", thumbs_down=0, prior_reward_margin=-3.0), 1, config)
     assert close.reward_margin > clear.reward_margin == 0.0
     assert unknown.reward_margin == 0.0
+    assert against.reward_margin == 1.0  # the decider against the ranks: as hard as a tie, not as easy as +3
+
+
+def test_a_judge_decided_margin_is_read_as_a_share_of_the_judges_scale() -> None:
+    assert share_of_scale(7.0, "llm_judge") == pytest.approx(7 / 9)
+    assert share_of_scale(1.0, "python_tests") == 1.0
+    assert share_of_scale(2.5, "reward_model") == share_of_scale(2.5, None) == 2.5
 
 
 def test_novelty_ranks_a_unique_prompt_above_a_near_duplicate_with_the_same_signals() -> None:
