@@ -89,7 +89,7 @@ def test_text_parts_key_as_their_text_and_tools_are_part_of_the_prompt() -> None
 def test_sampling_and_judging_read_the_text_view() -> None:
     messages = stored_messages()
     assert prompt_text(messages) == "What is the weather in Paris?"
-    judge = JudgeScorer(None, "Grade it.", None)  # type: ignore[arg-type]
+    judge = JudgeScorer(None, "Grade it.", None, model="judge", model_version="j1")  # type: ignore[arg-type]
     graded = judge.prompts(messages, ["Sunny."])[0][1]["content"]
     assert '[assistant]\nget_weather({"city":"Paris"})' in graded and "[tool]\nParis: 21 C, sunny" in graded
 
