@@ -18,9 +18,12 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from flywheel.domain.quality import MIN_ITEMS, band
+
+if TYPE_CHECKING:
+    from flywheel.domain.events import UserPairsScored
 
 USERS = "users"  # the rater whose answers are the users' own preferences
 FIRST, TIE, SECOND = 1.0, 0.5, 0.0  # which side of an oriented pair a rater prefers
@@ -224,3 +227,28 @@ def pairwise_agreement_by(judgements: Iterable[PairJudgement],
         groups[str(getattr(j, key))].append(j)
     return {k: pairwise_agreement(groups[k], resamples=resamples, seed=seed, confidence=confidence,
                                   min_items=min_items) for k in sorted(groups)}
+
+
+def scored_pair(pair: dict[str, Any], values: dict[str, tuple[float | None, float | None]]) -> dict[str, Any]:
+    """A user's pair as UserPairsScored records it, from each scorer's (chosen, rejected) values: the sides in
+    `orient`'s order and each scorer's values in that order."""
+    _, _, chosen_first = orient(pair["chosen"], pair["rejected"])
+    return {"pair_id": pair["pair_id"], "prompt_key": pair["prompt_key"], "rule": pair["rule"],
+            "app_id": pair["app_id"], "model_version": pair["model_version"], "tie": pair["tie"],
+            "chosen_first": chosen_first,
+            "scores": {name: list(v) if chosen_first else [v[1], v[0]] for name, v in sorted(values.items())}}
+
+
+def judgements_of(scored: UserPairsScored, round_label: str) -> list[PairJudgement]:
+    """The users' and every scorer's answers on the pairs of one UserPairsScored event (a scorer that gave no
+    score to a side gives no answer)."""
+    out = []
+    for p in scored.pairs:
+        item = p["pair_id"]
+        app, model = p["app_id"], p["model_version"]
+        out.append(PairJudgement(item, USERS, user_preference(p["chosen_first"], p["tie"]), app, model, round_label))
+        for scorer, (first, second) in p["scores"].items():
+            answer = scorer_preference(first, second)
+            if answer is not None:
+                out.append(PairJudgement(item, scorer, answer, app, model, round_label))
+    return out
