@@ -10,7 +10,7 @@ import orjson
 
 from flywheel.domain.events import CandidatesSelected
 from flywheel.ports import HardCaseStore, Progress
-from flywheel.services.audit_scorers import Auditing, audit_scorers, run_id
+from flywheel.services.audit_scorers import Auditing, audit_scorers, audited, run_id
 from sampling.judge import JudgeScorer
 from sampling.selection import (
     Score,
@@ -147,7 +147,7 @@ async def select_candidates(
             if progress:
                 progress(1)
         audit: dict[str, Any] = {}
-        if planned and scoring.auditing is not None:
+        if planned and scoring.auditing is not None and audited(scoring.scorers):
             done = await audit_scorers(
                 store, scoring.scorers, scoring.auditing,
                 run=run_id([g["group_id"] for g, _ in planned], scoring.scorers),
