@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from flywheel.ports import HardCaseStore
 from sampling.probes import MIN_ACCURACY, BiasProbe, ProbeAudit, audit_probes, probe_set_version
 from sampling.selection import score_group
 from sampling.verifiers import CHECKS, Scorer
+
+log = logging.getLogger("flywheel.audit")
 
 MAX_PAIRS = 500  # the users' pairs scored in one run at most: the judge's time per run stays bounded
 
@@ -67,9 +70,9 @@ async def audit_scorers(store: HardCaseStore, scorers: Sequence[Scorer], auditin
         version = probe_set_version(auditing.probes)
         values: dict[str, list[tuple[float | None, float | None]]] = {s.name: [] for s in models}
         for probe in auditing.probes:
-            better, worse = score_group(models, probe.prompt, [probe.better, probe.worse])
             for s in models:
-                values[s.name].append((better.value(s.name), worse.value(s.name)))
+                better, worse = _values(s, probe.prompt, [probe.better, probe.worse], probe.probe_id)
+                values[s.name].append((better, worse))
         for s in models:
             audits.append(audit_probes(s.name, s.version, auditing.probes, values[s.name],
                                        previous=previous.get(s.name), min_accuracy=auditing.min_accuracy,
@@ -89,8 +92,23 @@ def _score_pairs(models: Sequence[Scorer], pairs: Sequence[dict[str, Any]]) -> l
     for key in sorted(by_prompt):
         group = by_prompt[key]
         texts = sorted({t for p in group for t in (p["chosen"], p["rejected"])})
-        scored = {c.text: c for c in score_group(models, group[0]["prompt"], texts)}
+        scored = {s.name: dict(zip(texts, _values(s, group[0]["prompt"], texts, key), strict=True)) for s in models}
         for p in group:
-            chosen, rejected = scored[p["chosen"]], scored[p["rejected"]]
-            out.append(scored_pair(p, {s.name: (chosen.value(s.name), rejected.value(s.name)) for s in models}))
+            out.append(scored_pair(p, {name: (v[p["chosen"]], v[p["rejected"]]) for name, v in scored.items()}))
     return out
+
+
+# What a scorer raises for one input it cannot take (a judge server's 400 for a prompt longer than its context,
+# an engine's refusal): that input gets no score, and the audit goes on. A scorer that cannot judge the probes
+# fails them, so it is flagged rather than silently passed.
+_CANNOT_SCORE = (RuntimeError, ValueError, OSError)
+
+
+def _values(scorer: Scorer, prompt: Sequence[dict[str, Any]], texts: list[str], what: str) -> list[float | None]:
+    """One scorer's values of `texts` (None: no score), in order."""
+    try:
+        [*candidates] = score_group([scorer], prompt, texts)
+    except _CANNOT_SCORE as e:
+        log.warning("scorer %s could not score %s for the audit: %s", scorer.name, what, e)
+        return [None] * len(texts)
+    return [c.value(scorer.name) for c in candidates]

@@ -128,3 +128,28 @@ def test_the_report_shows_intervals_and_flags_and_escapes_names() -> None:
     assert "FLAGGED (below 0.80)" in html and "-0.25" in html and "&lt;rm&gt;" in html
     empty = "".join(scorer_audit_sections({}))
     assert "no pair was judged by users and a scorer" in empty and "no scorer has been audited" in empty
+
+
+class ShortContext:
+    """A judge whose server refuses any text longer than 100 characters, as a model with a short context does."""
+
+    name, version = "llm_judge", "j1"
+
+    def score(self, prompt_messages: list[dict[str, Any]], completions: list[str]) -> list[float]:
+        if any(len(c) > 100 for c in completions):
+            raise RuntimeError("chat completion failed: HTTP 400: prompt too long")
+        return [10.0 - len(c) / 20 for c in completions]
+
+
+def test_an_input_a_scorer_cannot_take_is_no_score_and_the_audit_goes_on() -> None:
+    store = Store()
+    plan = Scoring(config=SelectionConfig(scorer="reward_model"), scorers=[Length(), ShortContext()],
+                   auditing=Auditing(probes=shipped_probes()))
+    asyncio.run(select_candidates(store, plan))  # type: ignore[arg-type]
+    audits = {e.audit["scorer"]: e.audit for e in store.recorded if isinstance(e, BiasProbesScored)}
+    judge = audits["llm_judge"]
+    long_probes = sum(1 for p in shipped_probes() if max(len(p.better), len(p.worse)) > 100)
+    assert judge["no_score"] == long_probes > 0 and judge["flagged"]  # it could not judge them: it did not pass
+    assert judge["correct"] == len(shipped_probes()) - len(judge["wrong"])
+    [scored] = [e for e in store.recorded if isinstance(e, UserPairsScored)]
+    assert scored.pairs[0]["scores"]["llm_judge"] != [None, None]  # the short pair was graded
