@@ -12,14 +12,20 @@ import psycopg
 from flywheel.domain.events import BiasProbesScored, UserPairsScored
 from flywheel.domain.log import StoredEvent
 
-AUDIT_EVENT_TYPES = frozenset({BiasProbesScored.TYPE})
+AUDIT_EVENT_TYPES = frozenset({BiasProbesScored.TYPE, UserPairsScored.TYPE})
 NEXT_ROUND = "next"  # the round label of judgements no published round covers yet
 
 
 async def project_audits(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredEvent]) -> None:
-    """Apply BiasProbesScored events (in position order): each scorer's latest audit replaces its last."""
+    """Apply UserPairsScored and BiasProbesScored events (in position order) to scorer_audits; in scorer_probes
+    each scorer's latest probe audit replaces its last."""
     for e in events:
-        audit = BiasProbesScored.of(e.data["payload"]).audit
+        audit = e.data["payload"].get("audit") if e.type == BiasProbesScored.TYPE else None
+        await cur.execute("INSERT INTO scorer_audits (position, type, scorer, payload) VALUES (%s, %s, %s, %s)",
+                          (e.position, e.type, None if audit is None else audit["scorer"],
+                           orjson.dumps(e.data["payload"]).decode()))
+        if audit is None:
+            continue
         await cur.execute(
             "INSERT INTO scorer_probes (scorer, position, run_id, version, probe_set, accuracy, drift, min_accuracy,"
             " flagged, audit) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (scorer) DO UPDATE SET"
@@ -64,7 +70,7 @@ async def scorer_audit_report(conn: psycopg.AsyncConnection, upto: int) -> dict[
     from flywheel.domain.pairwise import judgements_of, pairwise_agreement_by
 
     cur = await conn.execute(
-        "SELECT position, data -> 'payload' FROM events WHERE type = %s AND position <= %s ORDER BY position",
+        "SELECT position, payload FROM scorer_audits WHERE type = %s AND position <= %s ORDER BY position",
         [UserPairsScored.TYPE, upto])
     scored = await cur.fetchall()
     cur = await conn.execute("SELECT number, watermark FROM rounds WHERE position <= %s ORDER BY number", [upto])
@@ -78,8 +84,8 @@ async def scorer_audit_report(conn: psycopg.AsyncConnection, upto: int) -> dict[
     agreement = {key: {k: asdict(v) for k, v in pairwise_agreement_by(judgements, key).items()}
                  for key in ("round", "app_id", "model_version")} if judgements else {}
     cur = await conn.execute(
-        "SELECT DISTINCT ON (data ->> 'scorer') data -> 'payload' -> 'audit' FROM events WHERE type = %s"
-        " AND position <= %s ORDER BY data ->> 'scorer', position DESC", [BiasProbesScored.TYPE, upto])
+        "SELECT DISTINCT ON (scorer) payload -> 'audit' FROM scorer_audits WHERE type = %s"
+        " AND position <= %s ORDER BY scorer, position DESC", [BiasProbesScored.TYPE, upto])
     probes = [row[0] for row in await cur.fetchall()]
     return {"scorer_agreement": agreement, "bias_probes": probes,
             "flagged_scorers": [p["scorer"] for p in probes if p["flagged"]]}

@@ -294,5 +294,17 @@ class ScorerProbeView(SQLModel, table=True):
     audit: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))  # sampling.probes.ProbeAudit
 
 
+class ScorerAuditView(SQLModel, table=True):
+    """Every audit of the scorers (UserPairsScored and BiasProbesScored events) by log position, so a report as of
+    a watermark reads these few rows rather than scanning the log."""
+
+    __tablename__ = "scorer_audits"
+
+    position: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    type: str
+    scorer: str | None = None  # a probe audit's scorer
+    payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+
+
 READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups", "rounds", "quarantine_items",
-               "quarantine_slices", "nightly_runs", "scorer_probes")
+               "quarantine_slices", "nightly_runs", "scorer_probes", "scorer_audits")

@@ -220,13 +220,18 @@ def pairwise_agreement_by(judgements: Iterable[PairJudgement],
                           key: Literal["round", "app_id", "model_version"], *, resamples: int = RESAMPLES,
                           seed: int = SEED, confidence: float = CONFIDENCE,
                           min_items: int = MIN_ITEMS) -> dict[str, PairwiseAgreement]:
-    """pairwise_agreement() per round, app or model version, sorted by key (each group's resamples are drawn
-    with the same seed)."""
+    """pairwise_agreement() per round, app or model version, sorted by key, round numbers as numbers (each
+    group's resamples are drawn with the same seed)."""
     groups: dict[str, list[PairJudgement]] = defaultdict(list)
     for j in judgements:
         groups[str(getattr(j, key))].append(j)
     return {k: pairwise_agreement(groups[k], resamples=resamples, seed=seed, confidence=confidence,
-                                  min_items=min_items) for k in sorted(groups)}
+                                  min_items=min_items) for k in sorted(groups, key=_in_order)}
+
+
+def _in_order(key: str) -> tuple[int, int, str]:
+    """Round numbers as numbers (2 before 10), then any other label (such as "next")."""
+    return (0, int(key), "") if key.isdigit() else (1, 0, key)
 
 
 def scored_pair(pair: dict[str, Any], values: dict[str, tuple[float | None, float | None]]) -> dict[str, Any]:

@@ -61,9 +61,10 @@ async def audit_scorers(store: HardCaseStore, scorers: Sequence[Scorer], auditin
         return AuditOutcome(pairs_scored=0, probe_audits=())
     events: list[InternalEvent] = []
     pairs = await store.user_pairs(sorted(set(prompt_keys)), auditing.max_pairs) if auditing.user_pairs else []
-    if pairs:
+    scored = _score_pairs(models, pairs)
+    if scored:
         events.append(UserPairsScored(run_id=run, scorers=tuple(sorted(f"{s.name}@{s.version}" for s in models)),
-                                      pairs=_score_pairs(models, pairs)))
+                                      pairs=scored))
     audits: list[ProbeAudit] = []
     if auditing.probes:
         previous = await store.probe_audits()
@@ -80,14 +81,15 @@ async def audit_scorers(store: HardCaseStore, scorers: Sequence[Scorer], auditin
         events += [BiasProbesScored(run_id=run, audit=asdict(a)) for a in audits]
     if events:
         await store.record(events)
-    return AuditOutcome(pairs_scored=len(pairs), probe_audits=tuple(audits))
+    return AuditOutcome(pairs_scored=len(scored), probe_audits=tuple(audits))
 
 
 def _score_pairs(models: Sequence[Scorer], pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each pair with every model's values of its two sides; a prompt's distinct texts are scored once."""
     by_prompt: dict[str, list[dict[str, Any]]] = {}
     for p in pairs:
-        by_prompt.setdefault(p["prompt_key"], []).append(p)
+        if p["chosen"] != p["rejected"]:  # the same text on both sides orders nothing
+            by_prompt.setdefault(p["prompt_key"], []).append(p)
     out = []
     for key in sorted(by_prompt):
         group = by_prompt[key]

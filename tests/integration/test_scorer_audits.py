@@ -117,7 +117,7 @@ def test_a_selection_run_audits_its_scorers_and_the_figures_reach_signals_and_th
     assert query(url, "SELECT count(*) FROM events WHERE type = 'bias_probes_scored'") == [(4,)]
 
     drifts = {d.table: (d.missing, d.extra) for d in in_store(url, lambda conn: check(conn, SignalConfig()))}
-    assert drifts["scorer_probes"] == (0, 0)
+    assert drifts["scorer_probes"] == drifts["scorer_audits"] == (0, 0)
 
     signals = json.loads(run_cli("signals", "--json").stdout)
     assert signals["flagged_scorers"] == ["reward_model"]

@@ -190,3 +190,9 @@ def test_drift_is_against_the_previous_run_on_the_same_probe_set() -> None:
     assert second.drift == pytest.approx(-11 / len(probes))
     other_set = audit_probes("llm_judge", "j2", probes, worse, previous={"probe_set": "old", "accuracy": 0.5})
     assert other_set.previous_accuracy is None and other_set.drift is None
+
+
+def test_rounds_are_listed_as_numbers_and_the_next_round_last() -> None:
+    judgements = [j._replace(round=r, item_id=f"{r}-{j.item_id}") for r in ("10", "next", "9")
+                  for j in _panel(5, 0.8)]
+    assert list(pairwise_agreement_by(judgements, "round", resamples=20)) == ["9", "10", "next"]
