@@ -172,10 +172,13 @@ def _judge_is_policy(settings: Settings, judge_version: str) -> str | None:
 def scoring(settings: Settings, *, verify_json: bool = False) -> Scoring:
     """What `select` judges with, from the settings: the reward model (FLYWHEEL_REWARD_MODEL), the JSON verifier
     (`verify_json`), the judge (FLYWHEEL_JUDGE_RUBRIC and FLYWHEEL_JUDGE_MODEL), the verifiers of the checks file
-    (FLYWHEEL_SELECT_CHECKS) and the thresholds (FLYWHEEL_SELECT_*). Raises ValueError (OSError for a file that
+    (FLYWHEEL_SELECT_CHECKS), the thresholds (FLYWHEEL_SELECT_*) and the scorers' audit (FLYWHEEL_SCORER_AUDIT,
+    FLYWHEEL_PROBE_MIN_ACCURACY). Raises ValueError (OSError for a file that
     cannot be read) on a bad configuration."""
+    from flywheel.services.audit_scorers import Auditing
     from flywheel.services.select import Scoring
     from sampling.adapters.checks import load_checks
+    from sampling.probes import shipped_probes
     from sampling.selection import SelectionConfig
     from sampling.verifiers import JsonFormatVerifier, Scorer
 
@@ -191,12 +194,15 @@ def scoring(settings: Settings, *, verify_json: bool = False) -> Scoring:
         scorers.append(JsonFormatVerifier())
     if settings.judge_rubric:
         scorers.append(make_judge(settings, Path(settings.judge_rubric).read_text(encoding="utf-8")))
+    auditing = (Auditing(probes=shipped_probes(), min_accuracy=settings.probe_min_accuracy)
+                if settings.scorer_audit else None)
     if not settings.select_checks:
-        return Scoring(config=config, scorers=scorers, judge_may_be_policy=settings.judge_may_be_policy)
+        return Scoring(config=config, scorers=scorers, judge_may_be_policy=settings.judge_may_be_policy,
+                       auditing=auditing)
     checks = load_checks(Path(settings.select_checks))
     return Scoring(config=config, scorers=scorers, scorers_for=checks.for_prompt,
                    check_names=frozenset(v.name for vs in checks.by_prompt.values() for v in vs),
-                   judge_may_be_policy=settings.judge_may_be_policy)
+                   judge_may_be_policy=settings.judge_may_be_policy, auditing=auditing)
 
 
 def hard_cases(conn: psycopg.AsyncConnection) -> HardCaseStore:

@@ -211,6 +211,15 @@ class HardCaseStore(EventLog, Protocol):
         prompt, candidates and the model_version that generated them."""
         ...
 
+    async def user_pairs(self, prompt_keys: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        """The users' decided, consented preference pairs about these prompts (at most `limit`): pair_id,
+        prompt_key, prompt, chosen, rejected, tie, rule, app_id, model_version."""
+        ...
+
+    async def probe_audits(self) -> dict[str, dict[str, Any]]:
+        """Each scorer's latest bias-probe audit (sampling.probes.ProbeAudit as a dict), by scorer name."""
+        ...
+
 
 class Announcer(Protocol):
     """Tells the world about a round change (the rounds topic), waiting for the broker's ack. One with a

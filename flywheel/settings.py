@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     select_decide_by: str = ""
     select_sft_threshold: float = 0.8
     select_min_margin: float = Field(default=0.2, ge=0)
+    # Each selection run has its judge and reward model score the users' pairs about its hard cases and the
+    # bias-probe audit set (sampling/data/bias_probes.jsonl); a scorer below this accuracy on it is flagged.
+    scorer_audit: bool = True
+    probe_min_accuracy: float = Field(default=0.8, ge=0, le=1)
     audit_cron: str = "30 2 * * *"
     rounds_dir: str = ""
     nightly_cron: str = "0 3 * * *"

@@ -77,6 +77,11 @@ SCALES: dict[str, tuple[float, float]] = {
 }
 
 
+# The scorers that check a task (a failed check vetoes) rather than judge an answer's quality: they are not audited
+# on the bias probes nor compared with the users' preferences.
+CHECKS = frozenset({"json_format", "numeric_answer", "python_tests"})
+
+
 def short_hash(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:8]
 

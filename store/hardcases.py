@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
@@ -13,6 +13,7 @@ from flywheel.domain.events import HardCasesSampled
 from flywheel.domain.log import StoredEvent
 from sampling.hardcases import PromptCandidate, prompt_text
 from sampling.verifiers import SCALES
+from store.audits import latest_probe_audits, user_pairs
 from store.candidates import unselected
 from store.signals import checkpoint
 from store.unit_of_work import PostgresLog
@@ -141,3 +142,9 @@ class PostgresHardCases(PostgresLog):
 
     async def unselected(self, sample_id: str | None) -> list[dict[str, Any]]:
         return await unselected(self.conn, sample_id)
+
+    async def user_pairs(self, prompt_keys: Sequence[str], limit: int) -> list[dict[str, Any]]:
+        return await user_pairs(self.conn, prompt_keys, limit)
+
+    async def probe_audits(self) -> dict[str, dict[str, Any]]:
+        return await latest_probe_audits(self.conn)

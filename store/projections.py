@@ -19,6 +19,7 @@ from sqlmodel import SQLModel
 
 from flywheel.domain.events import CandidatesGenerated, CandidatesSelected, InternalEvent
 from flywheel.domain.signals import SignalConfig, prompt_key
+from store.audits import AUDIT_EVENT_TYPES, project_audits
 from store.candidates import project_candidates
 from store.eventstore import NewEvent, StoredEvent, append, head, read
 from store.rounds import ROUND_EVENT_TYPES, project_rounds
@@ -54,10 +55,12 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
     transaction (signals follow later: store.signals.catch_up)."""
     generated = [e for e in events if e.type in _CANDIDATE_EVENT_TYPES]
     rounds = [e for e in events if e.type in ROUND_EVENT_TYPES]
-    if generated or rounds:
+    audits = [e for e in events if e.type in AUDIT_EVENT_TYPES]
+    if generated or rounds or audits:
         async with conn.cursor() as cur:
             await project_candidates(cur, generated)
             await project_rounds(cur, rounds)
+            await project_audits(cur, audits)
     interactions = [e for e in events if e.type == "interaction"]
     feedback = [e for e in events if e.type != "interaction" and "payload" in e.data and "user" in e.data]
     async with conn.cursor() as cur:

@@ -38,7 +38,8 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
 async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = None,
                         feedback_conn: psycopg.AsyncConnection | None = None) -> dict[str, Any]:
     """`flywheel signals` (and a round's report, as of its watermark `upto`): counts by rule, feedback rates
-    and inter-rater agreement per app and model version, bias audits.
+    and inter-rater agreement per app and model version, bias audits, and the scorers' audits (agreement of
+    users, judge and reward model on pairs; bias-probe accuracy: store.audits.scorer_audit_report).
 
     With `feedback_conn` (a second connection that sees what `conn` sees), the feedback's figures are queried on it
     while the signals' are on `conn`: two backends, twice as fast on an idle machine."""
@@ -47,12 +48,15 @@ async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = Non
         signals, feedback = await _signals_figures(conn, upto), await _feedback_figures(conn, upto)
     else:
         signals, feedback = await asyncio.gather(_signals_figures(conn, upto), _feedback_figures(feedback_conn, upto))
+    from store.audits import scorer_audit_report
+
     return {
         "signals": signals["signals"],
         "feedback_rates": feedback["feedback_rates"],
         "agreement": feedback["agreement"],
         "length_bias": signals["length_bias"],
         "position_bias": feedback["position_bias"],
+        **await scorer_audit_report(conn, upto),  # scorer_agreement, bias_probes, flagged_scorers
     }
 
 

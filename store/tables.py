@@ -276,5 +276,35 @@ class NightlyRunView(SQLModel, table=True):
     error: str | None = None
 
 
+class ScorerProbeView(SQLModel, table=True):
+    """Each scorer's latest result on the bias-probe audit set (BiasProbesScored events): what a promotion gate
+    reads to hold a round whose scorer is flagged."""
+
+    __tablename__ = "scorer_probes"
+
+    scorer: str = Field(primary_key=True)
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))
+    run_id: str
+    version: str
+    probe_set: str
+    accuracy: float = Field(sa_column=Column(Double, nullable=False))
+    drift: float | None = Field(default=None, sa_column=Column(Double))
+    min_accuracy: float = Field(sa_column=Column(Double, nullable=False))
+    flagged: bool
+    audit: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))  # sampling.probes.ProbeAudit
+
+
+class ScorerAuditView(SQLModel, table=True):
+    """Every audit of the scorers (UserPairsScored and BiasProbesScored events) by log position, so a report as of
+    a watermark reads these few rows rather than scanning the log."""
+
+    __tablename__ = "scorer_audits"
+
+    position: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
+    type: str
+    scorer: str | None = None  # a probe audit's scorer
+    payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+
+
 READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups", "rounds", "quarantine_items",
-               "quarantine_slices", "nightly_runs")
+               "quarantine_slices", "nightly_runs", "scorer_probes", "scorer_audits")

@@ -22,6 +22,7 @@ _ROUNDS = uuid.UUID("9a1d3c55-0b7e-4c62-8f0a-3e5d2b7c6a14")
 _CANDIDATES = uuid.UUID("0c6f2b8e-8d1b-4f4e-a7d5-2f0d7b9e4c31")
 _SAMPLES = uuid.UUID("5b0e7c1e-3d7f-4a43-9d8e-6b1f4f1c2a90")
 _TRACKING = uuid.UUID("5f0c2a0e-7d43-4b8e-9a51-1c6e3f2b8d70")
+_AUDITS = uuid.UUID("3d8b6e2a-41c7-4f09-b5e3-7a2c9d1f6e48")
 
 
 class InternalEvent:
@@ -280,6 +281,58 @@ class CandidatesSelected(InternalEvent):
 
     def fields(self) -> dict[str, Any]:
         return {"group_id": self.group_id, "selector_version": self.selector_version}
+
+
+# ---- audits of the scorers ----
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserPairsScored(InternalEvent):
+    """The users' preference pairs about a selection run's hard cases, each side scored by the run's judge and
+    reward model, so users and machines judge common items (flywheel.domain.pairwise reads them).
+
+    Each pair: pair_id, prompt_key, rule, app_id, model_version, tie, chosen_first (the chosen text is the first
+    side in flywheel.domain.pairwise.orient's order) and scores {scorer: [first side's value, second's]}, a value
+    null where the scorer gave no score. `scorers` names each scorer with its version."""
+
+    TYPE: ClassVar[str] = "user_pairs_scored"
+    NAMESPACE: ClassVar[uuid.UUID] = _AUDITS
+    run_id: str
+    scorers: tuple[str, ...]
+    pairs: Sequence[dict[str, Any]] = field(hash=False)
+
+    def identity(self) -> str:
+        return self.run_id
+
+    def payload(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "scorers": list(self.scorers), "pairs": list(self.pairs)}
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> UserPairsScored:
+        return cls(run_id=payload["run_id"], scorers=tuple(payload["scorers"]), pairs=payload["pairs"])
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BiasProbesScored(InternalEvent):
+    """One scorer's result on the bias-probe audit set in a selection run (`audit`: sampling.probes.ProbeAudit as
+    a dict): accuracy, by category, drift from its previous run, and whether it is flagged."""
+
+    TYPE: ClassVar[str] = "bias_probes_scored"
+    NAMESPACE: ClassVar[uuid.UUID] = _AUDITS
+    run_id: str
+    audit: dict[str, Any] = field(hash=False)
+
+    def identity(self) -> str:
+        return f"{self.run_id}:{self.audit['scorer']}:{self.audit['version']}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "audit": self.audit}
+
+    def fields(self) -> dict[str, Any]:
+        return {"scorer": self.audit["scorer"]}
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> BiasProbesScored:
+        return cls(run_id=payload["run_id"], audit=payload["audit"])
 
 
 # ---- ingest ----

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from flywheel.domain.commands import BuildRound
 from flywheel.domain.events import RoundPublished
 from flywheel.domain.rounds import (
@@ -28,6 +30,8 @@ from flywheel.domain.rounds import (
     row_from_signal,
     rows_from_group,
 )
+from flywheel.domain.rounds.files import MANIFEST
+from flywheel.domain.rounds.manifest import with_scorer_audits
 from flywheel.domain.rounds.rollback import in_slice
 from flywheel.ports import (
     Announcer,
@@ -170,7 +174,10 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                                                         announce=announce)
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
-            (staged / "report.html").write_text(report_html(result.manifest, audits))
+            manifest, audits = with_scorer_audits(result.manifest, audits)
+            (staged / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
+                                            + b"\n")
+            (staged / "report.html").write_text(report_html(manifest, audits))
             sources, processing = result.manifest["data_sources"], result.manifest["sample_processing"]
             summary = {"rows": sources["rows_by_kind"], "splits": processing["splits"],
                        "removed": processing["removed"], "apps": sources["apps"],

@@ -45,7 +45,8 @@ async def run_nightly(
             else:
                 s = await select_candidates(store, scoring())
                 report["select"] = {"groups": s.groups, "sft_samples": s.sft_samples, "pairs": s.pairs,
-                                    "reasons": s.reasons, "not_judged": s.not_judged}
+                                    "reasons": s.reasons, "not_judged": s.not_judged,
+                                    **({"audit": s.audit} if s.audit else {})}
         if "build" in steps:
             try:
                 b = await build(BuildRound())

@@ -10,6 +10,7 @@ import orjson
 
 from flywheel.domain.events import CandidatesSelected
 from flywheel.ports import HardCaseStore, Progress
+from flywheel.services.audit_scorers import Auditing, audit_scorers, audited, run_id
 from sampling.judge import JudgeScorer
 from sampling.selection import (
     Score,
@@ -47,6 +48,7 @@ class Scoring:
     scorers_for: Callable[[list[dict[str, Any]]], Sequence[Scorer]] | None = None
     check_names: frozenset[str] = field(default_factory=frozenset)
     judge_may_be_policy: bool = False  # let the judge grade groups its own model generated
+    auditing: Auditing | None = None  # score the users' pairs and the bias probes too (None: no audit)
 
     @property
     def names(self) -> frozenset[str]:
@@ -62,6 +64,7 @@ class SelectOutcome:
     reasons: dict[str, int]
     length_bias: dict[str, Any]
     not_judged: int = 0  # groups no configured scorer (or not the deciding one) applies to: left unselected
+    audit: dict[str, Any] = field(default_factory=dict)  # pairs scored, probe accuracy per scorer, flagged ones
 
 
 def selector_version(scorers: Sequence[Scorer], config: SelectionConfig) -> str:
@@ -111,7 +114,9 @@ async def select_candidates(
     A group that no scorer applies to (or not the deciding one) is not judged, so a later run with other
     scorers can. Before any model is loaded or anything recorded, every group is checked: its deciding scorer
     must be known and the thresholds on its scale (else ValueError), and a judge must not grade a group its own
-    model generated unless `scoring.judge_may_be_policy` (else JudgeIsPolicy)."""
+    model generated unless `scoring.judge_may_be_policy` (else JudgeIsPolicy).
+    With `scoring.auditing`, a run that selected groups also has its judge and reward model score the users' pairs
+    about those groups' prompts and the bias probes, while the models are loaded (flywheel.services.audit_scorers)."""
     config = scoring.config
     planned: list[tuple[dict[str, Any], list[Scorer]]] = []
     not_judged = 0
@@ -141,6 +146,14 @@ async def select_candidates(
             selections.append(selection)
             if progress:
                 progress(1)
+        audit: dict[str, Any] = {}
+        if planned and scoring.auditing is not None and audited(scoring.scorers):
+            done = await audit_scorers(
+                store, scoring.scorers, scoring.auditing,
+                run=run_id([g["group_id"] for g, _ in planned], scoring.scorers),
+                prompt_keys=[g["prompt_key"] for g, _ in planned])
+            audit = {"pairs_scored": done.pairs_scored, "flagged": done.flagged,
+                     "probe_accuracy": {a.scorer: a.accuracy for a in done.probe_audits}}
     finally:
         for s in models:
             s.unload()
@@ -150,7 +163,7 @@ async def select_candidates(
             reasons[r] = reasons.get(r, 0) + 1
     return SelectOutcome(groups=len(selections), sft_samples=sum(s.sft is not None for s in selections),
                          pairs=sum(s.pair is not None for s in selections), reasons=reasons,
-                         length_bias=asdict(length_bias(selections)), not_judged=not_judged)
+                         length_bias=asdict(length_bias(selections)), not_judged=not_judged, audit=audit)
 
 
 def _check(group: dict[str, Any], scorers: Sequence[Scorer], scoring: Scoring) -> None:

@@ -19,7 +19,8 @@ def empty_report() -> dict[str, Any]:
     return {"signals": [], "feedback_rates": {}, "agreement": {"thumbs": {}, "rating": {}},
             "length_bias": asdict(length_bias_from_sums(decided=0, longer=0, equal=0, sum_dm=0.0, sum_dd=0.0,
                                                         sum_mm=0.0)),
-            "position_bias": asdict(position_bias_of(0, 0, 0))}
+            "position_bias": asdict(position_bias_of(0, 0, 0)), "scorer_agreement": {}, "bias_probes": [],
+            "flagged_scorers": []}
 
 
 class MemorySnapshot:

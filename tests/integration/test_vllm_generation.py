@@ -32,6 +32,7 @@ from sampling.generation import (  # noqa: E402
     CandidateGroup,
     SamplingSpec,
 )
+from sampling.probes import shipped_probes  # noqa: E402
 from sampling.selection import NO_SCORED_CANDIDATES, SelectionConfig, score_group, select  # noqa: E402
 from sampling.verifiers import UNPARSEABLE_JUDGEMENT  # noqa: E402
 from store.db import connect_sync  # noqa: E402
@@ -330,3 +331,65 @@ def test_the_nightly_select_grades_with_the_judge_and_the_checks_veto(
     assert checked["vetoed"] == [0, 2] and checked["best_index"] == 1
     assert checked["sft"]["messages"][-1] == {"role": "assistant", "content": right}
     assert checked["pair"] is None or checked["pair"]["chosen"] == right
+    # The same run had the judge grade the shipped bias probes: every grade parsed, and the audit is recorded.
+    assert list(report["select"]["audit"]["probe_accuracy"]) == ["llm_judge"]
+    with connect_sync(settings.database_url) as conn:
+        [(audit,)] = conn.execute("SELECT audit FROM scorer_probes WHERE scorer = 'llm_judge'").fetchall()
+    # The tiny judge's 512-token context cannot hold the longest probes: the server refuses those, and they are
+    # no score (so not right), while the run goes on; the rest are graded.
+    assert audit["probes"] == len(shipped_probes()) and audit["no_score"] < audit["probes"] // 2
+    assert audit["accuracy"] == report["select"]["audit"]["probe_accuracy"]["llm_judge"]
+    assert audit["flagged"] == (audit["accuracy"] < 0.8) and audit["version"].startswith("2+tiny+rubric.")
+
+
+class PairsOnly:
+    """The two reads of the audit, in memory: two users' pairs about QUESTION, no earlier probe audit."""
+
+    def __init__(self) -> None:
+        self.recorded: list[Any] = []
+
+    async def user_pairs(self, prompt_keys: list[str], limit: int) -> list[dict[str, Any]]:
+        return [{"pair_id": f"p{i}", "prompt_key": prompt_key(QUESTION), "prompt": QUESTION, "chosen": chosen,
+                 "rejected": rejected, "tie": False, "rule": "comparison_pair", "app_id": "tutor",
+                 "model_version": MODEL_VERSION}
+                for i, (chosen, rejected) in enumerate([("4", "5"), ("The answer is 4.", "I am not sure.")])]
+
+    async def probe_audits(self) -> dict[str, dict[str, Any]]:
+        return {}
+
+    async def record(self, events: list[Any]) -> list[str]:
+        self.recorded.extend(events)
+        return [e.event_id for e in events]
+
+
+def test_an_in_process_judge_scores_the_users_pairs_and_the_probes(judge_dir: Path, policy_dir: Path) -> None:
+    import asyncio
+
+    from flywheel.domain.events import BiasProbesScored, UserPairsScored
+    from flywheel.domain.pairwise import judgements_of, pairwise_agreement
+    from flywheel.services.audit_scorers import Auditing, audit_scorers
+
+    judge = make_judge(Settings(judge_model=str(judge_dir), generator_model=str(policy_dir),
+                                generator_model_version=MODEL_VERSION, judge_rationale_chars=40),
+                       "Reward correct, helpful, honest answers.")
+    assert isinstance(judge.generator, VLLMGenerator)
+    judge.generator.kv_cache_memory_bytes = KV_CACHE_BYTES
+    probes = shipped_probes()[::6]  # one in six: every category, a sixth of the engine time
+    store = PairsOnly()
+    judge.load()
+    try:
+        out = asyncio.run(audit_scorers(store, [judge], Auditing(probes=probes, min_accuracy=0.8),  # type: ignore[arg-type]
+                                        run="run-1", prompt_keys=[prompt_key(QUESTION)]))
+    finally:
+        judge.unload()
+    [scored] = [e for e in store.recorded if isinstance(e, UserPairsScored)]
+    assert out.pairs_scored == 2 and scored.scorers == (f"llm_judge@{judge.version}",)
+    assert all(v in range(1, 11) for p in scored.pairs for v in p["scores"]["llm_judge"])  # every grade parsed
+    judgements = judgements_of(scored, "1")
+    assert {j.rater for j in judgements} == {"users", "llm_judge"} and len(judgements) == 4
+    assert pairwise_agreement(judgements, resamples=50).items == 2
+    [probed] = [e for e in store.recorded if isinstance(e, BiasProbesScored)]
+    # A probe too long for the tiny judge's context is cut short: no score; the others parse.
+    assert probed.audit["probes"] == len(probes) and probed.audit["no_score"] < len(probes) // 2
+    assert {c for c in probed.audit["by_category"]} == {p.category for p in probes}
+    assert probed.audit["flagged"] == (probed.audit["accuracy"] < 0.8)

@@ -115,3 +115,20 @@ def _sample_processing(tally: Tally) -> dict[str, Any]:
                           for _, name in LENGTH_BUCKETS},
         },
     }
+
+
+NEXT_ROUND = "next"  # how the store labels scorer judgements no published round covers yet
+
+
+def with_scorer_audits(manifest: dict[str, Any], audits: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The manifest with a `scorer_audits` section (agreement of users, judge and reward model on pairs, per round,
+    app and model version; each scorer's latest bias-probe audit; the flagged scorers), and the report's figures,
+    both with the judgements no earlier round covers labelled as this round. Pure: the same figures at the same
+    watermark give the same manifest."""
+    label = str(manifest["round"])
+    agreement = {key: {(label if group == NEXT_ROUND else group): figures for group, figures in groups.items()}
+                 for key, groups in audits.get("scorer_agreement", {}).items()}
+    relabelled = {**audits, "scorer_agreement": agreement}
+    section = {"agreement": agreement, "bias_probes": list(audits.get("bias_probes", [])),
+               "flagged_scorers": list(audits.get("flagged_scorers", []))}
+    return {**manifest, "scorer_audits": section}, relabelled

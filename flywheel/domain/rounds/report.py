@@ -88,6 +88,46 @@ def _audit_sections(audits: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _estimate(e: Mapping[str, Any] | None) -> str:
+    if e is None:
+        return "n/a"
+    interval = "" if e["low"] is None else f" [{e['low']:.2f}, {e['high']:.2f}]"
+    return escape(f"{e['value']:.2f}{interval} ({e['band']})")
+
+
+def scorer_audit_sections(audits: Mapping[str, Any]) -> list[str]:
+    """Agreement of users, judge and reward model on pairwise preferences (Cohen's kappa per two raters and
+    Krippendorff's alpha, with 95% bootstrap intervals) per round, app and model version; each scorer's
+    bias-probe accuracy, drift and flag."""
+    rows = []
+    for key, groups in audits.get("scorer_agreement", {}).items():
+        for group, a in groups.items():
+            kappas = "<br>".join(f"{escape(' / '.join(p['raters']))}: {_estimate(p['cohen_kappa'])} "
+                                 f"over {p['items']}" for p in a["rater_pairs"])
+            rows.append(f"<tr><td>{escape(key)}</td><td>{escape(group)}</td><td>{a['items']}</td>"
+                        f"<td>{kappas or 'n/a'}</td><td>{_estimate(a['krippendorff_alpha'])}</td></tr>")
+    head = ("<tr><th>by</th><th>group</th><th>pairs</th><th>Cohen's kappa [95% interval]</th>"
+            "<th>Krippendorff's alpha</th></tr>")
+    probes = []
+    for p in audits.get("bias_probes", []):
+        drift = "n/a" if p["drift"] is None else f"{p['drift']:+.2f}"
+        categories = ", ".join(f"{c} {v:.2f}" for c, v in sorted(p["by_category"].items()))
+        flag = f"FLAGGED (below {p['min_accuracy']:.2f})" if p["flagged"] else "ok"
+        probes.append(f"<tr><td>{escape(p['scorer'])}</td><td><code>{escape(p['version'])}</code></td>"
+                      f"<td>{p['accuracy']:.2f} ({p['correct']}/{p['probes']})</td><td>{escape(drift)}</td>"
+                      f"<td>{escape(categories)}</td><td>{escape(flag)}</td></tr>")
+    probe_head = ("<tr><th>scorer</th><th>version</th><th>accuracy</th><th>drift</th><th>by category</th>"
+                  "<th>flag</th></tr>")
+    return [
+        "<h2>Agreement of users, judge and reward model on preference pairs</h2>"
+        + (f"<table>{head}{''.join(rows)}</table>" if rows
+           else '<p class="empty">no pair was judged by users and a scorer</p>'),
+        "<h2>Bias probes (latest run of each scorer)</h2>"
+        + (f"<table>{probe_head}{''.join(probes)}</table>" if probes
+           else '<p class="empty">no scorer has been audited on the probe set</p>'),
+    ]
+
+
 def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = None) -> str:
     """The HTML page of a round: identity, signal mix by kind and source, gate removals, the distribution by
     app, model version, tag and length, and (given `audits`, store.stats.signal_report at the round's
@@ -134,6 +174,7 @@ def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = 
         "<h2>By tag</h2>" + bar_chart(_counts(distribution["by_tag"]), title="by tag"),
         "<h2>By length (characters)</h2>" + bar_chart(_counts(distribution["by_length"]), title="by length"),
         *(_audit_sections(audits) if audits is not None else ()),
+        *(scorer_audit_sections(audits) if audits is not None else ()),
     ]
     title = f"Flywheel round {manifest['round']}"
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

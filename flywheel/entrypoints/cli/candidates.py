@@ -181,9 +181,15 @@ def select_cmd(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
     data = {"groups": out.groups, "sft_samples": out.sft_samples, "pairs": out.pairs, "reasons": out.reasons,
-            "length_bias": out.length_bias, "not_judged": out.not_judged}
+            "length_bias": out.length_bias, "not_judged": out.not_judged, "audit": out.audit}
+    audit = ""
+    if out.audit:
+        accuracy = ", ".join(f"{k} {v:.2f}" for k, v in out.audit["probe_accuracy"].items()) or "none"
+        flagged = ", ".join(out.audit["flagged"]) or "none"
+        audit = (f"\nusers' pairs scored: {out.audit['pairs_scored']}; bias-probe accuracy: {accuracy}; "
+                 f"flagged: {flagged}")
     _print(data, as_json, f"{out.groups} groups: {out.sft_samples} SFT samples, {out.pairs} DPO pairs; "
-                          f"not selected: {out.reasons or 'none'}; left for other scorers: {out.not_judged}")
+                          f"not selected: {out.reasons or 'none'}; left for other scorers: {out.not_judged}{audit}")
 
 
 def _select(plan: Any, sample_id: str | None) -> Any:

@@ -49,7 +49,8 @@ def _describe_stats(d: dict[str, Any]) -> str:
 
 
 def signals(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Derived preference data: counts by rule, rater agreement, length and position bias."""
+    """Derived preference data: counts by rule, rater agreement, length and position bias, agreement of users with
+    the judge and the reward model, bias-probe accuracy of each scorer."""
     from store.stats import signal_report
 
     report = _in_store(signal_report)
@@ -78,12 +79,37 @@ def _describe_signals(r: dict[str, Any]) -> str:
                     f = a[name]
                     figures.append(f"{name} {_fmt(f['value'])} ({f['band']})" if f else f"{name} n/a")
                 lines.append(f"  {group:<22} items {a['items']:>5}  " + "  ".join(figures))
+    lines += _describe_scorer_audits(r)
     lb, pb = r["length_bias"], r["position_bias"]
     lines.append(f"length bias      longer response chosen in {_fmt(lb['chosen_longer_rate'])} of {lb['pairs']} "
                  f"pairs, r(length diff, margin) = {_fmt(lb['correlation'])}")
     lines.append(f"position bias    first-shown wins {_fmt(pb['first_shown_win_rate'])} of {pb['comparisons']} "
                  f"comparisons (p = {_fmt(pb['p_value'], 3)}), ties {pb['ties']}")
     return "\n".join(lines)
+
+
+def _estimate(e: dict[str, Any] | None) -> str:
+    if e is None:
+        return "n/a"
+    interval = "" if e["low"] is None else f" [{e['low']:.2f}, {e['high']:.2f}]"
+    return f"{e['value']:.2f}{interval} ({e['band']})"
+
+
+def _describe_scorer_audits(r: dict[str, Any]) -> list[str]:
+    lines = []
+    for key, groups in r.get("scorer_agreement", {}).items():
+        lines.append(f"users vs judge vs reward model on pairs, by {key} (95% bootstrap intervals)")
+        for group, a in groups.items():
+            lines.append(f"  {group:<22} pairs {a['items']:>5}  alpha {_estimate(a['krippendorff_alpha'])}")
+            for p in a["rater_pairs"]:
+                lines.append(f"    kappa {' / '.join(p['raters']):<28} {_estimate(p['cohen_kappa'])}"
+                             f"  over {p['items']}")
+    for p in r.get("bias_probes", []):
+        drift = "n/a" if p["drift"] is None else f"{p['drift']:+.2f}"
+        flag = f"  FLAGGED: below {p['min_accuracy']:.2f}" if p["flagged"] else ""
+        lines.append(f"bias probes      {p['scorer']:<14} accuracy {p['accuracy']:.2f} ({p['correct']}/"
+                     f"{p['probes']}), drift {drift}{flag}")
+    return lines
 
 
 def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scratch tables and compare.")) -> None:
