@@ -17,8 +17,8 @@ def ensure_topics(bootstrap: str, settings: Settings) -> dict[str, int]:
     """Create the missing topics; returns every topic's partition count as the broker reports it."""
     wanted = {
         settings.feedback_topic: settings.partitions,
-        settings.deadletter_topic: 1,
-        settings.rounds_topic: 1,
+        settings.deadletter_topic: settings.deadletter_partitions,
+        settings.rounds_topic: settings.rounds_partitions,
         settings.generation_topic: settings.partitions,
     }
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="flywheel-admin")
@@ -26,7 +26,8 @@ def ensure_topics(bootstrap: str, settings: Settings) -> dict[str, int]:
         missing = [name for name in wanted if name not in set(admin.list_topics())]
         for name in missing:
             with suppress(TopicAlreadyExistsError):  # another process created it between list and create
-                admin.create_topics([NewTopic(name, num_partitions=wanted[name], replication_factor=1)])
+                admin.create_topics([NewTopic(name, num_partitions=wanted[name],
+                                              replication_factor=settings.replication_factor)])
         return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
     finally:
         admin.close()

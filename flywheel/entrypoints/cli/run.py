@@ -51,6 +51,10 @@ def scheduler() -> None:
     settings = _settings()
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
+    if settings.scheduler_metrics_port:
+        from streams.metrics import serve_process_metrics
+
+        serve_process_metrics(settings.scheduler_metrics_port)
     configure(BlockingScheduler(), settings, endpoints).start()
 
 
