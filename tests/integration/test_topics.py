@@ -11,10 +11,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_topics_take_their_partition_counts_from_the_settings(settings: Settings) -> None:
-    wanted = settings.model_copy(update={"partitions": 3, "deadletter_partitions": 2, "rounds_partitions": 5})
+    generation = f"generation-{settings.consumer_group}"  # the fixture's settings share the default one
+    wanted = settings.model_copy(update={"partitions": 3, "deadletter_partitions": 2, "rounds_partitions": 5,
+                                         "generation_topic": generation})
     counts = ensure_topics(settings.kafka_bootstrap, wanted)
     assert counts == {settings.feedback_topic: 3, settings.deadletter_topic: 2, settings.rounds_topic: 5,
-                      settings.generation_topic: 3}
+                      generation: 3}
 
 
 def test_every_topic_takes_the_replication_factor_of_the_settings(settings: Settings) -> None:
