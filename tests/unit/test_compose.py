@@ -219,7 +219,7 @@ def test_the_scheduler_has_the_nightly_scorers(raw: dict[str, Any]) -> None:
     assert "${MODELS_DIR:-./models}:/models:ro" in raw["services"]["scheduler"]["volumes"]
 
 
-def test_worker_and_scheduler_share_one_image_and_env(raw: dict[str, Any], compose: dict[str, Any]) -> None:
+def test_flywheel_services_share_one_image_and_the_common_env(raw: dict[str, Any], compose: dict[str, Any]) -> None:
     assert "x-flywheel" in raw, "the shared definition lives under the x-flywheel extension key"
     worker, scheduler, gen = (compose["services"][n] for n in FLYWHEEL_SERVICES)
     common = compose["x-flywheel-env"]
