@@ -211,3 +211,28 @@ def test_the_nightly_select_runs_with_checks_not_only_a_reward_model(
     failed, ok = json.loads(run_cli("rounds", "list", "--json").stdout)["nightly_runs"]
     assert failed["status"] == "failed" and "off numeric_answer's scale" in failed["error"]
     assert ok["status"] == "ok" and ok["steps"]["select"]["pairs"] == 1
+
+
+def test_the_scheduler_serves_metrics_on_its_own_port(
+    settings: Settings, start_worker: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    scheduler = start_worker("scheduler", settings.model_copy(update={"scheduler_metrics_port": port}))
+    seen: dict[str, str] = {}
+
+    def serving() -> bool:
+        assert scheduler.poll() is None, "the scheduler exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                seen["body"] = response.read().decode()
+        except OSError:
+            return False
+        return True
+
+    wait_until(serving, timeout=60, what="the scheduler's metrics endpoint")
+    assert "process_cpu_seconds_total" in seen["body"] and "python_info" in seen["body"]
