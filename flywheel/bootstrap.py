@@ -212,8 +212,9 @@ def hard_cases(conn: psycopg.AsyncConnection) -> HardCaseStore:
     return PostgresHardCases(conn)
 
 
-def nightly(settings: Settings) -> dict[str, Any]:
-    """One nightly run with the settings' adapters (explicit URLs: the scheduler passes them); returns its report."""
+def nightly(settings: Settings, night: str | None = None) -> dict[str, Any]:
+    """One nightly run with the settings' adapters (explicit URLs: the scheduler passes them); returns its report.
+    `night`: the scheduled fire time it is the run of, claimed in the log so that one instance runs it."""
     from flywheel.services.nightly import run_nightly
     from store.db import connect
     started = datetime.now(UTC).isoformat()
@@ -230,7 +231,7 @@ def nightly(settings: Settings) -> dict[str, Any]:
                 build=round_ops(conn, settings.rounds_root, signals=settings.signals, announce=announcer(
                     settings, Endpoints(settings.database_url, settings.kafka_bootstrap))).build,
                 history=partial(_unit_of_work, settings.database_url),
-                run_id=str(uuid.uuid4()), started_at=started)
+                run_id=str(uuid.uuid4()), started_at=started, night=night)
 
     return asyncio.run(run())
 

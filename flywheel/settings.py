@@ -2,15 +2,54 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flywheel.domain.signals import SignalConfig
+
+PREFIX = "FLYWHEEL_"
+
+# The FLYWHEEL_* variables Flywheel reads outside Settings, with who reads them. Every other FLYWHEEL_* variable
+# in the environment must be a setting: a typo is refused at start-up instead of passing silently.
+READ_ELSEWHERE: dict[str, str] = {
+    "FLYWHEEL_OPERATOR": "who acts, for `flywheel tracking reset` (flywheel/entrypoints/cli/tracking.py)",
+    "FLYWHEEL_IMAGE": "Compose's interpolation variable for the image name (docker-compose.yml), not a process's",
+}
+
+# Names older Compose files used: the hint names the setting that replaced them.
+RENAMED = {"FLYWHEEL_VLLM_URL": "FLYWHEEL_GENERATOR_URL", "FLYWHEEL_VLLM_MODEL": "FLYWHEEL_GENERATOR_MODEL"}
+
+
+class UnknownSetting(ValueError):
+    """A FLYWHEEL_* environment variable that is neither a setting nor read elsewhere (READ_ELSEWHERE)."""
+
+
+def setting_names() -> set[str]:
+    """Every FLYWHEEL_* variable a Settings field is read from."""
+    return {PREFIX + name.upper() for name in Settings.model_fields}
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a FLYWHEEL_* variable that nothing reads, naming it and the nearest known name."""
+    known = setting_names() | set(READ_ELSEWHERE)
+    unknown = sorted(k for k in environ if k.upper().startswith(PREFIX) and k.upper() not in known)
+    if not unknown:
+        return
+    lines = []
+    for name in unknown:
+        near = [RENAMED[name.upper()]] if name.upper() in RENAMED else difflib.get_close_matches(
+            name.upper(), sorted(known), n=1, cutoff=0.6)
+        lines.append(f"{name}" + (f" (did you mean {near[0]}?)" if near else ""))
+    raise UnknownSetting(f"unknown environment variable{'s' if len(unknown) > 1 else ''}: {'; '.join(lines)}. "
+                         "Every FLYWHEEL_* variable must be a setting (flywheel/settings.py)")
 
 
 def default_home() -> Path:
@@ -34,7 +73,13 @@ class Settings(BaseSettings):
     generation_topic: str = "flywheel.generation"  # requests for generation workers (flywheel generate --via-kafka)
     generation_group: str = "flywheel-generation"
     generation_batch: int = 32  # requests per engine call
-    partitions: int = 4
+    partitions: int = 4  # of the feedback and generation topics
+    deadletter_partitions: int = Field(default=1, gt=0)
+    # Announcements carry no key: on more than one partition a reader may see them out of order.
+    rounds_partitions: int = Field(default=1, gt=0)
+    # Of every topic Flywheel creates: 1 fits a single broker (the local stack, the Compose file); 3 is usual on a
+    # production cluster.
+    replication_factor: int = Field(default=1, gt=0)
     consumer_group: str = "flywheel-ingest"
 
     batch_size: int = 2000
@@ -64,7 +109,10 @@ class Settings(BaseSettings):
     signals_quiet: float = Field(default=0.25, gt=0)
     # Short sessions make group joins fast on the local broker; production brokers can use more.
     kafka_session_timeout: float = 6.0
-    metrics_port: int = 0
+    # Prometheus metrics, one port per process kind so that they can share a host (0: none).
+    metrics_port: int = 0  # the ingest worker
+    generation_metrics_port: int = 0  # a generation worker
+    scheduler_metrics_port: int = 0  # the scheduler
     # Generation: a local model directory for in-process vLLM, or the URL of an OpenAI-compatible vLLM server.
     generator_model: str = ""
     generator_url: str = ""
@@ -96,6 +144,12 @@ class Settings(BaseSettings):
     nightly_cron: str = "0 3 * * *"
     nightly_steps: str = "sample,generate,select,build"  # drop a step to skip it
     nightly_budget: int = 200  # hard cases sampled per night
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_environment(cls, values: Any) -> Any:
+        check_environment(os.environ)
+        return values
 
     def child_env(self) -> dict[str, str]:
         """This process's environment with the FLYWHEEL_* variables that reproduce these settings in a child."""

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 
 from store.ingest import BatchOutcome
 
@@ -41,3 +49,13 @@ class Metrics:
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+
+def serve_process_metrics(port: int) -> CollectorRegistry:
+    """The process's own metrics (CPU, memory, open files; Python's version) on `port`, for a process with no
+    counters of its own yet (the scheduler, a generation worker): what a liveness check or an alert reads."""
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    start_http_server(port, addr="0.0.0.0", registry=registry)
+    return registry

@@ -13,20 +13,27 @@ from kafka.errors import TopicAlreadyExistsError
 from flywheel.settings import Settings
 
 
-def ensure_topics(bootstrap: str, settings: Settings) -> dict[str, int]:
-    """Create the missing topics; returns every topic's partition count as the broker reports it."""
-    wanted = {
+def new_topics(settings: Settings) -> dict[str, NewTopic]:
+    """Every topic Flywheel uses, with the partition count and replication factor the settings give it."""
+    partitions = {
         settings.feedback_topic: settings.partitions,
-        settings.deadletter_topic: 1,
-        settings.rounds_topic: 1,
+        settings.deadletter_topic: settings.deadletter_partitions,
+        settings.rounds_topic: settings.rounds_partitions,
         settings.generation_topic: settings.partitions,
     }
+    return {name: NewTopic(name, num_partitions=n, replication_factor=settings.replication_factor)
+            for name, n in partitions.items()}
+
+
+def ensure_topics(bootstrap: str, settings: Settings) -> dict[str, int]:
+    """Create the missing topics; returns every topic's partition count as the broker reports it."""
+    wanted = new_topics(settings)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="flywheel-admin")
     try:
         missing = [name for name in wanted if name not in set(admin.list_topics())]
         for name in missing:
             with suppress(TopicAlreadyExistsError):  # another process created it between list and create
-                admin.create_topics([NewTopic(name, num_partitions=wanted[name], replication_factor=1)])
+                admin.create_topics([wanted[name]])
         return {t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(wanted))}
     finally:
         admin.close()

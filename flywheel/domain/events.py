@@ -186,6 +186,23 @@ class NightlyRunFinished(InternalEvent):
                 "error": self.error}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NightClaimed(InternalEvent):
+    """A scheduler instance took the nightly run of `night` (the cron's fire time it belongs to). Its id is the
+    night's, so the log takes one claim per night: an instance whose claim is a no-op leaves the night alone."""
+
+    TYPE: ClassVar[str] = "night_claimed"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    night: str
+    run_id: str
+
+    def identity(self) -> str:
+        return self.night
+
+    def payload(self) -> dict[str, Any]:
+        return {"night": self.night, "run_id": self.run_id}
+
+
 ROUND_EVENTS: tuple[type[InternalEvent], ...] = (
     QuarantineItemsAdded, RoundPublished, RoundRolledBack, RoundRestored, RoundConsumed, NightlyRunFinished)
 

@@ -11,11 +11,11 @@ from pydantic import ValidationError
 
 from flywheel.domain.redact import Redactor
 from flywheel.domain.wire import (
-    EVENT_CLASSES,
     ROLE_ORDER_ERROR,
-    SUPPORTED_SCHEMA_VERSIONS,
+    WIRE,
     BaseEvent,
     FeedbackEvent,
+    WireFormat,
     to_wire,
 )
 
@@ -62,8 +62,9 @@ class Accepted:
     redactions: int
 
 
-def parse(raw: bytes, *, max_bytes: int) -> FeedbackEvent:
-    """Validate one wire message; raises InvalidEvent with a reason code."""
+def parse(raw: bytes, *, max_bytes: int, wire: WireFormat = WIRE) -> FeedbackEvent:
+    """Validate one wire message (an older readable schema_version is upcast to the current one); raises
+    InvalidEvent with a reason code."""
     if len(raw) > max_bytes:
         raise InvalidEvent(OVERSIZE, f"{len(raw)} bytes > limit {max_bytes}")
     try:
@@ -76,12 +77,19 @@ def parse(raw: bytes, *, max_bytes: int) -> FeedbackEvent:
         raise InvalidEvent(BAD_JSON, str(e)) from None
     if not isinstance(obj, dict):
         raise InvalidEvent(NOT_AN_OBJECT, f"top level is {type(obj).__name__}")
-    return _validate_json(_checked_class(obj), raw)
+    cls = _checked_class(obj, wire)
+    if obj["schema_version"] == wire.version:
+        return _validate_json(cls, raw)
+    return validate(_upcast(obj, wire), wire)
 
 
-def validate(obj: dict[str, Any]) -> FeedbackEvent:
-    """Validate a decoded event dict; raises InvalidEvent with a reason code."""
-    cls = _checked_class(obj)
+def validate(obj: dict[str, Any], wire: WireFormat = WIRE) -> FeedbackEvent:
+    """Validate a decoded event dict (an older readable schema_version is upcast to the current one); raises
+    InvalidEvent with a reason code."""
+    cls = _checked_class(obj, wire)
+    if obj["schema_version"] != wire.version:
+        obj = _upcast(obj, wire)
+        cls = _checked_class(obj, wire)
     try:
         raw = orjson.dumps(obj)
     except orjson.JSONEncodeError as e:  # e.g. an int beyond 64 bits, or a value JSON cannot carry
@@ -92,8 +100,17 @@ def validate(obj: dict[str, Any]) -> FeedbackEvent:
 _STARTS_WITH_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
-def _checked_class(obj: dict[str, Any]) -> type[BaseEvent]:
-    cls = _event_class(obj)
+def _upcast(obj: dict[str, Any], wire: WireFormat) -> dict[str, Any]:
+    version = obj["schema_version"]
+    try:
+        return wire.upcast(obj)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # an old event too broken to upcast
+        raise InvalidEvent(INVALID_FIELD, f"schema_version {version} cannot be read as {wire.version}: "
+                                          f"{type(e).__name__}: {e}") from None
+
+
+def _checked_class(obj: dict[str, Any], wire: WireFormat) -> type[BaseEvent]:
+    cls = _event_class(obj, wire)
     at = obj.get("occurred_at")
     # Strict JSON mode still reads a string like "1700000000" as Unix time in UTC, a zone nobody sent.
     if isinstance(at, str) and not _STARTS_WITH_DATE.match(at):
@@ -101,17 +118,17 @@ def _checked_class(obj: dict[str, Any]) -> type[BaseEvent]:
     return cls
 
 
-def _event_class(obj: dict[str, Any]) -> type[BaseEvent]:
+def _event_class(obj: dict[str, Any], wire: WireFormat) -> type[BaseEvent]:
     if "type" not in obj:
         raise InvalidEvent(MISSING_FIELD, "type: field required")
     kind = obj.get("type")
-    cls = EVENT_CLASSES.get(kind) if isinstance(kind, str) else None
+    cls = wire.classes.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise InvalidEvent(UNKNOWN_TYPE, f"type {kind!r} is not one of {sorted(EVENT_CLASSES)}")
+        raise InvalidEvent(UNKNOWN_TYPE, f"type {kind!r} is not one of {sorted(wire.classes)}")
     version = obj.get("schema_version")
     if version is None:
         raise InvalidEvent(MISSING_FIELD, "schema_version: field required")
-    if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
+    if type(version) is not int or version not in wire.readable:
         raise InvalidEvent(UNKNOWN_SCHEMA_VERSION, f"schema_version {version!r} for type {kind}")
     return cls
 

@@ -1,17 +1,23 @@
-"""Wire schema of topic flywheel.feedback: one JSON event per message, keyed by interaction_id."""
+"""Wire schema of topic flywheel.feedback: one JSON event per message, keyed by interaction_id.
+
+Versioning: a field added as optional stays schema_version 1 (workers are upgraded before producers, since a
+worker rejects a field it does not know). A breaking change is a new schema_version, whose models replace these,
+and an upcaster from each older version to the next (WireFormat), so old producers' events are read as new ones.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Union
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 from pydantic_core import PydanticCustomError
 
 from flywheel.domain.messages import role_order_problem
 
 SCHEMA_VERSION = 1
-SUPPORTED_SCHEMA_VERSIONS = frozenset({1})
 EVENT_TYPES = ("interaction", "thumbs", "edit", "regenerate", "rating", "comparison")
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
@@ -238,3 +244,53 @@ EVENT_CLASSES: dict[str, type[BaseEvent]] = {
 def to_wire(event: FeedbackEvent) -> dict[str, Any]:
     """The JSON-ready dict of an event, as it travels and as it is stored."""
     return event.model_dump(mode="json", exclude_none=True)
+
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WireFormat:
+    """The wire format a worker reads: the current `version`'s models by type, and `upcasters`, keyed by an older
+    version, each turning an event of that version into one of the next (as event-sourcing libraries upcast
+    stored events). An event of any version in `readable` is read as the current version."""
+
+    version: int
+    classes: Mapping[str, type[BaseEvent]]
+    upcasters: Mapping[int, Upcaster] = field(default_factory=dict)
+
+    @property
+    def readable(self) -> frozenset[int]:
+        return frozenset({self.version, *self.upcasters})
+
+    def upcast(self, event: dict[str, Any]) -> dict[str, Any]:
+        """An event of a readable older version as the current version would say it (a new dict)."""
+        version = event["schema_version"]
+        while version != self.version:
+            event = self.upcasters[version](dict(event))
+            if event.get("schema_version") != version + 1:
+                raise ValueError(f"the upcaster from schema_version {version} must give {version + 1}, "
+                                 f"gave {event.get('schema_version')!r}")
+            version += 1
+        return event
+
+
+WIRE = WireFormat(version=SCHEMA_VERSION, classes=EVENT_CLASSES)
+SCHEMA_ID = "urn:flywheel:wire:feedback"
+
+
+def json_schema(wire: WireFormat = WIRE) -> dict[str, Any]:
+    """The wire format as JSON Schema (draft 2020-12), generated from the models: one of the event types, told
+    apart by `type`. Checks beyond a schema (roles in order, a rating on its scale, a comparison naming its
+    subject) are the models' and dead-letter an event as the README says."""
+    members = tuple(wire.classes[t] for t in sorted(wire.classes))
+    union = Annotated[Union[members], Field(discriminator="type")]  # type: ignore[valid-type]  # noqa: UP007
+    schema = TypeAdapter(union).json_schema(ref_template="#/$defs/{model}")
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": f"Flywheel feedback event, schema_version {wire.version}",
+        "description": "One JSON object per message on the feedback topic (default flywheel.feedback), keyed by "
+                       "its interaction_id as UTF-8. Generated from flywheel/domain/wire.py by `flywheel schema`.",
+        **schema,
+    }

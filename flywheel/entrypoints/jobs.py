@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from flywheel.domain.signals import SignalConfig
@@ -37,8 +38,13 @@ def nightly_pipeline(settings: dict[str, Any]) -> dict[str, Any]:
     """The nightly round: sample → generate → select → build, each step skippable (FLYWHEEL_NIGHTLY_STEPS).
 
     Steps that need what is not configured (no generator model or URL, no reward model) are skipped and
-    say so; one builder runs at a time across instances (the build holds a Postgres advisory lock)."""
+    say so. Each night runs once across scheduler instances: the run claims its night (the cron's fire time it
+    belongs to) in the log, and an instance that finds it claimed does nothing."""
     from flywheel.bootstrap import nightly
+    from flywheel.entrypoints.scheduler import night_of
     from flywheel.settings import Settings
 
-    return nightly(Settings(**settings))
+    configured = Settings(**settings)
+    night = night_of(configured.nightly_cron, datetime.now(UTC))
+    log.info("nightly pipeline: the night of %s", night)
+    return nightly(configured, night=night)

@@ -1,8 +1,10 @@
-"""APScheduler with its job store in the same Postgres: jobs survive restarts and run once across instances."""
+"""APScheduler with its job store in the same Postgres: jobs survive restarts; a night's run claims the night in
+the log, so it runs once across instances."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from datetime import datetime, timedelta
 
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
@@ -11,12 +13,27 @@ from apscheduler.triggers.cron import CronTrigger
 from flywheel.settings import Endpoints, Settings
 from store.db import sqlalchemy_url
 
+MISFIRE_GRACE = 3600  # seconds a job may start late (a busy or restarting scheduler) and still run
+
+
+def night_of(cron: str, now: datetime) -> str:
+    """The night a run starting at `now` belongs to: the cron's latest fire time at or before `now`. A scheduled
+    run starts at its fire time or late within the misfire grace, never early, so every instance running the
+    same fire time names the same night. Outside any fire time's grace (a run by hand), the night is `now`."""
+    trigger = CronTrigger.from_crontab(cron, timezone="UTC")
+    night = None
+    fire = trigger.get_next_fire_time(None, now - timedelta(seconds=MISFIRE_GRACE))
+    while fire is not None and fire <= now:
+        night = fire
+        fire = trigger.get_next_fire_time(fire, fire + timedelta(microseconds=1))
+    return (night or now).isoformat()
+
 
 def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints) -> BaseScheduler:
     scheduler.configure(
         jobstores={"default": SQLAlchemyJobStore(url=sqlalchemy_url(endpoints.database_url),
                                                  tablename="scheduler_jobs")},
-        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": MISFIRE_GRACE},
         timezone="UTC",
     )
     scheduler.add_job(

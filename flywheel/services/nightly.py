@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 from flywheel.domain.commands import BuildRound
-from flywheel.domain.events import NightlyRunFinished
+from flywheel.domain.events import NightClaimed, NightlyRunFinished
 from flywheel.ports import BuilderBusy, EventLog, HardCaseStore
 from flywheel.services.build_round import Published
 from flywheel.services.generate import generate_candidates
@@ -22,16 +22,24 @@ log = logging.getLogger("flywheel.nightly")
 STEPS = ("sample", "generate", "select", "build")  # always in this order, whatever order they are listed in
 NO_GENERATOR = "skipped: no FLYWHEEL_GENERATOR_MODEL or FLYWHEEL_GENERATOR_URL"
 NO_SCORER = "skipped: no FLYWHEEL_REWARD_MODEL, FLYWHEEL_JUDGE_RUBRIC or FLYWHEEL_SELECT_CHECKS"
+NIGHT_TAKEN = "another instance claimed this night"
 
 
 async def run_nightly(
     steps: Sequence[str], *, store: HardCaseStore, budget: int, generator: Callable[[], Generator] | None,
     scoring: Callable[[], Scoring] | None, build: Callable[[BuildRound], Awaitable[Published]],
     history: Callable[[], AbstractAsyncContextManager[EventLog]], run_id: str, started_at: str,
+    night: str | None = None,
 ) -> dict[str, Any]:
     """Run the listed steps; one whose adapters are not configured (`generator`, `scoring` None) is skipped with a
     reason, and so is a build while another instance builds. The run is recorded in the log (`history`: a unit of
-    work of its own, as the store may be what failed) as ok or failed with its error. Returns what each step did."""
+    work of its own, as the store may be what failed) as ok or failed with its error. Returns what each step did.
+
+    With a `night` (a scheduled run), the run first claims it in the log: when another instance already has, this
+    one does nothing, records nothing and says so (`{"night": ..., "skipped": ...}`)."""
+    if night is not None and not await _claim(history, NightClaimed(night=night, run_id=run_id)):
+        log.info("nightly pipeline: the night of %s is another instance's, skipped", night)
+        return {"night": night, "skipped": NIGHT_TAKEN}
     report: dict[str, Any] = {}
     try:
         if "sample" in steps:
@@ -70,6 +78,13 @@ async def _generate(store: HardCaseStore, generator: Generator) -> dict[str, Any
     finally:
         generator.unload()
     return {"groups_new": g.groups_new, "candidates": g.candidates}
+
+
+async def _claim(history: Callable[[], AbstractAsyncContextManager[EventLog]], claim: NightClaimed) -> bool:
+    """Whether this run took the night: the log appends one claim per night (its id is the night's) and
+    serialises appends, so of two instances claiming at once exactly one records it."""
+    async with history() as unit:
+        return bool(await unit.record([claim]))
 
 
 async def _remember(history: Callable[[], AbstractAsyncContextManager[EventLog]], run: NightlyRunFinished) -> None:

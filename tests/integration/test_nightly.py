@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -25,6 +28,7 @@ from sampling.hardcases import SamplerConfig
 from store.projections import record
 from store.unit_of_work import ROUNDS_LOCK
 from streams.topics import ensure_topics
+from tests.conftest import wait_until
 from tests.integration.test_hardcase_loop import query
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store
@@ -67,6 +71,86 @@ def test_one_builder_at_a_time_a_busy_night_skips_its_build(nightly: Settings) -
         report = run_steps(nightly.model_copy(update={"nightly_steps": "build"}))
     assert report == {"build": "skipped: another round build or rollback is running"}
     assert run_steps(nightly.model_copy(update={"nightly_steps": "build"}))["build"]["round"] == 1
+
+
+def test_a_night_is_run_once_a_second_run_of_it_does_nothing(nightly: Settings) -> None:
+    build = nightly.model_copy(update={"nightly_steps": "build"})
+    first = run_steps(build, night="2026-12-06T03:00:00+00:00")
+    assert first["build"]["round"] == 1
+    assert run_steps(build, night="2026-12-06T03:00:00+00:00") == {
+        "night": "2026-12-06T03:00:00+00:00", "skipped": "another instance claimed this night"}
+    assert run_steps(build, night="2026-12-07T03:00:00+00:00")["build"]["round"] == 2
+    runs = query(nightly.database_url, "SELECT status FROM nightly_runs ORDER BY position")
+    assert runs == [("ok",), ("ok",)], "a skipped night records no run"
+    claims = query(nightly.database_url, "SELECT data -> 'payload' ->> 'night' FROM events"
+                                         " WHERE type = 'night_claimed' ORDER BY position")
+    assert claims == [("2026-12-06T03:00:00+00:00",), ("2026-12-07T03:00:00+00:00",)]
+
+
+def test_two_instances_claiming_one_night_at_once_build_once(nightly: Settings) -> None:
+    build = nightly.model_copy(update={"nightly_steps": "build"})
+    reports: list[dict[str, Any]] = []
+    start = threading.Barrier(2)
+
+    def run() -> None:
+        start.wait()
+        reports.append(run_steps(build, night="2026-12-06T03:00:00+00:00"))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(("build" in r, r.get("skipped")) for r in reports) == [
+        (False, "another instance claimed this night"), (True, None)]
+    assert query(nightly.database_url, "SELECT number FROM rounds") == [(1,)]
+
+
+def test_two_scheduler_processes_on_one_database_build_each_night_once(
+    nightly: Settings, start_worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path,
+) -> None:
+    """Two real `flywheel scheduler` processes, every minute a night: each night is claimed once and built once,
+    whichever instance fires. APScheduler's shared job store alone lets both fire a due job, and here they do."""
+    every_minute = nightly.model_copy(update={"nightly_steps": "build", "nightly_cron": "* * * * *",
+                                              "audit_cron": "0 0 1 1 *"})
+    first = start_worker("scheduler", every_minute)
+    url = nightly.database_url
+
+    def registered() -> bool:
+        return bool(query(url, "SELECT 1 FROM pg_tables WHERE tablename = 'scheduler_jobs'")) and bool(
+            query(url, "SELECT 1 FROM scheduler_jobs WHERE id = 'nightly_pipeline'"))
+
+    wait_until(registered, timeout=60, what="the first scheduler to register its jobs")
+    second = start_worker("scheduler", every_minute)
+
+    logs = [tmp_path / "scheduler-0.log", tmp_path / "scheduler-1.log"]
+
+    def contended() -> set[str]:
+        """The nights both processes started a run of."""
+        started = [set(re.findall(r"flywheel\.jobs: nightly pipeline: the night of (\S+)", log.read_text()))
+                   for log in logs]
+        return started[0] & started[1]
+
+    def run_of(night: str) -> bool:
+        return bool(query(url, "SELECT 1 FROM nightly_runs r JOIN events e ON e.type = 'night_claimed'"
+                               " AND e.data -> 'payload' ->> 'run_id' = r.run_id"
+                               " WHERE e.data -> 'payload' ->> 'night' = %s", [night]))
+
+    def both_fired_a_night_and_it_ran() -> bool:
+        assert first.poll() is None and second.poll() is None, "a scheduler exited"
+        return any(run_of(night) for night in contended())
+
+    wait_until(both_fired_a_night_and_it_ran, timeout=180, what="both schedulers to fire one night", interval=1)
+    night = next(n for n in sorted(contended()) if run_of(n))
+    wait_until(lambda: f"the night of {night} is another instance's, skipped" in "".join(
+        log.read_text() for log in logs), timeout=30, what="the other instance to skip the night")
+    claims = query(url, "SELECT data -> 'payload' ->> 'night' FROM events WHERE type = 'night_claimed'")
+    nights = [c[0] for c in claims]
+    assert len(nights) == len(set(nights)) and night in nights
+    runs = query(url, "SELECT status, steps FROM nightly_runs ORDER BY position")
+    assert all(status == "ok" and "round" in steps["build"] for status, steps in runs), runs
+    rounds = query(url, "SELECT number FROM rounds ORDER BY number")
+    assert 1 <= len(rounds) == len(runs) <= len(nights), "one build per night, never two"
 
 
 def test_scheduler_jobs_persist_in_postgres_once_across_instances(settings: Settings, endpoints: Endpoints) -> None:
@@ -127,3 +211,28 @@ def test_the_nightly_select_runs_with_checks_not_only_a_reward_model(
     failed, ok = json.loads(run_cli("rounds", "list", "--json").stdout)["nightly_runs"]
     assert failed["status"] == "failed" and "off numeric_answer's scale" in failed["error"]
     assert ok["status"] == "ok" and ok["steps"]["select"]["pairs"] == 1
+
+
+def test_the_scheduler_serves_metrics_on_its_own_port(
+    settings: Settings, start_worker: Callable[..., subprocess.Popen[bytes]],
+) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    scheduler = start_worker("scheduler", settings.model_copy(update={"scheduler_metrics_port": port}))
+    seen: dict[str, str] = {}
+
+    def serving() -> bool:
+        assert scheduler.poll() is None, "the scheduler exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                seen["body"] = response.read().decode()
+        except OSError:
+            return False
+        return True
+
+    wait_until(serving, timeout=60, what="the scheduler's metrics endpoint")
+    assert "process_cpu_seconds_total" in seen["body"] and "python_info" in seen["body"]

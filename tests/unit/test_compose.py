@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,12 @@ DOCKERFILE = ROOT / "infra" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
 CORE_SERVICES = {"kafka", "postgres", "worker", "scheduler"}
-FLYWHEEL_SERVICES = ("worker", "scheduler")
+GPU_SERVICES = {"vllm", "generation-worker"}
+FLYWHEEL_SERVICES = ("worker", "scheduler", "generation-worker")
+# The command each Flywheel service runs, and the metrics-port setting that command serves on.
+COMMANDS = {"worker": "worker", "scheduler": "scheduler", "generation-worker": "generation-worker"}
+METRICS_PORTS = {"worker": "FLYWHEEL_METRICS_PORT", "scheduler": "FLYWHEEL_SCHEDULER_METRICS_PORT",
+                 "generation-worker": "FLYWHEEL_GENERATION_METRICS_PORT"}
 
 # ${VAR}, ${VAR:-default}, ${VAR-default}, ${VAR:?error}, ${VAR?error}, ${VAR:+alt}, ${VAR+alt}; $$ escapes.
 _VAR = re.compile(r"\$(?:\$|\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?+])(?P<arg>[^}]*))?\})")
@@ -140,17 +146,18 @@ def test_uninterpolated_file_is_valid_too(validator: Any, raw: dict[str, Any]) -
 
 
 def test_services_exist(compose: dict[str, Any]) -> None:
-    assert set(compose["services"]) == CORE_SERVICES | {"vllm"}
+    assert set(compose["services"]) == CORE_SERVICES | GPU_SERVICES
 
 
-def test_vllm_is_only_in_the_gpu_profile(compose: dict[str, Any]) -> None:
+def test_vllm_and_the_generation_worker_are_only_in_the_gpu_profile(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["vllm"]["profiles"] == ["gpu"]
+    for name in GPU_SERVICES:
+        assert services[name]["profiles"] == ["gpu"]
     for name in CORE_SERVICES:
         assert "profiles" not in services[name], f"{name} must start without --profile"
-    # Nothing that starts by default may depend on the optional service.
+    # Nothing that starts by default may depend on the optional services.
     for name in CORE_SERVICES:
-        assert "vllm" not in services[name].get("depends_on", {})
+        assert GPU_SERVICES.isdisjoint(services[name].get("depends_on", {}))
 
 
 def test_vllm_serves_the_configured_model_on_a_gpu(raw: dict[str, Any], compose: dict[str, Any]) -> None:
@@ -171,37 +178,116 @@ def test_flywheel_env(compose: dict[str, Any], name: str) -> None:
     assert env["FLYWHEEL_DATABASE_URL"] == "postgresql://postgres:postgres@postgres:5432/flywheel"
     assert env["FLYWHEEL_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["FLYWHEEL_METRICS_PORT"] == "9464"
-    assert env["FLYWHEEL_VLLM_URL"] == "http://vllm:8000/v1"
+    assert env["FLYWHEEL_REPLICATION_FACTOR"] == "1", "one broker: nothing can be replicated further"
+    assert env["FLYWHEEL_CONSUMER_GROUP"] != env["FLYWHEEL_GENERATION_GROUP"]
 
 
-def test_worker_and_scheduler_share_one_image_and_env(raw: dict[str, Any], compose: dict[str, Any]) -> None:
+def test_every_process_kind_serves_metrics_on_a_port_of_its_own(compose: dict[str, Any]) -> None:
+    env = _env(compose["services"]["worker"])
+    ports = {name: env[setting] for name, setting in METRICS_PORTS.items()}
+    assert len(set(ports.values())) == len(ports) and all(int(p) > 0 for p in ports.values())
+    for name, port in ports.items():
+        service = compose["services"][name]
+        assert _env(service)[METRICS_PORTS[name]] == port
+        assert port in service["expose"]
+        assert f"127.0.0.1:{port}/metrics" in " ".join(service["healthcheck"]["test"]), name
+
+
+def test_generation_reaches_vllm_at_its_base_url(raw: dict[str, Any], compose: dict[str, Any]) -> None:
+    """The client adds /v1 itself; the generation worker defaults to the gpu profile's server and its model."""
+    gen = _env(compose["services"]["generation-worker"])
+    assert gen["FLYWHEEL_GENERATOR_URL"] == "http://vllm:8000"
+    assert gen["FLYWHEEL_GENERATOR_MODEL"] == "Qwen/Qwen2.5-1.5B-Instruct"
+    assert compose["services"]["generation-worker"]["command"] == ["flywheel", "generation-worker"]
+    assert compose["services"]["generation-worker"]["depends_on"]["vllm"] == {"condition": "service_healthy"}
+    # Without a server the nightly run skips generation, rather than loading an engine in the scheduler.
+    sched = _env(compose["services"]["scheduler"])
+    assert sched["FLYWHEEL_GENERATOR_URL"] == sched["FLYWHEEL_GENERATOR_MODEL"] == ""
+    wired = _env(interpolate(raw, {"GENERATOR_URL": "http://vllm:8000", "GENERATOR_MODEL": "m"})["services"][
+        "scheduler"])
+    assert (wired["FLYWHEEL_GENERATOR_URL"], wired["FLYWHEEL_GENERATOR_MODEL"]) == ("http://vllm:8000", "m")
+    for env in (gen, sched, wired):
+        assert not any(v.rstrip("/").endswith("/v1") for k, v in env.items() if k.endswith("_URL"))
+
+
+def test_the_scheduler_has_the_nightly_scorers(raw: dict[str, Any]) -> None:
+    values = {"REWARD_MODEL": "/models/rm", "JUDGE_MODEL": "judge-7b", "JUDGE_URL": "http://judge:8000",
+              "JUDGE_RUBRIC": "/models/rubric.txt", "SELECT_CHECKS": "/models/checks.jsonl"}
+    env = _env(interpolate(raw, values)["services"]["scheduler"])
+    for name, value in values.items():
+        assert env[f"FLYWHEEL_{name}"] == value
+    assert "${MODELS_DIR:-./models}:/models:ro" in raw["services"]["scheduler"]["volumes"]
+
+
+def test_flywheel_services_share_one_image_and_the_common_env(raw: dict[str, Any], compose: dict[str, Any]) -> None:
     assert "x-flywheel" in raw, "the shared definition lives under the x-flywheel extension key"
-    worker, scheduler = (compose["services"][n] for n in FLYWHEEL_SERVICES)
-    assert _env(worker) == _env(scheduler)
-    assert worker["image"] == scheduler["image"]
-    assert worker["build"] == scheduler["build"] == {"context": ".", "dockerfile": "infra/Dockerfile"}
+    worker, scheduler, gen = (compose["services"][n] for n in FLYWHEEL_SERVICES)
+    common = compose["x-flywheel-env"]
+    assert _env(worker) == common
+    for service in (scheduler, gen):
+        assert set(common) <= set(_env(service))
+    assert {k: v for k, v in _env(scheduler).items() if k in common} == common
+    assert worker["image"] == scheduler["image"] == gen["image"]
+    assert worker["build"] == scheduler["build"] == gen["build"] == {"context": ".", "dockerfile": "infra/Dockerfile"}
     assert (ROOT / worker["build"]["context"] / worker["build"]["dockerfile"]).is_file()
-    assert worker["command"] == ["flywheel", "worker"]
-    assert scheduler["command"] == ["flywheel", "scheduler"]
+    for name in FLYWHEEL_SERVICES:
+        assert compose["services"][name]["command"] == ["flywheel", COMMANDS[name]]
     assert worker["deploy"]["replicas"] >= 2
-    assert scheduler["deploy"]["replicas"] == 1, "a second scheduler would fire every job twice"
 
 
-def test_env_names_are_real_settings(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    """FLYWHEEL_* variables reach Settings fields (a typo would be silently ignored by extra="ignore")."""
+def _flywheel_keys(compose: dict[str, Any]) -> dict[str, set[str]]:
+    """Every FLYWHEEL_* key a Flywheel process gets: from each service's environment and the Dockerfile's ENV."""
+    where: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        for key in _env(service):
+            if key.startswith("FLYWHEEL_"):
+                where.setdefault(key, set()).add(name)
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    for line in text.splitlines():
+        if line.strip().startswith("ENV "):
+            for key in re.findall(r"(?:^|\s)(FLYWHEEL_[A-Z0-9_]+)[= ]", line.strip()[4:]):
+                where.setdefault(key, set()).add("Dockerfile")
+    return where
+
+
+def test_every_flywheel_key_in_compose_and_the_dockerfile_is_a_setting(compose: dict[str, Any]) -> None:
+    """A key that is not a setting would stop the process at start-up (flywheel.settings.check_environment)."""
+    from flywheel.settings import setting_names
+
+    where = _flywheel_keys(compose)
+    assert "FLYWHEEL_HOME" in where and "Dockerfile" in where["FLYWHEEL_HOME"], "the Dockerfile's ENV is read"
+    assert {"FLYWHEEL_JUDGE_MODEL", "FLYWHEEL_REWARD_MODEL", "FLYWHEEL_GENERATION_GROUP"} <= set(where)
+    unknown = {key: sorted(services) for key, services in where.items() if key not in setting_names()}
+    assert not unknown, f"not settings: {unknown}"
+
+
+def test_the_key_check_is_not_vacuous(compose: dict[str, Any]) -> None:
+    bad = copy.deepcopy(compose)
+    bad["services"]["scheduler"]["environment"]["FLYWHEEL_VLLM_URL"] = "http://vllm:8000/v1"
+    from flywheel.settings import setting_names
+
+    assert "FLYWHEEL_VLLM_URL" in set(_flywheel_keys(bad)) - setting_names()
+
+
+@pytest.mark.parametrize("name", FLYWHEEL_SERVICES)
+def test_each_service_environment_builds_its_settings(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, name: str,
+) -> None:
+    """Each service's environment, as a process would see it, is accepted by Settings and reaches its fields."""
     from flywheel.settings import Settings
 
-    env = _env(compose["services"]["worker"])
+    for key in [k for k in os.environ if k.upper().startswith("FLYWHEEL_")]:
+        monkeypatch.delenv(key)
+    env = _env(compose["services"][name])
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = Settings()
     assert settings.database_url == env["FLYWHEEL_DATABASE_URL"]
     assert settings.kafka_bootstrap == env["FLYWHEEL_KAFKA_BOOTSTRAP"]
     assert settings.metrics_port == 9464
-    known = {f"FLYWHEEL_{f.upper()}" for f in Settings.model_fields}
-    # Consumed by the vLLM generator once it lands; everything else must be a Settings field.
-    future = {"FLYWHEEL_VLLM_URL", "FLYWHEEL_VLLM_MODEL"}
-    assert set(env) - known <= future
+    assert settings.scheduler_metrics_port == 9465 and settings.generation_metrics_port == 9466
+    assert settings.replication_factor == 1 and settings.deadletter_partitions == settings.rounds_partitions == 1
+    assert settings.generator_url == env["FLYWHEEL_GENERATOR_URL"]
 
 
 @pytest.mark.parametrize("name", FLYWHEEL_SERVICES)
@@ -210,6 +296,7 @@ def test_flywheel_waits_for_healthy_infra(compose: dict[str, Any], name: str) ->
     assert depends == {
         "kafka": {"condition": "service_healthy"},
         "postgres": {"condition": "service_healthy"},
+        **({"vllm": {"condition": "service_healthy"}} if name == "generation-worker" else {}),
     }
     for dep in depends:
         assert "test" in compose["services"][dep]["healthcheck"]
@@ -229,7 +316,8 @@ def test_postgres(compose: dict[str, Any]) -> None:
 def test_password_override_reaches_both_sides(raw: dict[str, Any]) -> None:
     doc = interpolate(raw, {"POSTGRES_PASSWORD": "s3cret"})
     assert _env(doc["services"]["postgres"])["POSTGRES_PASSWORD"] == "s3cret"
-    assert "postgres:s3cret@postgres" in _env(doc["services"]["worker"])["FLYWHEEL_DATABASE_URL"]
+    for name in FLYWHEEL_SERVICES:
+        assert "postgres:s3cret@postgres" in _env(doc["services"][name])["FLYWHEEL_DATABASE_URL"]
 
 
 def test_kafka_is_single_node_kraft(compose: dict[str, Any]) -> None:

@@ -126,6 +126,10 @@ def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
     _generator(settings)  # fail now, with a clear error, when no model is configured
+    if settings.generation_metrics_port:
+        from streams.metrics import serve_process_metrics
+
+        serve_process_metrics(settings.generation_metrics_port)
     faust_app = create_generation_app(settings, endpoints, lambda: make_generator(settings))
     Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
 

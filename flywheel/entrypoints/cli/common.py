@@ -8,13 +8,22 @@ from collections.abc import Callable
 from typing import Any
 
 import typer
+from pydantic import ValidationError
 
 from flywheel.bootstrap import NoStack, resolve
 from flywheel.settings import Endpoints, Settings
 
 
 def _settings() -> Settings:
-    return Settings()
+    """The settings from the environment; a bad or unknown FLYWHEEL_* variable stops the command with its name."""
+    try:
+        return Settings()
+    except ValidationError as e:
+        for error in e.errors():
+            where = ".".join(map(str, error["loc"]))
+            message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
+            typer.echo(f"error: {f'FLYWHEEL_{where.upper()}: ' if where else ''}{message}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:

@@ -51,6 +51,10 @@ def scheduler() -> None:
     settings = _settings()
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
+    if settings.scheduler_metrics_port:
+        from streams.metrics import serve_process_metrics
+
+        serve_process_metrics(settings.scheduler_metrics_port)
     configure(BlockingScheduler(), settings, endpoints).start()
 
 
@@ -65,6 +69,10 @@ def up() -> None:
     endpoints = _endpoints(settings, start=True)
     _prepare(settings, endpoints)
     typer.echo(f"database {endpoints.database_url}\nbroker   {endpoints.kafka_bootstrap}")
+    if settings.scheduler_metrics_port:  # this process is the scheduler; the worker serves FLYWHEEL_METRICS_PORT
+        from streams.metrics import serve_process_metrics
+
+        serve_process_metrics(settings.scheduler_metrics_port)
     from flywheel.runtime.child import die_with_parent
 
     # A session of its own: Ctrl-C reaches this process alone, which lets the worker drain before stopping it.
