@@ -80,7 +80,8 @@ def _audit_sections(audits: Mapping[str, Any]) -> list[str]:
             f"{escape(str(checkpoint))}, not from a derivation at this round's watermark.</p>")
     return [
         "<h2>Feedback per 100 responses, by model version</h2>" + bar_chart(rates, title="feedback rates"),
-        "<h2>Rater agreement (bands: &lt; 0.40 poor, &lt; 0.60 moderate, &lt; 0.75 substantial)</h2>"
+        "<h2>Rater agreement (bands: &ge; 0.75 strong, 0.60&ndash;0.75 moderate, 0.40&ndash;0.60 fair,"
+        " &lt; 0.40 poor)</h2>"
         + (f"<table>{head}{''.join(agreement)}</table>" if agreement
            else '<p class="empty">no item was judged by two or more raters</p>'),
         f"<h2>Length and position bias</h2><table><tr><th></th><th>value</th><th>over</th></tr>{bias_rows}</table>"
