@@ -6,11 +6,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.signals import SignalConfig
+
+if TYPE_CHECKING:
+    from flywheel.domain.rounds import RoundConfig
 
 
 def default_home() -> Path:
@@ -53,6 +58,12 @@ class Settings(BaseSettings):
     # The signal rules' thresholds, margins and confidences (FLYWHEEL_SIGNALS, JSON: {"edit_min_distance": 0.2}).
     # The signals read model is derived with them: after a change, `flywheel replay` derives it anew.
     signals: SignalConfig = Field(default_factory=SignalConfig)
+    # Promotion gates' limits and which of them block (FLYWHEEL_PROMOTION, JSON: {"min_sft_rows": 500}; unset: the
+    # defaults in flywheel/domain/rounds/promotion.py). Part of every round build's config and config_version.
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    # Who round events (build, promote, rollback, restore, consume, quarantine) say did it, when a command is not
+    # given --by; unset: the OS user.
+    operator: str = ""
     signals_interval: float = Field(default=1.0, gt=0)
     signals_max_events: int = Field(default=50_000, gt=0)
     # Of a core (the projector has a process of its own): a long run delays the next accordingly.
@@ -92,6 +103,12 @@ class Settings(BaseSettings):
     nightly_cron: str = "0 3 * * *"
     nightly_steps: str = "sample,generate,select,build"  # drop a step to skip it
     nightly_budget: int = 200  # hard cases sampled per night
+
+    def round_config(self) -> RoundConfig:
+        """The config a round build uses: the default one with the configured promotion gates."""
+        from flywheel.domain.rounds import RoundConfig
+
+        return RoundConfig(promotion=self.promotion)
 
     def child_env(self) -> dict[str, str]:
         """This process's environment with the FLYWHEEL_* variables that reproduce these settings in a child."""

@@ -89,6 +89,25 @@ def _audit_sections(audits: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _value(v: Any) -> str:
+    return "n/a" if v is None else f"{v:g}" if isinstance(v, int | float) else str(v)
+
+
+def _promotion_section(promotion: Mapping[str, Any]) -> str:
+    """Each promotion gate's value, limit and verdict, and the round's state."""
+    rows = "".join(
+        f"<tr><td><code>{escape(g['name'])}</code></td><td>{escape(_value(g['value']))}</td>"
+        f"<td>{escape(_value(g['limit']))}</td><td>{'yes' if g['blocking'] else 'no'}</td>"
+        f"<td>{escape(g.get('status', 'pass' if g['passed'] else 'fail'))}</td>"
+        f"<td>{escape(str(g.get('detail', {}).get('interval', '')))}</td></tr>"
+        for g in promotion["gates"])
+    head = ("<tr><th>gate</th><th>value</th><th>limit</th><th>blocking</th><th>verdict</th>"
+            "<th>interval</th></tr>")
+    return (f"<h2>Promotion: {escape(str(promotion['state']))}</h2>"
+            f"<p>Human-feedback rows left out for poor rater agreement: "
+            f"{escape(str(promotion.get('left_out_for_agreement', 0)))}</p><table>{head}{rows}</table>")
+
+
 def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = None) -> str:
     """The HTML page of a round: identity, signal mix by kind and source, gate removals, the distribution by
     app, model version, tag and length, and (given `audits`, store.stats.signal_report at the round's
@@ -124,6 +143,7 @@ def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = 
 
     sections = [
         f"<h1>Round {escape(str(manifest['round']))}</h1><table>{rows}</table>",
+        *([_promotion_section(manifest["promotion"])] if "promotion" in manifest else []),
         f"<h2>Splits</h2><table>{split_head}{splits}</table>",
         "<h2>Signal mix by kind and source</h2>" + bar_chart(mix, title="signal mix"),
         "<h2>Removed by each gate</h2>" + bar_chart(removed, title="gate removals"),
