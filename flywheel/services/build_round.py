@@ -252,7 +252,8 @@ def _counts(shares: dict[str, dict[str, Any]]) -> dict[str, int]:
 
 def _gates(agreement: list[GateVerdict], disagreed: Counter[tuple[str, str]], manifest: dict[str, Any],
            audits: dict[str, Any], command: BuildRound, parent: RoundState | None) -> list[GateVerdict]:
-    """Every promotion gate's verdict: agreement (with the rows each failing slice lost) and the round's own."""
+    """Every promotion gate's verdict: agreement (each failing gate with the rows its (app, model version) slice
+    lost, whichever of its feedback kinds failed) and the round's own."""
     counted = [replace(g, detail={**g.detail, "rows_left_out": disagreed[(g.detail["app_id"],
                                                                           g.detail["model_version"])]})
                if g.status == "fail" else g for g in agreement]

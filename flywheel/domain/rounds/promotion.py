@@ -62,8 +62,12 @@ class PromotionConfig:
         for name, value in asdict(self).items():
             if isinstance(value, bool):
                 continue
-            if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"promotion.{name} must be a finite number >= 0")
+            if not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"promotion.{name} must be a finite number")
+            if value < 0 and name != "agreement_limit":  # alpha runs from -1 to 1
+                raise ValueError(f"promotion.{name} must be >= 0")
+        if not -1.0 <= self.agreement_limit <= 1.0:
+            raise ValueError("promotion.agreement_limit must be within -1..1")
         for name in ("agreement_min_items", "agreement_resamples", "min_sft_rows", "min_dpo_rows", "min_kto_rows",
                      "min_bias_pairs", "min_bias_comparisons", "min_drift_rows"):
             if not isinstance(getattr(self, name), int):
