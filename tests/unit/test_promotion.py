@@ -76,7 +76,7 @@ def test_minimum_rows_per_kind() -> None:
 def test_length_bias_pass_fail_and_not_enough_data() -> None:
     config = PromotionConfig(min_bias_pairs=10)
     fine = length_bias_gates({"pairs": 50, "chosen_longer_rate": 0.55, "correlation": 0.1}, config)
-    biased = length_bias_gates({"pairs": 50, "chosen_longer_rate": 0.95, "correlation": -0.7}, config)
+    biased = length_bias_gates({"pairs": 50, "chosen_longer_rate": 0.95, "correlation": -0.95}, config)
     few = length_bias_gates({"pairs": 3, "chosen_longer_rate": 1.0, "correlation": 1.0}, config)
 
     assert [v.status for v in fine] == ["pass", "pass"]
