@@ -18,7 +18,7 @@ from flywheel.settings import Endpoints, Settings
 if TYPE_CHECKING:
     import psycopg
 
-    from flywheel.domain.commands import BuildRound, RegisterConsumption, RestoreRound, RollBackRound
+    from flywheel.domain.commands import BuildRound, PromoteRound, RegisterConsumption, RestoreRound, RollBackRound
     from flywheel.domain.signals import SignalConfig
     from flywheel.ports import Announcer, EventLog, HardCaseStore, RoundBuilder
     from flywheel.services.build_round import Published
@@ -58,6 +58,7 @@ class RoundOps:
     rollback: Callable[[RollBackRound], Awaitable[Change]]
     restore: Callable[[RestoreRound], Awaitable[Change]]
     register_consumption: Callable[[RegisterConsumption], Awaitable[bool]]
+    promote: Callable[[PromoteRound], Awaitable[Change]]
 
 
 def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
@@ -76,7 +77,7 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
     from flywheel.domain.signals import SignalConfig
     from flywheel.runtime.round_builder import ProcessRoundBuilder
     from flywheel.services.build_round import build_round
-    from flywheel.services.rollback import register_consumption, restore, rollback
+    from flywheel.services.rollback import promote, register_consumption, restore, rollback
     from store.roundfiles import RoundDirectories
     from store.roundsource import PostgresRoundSource
     from store.unit_of_work import PostgresRounds
@@ -92,6 +93,7 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
             rollback=partial(rollback, rounds=rounds, files=files, announce=told),
             restore=partial(restore, rounds=rounds, files=files, announce=told),
             register_consumption=partial(register_consumption, rounds=rounds, files=files),
+            promote=partial(promote, rounds=rounds, files=files, announce=told),
         )
 
     return bind
@@ -231,7 +233,8 @@ def nightly(settings: Settings, night: str | None = None) -> dict[str, Any]:
                 build=round_ops(conn, settings.rounds_root, signals=settings.signals, announce=announcer(
                     settings, Endpoints(settings.database_url, settings.kafka_bootstrap))).build,
                 history=partial(_unit_of_work, settings.database_url),
-                run_id=str(uuid.uuid4()), started_at=started, night=night)
+                run_id=str(uuid.uuid4()), started_at=started, night=night,
+                config=settings.round_config())
 
     return asyncio.run(run())
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from flywheel.domain.events import HardCasesSampled, InternalEvent
 from flywheel.domain.log import StoredEvent
+from flywheel.domain.quality import Judgement
 from flywheel.domain.rounds import Entry, QuarantineList, RoundConfig, RoundResult
 from flywheel.domain.signals import SignalConfig
 
@@ -41,6 +42,10 @@ class RoundState:
     rolled_back: bool
     rollback_reason: str | None
     consumed_by: tuple[str, ...]
+    state: str = "promoted"  # or held: only a promoted round that is not rolled back may be current
+    promotion: tuple[dict[str, Any], ...] = ()  # its promotion gates' verdicts
+    history: tuple[dict[str, Any], ...] = ()  # what happened to it, by whom: {"what", "by", "position", ...}
+    rolled_back_position: int | None = None  # the rollback's log position while rolled back
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -85,13 +90,21 @@ class EventLog(Protocol):
         ...
 
 
+class Publication(EventLog, Protocol):
+    """The unit of work that publishes a build, under the rounds lock (so no rollback lands meanwhile)."""
+
+    async def rolled_back_since(self, position: int) -> list[int]:
+        """Rounds rolled back by events after `position` (and not restored since)."""
+        ...
+
+
 class RoundsChange(EventLog, Protocol):
     """One change of the rounds, under the rounds lock: nothing else builds, rolls back or restores meanwhile."""
 
     async def find(self, number: int) -> RoundState | None: ...
 
     async def current(self) -> RoundState | None:
-        """The newest round that is not rolled back: what trainers should use."""
+        """The newest promoted round that is not rolled back: what trainers should use."""
         ...
 
 
@@ -122,6 +135,10 @@ class RoundSnapshot(Protocol):
         consent come unread (see SourceRow)."""
         ...
 
+    async def judgements(self, watermark: int) -> dict[str, tuple[Judgement, ...]]:
+        """Thumbs and ratings (by feedback kind) of the items two or more raters judged, as of `watermark`."""
+        ...
+
     def report(self, watermark: int) -> Awaitable[dict[str, Any]]:
         """The signals report's figures as of `watermark`, in this snapshot (may run beside further reads)."""
         ...
@@ -135,13 +152,15 @@ class RoundSource(Protocol):
         ...
 
     def exclusive(self) -> AbstractAsyncContextManager[None]:
-        """Hold the rounds lock for a whole build; BuilderBusy when another holds it."""
+        """Hold the build lock for a whole build; BuilderBusy when another holds it. Rollbacks, restores and
+        promotions do not wait for it: they take the rounds lock, which only the publication holds."""
         ...
 
     def snapshot(self) -> AbstractAsyncContextManager[RoundSnapshot]: ...
 
-    def publication(self) -> AbstractAsyncContextManager[EventLog]:
-        """A unit of work that sees every commit made so far (the build's snapshot does not): it publishes."""
+    def publication(self) -> AbstractAsyncContextManager[Publication]:
+        """A unit of work that sees every commit made so far (the build's snapshot does not), under the rounds
+        lock: it publishes."""
         ...
 
 

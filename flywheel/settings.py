@@ -8,19 +8,22 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.signals import SignalConfig
+
+if TYPE_CHECKING:
+    from flywheel.domain.rounds import RoundConfig
 
 PREFIX = "FLYWHEEL_"
 
 # The FLYWHEEL_* variables Flywheel reads outside Settings, with who reads them. Every other FLYWHEEL_* variable
 # in the environment must be a setting: a typo is refused at start-up instead of passing silently.
 READ_ELSEWHERE: dict[str, str] = {
-    "FLYWHEEL_OPERATOR": "who acts, for `flywheel tracking reset` (flywheel/entrypoints/cli/tracking.py)",
     "FLYWHEEL_IMAGE": "Compose's interpolation variable for the image name (docker-compose.yml), not a process's",
 }
 
@@ -98,6 +101,12 @@ class Settings(BaseSettings):
     # The signal rules' thresholds, margins and confidences (FLYWHEEL_SIGNALS, JSON: {"edit_min_distance": 0.2}).
     # The signals read model is derived with them: after a change, `flywheel replay` derives it anew.
     signals: SignalConfig = Field(default_factory=SignalConfig)
+    # Promotion gates' limits and which of them block (FLYWHEEL_PROMOTION, JSON: {"min_sft_rows": 500}; unset: the
+    # defaults in flywheel/domain/rounds/promotion.py). Part of every round build's config and config_version.
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    # Who round events (build, promote, rollback, restore, consume, quarantine) say did it, when a command is not
+    # given --by; unset: the OS user.
+    operator: str = ""
     signals_interval: float = Field(default=1.0, gt=0)
     signals_max_events: int = Field(default=50_000, gt=0)
     # Of a core (the projector has a process of its own): a long run delays the next accordingly.
@@ -150,6 +159,12 @@ class Settings(BaseSettings):
     def _known_environment(cls, values: Any) -> Any:
         check_environment(os.environ)
         return values
+
+    def round_config(self) -> RoundConfig:
+        """The config a round build uses: the default one with the configured promotion gates."""
+        from flywheel.domain.rounds import RoundConfig
+
+        return RoundConfig(promotion=self.promotion)
 
     def child_env(self) -> dict[str, str]:
         """This process's environment with the FLYWHEEL_* variables that reproduce these settings in a child."""

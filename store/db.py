@@ -50,6 +50,10 @@ _FOLLOWERS = {"signals": "signals"}  # table -> the checkpoint its projector fol
 # Columns added since a table was first released, with what brings an older table up to date in place.
 _ADDED: dict[tuple[str, str], list[str]] = {
     ("tracking", "topic_id"): ["ALTER TABLE tracking ADD COLUMN topic_id text"],
+    # Rounds published before promotion gates were promoted by being published.
+    ("rounds", "state"): ["ALTER TABLE rounds ADD COLUMN state text NOT NULL DEFAULT 'promoted'"],
+    ("rounds", "promotion"): ["ALTER TABLE rounds ADD COLUMN promotion jsonb NOT NULL DEFAULT '[]'"],
+    ("rounds", "history"): ["ALTER TABLE rounds ADD COLUMN history jsonb NOT NULL DEFAULT '[]'"],
     ("parked", "topic_id"): ["ALTER TABLE parked ADD COLUMN topic_id text NOT NULL DEFAULT ''"],
     ("dead_letters", "topic_id"): [
         "ALTER TABLE dead_letters ADD COLUMN topic_id text NOT NULL DEFAULT ''",

@@ -14,6 +14,7 @@ from flywheel.domain.events import (
     NightlyRunFinished,
     QuarantineItemsAdded,
     RoundConsumed,
+    RoundPromoted,
     RoundPublished,
     RoundRestored,
     RoundRolledBack,
@@ -37,17 +38,25 @@ async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredE
             )
         elif e.type == RoundPublished.TYPE:
             published = RoundPublished.of(p)
+            built = {"what": f"built ({published.state})", "by": published.by or None, "position": e.position,
+                     **({"reason": "; ".join(published.held_because)} if published.held_because else {})}
             await cur.execute(
                 "INSERT INTO rounds (number, position, path, content_hash, watermark, parent, quarantine_version,"
-                " summary, rolled_back, consumed_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, false, '{}')",
+                " summary, rolled_back, consumed_by, state, promotion, history)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, false, '{}', %s, %s, %s)",
                 (published.round, e.position, published.path, published.content_hash, published.watermark,
-                 published.parent, published.quarantine_version, orjson.dumps(published.summary).decode()),
+                 published.parent, published.quarantine_version, orjson.dumps(published.summary).decode(),
+                 published.state, orjson.dumps(published.promotion).decode(), orjson.dumps([built]).decode()),
             )
+        elif e.type == RoundPromoted.TYPE:
+            await cur.execute("UPDATE rounds SET state = 'promoted' WHERE number = %s", (p["round"],))
+            await _history(cur, p["round"], {"what": "promoted", "reason": p["reason"]}, e)
         elif e.type == RoundRolledBack.TYPE:
             rolled = RoundRolledBack.of(p)
             await cur.execute(
                 "UPDATE rounds SET rolled_back = true, rollback_reason = %s, rolled_back_position = %s"
                 " WHERE number = %s", (rolled.reason, e.position, rolled.round))
+            await _history(cur, rolled.round, {"what": "rolled back", "reason": rolled.reason}, e)
             if rolled.quarantine:
                 await cur.execute(
                     "INSERT INTO quarantine_slices (round_number, position, filters, reason, active)"
@@ -59,6 +68,7 @@ async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredE
             await cur.execute("UPDATE rounds SET rolled_back = false, rollback_reason = NULL,"
                               " rolled_back_position = NULL WHERE number = %s", (p["round"],))
             await cur.execute("UPDATE quarantine_slices SET active = false WHERE round_number = %s", (p["round"],))
+            await _history(cur, p["round"], {"what": "restored"}, e)
         elif e.type == NightlyRunFinished.TYPE:
             await cur.execute(
                 "INSERT INTO nightly_runs (run_id, position, started_at, finished_at, status, steps, error)"
@@ -68,12 +78,20 @@ async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredE
         elif e.type == RoundConsumed.TYPE:
             await cur.execute("UPDATE rounds SET consumed_by = array_append(consumed_by, %s) WHERE number = %s"
                               " AND NOT %s = ANY(consumed_by)", (p["run_id"], p["round"], p["run_id"]))
+            await _history(cur, p["round"], {"what": f"consumed by run {p['run_id']}"}, e)
+
+
+async def _history(cur: psycopg.AsyncCursor[Any], number: int, entry: dict[str, Any], e: StoredEvent) -> None:
+    """Add what happened to a round, by whom (the event's `by`; None when it was not recorded), to its history."""
+    done = {**entry, "by": e.data["payload"].get("by") or None, "position": e.position}
+    await cur.execute("UPDATE rounds SET history = history || %s::jsonb WHERE number = %s",
+                      (orjson.dumps([done]).decode(), number))
 
 
 # ---- queries ----
 
 _ROUND_COLUMNS = ("number, position, path, content_hash, watermark, parent, quarantine_version, summary, rolled_back,"
-                  " rollback_reason, consumed_by")
+                  " rollback_reason, consumed_by, state, promotion, history")
 
 
 def _round(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -101,8 +119,9 @@ async def round_by_number(conn: psycopg.AsyncConnection, number: int) -> dict[st
 
 
 async def current_round(conn: psycopg.AsyncConnection) -> dict[str, Any] | None:
-    """The newest round that is not rolled back: what trainers should use."""
-    cur = await conn.execute(f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE NOT rolled_back ORDER BY number DESC LIMIT 1")
+    """The newest promoted round that is not rolled back: what trainers should use (a held round never is)."""
+    cur = await conn.execute(f"SELECT {_ROUND_COLUMNS} FROM rounds WHERE NOT rolled_back AND state = 'promoted'"
+                             " ORDER BY number DESC LIMIT 1")
     row = await cur.fetchone()
     return _round(row) if row else None
 
@@ -123,3 +142,10 @@ async def quarantine(conn: psycopg.AsyncConnection) -> tuple[str, list[Quarantin
 def quarantine_version(item_ids: Sequence[str], slices: Sequence[dict[str, Any]]) -> str:
     """The name of a quarantine list's content: its item ids (sorted) and active slices (by round)."""
     return hashlib.sha256(orjson.dumps([list(item_ids), list(slices)], option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+
+async def rolled_back_since(conn: psycopg.AsyncConnection, position: int) -> list[int]:
+    """Rounds that RoundRolledBack events after `position` took out of use, and that are still rolled back."""
+    cur = await conn.execute("SELECT number FROM rounds WHERE rolled_back AND rolled_back_position > %s"
+                             " ORDER BY number", [position])
+    return [int(n) for n, in await cur.fetchall()]

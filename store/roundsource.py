@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from flywheel.domain.quality import Judgement
 from flywheel.domain.rounds import QuarantineItem, QuarantineList
 from flywheel.domain.signals import SignalConfig
 from flywheel.ports import BuilderBusy, Quarantine, RoundState, SourceRow
@@ -17,8 +18,8 @@ from store.eventstore import head
 from store.roundrows import stream_rows
 from store.rounds import current_round, quarantine
 from store.signals import catch_up, checkpoint
-from store.stats import signal_report
-from store.unit_of_work import ROUNDS_LOCK, PostgresLog, round_state, transaction
+from store.stats import multi_rated_judgements, signal_report
+from store.unit_of_work import BUILD_LOCK, PostgresPublication, publication, round_state
 
 
 async def _report_in(conn: psycopg.AsyncConnection, snapshot: str, upto: int) -> dict[str, Any]:
@@ -63,6 +64,9 @@ class PostgresSnapshot:
     def rows(self, watermark: int, signals: SignalConfig | None, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
         return stream_rows(self.conn, watermark, signals or self.signals, derived_with=self.signals, copies=copies)
 
+    async def judgements(self, watermark: int) -> dict[str, tuple[Judgement, ...]]:
+        return await multi_rated_judgements(self.conn, watermark)
+
     async def report(self, watermark: int) -> dict[str, Any]:
         return await _report_in(self.conn, self.exported, watermark)
 
@@ -81,18 +85,18 @@ class PostgresRoundSource:
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        """The rounds lock for this session: taken before the build's snapshot, so nothing the lock guards (rounds,
-        rollbacks) changes between the snapshot and the publication; BuilderBusy when held."""
-        cur = await self.conn.execute("SELECT pg_try_advisory_lock(%s)", [ROUNDS_LOCK])
+        """The build lock for this session: one build at a time; BuilderBusy when held. A rollback may land while
+        it is held (on-call does not wait for a build): the publication sees it and holds the round."""
+        cur = await self.conn.execute("SELECT pg_try_advisory_lock(%s)", [BUILD_LOCK])
         locked = await cur.fetchone()
         if not locked or not locked[0]:
-            raise BuilderBusy("another round build or rollback is running")
+            raise BuilderBusy("another round build is running")
         try:
             yield
         finally:
             # A connection broken mid-build has lost its session, and the lock with it.
             with contextlib.suppress(psycopg.OperationalError):
-                await self.conn.execute("SELECT pg_advisory_unlock(%s)", [ROUNDS_LOCK])
+                await self.conn.execute("SELECT pg_advisory_unlock(%s)", [BUILD_LOCK])
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[PostgresSnapshot]:
@@ -101,5 +105,5 @@ class PostgresRoundSource:
             cur = await self.conn.execute("SELECT pg_export_snapshot()")
             yield PostgresSnapshot(self.conn, str((await cur.fetchone() or ("",))[0]), self.signals)
 
-    def publication(self) -> contextlib.AbstractAsyncContextManager[PostgresLog]:
-        return transaction(self.conn)
+    def publication(self) -> contextlib.AbstractAsyncContextManager[PostgresPublication]:
+        return publication(self.conn)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 
 from store.tables import READ_MODELS
 from store.tracking import tracked
+
+if TYPE_CHECKING:
+    from flywheel.domain.quality import Judgement
 
 
 def _pairs(conn: psycopg.Connection, sql: str) -> dict[str, int]:
@@ -90,11 +93,11 @@ async def _signals_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str
                                                         sum_dd=sum_dd, sum_mm=sum_mm))}
 
 
-async def _feedback_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str, Any]:
-    from flywheel.domain.quality import agreement_by, judgements_from, position_bias_of
+async def multi_rated_judgements(conn: psycopg.AsyncConnection, upto: int) -> dict[str, tuple[Judgement, ...]]:
+    """Thumbs and ratings (by kind) of the interactions that two or more users judged, as of `upto`."""
+    from flywheel.domain.quality import judgements_from
     from flywheel.domain.signals import InteractionRecord
 
-    feedback_rates = await _feedback_rates(conn, upto)
     # Agreement needs items judged by several users: load just those.
     ids = [r[0] for r in await _rows(
         conn,
@@ -110,9 +113,17 @@ async def _feedback_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[st
     ]
     feedback = await _feedback(conn, "interaction_id = ANY(%s) AND type IN ('thumbs', 'rating') AND position <= %s",
                                [ids, upto])
+    return {kind: judgements_from(interactions, feedback, kind=kind) for kind in ("thumbs", "rating")}
+
+
+async def _feedback_figures(conn: psycopg.AsyncConnection, upto: int) -> dict[str, Any]:
+    from flywheel.domain.quality import agreement_by, position_bias_of
+
+    feedback_rates = await _feedback_rates(conn, upto)
+    by_kind = await multi_rated_judgements(conn, upto)
     agreement: dict[str, Any] = {}
     for kind in ("thumbs", "rating"):
-        judgements = judgements_from(interactions, feedback, kind=kind)
+        judgements = by_kind[kind]
         agreement[kind] = {
             key: {k: asdict(v) for k, v in agreement_by(judgements, key).items()}
             for key in ("app_id", "model_version")

@@ -219,8 +219,8 @@ class CandidateGroupView(SQLModel, table=True):
 
 
 class RoundView(SQLModel, table=True):
-    """Published rounds and what happened to them since (RoundPublished / RoundRolledBack / RoundRestored /
-    RoundConsumed events). The `current` round is the newest one not rolled back."""
+    """Published rounds and what happened to them since (RoundPublished / RoundPromoted / RoundRolledBack /
+    RoundRestored / RoundConsumed events). The `current` round is the newest promoted one not rolled back."""
 
     __tablename__ = "rounds"
 
@@ -236,6 +236,12 @@ class RoundView(SQLModel, table=True):
     rollback_reason: str | None = None
     rolled_back_position: int | None = Field(default=None, sa_column=Column(BigInteger))
     consumed_by: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
+    # promoted | held (RoundPublished, RoundPromoted); `current` is the newest promoted one not rolled back.
+    state: str = Field(default="promoted", sa_column=Column(Text, nullable=False, server_default="promoted"))
+    promotion: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(
+        JSONB, nullable=False, server_default="[]"))  # the promotion gates' verdicts
+    history: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(
+        JSONB, nullable=False, server_default="[]"))  # {what, by, position, reason?} per event about the round
 
 
 class QuarantineItemView(SQLModel, table=True):

@@ -16,9 +16,10 @@ from flywheel.domain.log import StoredEvent
 from flywheel.ports import RoundState
 from store.eventstore import head
 from store.projections import record
-from store.rounds import current_round, round_by_number
+from store.rounds import current_round, rolled_back_since, round_by_number
 
-ROUNDS_LOCK = 0x526F756E  # advisory lock: one builder or on-call change of the rounds at a time
+ROUNDS_LOCK = 0x526F756E  # advisory lock: one publication or on-call change of the rounds at a time
+BUILD_LOCK = 0x4275696C  # advisory lock (per session): one round build at a time, across instances
 
 
 def round_state(row: dict[str, Any]) -> RoundState:
@@ -26,7 +27,8 @@ def round_state(row: dict[str, Any]) -> RoundState:
                       content_hash=row["content_hash"], watermark=int(row["watermark"]), parent=row["parent"],
                       quarantine_version=row["quarantine_version"], summary=row["summary"],
                       rolled_back=bool(row["rolled_back"]), rollback_reason=row["rollback_reason"],
-                      consumed_by=tuple(row["consumed_by"]))
+                      consumed_by=tuple(row["consumed_by"]), state=row.get("state", "promoted"),
+                      promotion=tuple(row.get("promotion") or ()), history=tuple(row.get("history") or ()))
 
 
 class PostgresLog:
@@ -40,6 +42,21 @@ class PostgresLog:
 
     async def record(self, events: Sequence[InternalEvent]) -> list[StoredEvent]:
         return await record(self.conn, events)
+
+
+class PostgresPublication(PostgresLog):
+    """The Publication port: the caller's transaction on `conn`, holding the rounds lock."""
+
+    async def rolled_back_since(self, position: int) -> list[int]:
+        return await rolled_back_since(self.conn, position)
+
+
+@contextlib.asynccontextmanager
+async def publication(conn: psycopg.AsyncConnection) -> AsyncIterator[PostgresPublication]:
+    """A unit of work on `conn` under the rounds lock: a round is published while no rollback can land."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", [ROUNDS_LOCK])
+        yield PostgresPublication(conn)
 
 
 class PostgresRoundsChange(PostgresLog):

@@ -16,6 +16,7 @@ class BuildRound:
     config: RoundConfig = field(default_factory=RoundConfig)
     watermark: int | None = None
     signals: SignalConfig | None = None  # rules to derive the rows with when the watermark is an older one
+    by: str = ""  # who asked: an operator's name, or "scheduler"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -25,6 +26,7 @@ class RollBackRound:
     round: int
     reason: str
     quarantine: dict[str, str] | None = None
+    by: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,6 +34,7 @@ class RestoreRound:
     """Undo a rollback: the round is good again, its quarantine slice is lifted."""
 
     round: int
+    by: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -40,3 +43,13 @@ class RegisterConsumption:
 
     round: int
     run_id: str
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromoteRound:
+    """Override a held round's verdict (an audited decision): it may become current."""
+
+    round: int
+    reason: str
+    by: str = ""

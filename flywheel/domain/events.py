@@ -50,6 +50,11 @@ class InternalEvent:
 
 # ---- rounds and the quarantine list ----
 
+def _by(by: str) -> dict[str, str]:
+    """Who did it, in a payload; left out when unknown, so events recorded before it was kept read the same."""
+    return {"by": by} if by else {}
+
+
 def quarantine_item_id(prompt: str, answer: str) -> str:
     return hashlib.sha256(orjson.dumps([prompt, answer])).hexdigest()[:16]
 
@@ -67,23 +72,25 @@ class QuarantineItemsAdded(InternalEvent):
     NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
     list_name: str
     items: tuple[QuarantineItem, ...]  # sorted by item_id, each once
+    by: str = ""  # who added them ("" in events recorded before it was kept)
 
     def identity(self) -> str:
         return f"{self.list_name}:{[i.item_id for i in self.items]}"
 
     def payload(self) -> dict[str, Any]:
-        return {"list_name": self.list_name,
+        return {"list_name": self.list_name, **_by(self.by),
                 "items": [{"item_id": i.item_id, "prompt": i.prompt, "answer": i.answer} for i in self.items]}
 
     @classmethod
-    def listing(cls, list_name: str, pairs: Sequence[tuple[str, str]]) -> QuarantineItemsAdded:
+    def listing(cls, list_name: str, pairs: Sequence[tuple[str, str]], *, by: str = "") -> QuarantineItemsAdded:
         """The (prompt, answer) pairs added to a named list, each once, in item id order."""
         rows = sorted({(quarantine_item_id(p, a), p, a) for p, a in pairs})
-        return cls(list_name=list_name, items=tuple(QuarantineItem(item_id=i, prompt=p, answer=a) for i, p, a in rows))
+        return cls(list_name=list_name, by=by,
+                   items=tuple(QuarantineItem(item_id=i, prompt=p, answer=a) for i, p, a in rows))
 
     @classmethod
     def of(cls, payload: Mapping[str, Any]) -> QuarantineItemsAdded:
-        return cls(list_name=payload["list_name"], items=tuple(
+        return cls(list_name=payload["list_name"], by=payload.get("by", ""), items=tuple(
             QuarantineItem(item_id=i["item_id"], prompt=i["prompt"], answer=i["answer"]) for i in payload["items"]))
 
 
@@ -99,6 +106,12 @@ class RoundPublished(InternalEvent):
     quarantine_version: str
     config_version: str
     summary: dict[str, Any] = field(hash=False)
+    # promoted (may become current) or held (a blocking promotion gate failed, or a rollback landed during the
+    # build); events recorded before promotion gates existed are promoted.
+    state: str = "promoted"
+    promotion: list[dict[str, Any]] = field(default_factory=list, hash=False)  # GateVerdict.as_dict() each
+    held_because: list[str] = field(default_factory=list, hash=False)
+    by: str = ""
 
     def identity(self) -> str:
         return f"{self.round}:{self.content_hash}"
@@ -106,14 +119,35 @@ class RoundPublished(InternalEvent):
     def payload(self) -> dict[str, Any]:
         return {"round": self.round, "path": self.path, "content_hash": self.content_hash,
                 "watermark": self.watermark, "parent": self.parent, "quarantine_version": self.quarantine_version,
-                "config_version": self.config_version, "summary": self.summary}
+                "config_version": self.config_version, "summary": self.summary, "state": self.state,
+                "promotion": self.promotion, "held_because": self.held_because, **_by(self.by)}
 
     @classmethod
     def of(cls, payload: Mapping[str, Any]) -> RoundPublished:
         return cls(round=payload["round"], path=payload["path"], content_hash=payload["content_hash"],
                    watermark=payload["watermark"], parent=payload["parent"],
                    quarantine_version=payload["quarantine_version"],
-                   config_version=payload.get("config_version", ""), summary=payload["summary"])
+                   config_version=payload.get("config_version", ""), summary=payload["summary"],
+                   state=payload.get("state", "promoted"), promotion=payload.get("promotion", []),
+                   held_because=payload.get("held_because", []), by=payload.get("by", ""))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPromoted(InternalEvent):
+    """On-call overrode a held round's verdict: it may become current."""
+
+    TYPE: ClassVar[str] = "round_promoted"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    reason: str
+    by: str
+    after: int  # the log position this decision was made at
+
+    def identity(self) -> str:
+        return f"{self.round}:{self.after}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round, "reason": self.reason, "by": self.by}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -124,16 +158,18 @@ class RoundRolledBack(InternalEvent):
     reason: str
     quarantine: dict[str, str] | None = field(default=None, hash=False)  # the slice later builds leave out
     after: int  # the log position this decision was made at: a rollback after a restore is a new fact
+    by: str = ""
 
     def identity(self) -> str:
         return f"{self.round}:{self.after}"
 
     def payload(self) -> dict[str, Any]:
-        return {"round": self.round, "reason": self.reason, "quarantine": self.quarantine}
+        return {"round": self.round, "reason": self.reason, "quarantine": self.quarantine, **_by(self.by)}
 
     @classmethod
     def of(cls, payload: Mapping[str, Any], *, after: int = 0) -> RoundRolledBack:
-        return cls(round=payload["round"], reason=payload["reason"], quarantine=payload["quarantine"], after=after)
+        return cls(round=payload["round"], reason=payload["reason"], quarantine=payload["quarantine"], after=after,
+                   by=payload.get("by", ""))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,12 +178,13 @@ class RoundRestored(InternalEvent):
     NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
     round: int
     after: int
+    by: str = ""
 
     def identity(self) -> str:
         return f"{self.round}:{self.after}"
 
     def payload(self) -> dict[str, Any]:
-        return {"round": self.round}
+        return {"round": self.round, **_by(self.by)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,12 +195,13 @@ class RoundConsumed(InternalEvent):
     NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
     round: int
     run_id: str
+    by: str = ""
 
     def identity(self) -> str:
         return f"{self.round}:{self.run_id}"
 
     def payload(self) -> dict[str, Any]:
-        return {"round": self.round, "run_id": self.run_id}
+        return {"round": self.round, "run_id": self.run_id, **_by(self.by)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -204,7 +242,8 @@ class NightClaimed(InternalEvent):
 
 
 ROUND_EVENTS: tuple[type[InternalEvent], ...] = (
-    QuarantineItemsAdded, RoundPublished, RoundRolledBack, RoundRestored, RoundConsumed, NightlyRunFinished)
+    QuarantineItemsAdded, RoundPublished, RoundPromoted, RoundRolledBack, RoundRestored, RoundConsumed,
+    NightlyRunFinished)
 
 
 # ---- the hard-case loop ----

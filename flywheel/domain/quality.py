@@ -16,19 +16,20 @@ if TYPE_CHECKING:  # numpy is imported where agreement is computed: a report wit
 Level = Literal["nominal", "ordinal"]
 
 # Upper bounds (exclusive) of the agreement bands. 0.40 and 0.75 are Fleiss' (1981) cut-offs (poor / fair to
-# good / excellent); 0.60 splits his middle band where Landis & Koch (1977) start "substantial".
+# good / excellent); 0.60 splits his middle band. Below 0.40, feedback is not trained on (the agreement gate of
+# flywheel.domain.rounds.promotion).
 BANDS: tuple[tuple[float, str], ...] = (
     (0.40, "poor"),
-    (0.60, "moderate"),
-    (0.75, "substantial"),
-    (math.inf, "excellent"),
+    (0.60, "fair"),
+    (0.75, "moderate"),
+    (math.inf, "strong"),
 )
 MIN_ITEMS = 2  # fewer items judged by several raters than this: no figure
 
 
 def band(value: float) -> str:
-    """The band name of an agreement figure: poor < 0.40 <= moderate < 0.60 <= substantial < 0.75 <= excellent."""
-    # Rounded first: a kappa of exactly 0.40 computed as 0.39999999999999997 is still moderate.
+    """The band name of an agreement figure: poor < 0.40 <= fair < 0.60 <= moderate < 0.75 <= strong."""
+    # Rounded first: a kappa of exactly 0.40 computed as 0.39999999999999997 is still fair.
     value = round(value, 9)
     return next(name for upper, name in BANDS if value < upper)
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,14 @@ from flywheel.domain.rounds import (
 )
 from flywheel.domain.rounds.files import MANIFEST
 from flywheel.domain.rounds.manifest import with_scorer_audits
+from flywheel.domain.rounds.promotion import (
+    HELD,
+    GateVerdict,
+    agreement_gates,
+    failing_slices,
+    round_gates,
+    state_of,
+)
 from flywheel.domain.rounds.rollback import in_slice
 from flywheel.ports import (
     Announcer,
@@ -60,11 +69,17 @@ class Published:
     rows_in: int
     rows_out: int
     sliced_out: int  # rows left out because a rollback quarantined their slice
+    state: str = "promoted"  # or held: `current` did not move
+    promotion: list[dict[str, Any]] = field(default_factory=list)  # each gate's name, value, limit, verdict
+    held_because: list[str] = field(default_factory=list)
 
 
 async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, Any]], sliced: list[int],
-                prepare: Prepare) -> AsyncIterator[list[Entry]]:
-    """The rows of `source` in chunks, through the first gates (`prepare`): what the builder process gets."""
+                prepare: Prepare, poor: frozenset[tuple[str, str]] = frozenset(),
+                disagreed: Counter[tuple[str, str]] | None = None) -> AsyncIterator[list[Entry]]:
+    """The rows of `source` in chunks, through the first gates (`prepare`): what the builder process gets. Human
+    feedback rows (signal records) of an (app, model version) slice in `poor` are left out and counted in
+    `disagreed`: its raters do not agree enough to train on."""
     chunk: list[Entry] = []
     no_row: set[bytes] = set()  # copy keys of records that make no row (an undecided pair)
     async for batch in source:
@@ -77,6 +92,11 @@ async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, A
                     raise ValueError("a signal row without its data and without a copy key")
                 if row.copy_key not in no_row:
                     chunk.append(Repeat(_KIND[row.kind], row.copy_key, row.position))
+                continue
+            if poor and row.kind in _KIND and (
+                    found := (row.data.get("app_id"), row.data.get("model_version"))) in poor:
+                if disagreed is not None:
+                    disagreed[found] += 1
                 continue
             if row.kind in _KIND and not slices:  # the common case: straight to a Prepared
                 entry = prepare.signal(_KIND[row.kind], row.data, row.position, row.copy_key)
@@ -112,14 +132,15 @@ async def _then(chunks: AsyncIterator[list[Entry]], read: Callable[[], None]) ->
 async def _cut(
     snapshot: RoundSnapshot, builder: RoundBuilder, staged: Path, command: BuildRound, quarantine: Quarantine, *,
     watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]],
 ) -> tuple[RoundResult, dict[str, Any], int]:
     """The round's files under `staged`, its report's figures and the rows left out by rollback slices, all from
     one snapshot."""
     sliced = [0]
     slices = quarantine.slices
-    # Exact copies come unread unless a rollback slice may leave out the row they copy.
-    chunks = _rows(snapshot.rows(watermark, command.signals, copies=not slices), slices,
-                   sliced, Prepare(command.config))
+    # Exact copies come unread unless a rollback slice or a low-agreement slice may leave out the row they copy.
+    chunks = _rows(snapshot.rows(watermark, command.signals, copies=not slices and not poor), slices,
+                   sliced, Prepare(command.config), poor, disagreed)
     # The report's aggregates run in this snapshot once every row is read, while the builder process works
     # through the last of them and this one would wait; so does the announcer's getting ready.
     report: asyncio.Task[dict[str, Any]] | None = None
@@ -168,13 +189,23 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                 number = await snapshot.next_number()
                 parent = await snapshot.current()
                 quarantine = await snapshot.quarantine()
+                # Rater agreement is judged before any row is read: a slice that fails it is not trained on.
+                agreement = agreement_gates(await snapshot.judgements(watermark), command.config.promotion,
+                                            config_version=command.config.version())
+                disagreed: Counter[tuple[str, str]] = Counter()
                 staged = files.staging(number)
                 result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
                                                         watermark=watermark, parent=parent, number=number,
-                                                        announce=announce)
+                                                        announce=announce, poor=failing_slices(agreement),
+                                                        disagreed=disagreed)
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             manifest, audits = with_scorer_audits(result.manifest, audits)
+            gates = _gates(agreement, disagreed, manifest, audits, command, parent)
+            verdict = state_of(gates)
+            promotion = [g.as_dict() for g in gates]
+            manifest["promotion"] = {"state": verdict, "gates": promotion,
+                                     "left_out_for_agreement": sum(disagreed.values())}
             (staged / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
                                             + b"\n")
             (staged / "report.html").write_text(report_html(manifest, audits))
@@ -183,21 +214,52 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                        "removed": processing["removed"], "apps": sources["apps"],
                        "model_versions": sources["model_versions"], "rows_in": result.rows_in,
                        "rows_out": result.rows_out, "sliced_out": sliced_out,
+                       "left_out_for_agreement": sum(disagreed.values()),
+                       "sources": sources["sources_by_kind"],
+                       "by_app": _counts(processing["distribution"]["by_app"]),
+                       "by_model_version": _counts(processing["distribution"]["by_model_version"]),
                        "files": {k: result.files[k] for k in sorted(result.files)}}
             final = files.location(number)
+            held_because = [f"gate {g.name} failed: {g.value} against {g.limit}"
+                            for g in gates if g.blocking and not g.passed]
             async with source.publication() as log:
+                # A rollback that landed while this build ran: the round was cut from a log that still trusted
+                # what on-call has just taken out of use, so it waits for someone to look at it.
+                late = await log.rolled_back_since(newest)
+                held_because += [f"round {n} was rolled back while this build ran" for n in late]
+                state = HELD if held_because else verdict
                 await log.record([RoundPublished(
                     round=number, path=str(final.resolve()), content_hash=result.content_hash, watermark=watermark,
                     parent=None if parent is None else parent.number, quarantine_version=quarantine.version,
-                    config_version=command.config.version(), summary=summary)])
+                    config_version=command.config.version(), summary=summary, state=state, promotion=promotion,
+                    held_because=held_because, by=command.by)])
                 files.publish(staged, number)  # visible from here on; the commit (leaving this block) makes it official
         except BaseException:
             if number is not None:
                 files.discard(number, staged)
             raise
-        files.point_current(number)
+        if state != HELD:
+            files.point_current(number)
     if announce:
         announce({"type": "round_published", "round": number, "path": str(final.resolve()),
-                  "content_hash": result.content_hash, "watermark": watermark})
+                  "content_hash": result.content_hash, "watermark": watermark, "state": state,
+                  "promotion": promotion, "held_because": held_because, "by": command.by})
     return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
-                     rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced_out)
+                     rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced_out, state=state,
+                     promotion=promotion, held_because=held_because)
+
+
+def _counts(shares: dict[str, dict[str, Any]]) -> dict[str, int]:
+    return {value: int(entry["count"]) for value, entry in shares.items()}
+
+
+def _gates(agreement: list[GateVerdict], disagreed: Counter[tuple[str, str]], manifest: dict[str, Any],
+           audits: dict[str, Any], command: BuildRound, parent: RoundState | None) -> list[GateVerdict]:
+    """Every promotion gate's verdict: agreement (each failing gate with the rows its (app, model version) slice
+    lost, whichever of its feedback kinds failed) and the round's own."""
+    counted = [replace(g, detail={**g.detail, "rows_left_out": disagreed[(g.detail["app_id"],
+                                                                          g.detail["model_version"])]})
+               if g.status == "fail" else g for g in agreement]
+    return [*counted, *round_gates(manifest, audits, command.config.promotion,
+                                   parent_rows=None if parent is None else parent.summary.get("rows"),
+                                   parent_sources=None if parent is None else parent.summary.get("sources"))]

@@ -9,6 +9,7 @@ from typing import Any
 
 from flywheel.domain.commands import BuildRound
 from flywheel.domain.events import NightClaimed, NightlyRunFinished
+from flywheel.domain.rounds import RoundConfig
 from flywheel.ports import BuilderBusy, EventLog, HardCaseStore
 from flywheel.services.build_round import Published
 from flywheel.services.generate import generate_candidates
@@ -19,6 +20,7 @@ from sampling.hardcases import SamplerConfig
 
 log = logging.getLogger("flywheel.nightly")
 
+SCHEDULER = "scheduler"  # who the nightly run's round events say did it
 STEPS = ("sample", "generate", "select", "build")  # always in this order, whatever order they are listed in
 NO_GENERATOR = "skipped: no FLYWHEEL_GENERATOR_MODEL or FLYWHEEL_GENERATOR_URL"
 NO_SCORER = "skipped: no FLYWHEEL_REWARD_MODEL, FLYWHEEL_JUDGE_RUBRIC or FLYWHEEL_SELECT_CHECKS"
@@ -30,6 +32,7 @@ async def run_nightly(
     scoring: Callable[[], Scoring] | None, build: Callable[[BuildRound], Awaitable[Published]],
     history: Callable[[], AbstractAsyncContextManager[EventLog]], run_id: str, started_at: str,
     night: str | None = None,
+    config: RoundConfig | None = None,
 ) -> dict[str, Any]:
     """Run the listed steps; one whose adapters are not configured (`generator`, `scoring` None) is skipped with a
     reason, and so is a build while another instance builds. The run is recorded in the log (`history`: a unit of
@@ -57,8 +60,9 @@ async def run_nightly(
                                     **({"audit": s.audit} if s.audit else {})}
         if "build" in steps:
             try:
-                b = await build(BuildRound())
-                report["build"] = {"round": b.round, "rows_out": b.rows_out, "content_hash": b.content_hash}
+                b = await build(BuildRound(config=config or RoundConfig(), by=SCHEDULER))
+                report["build"] = {"round": b.round, "rows_out": b.rows_out, "content_hash": b.content_hash,
+                                   "state": b.state}
             except BuilderBusy as e:
                 report["build"] = f"skipped: {e}"
     except Exception as e:

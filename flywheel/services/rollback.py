@@ -1,4 +1,4 @@
-"""RollBackRound, RestoreRound, RegisterConsumption: on-call's changes of a published round.
+"""RollBackRound, RestoreRound, PromoteRound, RegisterConsumption: on-call's changes of a published round.
 
 Every decision is an event first (RoundRolledBack, RoundRestored, RoundConsumed), recorded under the rounds
 lock; the files follow: a marker in a rolled-back round's directory and the `current` pointer, swapped
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flywheel.domain.commands import RegisterConsumption, RestoreRound, RollBackRound
-from flywheel.domain.events import RoundConsumed, RoundRestored, RoundRolledBack
+from flywheel.domain.commands import PromoteRound, RegisterConsumption, RestoreRound, RollBackRound
+from flywheel.domain.events import RoundConsumed, RoundPromoted, RoundRestored, RoundRolledBack
 from flywheel.ports import Announcer, RoundFiles, Rounds
 
 
@@ -34,14 +34,16 @@ async def rollback(command: RollBackRound, *, rounds: Rounds, files: RoundFiles,
         changed = not found.rolled_back
         if changed:
             await change.record([RoundRolledBack(round=number, reason=command.reason,
-                                                 quarantine=command.quarantine, after=await change.head())])
+                                                 quarantine=command.quarantine, after=await change.head(),
+                                                 by=command.by)])
         now = await change.current()
     current = None if now is None else now.number
     files.mark_rolled_back(number, {"round": number, "reason": command.reason if changed else found.rollback_reason,
                                     "quarantine": command.quarantine})
     files.point_current(current)
     if changed:
-        announce({"type": "round_rolled_back", "round": number, "reason": command.reason, "current": current})
+        announce({"type": "round_rolled_back", "round": number, "reason": command.reason, "current": current,
+                  "by": command.by})
     return Change(round=number, changed=changed, current=current)
 
 
@@ -54,13 +56,36 @@ async def restore(command: RestoreRound, *, rounds: Rounds, files: RoundFiles, a
             raise LookupError(f"no round {number}")
         changed = found.rolled_back
         if changed:
-            await change.record([RoundRestored(round=number, after=await change.head())])
+            await change.record([RoundRestored(round=number, after=await change.head(), by=command.by)])
         now = await change.current()
     current = None if now is None else now.number
     files.clear_rolled_back(number)
     files.point_current(current)
     if changed:
-        announce({"type": "round_restored", "round": number, "current": current})
+        announce({"type": "round_restored", "round": number, "current": current, "by": command.by})
+    return Change(round=number, changed=changed, current=current)
+
+
+async def promote(command: PromoteRound, *, rounds: Rounds, files: RoundFiles, announce: Announcer) -> Change:
+    """Override a held round's verdict: it is promoted, and current if it is the newest promoted round that is not
+    rolled back."""
+    if not command.reason.strip():
+        raise ValueError("a promotion needs a reason")
+    number = command.round
+    async with rounds.change() as change:
+        found = await change.find(number)
+        if found is None:
+            raise LookupError(f"no round {number}")
+        changed = found.state != "promoted"
+        if changed:
+            await change.record([RoundPromoted(round=number, reason=command.reason, by=command.by,
+                                               after=await change.head())])
+        now = await change.current()
+    current = None if now is None else now.number
+    files.point_current(current)
+    if changed:
+        announce({"type": "round_promoted", "round": number, "reason": command.reason, "current": current,
+                  "by": command.by})
     return Change(round=number, changed=changed, current=current)
 
 
@@ -70,6 +95,6 @@ async def register_consumption(command: RegisterConsumption, *, rounds: Rounds, 
         found = await change.find(command.round)
         if found is None:
             raise LookupError(f"no round {command.round}")
-        stored = await change.record([RoundConsumed(round=command.round, run_id=command.run_id)])
+        stored = await change.record([RoundConsumed(round=command.round, run_id=command.run_id, by=command.by)])
     files.write_consumption(command.round, sorted({*found.consumed_by, command.run_id}))
     return bool(stored)

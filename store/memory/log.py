@@ -75,7 +75,8 @@ class MemoryEventStore:
         # Replaced on each commit, never changed in place: a reference to it is a snapshot.
         self.model = RoundsReadModel()
         self.append_lock = asyncio.Lock()
-        self.rounds_lock = asyncio.Lock()  # builds and on-call changes of the rounds (store.unit_of_work.ROUNDS_LOCK)
+        self.rounds_lock = asyncio.Lock()  # publications and on-call changes (store.unit_of_work.ROUNDS_LOCK)
+        self.build_lock = asyncio.Lock()  # one build at a time (store.unit_of_work.BUILD_LOCK)
 
     async def head(self) -> int:
         """The newest committed position (0 when empty)."""

@@ -6,7 +6,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from flywheel.domain.events import QuarantineItemsAdded, RoundConsumed, RoundPublished, RoundRestored, RoundRolledBack
+from flywheel.domain.events import (
+    QuarantineItemsAdded,
+    RoundConsumed,
+    RoundPromoted,
+    RoundPublished,
+    RoundRestored,
+    RoundRolledBack,
+)
 from flywheel.domain.log import StoredEvent
 from flywheel.domain.rounds import QuarantineItem, QuarantineList
 from flywheel.ports import Quarantine, RoundState
@@ -39,8 +46,12 @@ class RoundsReadModel:
             handler(self, event.position, event.data["payload"])
 
     def current(self) -> RoundState | None:
-        """The newest round that is not rolled back."""
-        return max((r for r in self.rounds.values() if not r.rolled_back), key=lambda r: r.number, default=None)
+        """The newest promoted round that is not rolled back."""
+        return max((r for r in self.rounds.values() if not r.rolled_back and r.state == "promoted"),
+                   key=lambda r: r.number, default=None)
+
+    def rolled_back_since(self, position: int) -> list[int]:
+        return sorted(n for n, r in self.rounds.items() if r.rolled_back and (r.rolled_back_position or 0) > position)
 
     def next_number(self) -> int:
         return max(self.rounds, default=0) + 1
@@ -59,13 +70,27 @@ def _published(model: RoundsReadModel, position: int, payload: dict[str, Any]) -
     model.rounds[p.round] = RoundState(
         number=p.round, position=position, path=p.path, content_hash=p.content_hash, watermark=p.watermark,
         parent=p.parent, quarantine_version=p.quarantine_version, summary=p.summary, rolled_back=False,
-        rollback_reason=None, consumed_by=())
+        rollback_reason=None, consumed_by=(), state=p.state, promotion=tuple(p.promotion),
+        history=({"what": f"built ({p.state})", "by": p.by or None, "position": position,
+                  **({"reason": "; ".join(p.held_because)} if p.held_because else {})},))
+
+
+def _noted(found: RoundState, entry: dict[str, Any], position: int, payload: dict[str, Any]) -> RoundState:
+    return replace(found, history=(*found.history, {**entry, "by": payload.get("by") or None, "position": position}))
+
+
+def _promoted(model: RoundsReadModel, position: int, payload: dict[str, Any]) -> None:
+    if (found := model.rounds.get(payload["round"])) is not None:
+        model.rounds[found.number] = _noted(replace(found, state="promoted"),
+                                            {"what": "promoted", "reason": payload["reason"]}, position, payload)
 
 
 def _rolled_back(model: RoundsReadModel, position: int, payload: dict[str, Any]) -> None:
     r = RoundRolledBack.of(payload)
     if (found := model.rounds.get(r.round)) is not None:
-        model.rounds[r.round] = replace(found, rolled_back=True, rollback_reason=r.reason)
+        model.rounds[r.round] = _noted(replace(found, rolled_back=True, rollback_reason=r.reason,
+                                               rolled_back_position=position),
+                                       {"what": "rolled back", "reason": r.reason}, position, payload)
     if r.quarantine:
         model.slices[r.round] = RollbackSlice(filters=dict(r.quarantine), reason=r.reason, active=True)
 
@@ -73,7 +98,9 @@ def _rolled_back(model: RoundsReadModel, position: int, payload: dict[str, Any])
 def _restored(model: RoundsReadModel, position: int, payload: dict[str, Any]) -> None:
     number = payload["round"]
     if (found := model.rounds.get(number)) is not None:
-        model.rounds[number] = replace(found, rolled_back=False, rollback_reason=None)
+        model.rounds[number] = _noted(replace(found, rolled_back=False, rollback_reason=None,
+                                              rolled_back_position=None),
+                                      {"what": "restored"}, position, payload)
     if (lifted := model.slices.get(number)) is not None:
         model.slices[number] = replace(lifted, active=False)
 
@@ -81,7 +108,8 @@ def _restored(model: RoundsReadModel, position: int, payload: dict[str, Any]) ->
 def _consumed(model: RoundsReadModel, position: int, payload: dict[str, Any]) -> None:
     number, run = payload["round"], payload["run_id"]
     if (found := model.rounds.get(number)) is not None and run not in found.consumed_by:
-        model.rounds[number] = replace(found, consumed_by=(*found.consumed_by, run))
+        model.rounds[number] = _noted(replace(found, consumed_by=(*found.consumed_by, run)),
+                                      {"what": f"consumed by run {run}"}, position, payload)
 
 
 def _items_added(model: RoundsReadModel, position: int, payload: dict[str, Any]) -> None:
@@ -93,6 +121,7 @@ def _items_added(model: RoundsReadModel, position: int, payload: dict[str, Any])
 
 _HANDLERS: dict[str, Callable[[RoundsReadModel, int, dict[str, Any]], None]] = {
     RoundPublished.TYPE: _published,
+    RoundPromoted.TYPE: _promoted,
     RoundRolledBack.TYPE: _rolled_back,
     RoundRestored.TYPE: _restored,
     RoundConsumed.TYPE: _consumed,

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from flywheel.domain.quality import length_bias_from_sums, position_bias_of
+from flywheel.domain.quality import Judgement, length_bias_from_sums, position_bias_of
 from flywheel.domain.signals import SignalConfig
 from flywheel.ports import BuilderBusy, Quarantine, RoundState, SourceRow
 from store.memory.log import MemoryEventStore, MemoryLog
@@ -27,8 +27,9 @@ class MemorySnapshot:
     """The RoundSnapshot port: the store as it stood when the snapshot began."""
 
     def __init__(self, *, head: int, checkpoint: int, model: RoundsReadModel, rows: Sequence[SourceRow],
-                 report: dict[str, Any]) -> None:
+                 report: dict[str, Any], judgements: dict[str, tuple[Judgement, ...]] | None = None) -> None:
         self._head, self._checkpoint, self._model, self._rows, self._report = head, checkpoint, model, rows, report
+        self._judgements = judgements or {}
 
     async def head(self) -> int:
         return self._head
@@ -54,6 +55,9 @@ class MemorySnapshot:
         for start in range(0, len(rows), chunk):
             yield rows[start:start + chunk]
 
+    async def judgements(self, watermark: int) -> dict[str, tuple[Judgement, ...]]:
+        return dict(self._judgements)
+
     async def report(self, watermark: int) -> dict[str, Any]:
         return dict(self._report)  # the build adds to it
 
@@ -63,26 +67,35 @@ class MemoryRoundSource:
     model counts as derived up to `signals_checkpoint`, which derive_signals moves to the head."""
 
     def __init__(self, store: MemoryEventStore, rows: Sequence[SourceRow] = (), *, signals_checkpoint: int = 0,
-                 report: dict[str, Any] | None = None) -> None:
+                 report: dict[str, Any] | None = None,
+                 judgements: dict[str, tuple[Judgement, ...]] | None = None) -> None:
         self.store, self.rows, self.signals_checkpoint = store, list(rows), signals_checkpoint
         self.report = empty_report() if report is None else report
+        self.judgements = judgements or {}
 
     async def derive_signals(self) -> None:
         self.signals_checkpoint = await self.store.head()
 
     @contextlib.asynccontextmanager
     async def exclusive(self) -> AsyncIterator[None]:
-        if self.store.rounds_lock.locked():
-            raise BuilderBusy("another round build or rollback is running")
-        async with self.store.rounds_lock:
+        if self.store.build_lock.locked():
+            raise BuilderBusy("another round build is running")
+        async with self.store.build_lock:
             yield
 
     @contextlib.asynccontextmanager
     async def snapshot(self) -> AsyncIterator[MemorySnapshot]:
         yield MemorySnapshot(head=await self.store.head(), checkpoint=self.signals_checkpoint, model=self.store.model,
-                             rows=list(self.rows), report=self.report)
+                             rows=list(self.rows), report=self.report, judgements=self.judgements)
 
     @contextlib.asynccontextmanager
-    async def publication(self) -> AsyncIterator[MemoryLog]:
-        async with self.store.unit() as log:
+    async def publication(self) -> AsyncIterator[MemoryPublication]:
+        async with self.store.rounds_lock, self.store.unit(MemoryPublication) as log:
             yield log
+
+
+class MemoryPublication(MemoryLog):
+    """The Publication port: a unit of work under the store's rounds lock."""
+
+    async def rolled_back_since(self, position: int) -> list[int]:
+        return self.model.rolled_back_since(position)

@@ -6,42 +6,43 @@ import asyncio
 
 import pytest
 
-from flywheel.domain.events import NightlyRunFinished, QuarantineItemsAdded
+from flywheel.domain.events import NightlyRunFinished, QuarantineItemsAdded, RoundRolledBack
 from flywheel.ports import BuilderBusy
 from store.rounds import quarantine_version
 from tests.contract.backends import Backend
 from tests.contract.rounds_events import publish, published, restore, roll_back
 
 
-def test_a_build_is_refused_while_the_rounds_are_held(backend: Backend) -> None:
+def test_a_build_is_refused_while_another_builds(backend: Backend) -> None:
     async def go() -> None:
-        async with backend.source() as one, backend.source() as two, backend.rounds() as rounds:
+        async with backend.source() as one, backend.source() as two:
             async with one.exclusive():
                 with pytest.raises(BuilderBusy):
                     async with two.exclusive():
                         pass
             async with two.exclusive():  # released by the first
                 pass
-            async with rounds.change():
-                with pytest.raises(BuilderBusy):
-                    async with one.exclusive():
-                        pass
 
     asyncio.run(go())
 
 
-def test_a_change_of_the_rounds_waits_for_a_build(backend: Backend) -> None:
+def test_a_change_of_the_rounds_does_not_wait_for_a_build_but_the_publication_waits_for_it(
+        backend: Backend) -> None:
     async def go() -> None:
+        async with backend.rounds() as rounds:
+            await publish(rounds, 1)
         async with backend.source() as source, backend.rounds() as rounds:
-            async def change() -> None:
-                async with rounds.change():
-                    pass
+            async def publication() -> list[int]:
+                async with source.publication() as log:
+                    return await log.rolled_back_since(1)
 
             async with source.exclusive():
-                waiting = asyncio.ensure_future(change())
-                await asyncio.sleep(0.2)
-                assert not waiting.done()
-            await asyncio.wait_for(waiting, 10)
+                async with rounds.change() as change:  # on-call does not wait for the build
+                    await change.record([RoundRolledBack(round=1, reason="bad", after=await change.head())])
+                    waiting = asyncio.ensure_future(publication())
+                    await asyncio.sleep(0.2)
+                    assert not waiting.done()  # the build's publication waits for the change
+                assert await asyncio.wait_for(waiting, 10) == [1]  # and sees the rollback
 
     asyncio.run(go())
 

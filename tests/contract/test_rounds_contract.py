@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 import pytest
 
-from flywheel.domain.events import RoundConsumed, RoundRolledBack
+from flywheel.domain.events import RoundConsumed, RoundPromoted, RoundRolledBack
 from flywheel.ports import RoundState
 from tests.contract.backends import Backend
 from tests.contract.rounds_events import publish, published, restore, roll_back
@@ -27,7 +28,8 @@ def test_a_published_round_is_found_as_published(backend: Backend) -> None:
         assert found == RoundState(number=2, position=2, path="/rounds/round-0002", content_hash="hash-2",
                                    watermark=1, parent=1, quarantine_version="q-0",
                                    summary={"rows": {"sft": 2}, "apps": ["support"]}, rolled_back=False,
-                                   rollback_reason=None, consumed_by=())
+                                   rollback_reason=None, consumed_by=(),
+                                   history=({"what": "built (promoted)", "by": None, "position": 2},))
 
     asyncio.run(go())
 
@@ -160,5 +162,33 @@ def test_a_change_without_the_lock_does_not_wait_for_it(backend: Backend) -> Non
             done.set()
 
         await asyncio.gather(holder(), reader())
+
+    asyncio.run(go())
+
+
+def test_a_held_round_is_never_current_until_promoted(backend: Backend) -> None:
+    async def go() -> None:
+        async with backend.rounds() as rounds:
+            await publish(rounds, 1)
+            async with rounds.change() as change:
+                await change.record([replace(published(2, parent=1), state="held", by="alice",
+                                             held_because=["gate min_rows:sft failed"])])
+            async with rounds.change() as change:
+                held = await change.find(2)
+                assert held is not None and held.state == "held"
+                assert [(h["what"], h["by"], h.get("reason")) for h in held.history] == [
+                    ("built (held)", "alice", "gate min_rows:sft failed")]
+                now = await change.current()
+                assert now is not None and now.number == 1
+            await roll_back(rounds, 1)
+            async with rounds.change() as change:
+                assert await change.current() is None  # a rollback never moves current to a held round
+                await change.record([RoundPromoted(round=2, reason="looked at it", by="bob",
+                                                   after=await change.head())])
+            async with rounds.change() as change:
+                now = await change.current()
+                assert now is not None and now.number == 2 and now.state == "promoted"
+                assert [h["what"] for h in now.history] == ["built (held)", "promoted"]
+                assert now.history[-1]["by"] == "bob" and now.history[-1]["reason"] == "looked at it"
 
     asyncio.run(go())

@@ -57,7 +57,7 @@ def test_rounds_rollback_with_quarantine_then_a_clean_round(
     assert "1 items added" in run_cli("quarantine", "add", str(bench), "--name", "leaked-bench").stdout
 
     r1 = json.loads(run_cli("rounds", "build", "--json").stdout)
-    assert r1["round"] == 1 and r1["rows_out"] > 0
+    assert r1["round"] == 1 and r1["rows_out"] > 0 and r1["state"] == "promoted"
     manifest = json.loads((Path(r1["path"]) / "manifest.json").read_text())
     assert manifest["evaluation_isolation"]["hits"]
     assert not any(answer in json.dumps(r) for r in rows(r1["path"]))
@@ -67,7 +67,7 @@ def test_rounds_rollback_with_quarantine_then_a_clean_round(
     wait_until(stored(settings, first["valid"]["total"] + second["valid"]["total"]), timeout=180,
                what="second traffic stored")
     r2 = json.loads(run_cli("rounds", "build", "--json").stdout)
-    assert r2["round"] == 2 and r2["watermark"] > r1["watermark"]
+    assert r2["round"] == 2 and r2["watermark"] > r1["watermark"] and r2["state"] == "promoted"
     culprit = "support-bot"
     assert any(r["lineage"]["app_id"] == culprit for r in rows(r2["path"]))
 

@@ -26,7 +26,7 @@ from sampling.adapters.checks import last_user_text
 from sampling.generation import Candidate, CandidateGroup, SamplingSpec
 from sampling.hardcases import SamplerConfig
 from store.projections import record
-from store.unit_of_work import ROUNDS_LOCK
+from store.unit_of_work import BUILD_LOCK
 from streams.topics import ensure_topics
 from tests.conftest import wait_until
 from tests.integration.test_hardcase_loop import query
@@ -67,10 +67,14 @@ def test_every_nightly_run_is_in_the_history_failed_ones_with_their_error(
 
 def test_one_builder_at_a_time_a_busy_night_skips_its_build(nightly: Settings) -> None:
     with psycopg.connect(nightly.database_url, autocommit=True) as other:
-        other.execute("SELECT pg_advisory_lock(%s)", [ROUNDS_LOCK])  # another instance is building
+        other.execute("SELECT pg_advisory_lock(%s)", [BUILD_LOCK])  # another instance is building
         report = run_steps(nightly.model_copy(update={"nightly_steps": "build"}))
-    assert report == {"build": "skipped: another round build or rollback is running"}
-    assert run_steps(nightly.model_copy(update={"nightly_steps": "build"}))["build"]["round"] == 1
+    assert report == {"build": "skipped: another round build is running"}
+    built = run_steps(nightly.model_copy(update={"nightly_steps": "build"}))["build"]
+    assert (built["round"], built["state"]) == (1, "promoted")
+    with psycopg.connect(nightly.database_url) as conn:  # the nightly job's round events say who did them
+        (history,) = conn.execute("SELECT history FROM rounds WHERE number = 1").fetchone() or (None,)
+    assert [(h["what"], h["by"]) for h in history] == [("built (promoted)", "scheduler")]
 
 
 def test_a_night_is_run_once_a_second_run_of_it_does_nothing(nightly: Settings) -> None:

@@ -12,14 +12,16 @@ from typing import Any
 import orjson
 import pytest
 
-from flywheel.domain.commands import BuildRound, RollBackRound
+from flywheel.domain.commands import BuildRound, PromoteRound, RollBackRound
 from flywheel.domain.events import RoundPublished
 from flywheel.domain.log import NewEvent
+from flywheel.domain.quality import Judgement
 from flywheel.domain.rounds import MANIFEST, Entry, QuarantineList, RoundConfig, RoundResult, build
+from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.signals import SFTSample
 from flywheel.ports import BuilderBusy, SourceRow
 from flywheel.services.build_round import Published, build_round
-from flywheel.services.rollback import rollback
+from flywheel.services.rollback import promote, rollback
 from store.memory import MemoryEventStore, MemoryRounds, MemoryRoundSource
 from store.roundfiles import RoundDirectories
 from tests.factories import interaction
@@ -135,8 +137,11 @@ def test_a_build_publishes_the_round_cut_where_the_signals_are(tmp_path: Path) -
     assert (manifest["round"], manifest["watermark"], manifest["parent"]) == (1, 3, None)
     assert (b.files.location(1) / "report.html").exists()
     assert b.leftovers() == ["current", "round-0001"] and os.readlink(b.root / "current") == "round-0001"
-    assert b.said.messages == [{"type": "round_published", "round": 1, "path": str(b.files.location(1).resolve()),
-                       "content_hash": manifest["content_hash"], "watermark": 3}]
+    [said] = b.said.messages
+    assert {k: said[k] for k in ("type", "round", "path", "content_hash", "watermark", "state")} == {
+        "type": "round_published", "round": 1, "path": str(b.files.location(1).resolve()),
+        "content_hash": manifest["content_hash"], "watermark": 3, "state": "promoted"}
+    assert said["promotion"] == manifest["promotion"]["gates"] and manifest["promotion"]["state"] == "promoted"
     assert b.said.ready == 1
 
 
@@ -195,11 +200,8 @@ def test_a_failed_publication_takes_the_round_out_of_the_log_and_off_the_disk(tm
     assert b.leftovers() == [] and b.said.messages == []
 
 
-def test_a_build_while_the_rounds_are_held_is_busy_and_touches_nothing(tmp_path: Path) -> None:
+def test_a_build_while_another_builds_is_busy_and_touches_nothing(tmp_path: Path) -> None:
     async def scenario(b: Builds) -> None:
-        async with MemoryRounds(b.store).change():  # an on-call change in progress
-            with pytest.raises(BuilderBusy):
-                await b.build()
         async with MemoryRoundSource(b.store).exclusive():  # another build
             with pytest.raises(BuilderBusy):
                 await b.build()
@@ -225,3 +227,90 @@ def test_rows_in_a_rolled_back_slice_are_left_out_of_later_rounds(tmp_path: Path
 
     b = run(tmp_path, scenario)
     assert os.readlink(b.root / "current") == "round-0002"
+
+
+def test_a_round_failing_a_blocking_gate_is_held_and_current_stays_until_promoted(tmp_path: Path) -> None:
+    strict = RoundConfig(promotion=PromotionConfig(min_sft_rows=10))
+
+    async def scenario(b: Builds) -> None:
+        first = await b.build()
+        held = await b.build(BuildRound(watermark=3, config=strict, by="alice"))
+        assert (first.state, held.state) == ("promoted", "held")
+        assert held.held_because == ["gate min_rows:sft failed: 3.0 against 10.0"]
+        current = b.store.model.current()
+        assert current is not None and current.number == 1
+        assert os.readlink(b.root / "current") == "round-0001"
+        assert (b.files.location(2) / MANIFEST).exists()  # kept for forensics
+        manifest = orjson.loads((b.files.location(2) / MANIFEST).read_bytes())
+        assert manifest["promotion"]["state"] == "held"
+        assert {"name": "min_rows:sft", "value": 3.0, "limit": 10.0, "blocking": True, "passed": False,
+                "status": "fail"} in manifest["promotion"]["gates"]
+        assert b.said.messages[-1]["state"] == "held" and b.said.messages[-1]["by"] == "alice"
+        # a rollback of the current round never moves `current` to the held one
+        out = await rollback(RollBackRound(round=1, reason="bad", by="bob"), rounds=MemoryRounds(b.store),
+                             files=b.files, announce=b.said)
+        assert out.current is None and not (b.root / "current").exists()
+        promoted = await promote(PromoteRound(round=2, reason="10 rows is too strict here", by="carol"),
+                                 rounds=MemoryRounds(b.store), files=b.files, announce=b.said)
+        assert (promoted.changed, promoted.current) == (True, 2)
+        assert os.readlink(b.root / "current") == "round-0002"
+        state = b.store.model.rounds[2]
+        assert state.state == "promoted"
+        assert [(h["what"], h["by"]) for h in state.history] == [("built (held)", "alice"), ("promoted", "carol")]
+        assert b.said.messages[-1] == {"type": "round_promoted", "round": 2, "reason": "10 rows is too strict here",
+                                       "current": 2, "by": "carol"}
+        again = await promote(PromoteRound(round=2, reason="again", by="carol"), rounds=MemoryRounds(b.store),
+                              files=b.files, announce=b.said)
+        assert not again.changed
+
+    run(tmp_path, scenario)
+
+
+def test_a_build_is_held_when_a_rollback_lands_while_it_runs(tmp_path: Path) -> None:
+    class RolledBackMeanwhile(InProcess):
+        def __init__(self, b: Builds) -> None:
+            super().__init__()
+            self.b = b
+
+        async def __call__(self, chunks: AsyncIterator[list[Entry]], config: RoundConfig, quarantine: QuarantineList,
+                           out: Path, *, watermark: int, parent: str | None, round_number: int) -> RoundResult:
+            # on-call does not wait for the build: the rollback lands while the rows are being cut
+            await rollback(RollBackRound(round=1, reason="bad data", by="bob"), rounds=MemoryRounds(self.b.store),
+                           files=self.b.files, announce=self.b.said)
+            return await super().__call__(chunks, config, quarantine, out, watermark=watermark, parent=parent,
+                                          round_number=round_number)
+
+    async def scenario(b: Builds) -> None:
+        await b.build()
+        late = await b.build(BuildRound(watermark=3), builder=RolledBackMeanwhile(b))
+        assert late.state == "held" and late.held_because == ["round 1 was rolled back while this build ran"]
+        assert b.store.model.current() is None and not (b.root / "current").exists()
+        assert b.published()[-1]["state"] == "held"
+
+    run(tmp_path, scenario)
+
+
+def test_human_feedback_of_a_slice_whose_raters_disagree_is_left_out_and_counted(tmp_path: Path) -> None:
+    def thumbs(app: str, agree: bool) -> list[Judgement]:
+        out = []
+        for n in range(40):
+            a = float(n % 2)
+            out += [Judgement(f"{app}{n}", "r1", a, app, "m-1"),
+                    Judgement(f"{app}{n}", "r2", a if agree else 1.0 - a, app, "m-1")]
+        return out
+
+    async def scenario(b: Builds) -> None:
+        b.source.rows = [sft(1), sft(2, app="sales"), sft(3)]
+        b.source.judgements = {"thumbs": tuple(thumbs("support", False) + thumbs("sales", True))}
+        done = await b.build()
+        assert (done.state, done.rows_out) == ("promoted", 1)  # agreement is not blocking by default
+        gates = {g["name"]: g for g in done.promotion}
+        assert gates["agreement:thumbs:support/m-1"]["status"] == "fail"
+        assert gates["agreement:thumbs:sales/m-1"]["status"] == "pass"
+        manifest = orjson.loads((done.path / MANIFEST).read_bytes())
+        assert manifest["promotion"]["left_out_for_agreement"] == 2
+        failed = next(g for g in manifest["promotion"]["gates"] if g["name"] == "agreement:thumbs:support/m-1")
+        assert failed["detail"]["rows_left_out"] == 2 and failed["detail"]["interval"][1] < 0.40
+        assert "Promotion: promoted" in (done.path / "report.html").read_text()
+
+    run(tmp_path, scenario)

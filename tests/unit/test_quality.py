@@ -34,8 +34,8 @@ T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 
 
 @pytest.mark.parametrize(("value", "name"), [
-    (-0.3, "poor"), (0.0, "poor"), (0.399, "poor"), (0.40, "moderate"), (0.599, "moderate"),
-    (0.60, "substantial"), (0.749, "substantial"), (0.75, "excellent"), (1.0, "excellent"),
+    (-0.3, "poor"), (0.0, "poor"), (0.399, "poor"), (0.40, "fair"), (0.599, "fair"),
+    (0.60, "moderate"), (0.749, "moderate"), (0.75, "strong"), (1.0, "strong"),
 ])
 def test_band_cut_offs(value: float, name: str) -> None:
     assert band(value) == name
@@ -44,7 +44,7 @@ def test_band_cut_offs(value: float, name: str) -> None:
 def test_bands_are_ordered_and_named_once() -> None:
     uppers = [upper for upper, _ in BANDS]
     assert uppers == sorted(uppers) and uppers[:3] == [0.40, 0.60, 0.75]
-    assert [name for _, name in BANDS] == ["poor", "moderate", "substantial", "excellent"]
+    assert [name for _, name in BANDS] == ["poor", "fair", "moderate", "strong"]
 
 
 # ---- textbook values ----
@@ -60,7 +60,7 @@ def test_cohen_kappa_of_the_classic_two_by_two_table() -> None:
     assert result.level == "nominal" and (result.items, result.raters, result.judgements) == (50, 2, 100)
     assert result.cohen_kappa is not None
     assert result.cohen_kappa.value == pytest.approx(0.40)
-    assert (result.cohen_kappa.band, result.cohen_kappa.items, result.cohen_kappa.raters) == ("moderate", 50, 2)
+    assert (result.cohen_kappa.band, result.cohen_kappa.items, result.cohen_kappa.raters) == ("fair", 50, 2)
 
 
 FLEISS_TABLE = [  # 10 subjects, 14 raters each, 5 categories: Fleiss' kappa 0.210
@@ -127,7 +127,7 @@ def test_perfect_agreement_is_one_everywhere() -> None:
     result = agreement(judgements)
 
     for figure in (result.cohen_kappa, result.fleiss_kappa, result.krippendorff_alpha):
-        assert figure is not None and figure.value == pytest.approx(1.0) and figure.band == "excellent"
+        assert figure is not None and figure.value == pytest.approx(1.0) and figure.band == "strong"
 
 
 def test_systematic_disagreement_is_negative_and_poor() -> None:
@@ -230,7 +230,7 @@ def test_agreement_per_app_and_per_model_version() -> None:
 
     assert list(by_app) == ["app-a", "app-b"] and list(by_model) == ["m1", "m2", "m3"]
     assert by_app["app-a"].items == 12 and by_model["m1"].items == 6
-    assert by_app["app-a"].cohen_kappa is not None and by_app["app-a"].cohen_kappa.band == "excellent"
+    assert by_app["app-a"].cohen_kappa is not None and by_app["app-a"].cohen_kappa.band == "strong"
     assert by_model["m3"].cohen_kappa is not None and by_model["m3"].cohen_kappa.band == "poor"
     assert agreement_by(judgements, lambda j: j.app_id + "/" + j.prompt_version).keys() == {"app-a/p", "app-b/p"}
 

@@ -85,7 +85,7 @@ def test_a_rollback_records_the_decision_then_moves_current_and_marks_the_round(
     assert on.current() == "round-0001"
     assert on.marker(2) == {"round": 2, "reason": "toxic answers", "quarantine": {"app_id": "support"}}
     assert on.marker(1) is None
-    assert on.said == [{"type": "round_rolled_back", "round": 2, "reason": "toxic answers", "current": 1}]
+    assert on.said == [{"type": "round_rolled_back", "round": 2, "reason": "toxic answers", "current": 1, "by": ""}]
 
 
 def test_rolling_back_again_changes_nothing_and_keeps_the_first_reason(tmp_path: Path) -> None:
@@ -114,7 +114,7 @@ def test_a_restore_undoes_the_rollback_once(tmp_path: Path) -> None:
     on = run(tmp_path, scenario)
     assert on.current() == "round-0002" and on.marker(2) is None
     assert [m["type"] for m in on.said] == ["round_rolled_back", "round_restored"]
-    assert on.said[-1] == {"type": "round_restored", "round": 2, "current": 2}
+    assert on.said[-1] == {"type": "round_restored", "round": 2, "current": 2, "by": ""}
 
 
 def test_a_rollback_after_a_restore_is_a_new_fact(tmp_path: Path) -> None:
@@ -178,14 +178,23 @@ def test_a_run_registers_its_consumption_once(tmp_path: Path) -> None:
     assert written == {"round": 1, "runs": ["run-a", "run-b"]}
 
 
-def test_a_rollback_waits_for_a_build_but_a_consumption_does_not(tmp_path: Path) -> None:
+def test_neither_a_rollback_nor_a_consumption_waits_for_a_build_but_a_publication_waits_for_them(
+        tmp_path: Path) -> None:
     async def scenario(on: OnCall) -> None:
         await on.publish(1)
-        async with MemoryRoundSource(on.store).exclusive():
-            waiting = asyncio.ensure_future(on.rollback(1))
+        source = MemoryRoundSource(on.store)
+        async with source.exclusive():  # a build is running: on-call acts at once
+            assert (await asyncio.wait_for(on.rollback(1), 5)).changed
             assert await asyncio.wait_for(on.consume(1, "run"), 5)
+
+        async def publish() -> list[int]:
+            async with source.publication() as log:
+                return await log.rolled_back_since(0)
+
+        async with MemoryRounds(on.store).change():  # an on-call change holds the publication back
+            waiting = asyncio.ensure_future(publish())
             await asyncio.sleep(0.05)
             assert not waiting.done()
-        assert (await waiting).changed
+        assert await asyncio.wait_for(waiting, 5) == [1]  # and the publication sees what it did
 
     run(tmp_path, scenario)

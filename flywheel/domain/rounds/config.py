@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
+from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.rounds.rows import KINDS, Kind
 
 BUILDER_VERSION = 2  # bump whenever the same rows and config would give different files
@@ -40,8 +41,12 @@ class RoundConfig:
     calibration_share: float = 0.05
     audit_share: float = 0.05
     audit_salt: str = "flywheel-audit-v1"
+    # Whether the built round may become current: see flywheel.domain.rounds.promotion.
+    promotion: PromotionConfig = field(default_factory=PromotionConfig)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.promotion, PromotionConfig):  # given as JSON-like values
+            object.__setattr__(self, "promotion", PromotionConfig.of(self.promotion))
         if not self.kinds or any(k not in KINDS for k in self.kinds) or len(set(self.kinds)) != len(self.kinds):
             raise ValueError(f"kinds must be distinct values of {KINDS}")
         for name in ("ngram", "min_item_words", "shingle_words", "num_perm", "minhash_seed", "min_chars",
@@ -83,9 +88,19 @@ class RoundConfig:
 
     def version(self) -> str:
         """A short hash of the values and the builder version: equal configs (1 or 1.0) give the same version."""
-        canonical: dict[str, Any] = {}
-        for name, value in sorted(self.as_dict().items()):
-            numeric = isinstance(value, int | float) and not isinstance(value, bool)
-            canonical[name] = float(value) if numeric else value
+        canonical = _canonical(self.as_dict())
         canonical["builder_version"] = BUILDER_VERSION
         return hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+
+def _canonical(values: dict[str, Any]) -> dict[str, Any]:
+    """Numbers as floats, at any depth (1 and 1.0 name the same config)."""
+    out: dict[str, Any] = {}
+    for name, value in sorted(values.items()):
+        if isinstance(value, dict):
+            out[name] = _canonical(value)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[name] = float(value)
+        else:
+            out[name] = value
+    return out

@@ -80,7 +80,8 @@ def _audit_sections(audits: Mapping[str, Any]) -> list[str]:
             f"{escape(str(checkpoint))}, not from a derivation at this round's watermark.</p>")
     return [
         "<h2>Feedback per 100 responses, by model version</h2>" + bar_chart(rates, title="feedback rates"),
-        "<h2>Rater agreement (bands: &lt; 0.40 poor, &lt; 0.60 moderate, &lt; 0.75 substantial)</h2>"
+        "<h2>Rater agreement (bands: &ge; 0.75 strong, 0.60&ndash;0.75 moderate, 0.40&ndash;0.60 fair,"
+        " &lt; 0.40 poor)</h2>"
         + (f"<table>{head}{''.join(agreement)}</table>" if agreement
            else '<p class="empty">no item was judged by two or more raters</p>'),
         f"<h2>Length and position bias</h2><table><tr><th></th><th>value</th><th>over</th></tr>{bias_rows}</table>"
@@ -128,6 +129,25 @@ def scorer_audit_sections(audits: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _value(v: Any) -> str:
+    return "n/a" if v is None else f"{v:g}" if isinstance(v, int | float) else str(v)
+
+
+def _promotion_section(promotion: Mapping[str, Any]) -> str:
+    """Each promotion gate's value, limit and verdict, and the round's state."""
+    rows = "".join(
+        f"<tr><td><code>{escape(g['name'])}</code></td><td>{escape(_value(g['value']))}</td>"
+        f"<td>{escape(_value(g['limit']))}</td><td>{'yes' if g['blocking'] else 'no'}</td>"
+        f"<td>{escape(g.get('status', 'pass' if g['passed'] else 'fail'))}</td>"
+        f"<td>{escape(str(g.get('detail', {}).get('interval', '')))}</td></tr>"
+        for g in promotion["gates"])
+    head = ("<tr><th>gate</th><th>value</th><th>limit</th><th>blocking</th><th>verdict</th>"
+            "<th>interval</th></tr>")
+    return (f"<h2>Promotion: {escape(str(promotion['state']))}</h2>"
+            f"<p>Human-feedback rows left out for poor rater agreement: "
+            f"{escape(str(promotion.get('left_out_for_agreement', 0)))}</p><table>{head}{rows}</table>")
+
+
 def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = None) -> str:
     """The HTML page of a round: identity, signal mix by kind and source, gate removals, the distribution by
     app, model version, tag and length, and (given `audits`, store.stats.signal_report at the round's
@@ -163,6 +183,7 @@ def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = 
 
     sections = [
         f"<h1>Round {escape(str(manifest['round']))}</h1><table>{rows}</table>",
+        *([_promotion_section(manifest["promotion"])] if "promotion" in manifest else []),
         f"<h2>Splits</h2><table>{split_head}{splits}</table>",
         "<h2>Signal mix by kind and source</h2>" + bar_chart(mix, title="signal mix"),
         "<h2>Removed by each gate</h2>" + bar_chart(removed, title="gate removals"),

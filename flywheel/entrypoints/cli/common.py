@@ -13,6 +13,15 @@ from pydantic import ValidationError
 from flywheel.bootstrap import NoStack, resolve
 from flywheel.settings import Endpoints, Settings
 
+BY_HELP = "Who is acting (default FLYWHEEL_OPERATOR, else the OS user); recorded in the log."
+
+
+def _operator(by: str | None, settings: Settings) -> str:
+    """Who is acting: --by, else FLYWHEEL_OPERATOR, else the OS user."""
+    import getpass
+
+    return by or settings.operator or getpass.getuser()
+
 
 def _settings() -> Settings:
     """The settings from the environment; a bad or unknown FLYWHEEL_* variable stops the command with its name."""

@@ -70,6 +70,8 @@ def _describe_signals(r: dict[str, Any]) -> str:
     for version, f in r["feedback_rates"].items():
         lines.append(f"  {version:<33}{f['interactions']:>10}{f['thumbs_up']:>4.0f}{f['thumbs_down']:>6.0f}"
                      f"{f['edits']:>7.0f}{f['regenerations']:>8.0f}{f['ratings']:>9.0f}{f['comparisons']:>13.0f}")
+    if any(r["agreement"].values()):
+        lines.append("agreement bands: >= 0.75 strong, 0.60-0.75 moderate, 0.40-0.60 fair, < 0.40 poor")
     for kind, by in r["agreement"].items():
         for key, groups in by.items():
             lines.append(f"agreement on {kind} by {key}")

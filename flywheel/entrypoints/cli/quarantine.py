@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from flywheel.entrypoints.cli.common import _in_store, _print
+from flywheel.entrypoints.cli.common import BY_HELP, _in_store, _operator, _print, _settings
 
 quarantine_app = typer.Typer(help="Benchmark and eval items no round may contain.", no_args_is_help=True)
 
@@ -34,6 +34,7 @@ def _read_items(path: Path) -> list[tuple[str, str]]:
 def quarantine_add(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: {prompt, answer} per line."),
     name: str = typer.Option(..., "--name", help="The list's name, e.g. the benchmark."),
+    by: str = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Add benchmark/eval items to the quarantine list (an event; every later round is checked against it)."""
     from flywheel.domain.events import QuarantineItemsAdded
@@ -44,7 +45,8 @@ def quarantine_add(
     except ValueError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
-    stored = _in_store(lambda conn: record(conn, [QuarantineItemsAdded.listing(name, items)]))
+    who = _operator(by, _settings())
+    stored = _in_store(lambda conn: record(conn, [QuarantineItemsAdded.listing(name, items, by=who)]))
     typer.echo(f"{len(items)} items {'added to' if stored else 'already in'} quarantine list {name!r}")
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _settings
+from flywheel.entrypoints.cli.common import BY_HELP, _endpoints, _in_store, _operator, _print, _settings
 from flywheel.settings import Settings
 
 if TYPE_CHECKING:
@@ -28,38 +28,68 @@ def _wiring(settings: Settings) -> Callable[[Any], RoundOps]:
                          announce=announcer(settings, _endpoints(settings)))
 
 
-def _describe_round(r: dict[str, Any]) -> str:
-    state = f"ROLLED BACK ({r['rollback_reason']})" if r["rolled_back"] else "published"
+def _state(r: dict[str, Any]) -> str:
+    """promoted, held or rolled back (a rolled-back round keeps its promotion state underneath)."""
+    return "rolled back" if r["rolled_back"] else r.get("state") or "promoted"
+
+
+def _describe_round(r: dict[str, Any], *, gates: bool = False) -> str:
+    state = f"ROLLED BACK ({r['rollback_reason']})" if r["rolled_back"] else r.get("state", "promoted").upper()
     counts = ", ".join(f"{k} {v}" for k, v in sorted(r["summary"].get("rows", {}).items()))
-    return (f"round {r['number']:>4}  {state}  watermark {r['watermark']}  parent {r['parent']}  "
-            f"hash {r['content_hash'][:12]}  {counts}\n            {r['path']}"
-            + (f"\n            consumed by {', '.join(r['consumed_by'])}" if r["consumed_by"] else ""))
+    failed = [g for g in r.get("promotion") or () if not g["passed"]]
+    lines = [f"round {r['number']:>4}  {state}  watermark {r['watermark']}  parent {r['parent']}  "
+             f"hash {r['content_hash'][:12]}  {counts}", f"            {r['path']}"]
+    if r["consumed_by"]:
+        lines.append(f"            consumed by {', '.join(r['consumed_by'])}")
+    if failed and not gates:
+        lines.append("            failed gates: " + ", ".join(
+            f"{g['name']}{' (blocking)' if g['blocking'] else ''}" for g in failed))
+    for h in r.get("history") or ():
+        lines.append(f"            {h['what']} by {h.get('by') or 'unknown'} at position {h['position']}"
+                     + (f": {h['reason']}" if h.get("reason") else ""))
+    if gates:
+        lines.append("            promotion gates (name, value, limit, blocking, verdict)")
+        lines += [f"              {g['name']:<44} {_fmt(g['value']):>10} {_fmt(g['limit']):>10} "
+                  f"{'blocking' if g['blocking'] else '':<8}  {g.get('status', 'pass' if g['passed'] else 'fail')}"
+                  for g in r.get("promotion") or ()]
+    return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:g}" if isinstance(v, int | float) else str(v)
 
 
 @rounds_app.command("build")
 def rounds_build(
     watermark: int = typer.Option(
         None, help="Event-log position to cut at (default: the head of the log, once signals are derived to it)."),
+    by: str = typer.Option(None, "--by", help=BY_HELP),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Cut the next round from the log: gates, splits, files, manifests, report; published atomically."""
+    """Cut the next round from the log: gates, splits, files, manifests, report; published atomically, as promoted
+    (it becomes current) or held (a blocking promotion gate failed: `current` stays)."""
     from flywheel.domain.commands import BuildRound
     from flywheel.ports import BuilderBusy
 
     settings = _settings()
     ops = _wiring(settings)
+    command = BuildRound(watermark=watermark, config=settings.round_config(), by=_operator(by, settings))
     started = time.perf_counter()
     try:
-        out = _in_store(lambda conn: ops(conn).build(BuildRound(watermark=watermark)))
+        out = _in_store(lambda conn: ops(conn).build(command))
     except (BuilderBusy, ValueError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     data = {"round": out.round, "path": str(out.path), "content_hash": out.content_hash,
             "watermark": out.watermark, "rows_in": out.rows_in, "rows_out": out.rows_out,
-            "sliced_out": out.sliced_out, "seconds": round(time.perf_counter() - started, 3)}
-    _print(data, as_json, f"round {out.round} published at {out.path}\n  watermark {out.watermark}, "
+            "sliced_out": out.sliced_out, "state": out.state,
+            "promotion": [{k: g[k] for k in ("name", "value", "limit", "blocking", "passed", "status")}
+                          for g in out.promotion],
+            "held_because": out.held_because, "by": command.by, "seconds": round(time.perf_counter() - started, 3)}
+    held = "" if out.state != "held" else "\n  HELD, current unchanged: " + "; ".join(out.held_because)
+    _print(data, as_json, f"round {out.round} published ({out.state}) at {out.path}\n  watermark {out.watermark}, "
                           f"{out.rows_out} of {out.rows_in} rows kept ({out.sliced_out} in rolled-back slices), "
-                          f"content hash {out.content_hash[:16]}")
+                          f"content hash {out.content_hash[:16]}{held}")
 
 
 @rounds_app.command("list")
@@ -72,6 +102,8 @@ def rounds_list(as_json: bool = typer.Option(False, "--json")) -> None:
         return {"rounds": await rounds(conn), "nightly_runs": await nightly_runs(conn)}
 
     data = _in_store(both)
+    for r in data["rounds"]:
+        r["shown_state"] = _state(r)
     human = "\n".join(_describe_round(r) for r in data["rounds"]) or "no rounds yet"
     if data["nightly_runs"]:
         human += "\nnightly runs (newest last)\n" + "\n".join(_describe_run(r) for r in data["nightly_runs"])
@@ -95,14 +127,15 @@ def rounds_show(number: int = typer.Argument(...), as_json: bool = typer.Option(
         raise typer.Exit(1)
     manifest_path = Path(r["path"]) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
-    _print({**r, "manifest": manifest}, as_json,
-           _describe_round(r) + ("" if manifest else "\n            (manifest file missing)"))
+    _print({**r, "shown_state": _state(r), "manifest": manifest}, as_json,
+           _describe_round(r, gates=True) + ("" if manifest else "\n            (manifest file missing)"))
 
 
 @rounds_app.command("diff")
 def rounds_diff(a: int = typer.Argument(...), b: int = typer.Argument(...),
                 as_json: bool = typer.Option(False, "--json")) -> None:
-    """What changed between two rounds: rows per kind and split, sources, gate removals."""
+    """What changed between two rounds: rows per kind and split, by source, app and model version, gate removals,
+    and the promotion gates' verdicts side by side."""
     from store.rounds import round_by_number
 
     found = _in_store(lambda conn: asyncio.gather(round_by_number(conn, a), round_by_number(conn, b)))
@@ -111,8 +144,27 @@ def rounds_diff(a: int = typer.Argument(...), b: int = typer.Argument(...),
         typer.echo(f"error: no round {missing[0]}", err=True)
         raise typer.Exit(1)
     diff = _summary_diff(found[0]["summary"], found[1]["summary"])
-    _print({"a": a, "b": b, "changes": diff}, as_json,
-           "\n".join(f"{k:<40} {va!s:>10} -> {vb!s:<10}" for k, (va, vb) in diff.items()) or "no differences")
+    gates = _gates_side_by_side(found[0], found[1])
+    human = "\n".join(f"{k:<40} {va!s:>10} -> {vb!s:<10}" for k, (va, vb) in diff.items()) or "no differences"
+    human += f"\nstate{'':<35} {_state(found[0]):>10} -> {_state(found[1]):<10}"
+    if gates:
+        human += f"\npromotion gates{'':<31}round {a:<16}round {b}\n" + "\n".join(
+            f"  {name:<44}" + "".join(f"{_verdict(g):<22}" for g in pair) for name, pair in gates.items())
+    _print({"a": a, "b": b, "changes": diff, "state": [_state(found[0]), _state(found[1])], "promotion": gates},
+           as_json, human)
+
+
+def _verdict(g: dict[str, Any] | None) -> str:
+    if g is None:
+        return "-"
+    return f"{_fmt(g['value'])} {g.get('status', 'pass' if g['passed'] else 'fail')}"
+
+
+def _gates_side_by_side(a: dict[str, Any], b: dict[str, Any]) -> dict[str, list[dict[str, Any] | None]]:
+    """Each promotion gate of either round, by name: its verdict in a and in b (None where a round has none)."""
+    ga = {g["name"]: g for g in a.get("promotion") or ()}
+    gb = {g["name"]: g for g in b.get("promotion") or ()}
+    return {name: [ga.get(name), gb.get(name)] for name in sorted(set(ga) | set(gb))}
 
 
 def _summary_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -128,7 +180,7 @@ def _summary_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dic
 
 @rounds_app.command("current")
 def rounds_current() -> None:
-    """The current round's directory (the newest one not rolled back)."""
+    """The current round's directory (the newest promoted one not rolled back)."""
     from store.rounds import current_round
 
     r = _in_store(current_round)
@@ -145,6 +197,7 @@ def rounds_rollback(
     quarantine_slice: list[str] = typer.Option(
         [], "--quarantine", help="Exclude this slice from every later build: app_id=, model_version=, "
                                  "prompt_version=, since=, until= (repeat to combine)."),
+    by: str = typer.Option(None, "--by", help=BY_HELP),
 ) -> None:
     """Roll a round back: RoundRolledBack event, `current` moves to the newest good round, announced."""
     from flywheel.domain.commands import RollBackRound
@@ -158,7 +211,7 @@ def rounds_rollback(
         raise typer.Exit(2) from None
     try:
         out = _in_store(lambda conn: _wiring(settings)(conn).rollback(
-            RollBackRound(round=number, reason=reason, quarantine=filters)))
+            RollBackRound(round=number, reason=reason, quarantine=filters, by=_operator(by, settings))))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -167,13 +220,14 @@ def rounds_rollback(
 
 
 @rounds_app.command("restore")
-def rounds_restore(number: int = typer.Argument(...)) -> None:
+def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP)) -> None:
     """Undo a rollback."""
     from flywheel.domain.commands import RestoreRound
 
     settings = _settings()
     try:
-        out = _in_store(lambda conn: _wiring(settings)(conn).restore(RestoreRound(round=number)))
+        out = _in_store(lambda conn: _wiring(settings)(conn).restore(
+            RestoreRound(round=number, by=_operator(by, settings))))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -182,16 +236,40 @@ def rounds_restore(number: int = typer.Argument(...)) -> None:
 
 
 @rounds_app.command("consume")
-def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..., "--run", help="Training run id.")
-                   ) -> None:
+def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..., "--run", help="Training run id."),
+                   by: str = typer.Option(None, "--by", help=BY_HELP)) -> None:
     """Record that a training run used a round (its training-consumption manifest)."""
     from flywheel.domain.commands import RegisterConsumption
 
     settings = _settings()
     try:
         new = _in_store(lambda conn: _wiring(settings)(conn).register_consumption(
-            RegisterConsumption(round=number, run_id=run)))
+            RegisterConsumption(round=number, run_id=run, by=_operator(by, settings))))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"round {number}: run {run} {'recorded' if new else 'was already recorded'}")
+
+
+@rounds_app.command("promote")
+def rounds_promote(
+    number: int = typer.Argument(...),
+    reason: str = typer.Option(..., "--reason", help="Why the held round may be used after all: goes into the log."),
+    by: str = typer.Option(None, "--by", help=BY_HELP),
+) -> None:
+    """Override a held round's promotion verdict (an audited event): it becomes current if it is the newest
+    promoted round that is not rolled back."""
+    from flywheel.domain.commands import PromoteRound
+
+    settings = _settings()
+    try:
+        out = _in_store(lambda conn: _wiring(settings)(conn).promote(
+            PromoteRound(round=number, reason=reason, by=_operator(by, settings))))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"round {number} {'promoted' if out.changed else 'was already promoted'}; "
+               f"current round: {out.current if out.current is not None else 'none'}")

@@ -4,17 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _settings
+from flywheel.entrypoints.cli.common import _endpoints, _in_store, _operator, _print, _settings
 
 tracking_app = typer.Typer(help="Where ingest resumes on each partition (the store's offsets).", no_args_is_help=True)
-
-
-def _operator(by: str | None) -> str:
-    """Who is acting: --by, else FLYWHEEL_OPERATOR, else the OS user."""
-    import getpass
-    import os
-
-    return by or os.environ.get("FLYWHEEL_OPERATOR") or getpass.getuser()
 
 
 @tracking_app.command("reset")
@@ -54,7 +46,7 @@ def tracking_reset(
         near = next_offsets(rows, incarnation, partition + 1)[partition]
         offset = log_ends(endpoints.kafka_bootstrap, topic, {partition: near})[partition] - 1
     done = _in_store(lambda conn: reset(conn, group, topic, partition, offset, topic_id=incarnation,
-                                        by=_operator(by), note=reason))
+                                        by=_operator(by, settings), note=reason))
     data = {"consumer_group": group, "topic": topic, "partition": partition, "previous_offset": done.previous,
             "offset": done.offset, "topic_id": incarnation}
     _print(data, as_json, f"{group} {topic}[{partition}]: offset {done.previous} -> {done.offset} "
