@@ -280,7 +280,8 @@ async def derive_groups(
                 for unit, records in derive_units(g, g.everything()).items():
                     for row in rows(key, records, g):
                         await copy.write_row(row)
-                        digests.setdefault(unit, {})[row[0]] = _digest(row)
+                        if cache is not None:  # only a cache compares rows with what it wrote
+                            digests.setdefault(unit, {})[row[0]] = _digest(row)
                         count += 1
                 if cache is not None:
                     known[key] = _Known(g, digests)
