@@ -12,7 +12,15 @@ from dataclasses import dataclass
 
 from flywheel.domain.commands import PromoteRound, RegisterConsumption, RestoreRound, RollBackRound
 from flywheel.domain.events import RoundConsumed, RoundPromoted, RoundRestored, RoundRolledBack
-from flywheel.ports import Announcer, RoundFiles, Rounds
+from flywheel.ports import Announcer, RoundFiles, Rounds, RoundsChange, RoundState
+
+
+async def _existing(change: RoundsChange, number: int) -> RoundState:
+    """The round, or LookupError naming it."""
+    found = await change.find(number)
+    if found is None:
+        raise LookupError(f"no round {number}")
+    return found
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -28,9 +36,7 @@ async def rollback(command: RollBackRound, *, rounds: Rounds, files: RoundFiles,
         raise ValueError("a rollback needs a reason")
     number = command.round
     async with rounds.change() as change:
-        found = await change.find(number)
-        if found is None:
-            raise LookupError(f"no round {number}")
+        found = await _existing(change, number)
         changed = not found.rolled_back
         if changed:
             await change.record([RoundRolledBack(round=number, reason=command.reason,
@@ -51,9 +57,7 @@ async def restore(command: RestoreRound, *, rounds: Rounds, files: RoundFiles, a
     """Undo a rollback: the round is good again, its quarantine slice is lifted."""
     number = command.round
     async with rounds.change() as change:
-        found = await change.find(number)
-        if found is None:
-            raise LookupError(f"no round {number}")
+        found = await _existing(change, number)
         changed = found.rolled_back
         if changed:
             await change.record([RoundRestored(round=number, after=await change.head(), by=command.by)])
@@ -73,9 +77,7 @@ async def promote(command: PromoteRound, *, rounds: Rounds, files: RoundFiles, a
         raise ValueError("a promotion needs a reason")
     number = command.round
     async with rounds.change() as change:
-        found = await change.find(number)
-        if found is None:
-            raise LookupError(f"no round {number}")
+        found = await _existing(change, number)
         changed = found.state != "promoted"
         if changed:
             await change.record([RoundPromoted(round=number, reason=command.reason, by=command.by,
@@ -92,9 +94,7 @@ async def promote(command: PromoteRound, *, rounds: Rounds, files: RoundFiles, a
 async def register_consumption(command: RegisterConsumption, *, rounds: Rounds, files: RoundFiles) -> bool:
     """A trainer registers that its run used the round; False when that run was registered already."""
     async with rounds.change(lock=False) as change:  # a consumption does not wait for a build
-        found = await change.find(command.round)
-        if found is None:
-            raise LookupError(f"no round {command.round}")
+        found = await _existing(change, command.round)
         stored = await change.record([RoundConsumed(round=command.round, run_id=command.run_id, by=command.by)])
     files.write_consumption(command.round, sorted({*found.consumed_by, command.run_id}))
     return bool(stored)
