@@ -57,6 +57,16 @@ class Quarantine:
     slices: list[dict[str, Any]]
 
 
+class InteractionFacts(NamedTuple):
+    """An interaction as a rollback slice sees it (flywheel.domain.rounds.rollback.in_slice)."""
+
+    interaction_id: str
+    occurred_at: datetime
+    app_id: str
+    model_version: str
+    prompt_version: str
+
+
 class SourceRow(NamedTuple):  # a tuple: one is made per row read, and a frozen dataclass takes 5x as long
     """One record a round build reads (RoundSnapshot.rows)."""
 
@@ -206,6 +216,14 @@ class HardCaseSampling(EventLog, Protocol):
 
     async def prompt_candidates(self, watermark: int) -> tuple[list[PromptCandidate], dict[str, list[dict[str, Any]]]]:
         """Every prompt worth sampling as the log stood at `watermark`, and each one's conversation."""
+        ...
+
+    async def quarantine(self) -> Quarantine:
+        """The quarantine list as it stands (items and active rollback slices), as a round build reads it."""
+        ...
+
+    async def interaction_facts(self, interaction_ids: Sequence[str]) -> list[InteractionFacts]:
+        """What a rollback slice is judged on, for each of these interactions."""
         ...
 
 

@@ -20,6 +20,8 @@ from flywheel.domain.events import (
     RoundRolledBack,
 )
 from flywheel.domain.log import StoredEvent
+from flywheel.domain.rounds import QuarantineItem, QuarantineList
+from flywheel.ports import Quarantine
 
 SLICE_FIELDS = ("app_id", "model_version", "prompt_version", "since", "until")
 ROUND_EVENT_TYPES = frozenset(t.TYPE for t in ROUND_EVENTS)
@@ -137,6 +139,13 @@ async def quarantine(conn: psycopg.AsyncConnection) -> tuple[str, list[Quarantin
     cur = await conn.execute("SELECT round_number, filters FROM quarantine_slices WHERE active ORDER BY round_number")
     slices = [{"round": n, **f} for n, f in await cur.fetchall()]
     return quarantine_version([i[0] for i in items], slices), items, slices
+
+
+async def load_quarantine(conn: psycopg.AsyncConnection) -> Quarantine:
+    """The quarantine list as it stands, as the services read it: what a build and the sampler leave out."""
+    version, items, slices = await quarantine(conn)
+    return Quarantine(version=version, slices=slices, items=QuarantineList(version=version, items=tuple(
+        QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items)))
 
 
 def quarantine_version(item_ids: Sequence[str], slices: Sequence[dict[str, Any]]) -> str:

@@ -261,29 +261,35 @@ class HardCasesSampled(InternalEvent):
     clusters: int
     excluded: dict[str, int] = field(hash=False)
     chosen: Sequence[dict[str, Any]] = field(hash=False)
+    quarantine_version: str = ""  # the quarantine list it left out ("": an empty one)
 
     def identity(self) -> str:
-        # The same config, seed and watermark name the same sample.
-        return f"{self.config_version}:{self.seed}:{self.watermark}"
+        # The same config, seed, watermark and quarantine list name the same sample.
+        base = f"{self.config_version}:{self.seed}:{self.watermark}"
+        return f"{base}:{self.quarantine_version}" if self.quarantine_version else base
 
     @classmethod
     def of_result(cls, result: SampledHardCases, config: SamplerConfig,
-                  prompts: Mapping[str, Sequence[Mapping[str, Any]]]) -> HardCasesSampled:
+                  prompts: Mapping[str, Sequence[Mapping[str, Any]]], *,
+                  quarantine_version: str = "") -> HardCasesSampled:
         """The sampler's result, each chosen case with its conversation (`prompts` by prompt key)."""
         return cls(watermark=result.watermark, seed=result.seed, config=asdict(config),
                    config_version=result.config_version, clusters=result.clusters, excluded=result.excluded_counts,
-                   chosen=[{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen])
+                   chosen=[{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen],
+                   quarantine_version=quarantine_version)
 
     @classmethod
     def of(cls, payload: Mapping[str, Any]) -> HardCasesSampled:
         return cls(watermark=payload["watermark"], seed=payload["seed"], config=payload["config"],
                    config_version=payload["config_version"], clusters=payload["clusters"],
-                   excluded=payload["excluded"], chosen=payload["chosen"])
+                   excluded=payload["excluded"], chosen=payload["chosen"],
+                   quarantine_version=payload.get("quarantine_version", ""))
 
     def payload(self) -> dict[str, Any]:
         return {"watermark": self.watermark, "seed": self.seed, "config": self.config,
                 "config_version": self.config_version, "clusters": self.clusters, "excluded": self.excluded,
-                "chosen": list(self.chosen)}
+                "chosen": list(self.chosen),
+                **({"quarantine_version": self.quarantine_version} if self.quarantine_version else {})}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
