@@ -257,6 +257,10 @@ class HardCaseStore(EventLog, Protocol):
         """Each scorer's latest bias-probe audit (sampling.probes.ProbeAudit as a dict), by scorer name."""
         ...
 
+    async def quarantine(self) -> Quarantine:
+        """The quarantine list as it stands."""
+        ...
+
 
 class Announcer(Protocol):
     """Tells the world about a round change (the rounds topic), waiting for the broker's ack. One with a

@@ -163,3 +163,6 @@ class PostgresHardCases(PostgresLog):
 
     async def probe_audits(self) -> dict[str, dict[str, Any]]:
         return await latest_probe_audits(self.conn)
+
+    async def quarantine(self) -> Quarantine:
+        return await load_quarantine(self.conn)
