@@ -54,10 +54,22 @@ def round_manifest(config: RoundConfig, quarantine: QuarantineList, index: Quara
                        "shingle_words": config.shingle_words, "minhash_threshold": config.minhash_threshold,
                        "num_perm": config.num_perm},
             "contaminated_rows": _by_kind(tally.removed[CONTAMINATION]),
+            "whole_texts": index.whole_texts,
             "hits": dict(sorted(tally.item_hits.items())),
             "hits_by_list": dict(sorted(tally.list_hits.items())),
+            "hits_by_method": _counted(tally.hit_records(), "method"),
+            "hits_by_side": _counted(tally.hit_records(), "side"),
+            "hit_records": tally.hit_records(),
         },
     }
+
+
+def _counted(records: list[dict[str, Any]], field: str) -> dict[str, int]:
+    """Hits (an item found in a row) per value of a hit record's field: a row holding two items counts twice."""
+    out: Counter[str] = Counter()
+    for r in records:
+        out[r[field]] += r["rows"]
+    return dict(sorted(out.items()))
 
 
 def _by_kind(counter: Counter[str]) -> dict[str, int]:
