@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from psycopg.errors import UndefinedTable
 
 from flywheel.entrypoints.cli.common import BY_HELP, _endpoints, _in_store, _operator, _print, _settings
 from flywheel.settings import Settings
@@ -211,7 +212,11 @@ def rounds_rollback(
         raise typer.Exit(2) from None
     try:
         out = _in_store(lambda conn: _wiring(settings)(conn).rollback(
-            RollBackRound(round=number, reason=reason, quarantine=filters, by=_operator(by, settings))))
+            RollBackRound(round=number, reason=reason, quarantine=filters, by=_operator(by, settings))),
+            schema=False)
+    except UndefinedTable:
+        typer.echo(f"error: no round {number}: this database has no rounds yet", err=True)
+        raise typer.Exit(1) from None
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -227,7 +232,10 @@ def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(Non
     settings = _settings()
     try:
         out = _in_store(lambda conn: _wiring(settings)(conn).restore(
-            RestoreRound(round=number, by=_operator(by, settings))))
+            RestoreRound(round=number, by=_operator(by, settings))), schema=False)
+    except UndefinedTable:
+        typer.echo(f"error: no round {number}: this database has no rounds yet", err=True)
+        raise typer.Exit(1) from None
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
