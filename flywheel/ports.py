@@ -46,6 +46,8 @@ class RoundState:
     promotion: tuple[dict[str, Any], ...] = ()  # its promotion gates' verdicts
     history: tuple[dict[str, Any], ...] = ()  # what happened to it, by whom: {"what", "by", "position", ...}
     rolled_back_position: int | None = None  # the rollback's log position while rolled back
+    # the training runs that used it, oldest first: {run_id, model_version, stage, by, position}
+    consumptions: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -208,7 +210,9 @@ class RoundFiles(Protocol):
 
     def clear_rolled_back(self, number: int) -> None: ...
 
-    def write_consumption(self, number: int, runs: list[str]) -> None: ...
+    def write_consumption(self, number: int, consumptions: Sequence[dict[str, Any]]) -> None:
+        """Write the round's consumption.json beside its files (manifest.json is never rewritten)."""
+        ...
 
 
 class HardCaseSampling(EventLog, Protocol):

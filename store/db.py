@@ -64,6 +64,12 @@ _ADDED: dict[tuple[str, str], list[str]] = {
     ("rounds", "state"): ["ALTER TABLE rounds ADD COLUMN state text NOT NULL DEFAULT 'promoted'"],
     ("rounds", "promotion"): ["ALTER TABLE rounds ADD COLUMN promotion jsonb NOT NULL DEFAULT '[]'"],
     ("rounds", "history"): ["ALTER TABLE rounds ADD COLUMN history jsonb NOT NULL DEFAULT '[]'"],
+    # Runs registered before consumptions said which model and stage keep their run ids only.
+    ("rounds", "consumptions"): [
+        "ALTER TABLE rounds ADD COLUMN consumptions jsonb NOT NULL DEFAULT '[]'",
+        "UPDATE rounds SET consumptions = (SELECT coalesce(jsonb_agg(jsonb_build_object('run_id', r)), '[]')"
+        " FROM unnest(consumed_by) r)",
+    ],
     ("parked", "topic_id"): ["ALTER TABLE parked ADD COLUMN topic_id text NOT NULL DEFAULT ''"],
     ("dead_letters", "topic_id"): [
         "ALTER TABLE dead_letters ADD COLUMN topic_id text NOT NULL DEFAULT ''",

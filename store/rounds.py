@@ -78,9 +78,13 @@ async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredE
                 (p["run_id"], e.position, p["started_at"], e.data["occurred_at"], p["status"],
                  orjson.dumps(p["steps"]).decode(), p["error"]))
         elif e.type == RoundConsumed.TYPE:
-            await cur.execute("UPDATE rounds SET consumed_by = array_append(consumed_by, %s) WHERE number = %s"
-                              " AND NOT %s = ANY(consumed_by)", (p["run_id"], p["round"], p["run_id"]))
-            await _history(cur, p["round"], {"what": f"consumed by run {p['run_id']}"}, e)
+            consumed = RoundConsumed.of(p)
+            await cur.execute(
+                "UPDATE rounds SET consumed_by = array_append(consumed_by, %s),"
+                " consumptions = consumptions || %s::jsonb WHERE number = %s AND NOT %s = ANY(consumed_by)",
+                (consumed.run_id, orjson.dumps([{**consumed.record(), "position": e.position}]).decode(),
+                 consumed.round, consumed.run_id))
+            await _history(cur, consumed.round, {"what": consumed.describe()}, e)
 
 
 async def _history(cur: psycopg.AsyncCursor[Any], number: int, entry: dict[str, Any], e: StoredEvent) -> None:
@@ -93,7 +97,7 @@ async def _history(cur: psycopg.AsyncCursor[Any], number: int, entry: dict[str, 
 # ---- queries ----
 
 _ROUND_COLUMNS = ("number, position, path, content_hash, watermark, parent, quarantine_version, summary, rolled_back,"
-                  " rollback_reason, consumed_by, state, promotion, history")
+                  " rollback_reason, consumed_by, state, promotion, history, consumptions")
 
 
 def _round(row: tuple[Any, ...]) -> dict[str, Any]:

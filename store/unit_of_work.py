@@ -28,7 +28,8 @@ def round_state(row: dict[str, Any]) -> RoundState:
                       quarantine_version=row["quarantine_version"], summary=row["summary"],
                       rolled_back=bool(row["rolled_back"]), rollback_reason=row["rollback_reason"],
                       consumed_by=tuple(row["consumed_by"]), state=row.get("state", "promoted"),
-                      promotion=tuple(row.get("promotion") or ()), history=tuple(row.get("history") or ()))
+                      promotion=tuple(row.get("promotion") or ()), history=tuple(row.get("history") or ()),
+                      consumptions=tuple(row.get("consumptions") or ()))
 
 
 class PostgresLog:

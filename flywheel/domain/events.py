@@ -196,12 +196,32 @@ class RoundConsumed(InternalEvent):
     round: int
     run_id: str
     by: str = ""
+    model_version: str = ""  # the model the run trained ("": not said)
+    stage: str = ""  # the training stage that used it: sft, dpo, kto, rm, ... ("": not said)
 
     def identity(self) -> str:
         return f"{self.round}:{self.run_id}"
 
     def payload(self) -> dict[str, Any]:
-        return {"round": self.round, "run_id": self.run_id, **_by(self.by)}
+        return {"round": self.round, "run_id": self.run_id, **_by(self.by),
+                **({"model_version": self.model_version} if self.model_version else {}),
+                **({"stage": self.stage} if self.stage else {})}
+
+    def record(self) -> dict[str, Any]:
+        """What the training-consumption manifest says of this run."""
+        return {"run_id": self.run_id, "model_version": self.model_version or None, "stage": self.stage or None,
+                "by": self.by or None}
+
+    def describe(self) -> str:
+        """The round's history entry: which run, training which model at which stage."""
+        what = [f"model {self.model_version}"] if self.model_version else []
+        what += [f"stage {self.stage}"] if self.stage else []
+        return f"consumed by run {self.run_id}" + (f" ({', '.join(what)})" if what else "")
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> RoundConsumed:
+        return cls(round=payload["round"], run_id=payload["run_id"], by=payload.get("by", ""),
+                   model_version=payload.get("model_version", ""), stage=payload.get("stage", ""))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -92,9 +92,13 @@ async def promote(command: PromoteRound, *, rounds: Rounds, files: RoundFiles, a
 
 
 async def register_consumption(command: RegisterConsumption, *, rounds: Rounds, files: RoundFiles) -> bool:
-    """A trainer registers that its run used the round; False when that run was registered already."""
+    """A trainer registers that its run used the round, training which model at which stage; False when that run
+    was registered already. The log is the record; consumption.json beside the round's files repeats it, and
+    manifest.json, published with the round, is never rewritten."""
     async with rounds.change(lock=False) as change:  # a consumption does not wait for a build
-        found = await _existing(change, command.round)
-        stored = await change.record([RoundConsumed(round=command.round, run_id=command.run_id, by=command.by)])
-    files.write_consumption(command.round, sorted({*found.consumed_by, command.run_id}))
+        await _existing(change, command.round)
+        stored = await change.record([RoundConsumed(round=command.round, run_id=command.run_id, by=command.by,
+                                                    model_version=command.model_version, stage=command.stage)])
+        found = await _existing(change, command.round)  # with this run in it
+    files.write_consumption(command.round, found.consumptions)
     return bool(stored)

@@ -175,7 +175,8 @@ def test_a_run_registers_its_consumption_once(tmp_path: Path) -> None:
 
     on = run(tmp_path, scenario)
     written = orjson.loads((on.files.location(1) / "consumption.json").read_bytes())
-    assert written == {"round": 1, "runs": ["run-a", "run-b"]}
+    assert written["round"] == 1 and written["runs"] == ["run-a", "run-b"]
+    assert [(c["run_id"], c["by"]) for c in written["consumptions"]] == [("run-b", None), ("run-a", None)]
 
 
 def test_neither_a_rollback_nor_a_consumption_waits_for_a_build_but_a_publication_waits_for_them(
