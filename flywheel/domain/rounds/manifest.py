@@ -12,7 +12,7 @@ from flywheel.domain.rounds.config import BUILDER_VERSION, RoundConfig
 from flywheel.domain.rounds.gates import CONTAMINATION, GATES
 from flywheel.domain.rounds.quality import QUALITY_REASONS
 from flywheel.domain.rounds.quarantine import QuarantineIndex, QuarantineList
-from flywheel.domain.rounds.rows import KINDS
+from flywheel.domain.rounds.rows import KINDS, SCORER_SEPARATOR
 from flywheel.domain.rounds.split import SPLITS
 from flywheel.domain.rounds.tally import LENGTH_BUCKETS, Tally
 
@@ -91,6 +91,10 @@ def _data_sources(tally: Tally) -> dict[str, Any]:
         "positions": {"min": tally.min_position, "max": tally.max_position},
         "rows_by_kind": _by_kind(tally.kept_by("kind")),
         "sources_by_kind": {kind: dict(sorted(sources[kind].items())) for kind in KINDS},
+        # generated SFT samples and DPO pairs per set of scorers that selected them ("llm_judge+reward_model")
+        "selected_by": {kind: {SCORER_SEPARATOR.join(scorers): n
+                               for (k, scorers), n in sorted(tally.selected_by.items()) if k == kind}
+                        for kind in ("sft", "dpo")},
     }
 
 

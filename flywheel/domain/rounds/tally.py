@@ -44,6 +44,8 @@ class Tally:
         self.hit_rows: Counter[tuple[str, str, str]] = Counter()  # rows per (item, side, method)
         self.hit_scores: dict[tuple[str, str, str], float] = {}  # the highest score of each
         self.kept: Counter[Kept] = Counter()
+        # kept generated rows per (kind, the scorers that selected them)
+        self.selected_by: Counter[tuple[str, tuple[str, ...]]] = Counter()
         self.min_position: int | None = None
         self.max_position: int | None = None
 
@@ -75,6 +77,8 @@ class Tally:
         # Positional, in Kept's field order: one is made per kept row, and keywords make that much slower.
         self.kept[Kept(row.kind, split, row.source, row.app_id, row.model_version, row.prompt_version, row.tags,
                        bucket)] += 1
+        if row.scorers:
+            self.selected_by[(row.kind, row.scorers)] += 1
         if self.min_position is None or row.position < self.min_position:
             self.min_position = row.position
         if self.max_position is None or row.position > self.max_position:
