@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,7 +47,7 @@ async def sample_hard_cases(
         candidates, prompts = await unit.prompt_candidates(watermark)
         version, items, contaminated, sliced = await _left_out(unit, candidates, prompts, round_config or RoundConfig())
         result = sample(candidates, config, watermark=watermark,
-                        quarantined=quarantined | frozenset(contaminated) | sliced)
+                        quarantined=quarantined | contaminated | sliced)
         event = HardCasesSampled.of_result(result, config, prompts, quarantine_version=version)
         stored = await unit.record([event])
     return SampleOutcome(sample_id=event.event_id, new=bool(stored), result=result, contaminated=len(contaminated),
@@ -55,25 +56,24 @@ async def sample_hard_cases(
 
 async def _left_out(unit: HardCaseSampling, candidates: Sequence[PromptCandidate],
                     prompts: dict[str, list[dict[str, Any]]], config: RoundConfig,
-                    ) -> tuple[str, dict[str, int], dict[str, frozenset[str]], frozenset[str]]:
+                    ) -> tuple[str, dict[str, int], frozenset[str], frozenset[str]]:
     """(the quarantine list's version ("" when it is empty), prompts per quarantine item found, the prompt keys
-    holding an item with those items, the interaction ids in a rolled-back slice). The prompt is the
+    holding an item, the interaction ids in a rolled-back slice). The prompt is the
     conversation's text as a round row holds it, matched by the round build's contamination index."""
     quarantine = await unit.quarantine()
     if not quarantine.items.items and not quarantine.slices:
-        return "", {}, {}, frozenset()
-    contaminated: dict[str, frozenset[str]] = {}
-    per_item: dict[str, int] = {}
+        return "", {}, frozenset(), frozenset()
+    contaminated: set[str] = set()
+    per_item: Counter[str] = Counter()
     if quarantine.items.items:
         index = QuarantineIndex.for_config(quarantine.items, config)
         for c in candidates:
             if found := index.hits(turns_text(prompts[c.prompt_key])):
-                contaminated[c.prompt_key] = frozenset(found)
-                for item in found:
-                    per_item[item] = per_item.get(item, 0) + 1
+                contaminated.add(c.prompt_key)
+                per_item.update(found)
     sliced: frozenset[str] = frozenset()
     if quarantine.slices:
         ids = sorted({i for c in candidates for i in c.interaction_ids})
         sliced = frozenset(f.interaction_id for f in await unit.interaction_facts(ids)
                            if in_slice(f.occurred_at, f.app_id, f.model_version, f.prompt_version, quarantine.slices))
-    return quarantine.version, dict(sorted(per_item.items())), contaminated, sliced
+    return quarantine.version, dict(sorted(per_item.items())), frozenset(contaminated), sliced

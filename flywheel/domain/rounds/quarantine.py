@@ -243,7 +243,7 @@ class QuarantineIndex:
             found.update((i, Match(i, WHOLE_TEXT, 1.0)) for i in short)
         if self._side_items:
             self._indexed_matches(tokens, found)
-        return tuple(found[i] for i in sorted(found))
+        return tuple(found[i] for i in sorted(found)) if found else ()
 
     def _indexed_matches(self, tokens: list[str], found: dict[str, Match]) -> None:
         k = self.shingle_words
