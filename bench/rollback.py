@@ -15,6 +15,9 @@ ingested straight through store.ingest, the signals read model is brought to the
             still building.
 The build that a rollback landed on must end held (its snapshot predates the rollback) and `current` must not
 move to it. Target: every rollback and restore under 1 s while the build runs, in-process and by the command.
+The commands' times are printed beside a bare interpreter start that imports the command's modules (CPU only,
+no database): on a machine busier than the build alone makes it, that floor says how much of a command's time
+is waiting for a core.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -51,7 +55,8 @@ async def on_call(url: str, root: Path, number: int, times: int, running: subpro
     `running`, each pair must begin and end while that build is still running (else RuntimeError)."""
     conn = await connect(url, autocommit=True)
     try:
-        rollbacks, restores = [], []
+        rollbacks: list[float] = []
+        restores: list[float] = []
         for _ in range(times):
             if running is not None and running.poll() is not None:
                 raise RuntimeError(f"the build ended after {len(rollbacks)} rollbacks: use more --events")
@@ -74,6 +79,14 @@ def command(settings: Settings, *args: str) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "flywheel", *args], env=settings.child_env(), check=True,
                    capture_output=True)
+    return time.perf_counter() - started
+
+
+def bare_start() -> float:
+    """Wall time of starting this interpreter and importing the flywheel command without running one: the floor
+    under a command's time, and how busy the machine is (it is CPU alone)."""
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import flywheel.entrypoints.cli"], check=True, capture_output=True)
     return time.perf_counter() - started
 
 
@@ -124,6 +137,7 @@ def run(base: Settings, url: str, bootstrap: str, root: Path, events: int, seed:
     idle_back, idle_restore = asyncio.run(on_call(url, root, number, times, None))
     idle_cmd_back = command(settings, "rounds", "rollback", str(number), "--reason", "bench", "--by", "bench")
     idle_cmd_restore = command(settings, "rounds", "restore", str(number), "--by", "bench")
+    idle_bare = bare_start()
     commit_s = time_commit(url)
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -135,6 +149,7 @@ def run(base: Settings, url: str, bootstrap: str, root: Path, events: int, seed:
             back, restore = asyncio.run(on_call(url, root, number, times, child))
             cmd_back = command(settings, "rounds", "rollback", str(number), "--reason", "bench", "--by", "bench")
             cmd_restore = command(settings, "rounds", "restore", str(number), "--by", "bench")
+            bare = bare_start()
             last = asyncio.run(on_call_last(url, root, number))
             still_building = child.poll() is None
             child.wait()
@@ -154,20 +169,24 @@ def run(base: Settings, url: str, bootstrap: str, root: Path, events: int, seed:
         return f"median {statistics.median(values) * 1000:7.1f} ms, max {max(values) * 1000:7.1f} ms"
 
     print(f"idle:   rollback {ms(idle_back)}, restore {ms(idle_restore)} (in-process, {times} each); "
-          f"commands {idle_cmd_back:.2f} s / {idle_cmd_restore:.2f} s; a durable one-row commit "
+          f"commands {idle_cmd_back:.2f} s / {idle_cmd_restore:.2f} s (interpreter start with the command's "
+          f"imports alone {idle_bare:.2f} s); a durable one-row commit "
           f"{commit_s * 1000:.1f} ms", flush=True)
     print(f"during: rollback {ms(back)}, restore {ms(restore)} (in-process, {times} each); commands "
-          f"{cmd_back:.2f} s / {cmd_restore:.2f} s; last rollback {last * 1000:.1f} ms "
+          f"{cmd_back:.2f} s / {cmd_restore:.2f} s (interpreter start with the command's imports alone "
+          f"{bare:.2f} s); last rollback {last * 1000:.1f} ms "
           f"({'before' if still_building else 'AFTER'} the build ended)", flush=True)
     print(f"build:  {events} events, took the build lock {locked_s:.2f} s after start, ran {build_s:.1f} s "
           f"(the quiet one {quiet_s:.1f} s); round {during['round']} ended {during['state']}"
           f" ({'; '.join(during.get('held_because', [])) or 'no reason'}); current afterwards: "
           f"{current[0] if current else None}", flush=True)
     worst = max(*back, *restore, cmd_back, cmd_restore)
+    load = os.getloadavg()[0]
     print(f"ratio during / idle (in-process medians): rollback "
           f"{statistics.median(back) / statistics.median(idle_back):.2f}, restore "
           f"{statistics.median(restore) / statistics.median(idle_restore):.2f}; worst during {worst:.2f} s "
-          f"(target < 1 s); held: {during['state'] == 'held'} (target True)", flush=True)
+          f"(target < 1 s); held: {during['state'] == 'held'} (target True); machine load average {load:.1f} "
+          f"on {os.cpu_count()} cores", flush=True)
 
 
 async def on_call_last(url: str, root: Path, number: int) -> float:

@@ -109,6 +109,10 @@ class Publication(EventLog, Protocol):
         """Rounds rolled back by events after `position` (and not restored since)."""
         ...
 
+    async def current(self) -> RoundState | None:
+        """The newest promoted round that is not rolled back, as committed so far."""
+        ...
+
 
 class RoundsChange(EventLog, Protocol):
     """One change of the rounds, under the rounds lock: nothing else builds, rolls back or restores meanwhile."""

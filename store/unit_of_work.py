@@ -51,6 +51,10 @@ class PostgresPublication(PostgresLog):
     async def rolled_back_since(self, position: int) -> list[int]:
         return await rolled_back_since(self.conn, position)
 
+    async def current(self) -> RoundState | None:
+        found = await current_round(self.conn)
+        return None if found is None else round_state(found)
+
 
 @contextlib.asynccontextmanager
 async def publication(conn: psycopg.AsyncConnection) -> AsyncIterator[PostgresPublication]:
