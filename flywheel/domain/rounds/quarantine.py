@@ -105,7 +105,7 @@ def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 class QuarantineIndex:
-    """Finds quarantine items in a text, by either of two checks on normalised words (see `normalise`):
+    """Finds quarantine items in a text, by three checks on normalised words (see `normalise`):
 
     - exact: the text shares a word `ngram`-gram with an item's prompt or answer; an item text shorter than
       `ngram` words (but at least `min_item_words`) must appear whole.
@@ -239,7 +239,7 @@ class QuarantineIndex:
         """The quarantine items found in a text already split by `words`, each once (by the first check that
         finds it: whole text, n-gram, MinHash), in item order."""
         found: dict[str, Match] = {}
-        if self._whole and (short := self._whole.get(" ".join(tokens))):
+        if self._whole and len(tokens) < self.min_item_words and (short := self._whole.get(" ".join(tokens))):
             found.update((i, Match(i, WHOLE_TEXT, 1.0)) for i in short)
         if self._side_items:
             self._indexed_matches(tokens, found)
