@@ -164,6 +164,11 @@ def run(base: Settings, url: str, bootstrap: str, root: Path, events: int, seed:
     with psycopg.connect(url) as conn:
         current = conn.execute("SELECT number FROM rounds WHERE NOT rolled_back AND state = 'promoted'"
                                " ORDER BY number DESC LIMIT 1").fetchone()
+        # Whether the kept rollback's event precedes the build's publication in the log (it landed mid-build).
+        kept_at, published_at = conn.execute(
+            "SELECT (SELECT max(position) FROM events WHERE type = 'round_rolled_back'),"
+            " (SELECT position FROM rounds WHERE number = %s)", [during["round"]]).fetchone() or (None, None)
+    landed = kept_at is not None and published_at is not None and kept_at < published_at
 
     def ms(values: list[float]) -> str:
         return f"median {statistics.median(values) * 1000:7.1f} ms, max {max(values) * 1000:7.1f} ms"
@@ -175,7 +180,9 @@ def run(base: Settings, url: str, bootstrap: str, root: Path, events: int, seed:
     print(f"during: rollback {ms(back)}, restore {ms(restore)} (in-process, {times} each); commands "
           f"{cmd_back:.2f} s / {cmd_restore:.2f} s (interpreter start with the command's imports alone "
           f"{bare:.2f} s); last rollback {last * 1000:.1f} ms "
-          f"({'before' if still_building else 'AFTER'} the build ended)", flush=True)
+          f"({'before' if still_building else 'AFTER'} the build process ended; its event at log position {kept_at}, "
+          f"the build's publication at {published_at}: {'before' if landed else 'AFTER'} the publication)",
+          flush=True)
     print(f"build:  {events} events, took the build lock {locked_s:.2f} s after start, ran {build_s:.1f} s "
           f"(the quiet one {quiet_s:.1f} s); round {during['round']} ended {during['state']}"
           f" ({'; '.join(during.get('held_because', [])) or 'no reason'}); current afterwards: "
@@ -185,7 +192,8 @@ def run(base: Settings, url: str, bootstrap: str, root: Path, events: int, seed:
     print(f"ratio during / idle (in-process medians): rollback "
           f"{statistics.median(back) / statistics.median(idle_back):.2f}, restore "
           f"{statistics.median(restore) / statistics.median(idle_restore):.2f}; worst during {worst:.2f} s "
-          f"(target < 1 s); held: {during['state'] == 'held'} (target True); machine load average {load:.1f} "
+          f"(target < 1 s); held: {during['state'] == 'held'} (target: {landed}, as the kept rollback "
+          f"{'did' if landed else 'did not'} land before the publication); machine load average {load:.1f} "
           f"on {os.cpu_count()} cores", flush=True)
 
 
