@@ -18,7 +18,7 @@ from sampling.hardcases import PromptCandidate, SampledHardCases, SamplerConfig,
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SampleOutcome:
     sample_id: str
-    new: bool  # False: this exact sample (config, seed, watermark) was already recorded
+    new: bool  # False: this exact sample (config, seed, watermark, quarantine list) was already recorded
     result: SampledHardCases
     # prompts whose text holds a quarantine item, and interactions in a rolled-back slice: both left out
     contaminated: int = 0
