@@ -204,6 +204,7 @@ def scoring(settings: Settings, *, verify_json: bool = False) -> Scoring:
     checks = load_checks(Path(settings.select_checks))
     return Scoring(config=config, scorers=scorers, scorers_for=checks.for_prompt,
                    check_names=frozenset(v.name for vs in checks.by_prompt.values() for v in vs),
+                   check_texts=tuple(checks.texts), round_config=settings.round_config(),
                    judge_may_be_policy=settings.judge_may_be_policy, auditing=auditing)
 
 

@@ -46,6 +46,8 @@ class RoundState:
     promotion: tuple[dict[str, Any], ...] = ()  # its promotion gates' verdicts
     history: tuple[dict[str, Any], ...] = ()  # what happened to it, by whom: {"what", "by", "position", ...}
     rolled_back_position: int | None = None  # the rollback's log position while rolled back
+    # the training runs that used it, oldest first: {run_id, model_version, stage, by, position}
+    consumptions: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,6 +57,16 @@ class Quarantine:
     version: str
     items: QuarantineList
     slices: list[dict[str, Any]]
+
+
+class InteractionFacts(NamedTuple):
+    """An interaction as a rollback slice sees it (flywheel.domain.rounds.rollback.in_slice)."""
+
+    interaction_id: str
+    occurred_at: datetime
+    app_id: str
+    model_version: str
+    prompt_version: str
 
 
 class SourceRow(NamedTuple):  # a tuple: one is made per row read, and a frozen dataclass takes 5x as long
@@ -95,6 +107,10 @@ class Publication(EventLog, Protocol):
 
     async def rolled_back_since(self, position: int) -> list[int]:
         """Rounds rolled back by events after `position` (and not restored since)."""
+        ...
+
+    async def current(self) -> RoundState | None:
+        """The newest promoted round that is not rolled back, as committed so far."""
         ...
 
 
@@ -198,7 +214,9 @@ class RoundFiles(Protocol):
 
     def clear_rolled_back(self, number: int) -> None: ...
 
-    def write_consumption(self, number: int, runs: list[str]) -> None: ...
+    def write_consumption(self, number: int, consumptions: Sequence[dict[str, Any]]) -> None:
+        """Write the round's consumption.json beside its files (manifest.json is never rewritten)."""
+        ...
 
 
 class HardCaseSampling(EventLog, Protocol):
@@ -206,6 +224,14 @@ class HardCaseSampling(EventLog, Protocol):
 
     async def prompt_candidates(self, watermark: int) -> tuple[list[PromptCandidate], dict[str, list[dict[str, Any]]]]:
         """Every prompt worth sampling as the log stood at `watermark`, and each one's conversation."""
+        ...
+
+    async def quarantine(self) -> Quarantine:
+        """The quarantine list as it stands (items and active rollback slices), as a round build reads it."""
+        ...
+
+    async def interaction_facts(self, interaction_ids: Sequence[str]) -> list[InteractionFacts]:
+        """What a rollback slice is judged on, for each of these interactions."""
         ...
 
 
@@ -237,6 +263,10 @@ class HardCaseStore(EventLog, Protocol):
 
     async def probe_audits(self) -> dict[str, dict[str, Any]]:
         """Each scorer's latest bias-probe audit (sampling.probes.ProbeAudit as a dict), by scorer name."""
+        ...
+
+    async def quarantine(self) -> Quarantine:
+        """The quarantine list as it stands."""
         ...
 
 

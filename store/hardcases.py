@@ -11,10 +11,12 @@ import psycopg
 
 from flywheel.domain.events import HardCasesSampled
 from flywheel.domain.log import StoredEvent
+from flywheel.ports import InteractionFacts, Quarantine
 from sampling.hardcases import PromptCandidate, prompt_text
 from sampling.verifiers import SCALES
 from store.audits import latest_probe_audits, user_pairs
 from store.candidates import unselected
+from store.rounds import load_quarantine
 from store.signals import checkpoint
 from store.unit_of_work import PostgresLog
 
@@ -112,9 +114,22 @@ async def load_sample(conn: psycopg.AsyncConnection, event_id: str | None) -> St
     return StoredEvent(*row) if row else None
 
 
+async def interaction_facts(conn: psycopg.AsyncConnection, interaction_ids: Sequence[str]) -> list[InteractionFacts]:
+    cur = await conn.execute(
+        "SELECT interaction_id, occurred_at, app_id, model_version, prompt_version FROM interactions"
+        " WHERE interaction_id = ANY(%s) ORDER BY interaction_id", [list(interaction_ids)])
+    return [InteractionFacts(*row) for row in await cur.fetchall()]
+
+
 class PostgresHardCaseSampling(PostgresLog):
     async def prompt_candidates(self, watermark: int) -> tuple[list[PromptCandidate], dict[str, list[dict[str, Any]]]]:
         return await prompt_candidates(self.conn, watermark)
+
+    async def quarantine(self) -> Quarantine:
+        return await load_quarantine(self.conn)
+
+    async def interaction_facts(self, interaction_ids: Sequence[str]) -> list[InteractionFacts]:
+        return await interaction_facts(self.conn, interaction_ids)
 
 
 class PostgresHardCases(PostgresLog):
@@ -148,3 +163,6 @@ class PostgresHardCases(PostgresLog):
 
     async def probe_audits(self) -> dict[str, dict[str, Any]]:
         return await latest_probe_audits(self.conn)
+
+    async def quarantine(self) -> Quarantine:
+        return await load_quarantine(self.conn)

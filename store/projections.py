@@ -14,8 +14,6 @@ from dataclasses import dataclass
 
 import orjson
 import psycopg
-from sqlalchemy import JSON
-from sqlmodel import SQLModel
 
 from flywheel.domain.events import CandidatesGenerated, CandidatesSelected, InternalEvent
 from flywheel.domain.signals import SignalConfig, prompt_key
@@ -24,7 +22,6 @@ from store.candidates import project_candidates
 from store.eventstore import NewEvent, StoredEvent, append, head, read
 from store.rounds import ROUND_EVENT_TYPES, project_rounds
 from store.signals import CHECKPOINT, checkpoint, derive_groups, touched_groups
-from store.tables import READ_MODELS
 
 _INTERACTION_COLUMNS = (
     "interaction_id, position, event_id, app_id, model_version, prompt_version, prompt_key, user_id_hash,"
@@ -143,14 +140,24 @@ async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig) -> int:
         await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
                            [CHECKPOINT])
         await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
-        await conn.execute(f"TRUNCATE {', '.join(READ_MODELS)}")
+        await conn.execute(f"TRUNCATE {', '.join(_read_models())}")
         count = await _project_log(conn, config)
         await conn.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [await head(conn), CHECKPOINT])
         return count
 
 
+def _read_models() -> tuple[str, ...]:
+    # The table definitions (SQLModel) load only for a rebuild or a check: appending and projecting need none.
+    from store.tables import READ_MODELS
+
+    return READ_MODELS
+
+
 def _comparable(table: str) -> str:
     """A table's columns as EXCEPT ALL can compare them: json (which has no equality) as jsonb."""
+    from sqlalchemy import JSON
+    from sqlmodel import SQLModel
+
     return ", ".join(f'"{name}"::jsonb' if type(column.type) is JSON else f'"{name}"'
                      for name, column in SQLModel.metadata.tables[table].columns.items())
 
@@ -172,12 +179,12 @@ async def check(conn: psycopg.AsyncConnection, config: SignalConfig) -> list[Dri
     async with conn.transaction():
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         derived, newest = await checkpoint(conn), await head(conn)
-        for table in READ_MODELS:
+        for table in _read_models():
             await conn.execute(f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING ALL) ON COMMIT DROP")
         await _project_log(conn, config)
         async with conn.cursor() as c:
             pending = await touched_groups(c, derived, newest) if newest > derived else []
-        for table in READ_MODELS:
+        for table in _read_models():
             where = " WHERE prompt_key <> ALL(%(pending)s)" if table == "signals" else ""
             columns = _comparable(table)
             rebuilt = f"SELECT {columns} FROM pg_temp.{table}{where}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class RoundDirectories:
     def clear_rolled_back(self, number: int) -> None:
         (round_dir(self.root, number) / MARKER).unlink(missing_ok=True)
 
-    def write_consumption(self, number: int, runs: list[str]) -> None:
-        (round_dir(self.root, number) / "consumption.json").write_bytes(
-            orjson.dumps({"round": number, "runs": runs}, option=orjson.OPT_INDENT_2))
+    def write_consumption(self, number: int, consumptions: Sequence[dict[str, Any]]) -> None:
+        runs = sorted(c["run_id"] for c in consumptions)
+        (round_dir(self.root, number) / "consumption.json").write_bytes(orjson.dumps(
+            {"round": number, "runs": runs, "consumptions": list(consumptions)}, option=orjson.OPT_INDENT_2))

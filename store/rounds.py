@@ -20,6 +20,8 @@ from flywheel.domain.events import (
     RoundRolledBack,
 )
 from flywheel.domain.log import StoredEvent
+from flywheel.domain.rounds import QuarantineItem, QuarantineList
+from flywheel.ports import Quarantine
 
 SLICE_FIELDS = ("app_id", "model_version", "prompt_version", "since", "until")
 ROUND_EVENT_TYPES = frozenset(t.TYPE for t in ROUND_EVENTS)
@@ -76,9 +78,13 @@ async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredE
                 (p["run_id"], e.position, p["started_at"], e.data["occurred_at"], p["status"],
                  orjson.dumps(p["steps"]).decode(), p["error"]))
         elif e.type == RoundConsumed.TYPE:
-            await cur.execute("UPDATE rounds SET consumed_by = array_append(consumed_by, %s) WHERE number = %s"
-                              " AND NOT %s = ANY(consumed_by)", (p["run_id"], p["round"], p["run_id"]))
-            await _history(cur, p["round"], {"what": f"consumed by run {p['run_id']}"}, e)
+            consumed = RoundConsumed.of(p)
+            await cur.execute(
+                "UPDATE rounds SET consumed_by = array_append(consumed_by, %s),"
+                " consumptions = consumptions || %s::jsonb WHERE number = %s AND NOT %s = ANY(consumed_by)",
+                (consumed.run_id, orjson.dumps([{**consumed.record(), "position": e.position}]).decode(),
+                 consumed.round, consumed.run_id))
+            await _history(cur, consumed.round, {"what": consumed.describe()}, e)
 
 
 async def _history(cur: psycopg.AsyncCursor[Any], number: int, entry: dict[str, Any], e: StoredEvent) -> None:
@@ -91,7 +97,7 @@ async def _history(cur: psycopg.AsyncCursor[Any], number: int, entry: dict[str, 
 # ---- queries ----
 
 _ROUND_COLUMNS = ("number, position, path, content_hash, watermark, parent, quarantine_version, summary, rolled_back,"
-                  " rollback_reason, consumed_by, state, promotion, history")
+                  " rollback_reason, consumed_by, state, promotion, history, consumptions")
 
 
 def _round(row: tuple[Any, ...]) -> dict[str, Any]:
@@ -137,6 +143,13 @@ async def quarantine(conn: psycopg.AsyncConnection) -> tuple[str, list[Quarantin
     cur = await conn.execute("SELECT round_number, filters FROM quarantine_slices WHERE active ORDER BY round_number")
     slices = [{"round": n, **f} for n, f in await cur.fetchall()]
     return quarantine_version([i[0] for i in items], slices), items, slices
+
+
+async def load_quarantine(conn: psycopg.AsyncConnection) -> Quarantine:
+    """The quarantine list as it stands, as the services read it: what a build and the sampler leave out."""
+    version, items, slices = await quarantine(conn)
+    return Quarantine(version=version, slices=slices, items=QuarantineList(version=version, items=tuple(
+        QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items)))
 
 
 def quarantine_version(item_ids: Sequence[str], slices: Sequence[dict[str, Any]]) -> str:

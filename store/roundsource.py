@@ -10,13 +10,12 @@ import psycopg
 from psycopg import sql
 
 from flywheel.domain.quality import Judgement
-from flywheel.domain.rounds import QuarantineItem, QuarantineList
 from flywheel.domain.signals import SignalConfig
 from flywheel.ports import BuilderBusy, Quarantine, RoundState, SourceRow
 from store.db import connect, conninfo
 from store.eventstore import head
 from store.roundrows import stream_rows
-from store.rounds import current_round, quarantine
+from store.rounds import current_round, load_quarantine
 from store.signals import catch_up, checkpoint
 from store.stats import multi_rated_judgements, signal_report
 from store.unit_of_work import BUILD_LOCK, PostgresPublication, publication, round_state
@@ -57,9 +56,7 @@ class PostgresSnapshot:
         return None if found is None else round_state(found)
 
     async def quarantine(self) -> Quarantine:
-        version, items, slices = await quarantine(self.conn)
-        return Quarantine(version=version, slices=slices, items=QuarantineList(version=version, items=tuple(
-            QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items)))
+        return await load_quarantine(self.conn)
 
     def rows(self, watermark: int, signals: SignalConfig | None, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
         return stream_rows(self.conn, watermark, signals or self.signals, derived_with=self.signals, copies=copies)

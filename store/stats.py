@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 
-from store.tables import READ_MODELS
 from store.tracking import tracked
 
 if TYPE_CHECKING:
@@ -20,6 +19,8 @@ def _pairs(conn: psycopg.Connection, sql: str) -> dict[str, int]:
 
 
 def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
+    from store.tables import READ_MODELS  # the table definitions: not loaded by a round build or a rollback
+
     events = _pairs(conn, "SELECT type, count(*) FROM events GROUP BY 1 ORDER BY 1")
     dead = _pairs(conn, "SELECT reason, count(*) FROM dead_letters GROUP BY 1 ORDER BY 1")
     parked = conn.execute("SELECT count(*) FROM parked").fetchone()

@@ -242,6 +242,8 @@ class RoundView(SQLModel, table=True):
         JSONB, nullable=False, server_default="[]"))  # the promotion gates' verdicts
     history: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(
         JSONB, nullable=False, server_default="[]"))  # {what, by, position, reason?} per event about the round
+    consumptions: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(
+        JSONB, nullable=False, server_default="[]"))  # {run_id, model_version, stage, by, position} per run
 
 
 class QuarantineItemView(SQLModel, table=True):

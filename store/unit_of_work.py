@@ -28,7 +28,8 @@ def round_state(row: dict[str, Any]) -> RoundState:
                       quarantine_version=row["quarantine_version"], summary=row["summary"],
                       rolled_back=bool(row["rolled_back"]), rollback_reason=row["rollback_reason"],
                       consumed_by=tuple(row["consumed_by"]), state=row.get("state", "promoted"),
-                      promotion=tuple(row.get("promotion") or ()), history=tuple(row.get("history") or ()))
+                      promotion=tuple(row.get("promotion") or ()), history=tuple(row.get("history") or ()),
+                      consumptions=tuple(row.get("consumptions") or ()))
 
 
 class PostgresLog:
@@ -49,6 +50,10 @@ class PostgresPublication(PostgresLog):
 
     async def rolled_back_since(self, position: int) -> list[int]:
         return await rolled_back_since(self.conn, position)
+
+    async def current(self) -> RoundState | None:
+        found = await current_round(self.conn)
+        return None if found is None else round_state(found)
 
 
 @contextlib.asynccontextmanager

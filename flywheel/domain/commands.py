@@ -44,6 +44,8 @@ class RegisterConsumption:
     round: int
     run_id: str
     by: str = ""
+    model_version: str = ""  # the model the run trained
+    stage: str = ""  # the training stage that used the round (sft, dpo, kto, rm, ...)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

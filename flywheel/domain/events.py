@@ -196,12 +196,32 @@ class RoundConsumed(InternalEvent):
     round: int
     run_id: str
     by: str = ""
+    model_version: str = ""  # the model the run trained ("": not said)
+    stage: str = ""  # the training stage that used it: sft, dpo, kto, rm, ... ("": not said)
 
     def identity(self) -> str:
         return f"{self.round}:{self.run_id}"
 
     def payload(self) -> dict[str, Any]:
-        return {"round": self.round, "run_id": self.run_id, **_by(self.by)}
+        return {"round": self.round, "run_id": self.run_id, **_by(self.by),
+                **({"model_version": self.model_version} if self.model_version else {}),
+                **({"stage": self.stage} if self.stage else {})}
+
+    def record(self) -> dict[str, Any]:
+        """What the training-consumption manifest says of this run."""
+        return {"run_id": self.run_id, "model_version": self.model_version or None, "stage": self.stage or None,
+                "by": self.by or None}
+
+    def describe(self) -> str:
+        """The round's history entry: which run, training which model at which stage."""
+        what = [f"model {self.model_version}"] if self.model_version else []
+        what += [f"stage {self.stage}"] if self.stage else []
+        return f"consumed by run {self.run_id}" + (f" ({', '.join(what)})" if what else "")
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> RoundConsumed:
+        return cls(round=payload["round"], run_id=payload["run_id"], by=payload.get("by", ""),
+                   model_version=payload.get("model_version", ""), stage=payload.get("stage", ""))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -261,29 +281,35 @@ class HardCasesSampled(InternalEvent):
     clusters: int
     excluded: dict[str, int] = field(hash=False)
     chosen: Sequence[dict[str, Any]] = field(hash=False)
+    quarantine_version: str = ""  # the quarantine list it left out ("": an empty one)
 
     def identity(self) -> str:
-        # The same config, seed and watermark name the same sample.
-        return f"{self.config_version}:{self.seed}:{self.watermark}"
+        # The same config, seed, watermark and quarantine list name the same sample.
+        base = f"{self.config_version}:{self.seed}:{self.watermark}"
+        return f"{base}:{self.quarantine_version}" if self.quarantine_version else base
 
     @classmethod
     def of_result(cls, result: SampledHardCases, config: SamplerConfig,
-                  prompts: Mapping[str, Sequence[Mapping[str, Any]]]) -> HardCasesSampled:
+                  prompts: Mapping[str, Sequence[Mapping[str, Any]]], *,
+                  quarantine_version: str = "") -> HardCasesSampled:
         """The sampler's result, each chosen case with its conversation (`prompts` by prompt key)."""
         return cls(watermark=result.watermark, seed=result.seed, config=asdict(config),
                    config_version=result.config_version, clusters=result.clusters, excluded=result.excluded_counts,
-                   chosen=[{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen])
+                   chosen=[{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen],
+                   quarantine_version=quarantine_version)
 
     @classmethod
     def of(cls, payload: Mapping[str, Any]) -> HardCasesSampled:
         return cls(watermark=payload["watermark"], seed=payload["seed"], config=payload["config"],
                    config_version=payload["config_version"], clusters=payload["clusters"],
-                   excluded=payload["excluded"], chosen=payload["chosen"])
+                   excluded=payload["excluded"], chosen=payload["chosen"],
+                   quarantine_version=payload.get("quarantine_version", ""))
 
     def payload(self) -> dict[str, Any]:
         return {"watermark": self.watermark, "seed": self.seed, "config": self.config,
                 "config_version": self.config_version, "clusters": self.clusters, "excluded": self.excluded,
-                "chosen": list(self.chosen)}
+                "chosen": list(self.chosen),
+                **({"quarantine_version": self.quarantine_version} if self.quarantine_version else {})}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

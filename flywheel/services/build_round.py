@@ -239,7 +239,11 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                 files.discard(number, staged)
             raise
         if state != HELD:
-            files.point_current(number)
+            # After the commit, under the rounds lock again, from what is committed: a rollback of this very round
+            # may have landed since, and its own swap may have run first.
+            async with source.publication() as log:
+                now = await log.current()
+                files.point_current(None if now is None else now.number)
     if announce:
         announce({"type": "round_published", "round": number, "path": str(final.resolve()),
                   "content_hash": result.content_hash, "watermark": watermark, "state": state,

@@ -46,8 +46,9 @@ async def run_nightly(
     report: dict[str, Any] = {}
     try:
         if "sample" in steps:
-            out = await sample_hard_cases(store, SamplerConfig(budget=budget))
-            report["sample"] = {"sample_id": out.sample_id, "chosen": len(out.result.chosen), "new": out.new}
+            out = await sample_hard_cases(store, SamplerConfig(budget=budget), round_config=config)
+            report["sample"] = {"sample_id": out.sample_id, "chosen": len(out.result.chosen), "new": out.new,
+                                "contaminated": out.contaminated, "sliced": out.sliced}
         if "generate" in steps:
             report["generate"] = NO_GENERATOR if generator is None else await _generate(store, generator())
         if "select" in steps:

@@ -15,6 +15,17 @@ from flywheel.domain.events import RoundConsumed, RoundPromoted, RoundRestored, 
 from flywheel.ports import Announcer, RoundFiles, Rounds, RoundsChange, RoundState
 
 
+async def _point_current(rounds: Rounds, files: RoundFiles) -> int | None:
+    """Point `current` at the current round as committed, under the rounds lock. Every change of the rounds (and
+    every build's publication) does this after its commit, so whichever does it last leaves the latest state,
+    whatever order their commits and swaps would otherwise run in."""
+    async with rounds.change() as change:
+        now = await change.current()
+        number = None if now is None else now.number
+        files.point_current(number)
+    return number
+
+
 async def _existing(change: RoundsChange, number: int) -> RoundState:
     """The round, or LookupError naming it."""
     found = await change.find(number)
@@ -42,11 +53,9 @@ async def rollback(command: RollBackRound, *, rounds: Rounds, files: RoundFiles,
             await change.record([RoundRolledBack(round=number, reason=command.reason,
                                                  quarantine=command.quarantine, after=await change.head(),
                                                  by=command.by)])
-        now = await change.current()
-    current = None if now is None else now.number
     files.mark_rolled_back(number, {"round": number, "reason": command.reason if changed else found.rollback_reason,
                                     "quarantine": command.quarantine})
-    files.point_current(current)
+    current = await _point_current(rounds, files)
     if changed:
         announce({"type": "round_rolled_back", "round": number, "reason": command.reason, "current": current,
                   "by": command.by})
@@ -61,10 +70,8 @@ async def restore(command: RestoreRound, *, rounds: Rounds, files: RoundFiles, a
         changed = found.rolled_back
         if changed:
             await change.record([RoundRestored(round=number, after=await change.head(), by=command.by)])
-        now = await change.current()
-    current = None if now is None else now.number
     files.clear_rolled_back(number)
-    files.point_current(current)
+    current = await _point_current(rounds, files)
     if changed:
         announce({"type": "round_restored", "round": number, "current": current, "by": command.by})
     return Change(round=number, changed=changed, current=current)
@@ -82,9 +89,7 @@ async def promote(command: PromoteRound, *, rounds: Rounds, files: RoundFiles, a
         if changed:
             await change.record([RoundPromoted(round=number, reason=command.reason, by=command.by,
                                                after=await change.head())])
-        now = await change.current()
-    current = None if now is None else now.number
-    files.point_current(current)
+    current = await _point_current(rounds, files)
     if changed:
         announce({"type": "round_promoted", "round": number, "reason": command.reason, "current": current,
                   "by": command.by})
@@ -92,9 +97,13 @@ async def promote(command: PromoteRound, *, rounds: Rounds, files: RoundFiles, a
 
 
 async def register_consumption(command: RegisterConsumption, *, rounds: Rounds, files: RoundFiles) -> bool:
-    """A trainer registers that its run used the round; False when that run was registered already."""
+    """A trainer registers that its run used the round, training which model at which stage; False when that run
+    was registered already. The log is the record; consumption.json beside the round's files repeats it, and
+    manifest.json, published with the round, is never rewritten."""
     async with rounds.change(lock=False) as change:  # a consumption does not wait for a build
-        found = await _existing(change, command.round)
-        stored = await change.record([RoundConsumed(round=command.round, run_id=command.run_id, by=command.by)])
-    files.write_consumption(command.round, sorted({*found.consumed_by, command.run_id}))
+        await _existing(change, command.round)
+        stored = await change.record([RoundConsumed(round=command.round, run_id=command.run_id, by=command.by,
+                                                    model_version=command.model_version, stage=command.stage)])
+        found = await _existing(change, command.round)  # with this run in it
+    files.write_consumption(command.round, found.consumptions)
     return bool(stored)

@@ -9,6 +9,7 @@ from typing import Any, Protocol, runtime_checkable
 import orjson
 
 from flywheel.domain.events import CandidatesSelected
+from flywheel.domain.rounds import QuarantineIndex, RoundConfig
 from flywheel.ports import HardCaseStore, Progress
 from flywheel.services.audit_scorers import Auditing, audit_scorers, audited, run_id
 from sampling.judge import JudgeScorer
@@ -49,6 +50,9 @@ class Scoring:
     check_names: frozenset[str] = field(default_factory=frozenset)
     judge_may_be_policy: bool = False  # let the judge grade groups its own model generated
     auditing: Auditing | None = None  # score the users' pairs and the bias probes too (None: no audit)
+    # each check's (where it is written, prompt, answer or tests), refused when it is an evaluation item
+    check_texts: Sequence[tuple[str, str, str]] = ()
+    round_config: RoundConfig | None = None  # its contamination settings match checks against the quarantine list
 
     @property
     def names(self) -> frozenset[str]:
@@ -117,6 +121,8 @@ async def select_candidates(
     model generated unless `scoring.judge_may_be_policy` (else JudgeIsPolicy).
     With `scoring.auditing`, a run that selected groups also has its judge and reward model score the users' pairs
     about those groups' prompts and the bias probes, while the models are loaded (flywheel.services.audit_scorers)."""
+    if scoring.check_texts:
+        await _refuse_quarantined_checks(store, scoring)
     config = scoring.config
     planned: list[tuple[dict[str, Any], list[Scorer]]] = []
     not_judged = 0
@@ -164,6 +170,28 @@ async def select_candidates(
     return SelectOutcome(groups=len(selections), sft_samples=sum(s.sft is not None for s in selections),
                          pairs=sum(s.pair is not None for s in selections), reasons=reasons,
                          length_bias=asdict(length_bias(selections)), not_judged=not_judged, audit=audit)
+
+
+class QuarantinedCheck(ValueError):
+    """A check is an evaluation item: selecting with it would train on what the evaluation measures."""
+
+
+async def _refuse_quarantined_checks(store: HardCaseStore, scoring: Scoring) -> None:
+    """QuarantinedCheck naming every check whose prompt or answer holds a quarantine item (as a round build
+    finds them): the candidates it picks become training rows, so its reference answer would leak into
+    training."""
+    quarantine = await store.quarantine()
+    if not quarantine.items.items:
+        return
+    index = QuarantineIndex.for_config(quarantine.items, scoring.round_config or RoundConfig())
+    leaks = []
+    for where, prompt, answer in scoring.check_texts:
+        found = sorted({*(f"{i} (prompt)" for i in index.hits(prompt)), *(f"{i} (answer)" for i in index.hits(answer))})
+        if found:
+            leaks.append(f"{where} matches quarantine item {', '.join(found)}")
+    if leaks:
+        raise QuarantinedCheck("refusing checks that are evaluation items (their answers would leak into "
+                               "training): " + "; ".join(leaks))
 
 
 def _check(group: dict[str, Any], scorers: Sequence[Scorer], scoring: Scoring) -> None:

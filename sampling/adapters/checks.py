@@ -36,6 +36,8 @@ def last_user_text(messages: Sequence[Mapping[str, Any]]) -> str | None:
 @dataclass(frozen=True)
 class Checks:
     by_prompt: dict[str, list[Scorer]] = field(default_factory=dict)
+    # each check's (file:line, prompt, answer or tests): what must not be an evaluation item
+    texts: list[tuple[str, str, str]] = field(default_factory=list)
 
     def for_prompt(self, messages: Sequence[Mapping[str, Any]]) -> list[Scorer]:
         """The verifiers of the check(s) naming this conversation's last user message (none: [])."""
@@ -85,4 +87,9 @@ def load_checks(path: Path) -> Checks:
         except ValueError as e:  # json.JSONDecodeError included
             raise ValueError(f"{path}:{n}: {e}") from None
         checks.by_prompt.setdefault(prompt, []).append(verifier)
+        checks.texts.append((f"{path}:{n}", prompt, _answer_text(json.loads(line))))
     return checks
+
+
+def _answer_text(check: dict[str, Any]) -> str:
+    return str(check["answer"] if "answer" in check else check["tests"])

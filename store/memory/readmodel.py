@@ -106,10 +106,13 @@ def _restored(model: RoundsReadModel, position: int, payload: dict[str, Any]) ->
 
 
 def _consumed(model: RoundsReadModel, position: int, payload: dict[str, Any]) -> None:
-    number, run = payload["round"], payload["run_id"]
+    consumed = RoundConsumed.of(payload)
+    number, run = consumed.round, consumed.run_id
     if (found := model.rounds.get(number)) is not None and run not in found.consumed_by:
-        model.rounds[number] = _noted(replace(found, consumed_by=(*found.consumed_by, run)),
-                                      {"what": f"consumed by run {run}"}, position, payload)
+        model.rounds[number] = _noted(replace(
+            found, consumed_by=(*found.consumed_by, run),
+            consumptions=(*found.consumptions, {**consumed.record(), "position": position})),
+            {"what": consumed.describe()}, position, payload)
 
 
 def _items_added(model: RoundsReadModel, position: int, payload: dict[str, Any]) -> None:

@@ -99,3 +99,6 @@ class MemoryPublication(MemoryLog):
 
     async def rolled_back_since(self, position: int) -> list[int]:
         return self.model.rolled_back_since(position)
+
+    async def current(self) -> RoundState | None:
+        return self.model.current()

@@ -86,7 +86,8 @@ def test_rounds_rollback_with_quarantine_then_a_clean_round(
     assert listed[2]["rolled_back"] and not listed[3]["rolled_back"] and listed[3]["parent"] == 1
     diff = run_cli("rounds", "diff", "1", "3").stdout
     assert "rows_out" in diff and "splits.train" in diff
-    assert "recorded" in run_cli("rounds", "consume", "3", "--run", "run-42").stdout
+    assert "recorded" in run_cli("rounds", "consume", "3", "--run", "run-42", "--model-version", "m-9",
+                                 "--stage", "dpo").stdout
 
     consumer = KafkaConsumer(settings.rounds_topic, bootstrap_servers=settings.kafka_bootstrap,
                              auto_offset_reset="earliest", consumer_timeout_ms=5000)

@@ -76,7 +76,8 @@ def test_each_gate_passes_fails_or_has_not_enough_data_and_a_held_round_waits_fo
     assert all(set(g) >= {"name", "value", "limit", "blocking", "passed"} for g in first["promotion"])
     assert families(first, "fail") == set()
     assert families(first, "pass") == {"agreement", "min_rows", "length_bias", "position_bias", "contamination"}
-    assert families(first, "not enough data") == {"drift"}  # no parent round yet
+    # no parent round yet; no generated row a scorer selected
+    assert families(first, "not enough data") == {"drift", "scorer_audit"}
 
     # Quarantine a text the round trained on, so the contamination gate has hits to count; more traffic, so the
     # next round drifts from its parent.
@@ -98,7 +99,7 @@ def test_each_gate_passes_fails_or_has_not_enough_data_and_a_held_round_waits_fo
     assert [g["name"] for g in manifest["promotion"]["gates"]] == [g["name"] for g in held["promotion"]]
     thin_slices = [g for g in manifest["promotion"]["gates"] if g["status"] == "not enough data"]
     # too few items for agreement (asked for 10**9); drift only where neither round has a row of that kind
-    assert {g["name"].split(":")[0] for g in thin_slices} == {"agreement", "drift"}
+    assert {g["name"].split(":")[0] for g in thin_slices} == {"agreement", "drift", "scorer_audit"}
     assert all(g["detail"]["rows"] == g["detail"]["parent_rows"] == 0 for g in thin_slices
                if g["name"].startswith("drift:"))
     report = (Path(held["path"]) / "report.html").read_text()
@@ -122,7 +123,8 @@ def test_each_gate_passes_fails_or_has_not_enough_data_and_a_held_round_waits_fo
 
     thin = build(settings, TOO_FEW, "frank")
     assert thin["state"] == "promoted" and current(settings) == "round-0003"
-    assert families(thin, "not enough data") == {"agreement", "length_bias", "position_bias", "drift"}
+    assert families(thin, "not enough data") == {"agreement", "length_bias", "position_bias", "drift",
+                                                 "scorer_audit"}
     assert families(thin, "fail") == set()
     assert all(g["passed"] for g in thin["promotion"] if g["status"] == "not enough data")
 

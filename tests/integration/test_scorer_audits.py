@@ -11,13 +11,16 @@ from typing import Any
 
 import pytest
 
-from flywheel.bootstrap import hard_cases
+from flywheel.bootstrap import hard_cases, round_ops
+from flywheel.domain.commands import BuildRound
 from flywheel.domain.events import CandidatesGenerated
+from flywheel.domain.rounds import RoundConfig
+from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.signals import SignalConfig
 from flywheel.services.audit_scorers import Auditing
 from flywheel.services.sample import sample_hard_cases
 from flywheel.services.select import Scoring, select_candidates
-from flywheel.settings import Endpoints
+from flywheel.settings import Endpoints, Settings
 from flywheel.simulator import generate
 from sampling.generation import Candidate, CandidateGroup, SamplingSpec
 from sampling.hardcases import SamplerConfig
@@ -75,7 +78,7 @@ def _groups(sample_id: str, cases: list[dict[str, Any]]) -> list[CandidatesGener
 
 
 def test_a_selection_run_audits_its_scorers_and_the_figures_reach_signals_and_the_round(
-        endpoints: Endpoints, run_cli: Callable[..., Any]) -> None:
+        endpoints: Endpoints, settings: Settings, run_cli: Callable[..., Any]) -> None:
     url = endpoints.database_url
     ingest_all(url, [m.value for m in generate(2500, seed=5) if m.expected_reason is None], [500])
     sampled = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), SamplerConfig(budget=40, seed=2)))
@@ -138,5 +141,37 @@ def test_a_selection_run_audits_its_scorers_and_the_figures_reach_signals_and_th
     assert {p["scorer"] for p in section["bias_probes"]} == {"llm_judge", "reward_model"}
     html = (Path(built["path"]) / "report.html").read_text()
     assert "Agreement of users, judge and reward model" in html and "FLAGGED (below 0.80)" in html
+
+    # Every candidate above failed the JSON check: nothing was selected, so the gate has nothing to judge.
+    gate = {g["name"]: g for g in built["promotion"]}["scorer_audit:flagged_selected_rows"]
+    assert gate["status"] == "not enough data" and manifest["data_sources"]["selected_by"] == {"sft": {}, "dpo": {}}
+
+    # Groups the reward model and the judge select from without a task check: rows the flagged model picked.
+    more = cases[len(with_pairs) // 2 + 4:][:3]
+    assert more, "the sample should hold more hard cases"
+    in_store(url, lambda conn: record(conn, _groups(sampled.sample_id, more)))
+    picking = Scoring(config=plan.config, scorers=[LengthLovingRewardModel(), ConsistentJudge()])
+    assert in_store(url, lambda conn: select_candidates(hard_cases(conn), picking)).pairs > 0
+    held = json.loads(run_cli("rounds", "build", "--json").stdout)
+    manifest = json.loads((Path(held["path"]) / "manifest.json").read_text())
+    selected = manifest["data_sources"]["selected_by"]
+    tainted = sum(n for by_set in selected.values() for names, n in by_set.items()
+                  if "reward_model" in names.split("+"))
+    gate = {g["name"]: g for g in manifest["promotion"]["gates"]}["scorer_audit:flagged_selected_rows"]
+    assert tainted > 0 and (gate["status"], gate["value"], gate["blocking"]) == ("fail", float(tainted), True)
+    assert gate["detail"]["flagged_scorers"] == ["reward_model"] and held["state"] == "held"
+    assert any("scorer_audit:flagged_selected_rows" in reason for reason in held["held_because"])
+    assert "scorer_audit:flagged_selected_rows" in (Path(held["path"]) / "report.html").read_text()
+
+    def build(promotion: PromotionConfig) -> Any:
+        return in_store(url, lambda conn: round_ops(conn, settings.rounds_root).build(
+            BuildRound(config=RoundConfig(promotion=promotion))))
+
+    tolerant = build(PromotionConfig(max_flagged_scorer_rows=tainted))
+    verdict = {g["name"]: g for g in tolerant.promotion}["scorer_audit:flagged_selected_rows"]
+    assert verdict["status"] == "pass" and tolerant.state == "promoted"
+    advisory = build(PromotionConfig(flagged_scorer_blocking=False))
+    verdict = {g["name"]: g for g in advisory.promotion}["scorer_audit:flagged_selected_rows"]
+    assert (verdict["status"], verdict["blocking"], advisory.state) == ("fail", False, "promoted")
     after = json.loads(run_cli("signals", "--json").stdout)["scorer_agreement"]["round"]
     assert list(after) == [str(built["round"])]

@@ -78,3 +78,29 @@ def test_select_scores_checkable_prompts_with_their_verifiers(
     assert "numeric_answer@1" in answer_by and "python_tests@1" in code_by
     later = json.loads(run_cli("select", "--verify-json", "--json").stdout)  # another scorer judges the rest
     assert (later["groups"], later["not_judged"]) == (1, 0)
+
+
+def test_select_refuses_a_check_that_is_a_quarantine_item(
+    settings: Settings, run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path,
+) -> None:
+    benchmark = tmp_path / "eval.jsonl"
+    item_prompt = "A train leaves the station at noon travelling sixty miles per hour towards the coast."
+    item_tests = "assert solve_train_problem(60, 3) == 180\nassert solve_train_problem(0, 5) == 0"
+    benchmark.write_text(json.dumps({"prompt": item_prompt, "answer": item_tests}) + "\n")
+    run_cli("quarantine", "add", str(benchmark), "--name", "trains")
+    checks = tmp_path / "checks.jsonl"
+    checks.write_text("\n".join(json.dumps(c) for c in [
+        {"prompt": "What is 6 * 7?", "answer": 42},
+        {"prompt": item_prompt.upper(), "answer": 180},  # the eval prompt, reformatted
+        {"prompt": "Write solve_train_problem(speed, hours).", "tests": item_tests},  # the eval answer
+    ]) + "\n")
+    refused = run_cli("select", "--checks", str(checks), check=False)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "refusing checks that are evaluation items" in refused.stderr
+    assert f"{checks}:2 matches quarantine item" in refused.stderr and "(prompt)" in refused.stderr
+    assert f"{checks}:3 matches quarantine item" in refused.stderr and "(answer)" in refused.stderr
+    assert f"{checks}:1 " not in refused.stderr
+    assert query(settings.database_url, "SELECT count(*) FROM events WHERE type = 'candidates_selected'") == [(0,)]
+
+    checks.write_text(json.dumps({"prompt": "What is 6 * 7?", "answer": 42}) + "\n")
+    assert json.loads(run_cli("select", "--checks", str(checks), "--json").stdout)["groups"] == 0

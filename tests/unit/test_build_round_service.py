@@ -314,3 +314,51 @@ def test_human_feedback_of_a_slice_whose_raters_disagree_is_left_out_and_counted
         assert "Promotion: promoted" in (done.path / "report.html").read_text()
 
     run(tmp_path, scenario)
+
+
+def selected_group(n: int) -> SourceRow:
+    """A candidate group the judge and the reward model scored, with its RSFT sample and best-vs-worst pair."""
+    from flywheel.services.select import selection_payload
+    from sampling.selection import Score, ScoredCandidate, SelectionConfig, select
+
+    prompt = [{"role": "user", "content": f"Write a haiku about invoice number {n} and the sea."}]
+    texts = [f"Invoice {n} drifts / on a grey and patient sea / paid at last by tide",
+             f"Invoice {n} is due", f"The sea is large and invoice {n} is small, that is all I can say"]
+    candidates = [ScoredCandidate(index=i, text=t, scores=(Score(scorer="llm_judge", version="1", value=v),
+                                                           Score(scorer="reward_model", version="3", value=v / 10)))
+                  for i, (t, v) in enumerate(zip(texts, [9.0, 2.0, 5.0], strict=True))]
+    config = SelectionConfig(sft_threshold=8.0, min_margin=2.0, length_guard_margin=4.0, scorer="llm_judge")
+    selection = selection_payload(select(prompt, candidates, config))
+    group = {"group_id": f"g{n}", "prompt_key": f"k{n}", "model_version": "m-1", "generator": "vllm",
+             "prompt": prompt, "app_id": "support", "candidates": [{"index": i, "text": t, "finish_reason": "stop"}
+                                                                    for i, t in enumerate(texts)],
+             "selection": orjson.loads(orjson.dumps(selection))}
+    return SourceRow("group", group, n, AT)
+
+
+@pytest.mark.parametrize("blocking", [True, False])
+def test_a_round_whose_rows_a_flagged_scorer_selected_is_held_when_that_gate_blocks(tmp_path: Path,
+                                                                                   blocking: bool) -> None:
+    async def scenario(b: Builds) -> None:
+        b.source.rows = [sft(1), selected_group(2), selected_group(3)]
+        clean = await b.build()
+        assert clean.state == "promoted"
+        gate = {g["name"]: g for g in clean.promotion}["scorer_audit:flagged_selected_rows"]
+        assert (gate["status"], gate["value"]) == ("pass", 0.0)
+        manifest = orjson.loads((clean.path / MANIFEST).read_bytes())
+        assert manifest["data_sources"]["selected_by"] == {"sft": {"llm_judge+reward_model": 2},
+                                                           "dpo": {"llm_judge+reward_model": 2}}
+
+        b.source.report = {**b.source.report, "flagged_scorers": ["llm_judge"]}  # the bias probes caught it
+        config = RoundConfig(promotion=PromotionConfig(flagged_scorer_blocking=blocking))
+        flagged = await b.build(BuildRound(config=config))
+        gate = {g["name"]: g for g in flagged.promotion}["scorer_audit:flagged_selected_rows"]
+        assert (gate["status"], gate["value"], gate["blocking"]) == ("fail", 4.0, blocking)
+        assert gate["detail"]["flagged_scorers"] == ["llm_judge"]
+        assert flagged.state == ("held" if blocking else "promoted")
+        current = b.store.model.current()
+        assert current is not None and current.number == (1 if blocking else 2)
+        report = (flagged.path / "report.html").read_text()
+        assert "scorer_audit:flagged_selected_rows" in report
+
+    run(tmp_path, scenario)

@@ -16,6 +16,7 @@ from flywheel.domain.rounds.promotion import (
     contamination_gate,
     drift_gates,
     failing_slices,
+    flagged_scorer_gate,
     length_bias_gates,
     position_bias_gates,
     row_gates,
@@ -134,3 +135,28 @@ def test_the_promotion_config_is_part_of_the_config_version() -> None:
         promotion=PromotionConfig(max_drift=1.0)).version()
     with pytest.raises(ValueError):
         PromotionConfig(max_drift=-1)
+
+
+def test_rows_selected_by_a_flagged_scorer_fail_the_gate_each_row_once() -> None:
+    selected = {"sft": {"llm_judge+reward_model": 4, "reward_model": 6}, "dpo": {"llm_judge": 3, "numeric_answer": 2}}
+    clean = flagged_scorer_gate(selected, [], PromotionConfig())
+    assert (clean.status, clean.value, clean.limit, clean.blocking) == ("pass", 0.0, 0.0, True)
+    assert clean.detail["rows_by_scorer"] == {"llm_judge": 7, "numeric_answer": 2, "reward_model": 10}
+
+    judge = flagged_scorer_gate(selected, ["llm_judge"], PromotionConfig())
+    assert (judge.status, judge.value) == ("fail", 7.0)
+    assert judge.detail["rows_by_kind"] == {"sft": 4, "dpo": 3} and judge.detail["flagged_scorers"] == ["llm_judge"]
+    both = flagged_scorer_gate(selected, ["reward_model", "llm_judge"], PromotionConfig())
+    assert both.value == 13.0  # the 4 rows both selected count once
+    assert state_of([both]) == HELD
+
+    tolerant = PromotionConfig(max_flagged_scorer_rows=7)
+    assert flagged_scorer_gate(selected, ["llm_judge"], tolerant).status == "pass"
+    advisory = flagged_scorer_gate(selected, ["llm_judge"], PromotionConfig(flagged_scorer_blocking=False))
+    assert advisory.status == "fail" and not advisory.blocking and state_of([advisory]) == PROMOTED
+    assert flagged_scorer_gate(selected, ["some_other_scorer"], PromotionConfig()).status == "pass"
+
+    nothing = flagged_scorer_gate({"sft": {}, "dpo": {}}, ["llm_judge"], PromotionConfig())
+    assert (nothing.status, nothing.passed) == ("not enough data", True)
+    with pytest.raises(ValueError):
+        PromotionConfig(max_flagged_scorer_rows=1.5)  # type: ignore[arg-type]

@@ -175,7 +175,8 @@ def test_a_run_registers_its_consumption_once(tmp_path: Path) -> None:
 
     on = run(tmp_path, scenario)
     written = orjson.loads((on.files.location(1) / "consumption.json").read_bytes())
-    assert written == {"round": 1, "runs": ["run-a", "run-b"]}
+    assert written["round"] == 1 and written["runs"] == ["run-a", "run-b"]
+    assert [(c["run_id"], c["by"]) for c in written["consumptions"]] == [("run-b", None), ("run-a", None)]
 
 
 def test_neither_a_rollback_nor_a_consumption_waits_for_a_build_but_a_publication_waits_for_them(
@@ -196,5 +197,32 @@ def test_neither_a_rollback_nor_a_consumption_waits_for_a_build_but_a_publicatio
             await asyncio.sleep(0.05)
             assert not waiting.done()
         assert await asyncio.wait_for(waiting, 5) == [1]  # and the publication sees what it did
+
+    run(tmp_path, scenario)
+
+
+def test_current_is_swapped_under_the_rounds_lock_from_what_is_committed(tmp_path: Path) -> None:
+    """Each change points `current` after its commit, holding the rounds lock and reading the committed state, so
+    two changes whose commits and swaps interleave still leave the latest state."""
+    class Watched(RoundDirectories):
+        def __init__(self, root: Path, store: MemoryEventStore) -> None:
+            super().__init__(root)
+            self.store = store
+            self.swaps: list[tuple[int | None, bool]] = []  # (where current went, whether the lock was held)
+
+        def point_current(self, number: int | None) -> None:
+            self.swaps.append((number, self.store.rounds_lock.locked()))
+            super().point_current(number)
+
+    async def scenario(on: OnCall) -> None:
+        await on.publish(1, 2)
+        on.files = watched = Watched(on.root, on.store)
+        # a swap of another change that ran late (after this rollback's) would have left round 2 current: the
+        # next change's swap reads what is committed
+        await on.rollback(2)
+        watched.point_current(2)
+        assert (await on.rollback(2)).current == 1 and on.current() == "round-0001"
+        await on.restore(2)
+        assert watched.swaps == [(1, True), (2, False), (1, True), (2, True)]
 
     run(tmp_path, scenario)

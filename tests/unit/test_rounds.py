@@ -289,6 +289,34 @@ def test_index_catches_reformatted_paraphrases_on_both_sides_of_an_item() -> Non
     assert index.hits("which gas makes up most of the atmosphere of earth by volume at sea level today") == {"mmlu-7"}
 
 
+def test_an_item_text_under_min_item_words_is_matched_as_a_whole_normalised_text() -> None:
+    index = QuarantineIndex(QUARANTINE)
+    assert index.whole_texts == 1 and index.indexed_texts == 3  # "Nitrogen." is not in the n-gram index
+    assert index.hits("Nitrogen.") == {"mmlu-7"}
+    assert index.hits("  NITROGEN!! ") == {"mmlu-7"}  # case, punctuation and space do not count
+    assert index.hits("Nitrogen is an element.") == set()  # inside a longer text it may be a coincidence
+    assert index.hits("Nitrogens") == set()
+    assert [tuple(m) for m in index.matches_words(["nitrogen"])] == [("mmlu-7", "whole_text", 1.0)]
+    short = QuarantineList(version="v", items=(
+        QuarantineItem(item_id="a", list_name="x", prompt="What is 2 + 2?", answer="4"),
+        QuarantineItem(item_id="b", list_name="y", prompt="what is 2+2", answer="Four."),
+    ))
+    index = QuarantineIndex(short, min_item_words=5, shingle_words=3)
+    assert index.hits("what is 2 + 2") == {"a", "b"}  # one normalised text, two items
+    assert index.hits("4") == {"a"} and index.hits("four") == {"b"} and index.hits("") == set()
+    assert index.hits("Sure, what is 2 + 2? It is 4.") == set()
+
+
+def test_every_check_records_its_method_and_score() -> None:
+    index = QuarantineIndex(QUARANTINE, ngram=200)  # no exact gram fits: MinHash or whole text only
+    words_ = ITEM_PROMPT.split()
+    words_[10] = "fifty"
+    (near,) = index.matches_words(normalise(" ".join(words_)).split())
+    assert (near.item, near.method) == ("gsm-train-1", "minhash") and 0.7 <= near.score < 1.0
+    (exact,) = QuarantineIndex(QUARANTINE).matches_words(normalise(PARAPHRASED_ANSWER).split())
+    assert tuple(exact) == ("gsm-train-1", "ngram", 1.0)
+
+
 def test_near_duplicates_are_caught_by_minhash_when_no_exact_ngram_survives() -> None:
     # Exact n-grams longer than any text: only the MinHash LSH check can fire.
     index = QuarantineIndex(QUARANTINE, ngram=200)
@@ -340,6 +368,40 @@ def test_canaries_never_reach_any_file(tmp_path: Path) -> None:
     assert isolation["hits"] == {"gsm-train-1": 4}
     assert isolation["hits_by_list"] == {"gsm8k": 4}
     assert isolation["quarantine_version"] == "evals-2026-11" and isolation["items"] == 2
+    # contaminated-prompt and -cross on the prompt side; -answer and -candidate on the answer side
+    assert isolation["hit_records"] == [
+        {"item": "gsm-train-1", "list": "gsm8k", "side": "answer", "method": "ngram", "rows": 2, "score": 1.0},
+        {"item": "gsm-train-1", "list": "gsm8k", "side": "prompt", "method": "ngram", "rows": 2, "score": 1.0}]
+    assert isolation["hits_by_method"] == {"ngram": 4} and isolation["hits_by_side"] == {"answer": 2, "prompt": 2}
+
+
+def test_each_hit_is_recorded_with_item_side_method_and_score_and_listed_in_the_report(tmp_path: Path) -> None:
+    reworded = ITEM_PROMPT.split()
+    reworded[10] = "fifty"
+    rows = [
+        make_row("sft", "clean", "How do I change my billing address?", "Open Settings, then Billing."),
+        make_row("sft", "near-prompt", " ".join(reworded), "Around noon."),
+        make_row("kto", "short-answer", "What is the main gas in the air we breathe?", "Nitrogen!"),
+        make_row("dpo", "short-both", "Which gas makes up most of the atmosphere of Earth by volume at sea "
+                 "level today?", "nitrogen", other="NITROGEN."),
+        make_row("sft", "near-prompt-again", " ".join(reworded), "Around noon."),  # an exact copy: dedup's
+    ]
+    result = run(rows, tmp_path, RoundConfig(ngram=200), quarantine=QUARANTINE)
+    assert ids(tmp_path) == {"clean"}
+    isolation = result.manifest["evaluation_isolation"]
+    records = {(r["item"], r["side"], r["method"]): (r["rows"], r["score"]) for r in isolation["hit_records"]}
+    (near_rows, near_score), = [v for k, v in records.items() if k == ("gsm-train-1", "prompt", "minhash")]
+    assert near_rows == 2 and 0.7 <= near_score < 1.0
+    assert records[("mmlu-7", "answer", "whole_text")] == (2, 1.0)  # a row with it on both answers counts once
+    assert records[("mmlu-7", "prompt", "ngram")] == (1, 1.0)  # shorter than ngram: it appears whole
+    assert set(records) == {("gsm-train-1", "prompt", "minhash"), ("mmlu-7", "answer", "whole_text"),
+                            ("mmlu-7", "prompt", "ngram")}
+    assert isolation["hits"] == {"gsm-train-1": 2, "mmlu-7": 2}
+    assert isolation["hits_by_method"] == {"minhash": 2, "ngram": 1, "whole_text": 2}
+    report = report_html(result.manifest)
+    assert "Contamination hits (item, side, method, score)" in report
+    for item, side, method in records:
+        assert f"<td>{item}</td><td>{side}</td><td>{method}</td>" in report
 
 
 def test_dedup_keeps_the_first_of_equal_normalised_content_per_kind(tmp_path: Path) -> None:

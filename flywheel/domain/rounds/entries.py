@@ -51,6 +51,7 @@ class Prepared(NamedTuple):
     label: bool | None  # Row.label(): dedup keeps a completion labelled both ways
     truncated: bool  # Row.truncated()
     line: bytes  # the record's line in its file
+    scorers: tuple[str, ...] = ()  # rows.selecting_scorers: who selected a generated SFT sample or DPO pair
 
     @property
     def stratum(self) -> tuple[str, str, str]:

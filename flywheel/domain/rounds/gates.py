@@ -9,7 +9,7 @@ from flywheel.domain.rounds.dedup import digest
 from flywheel.domain.rounds.distribution_cap import DistributionCap
 from flywheel.domain.rounds.entries import EXCLUDED, Prepared, Removed, Repeat
 from flywheel.domain.rounds.quality import reason_of
-from flywheel.domain.rounds.quarantine import QuarantineIndex, words
+from flywheel.domain.rounds.quarantine import ANSWER, PROMPT, ContaminationHit, Match, QuarantineIndex, words
 from flywheel.domain.rounds.rows import KINDS
 from flywheel.domain.rounds.split import Splitter
 from flywheel.domain.rounds.tally import Tally
@@ -38,7 +38,7 @@ class Gates:
         self.seen: dict[str, set[bytes]] = {kind: set() for kind in KINDS}
         # What the gates up to dedup made of each row that has exact copies later (Row.copy_key): the gate that
         # removed it, the quarantine items it holds, or DEDUP (it got past them, so dedup removes its copies).
-        self.copies: dict[bytes, str | frozenset[str]] = {}
+        self.copies: dict[bytes, str | frozenset[ContaminationHit]] = {}
         self.kinds = frozenset(config.kinds)
         self._reading = functools.lru_cache(maxsize=cache_size)(self._read)
 
@@ -69,17 +69,20 @@ class Gates:
                 self.copies[copy_key] = PII
             return None
         prompt, answers = row.prompt, row.answers
-        normalised_prompt, hit_ids = self._reading(prompt)
+        normalised_prompt, prompt_matches = self._reading(prompt)
         normalised = []
+        found = [ContaminationHit(m.item, PROMPT, m.method, m.score) for m in prompt_matches]
         for answer in answers:
-            text, hits = self._reading(answer)
+            text, matches = self._reading(answer)
             normalised.append(text)
-            hit_ids |= hits
-        if hit_ids:
-            self.tally.contaminated(hit_ids)
+            if matches:
+                found += [ContaminationHit(m.item, ANSWER, m.method, m.score) for m in matches]
+        if found:
+            hits = frozenset(found)
+            self.tally.contaminated(hits)
             self._remove(CONTAMINATION, kind)
             if copy_key is not None:
-                self.copies[copy_key] = hit_ids
+                self.copies[copy_key] = hits
             return None
         if copy_key is not None:
             self.copies[copy_key] = DEDUP
@@ -102,11 +105,11 @@ class Gates:
         else:
             self._remove(outcome, kind)
 
-    def _read(self, text: str) -> tuple[str, frozenset[str]]:
-        """A text as dedup and splits see it (`normalise`d) and the quarantine items in it; frozen, as it is
+    def _read(self, text: str) -> tuple[str, tuple[Match, ...]]:
+        """A text as dedup and splits see it (`normalise`d) and the quarantine items in it; immutable, as it is
         cached."""
         tokens = words(text)
-        return " ".join(tokens), frozenset(self.index.hits_words(tokens))
+        return " ".join(tokens), self.index.matches_words(tokens)
 
     def _rest(self, row: Prepared, prompt: str, answers: tuple[str, ...], normalised_prompt: str,
               normalised: list[str]) -> str | None:

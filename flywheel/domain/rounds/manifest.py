@@ -12,7 +12,7 @@ from flywheel.domain.rounds.config import BUILDER_VERSION, RoundConfig
 from flywheel.domain.rounds.gates import CONTAMINATION, GATES
 from flywheel.domain.rounds.quality import QUALITY_REASONS
 from flywheel.domain.rounds.quarantine import QuarantineIndex, QuarantineList
-from flywheel.domain.rounds.rows import KINDS
+from flywheel.domain.rounds.rows import KINDS, SCORER_SEPARATOR
 from flywheel.domain.rounds.split import SPLITS
 from flywheel.domain.rounds.tally import LENGTH_BUCKETS, Tally
 
@@ -54,10 +54,22 @@ def round_manifest(config: RoundConfig, quarantine: QuarantineList, index: Quara
                        "shingle_words": config.shingle_words, "minhash_threshold": config.minhash_threshold,
                        "num_perm": config.num_perm},
             "contaminated_rows": _by_kind(tally.removed[CONTAMINATION]),
+            "whole_texts": index.whole_texts,
             "hits": dict(sorted(tally.item_hits.items())),
             "hits_by_list": dict(sorted(tally.list_hits.items())),
+            "hits_by_method": _counted(tally.hit_records(), "method"),
+            "hits_by_side": _counted(tally.hit_records(), "side"),
+            "hit_records": tally.hit_records(),
         },
     }
+
+
+def _counted(records: list[dict[str, Any]], field: str) -> dict[str, int]:
+    """Hits (an item found in a row) per value of a hit record's field: a row holding two items counts twice."""
+    out: Counter[str] = Counter()
+    for r in records:
+        out[r[field]] += r["rows"]
+    return dict(sorted(out.items()))
 
 
 def _by_kind(counter: Counter[str]) -> dict[str, int]:
@@ -79,6 +91,10 @@ def _data_sources(tally: Tally) -> dict[str, Any]:
         "positions": {"min": tally.min_position, "max": tally.max_position},
         "rows_by_kind": _by_kind(tally.kept_by("kind")),
         "sources_by_kind": {kind: dict(sorted(sources[kind].items())) for kind in KINDS},
+        # generated SFT samples and DPO pairs per set of scorers that selected them ("llm_judge+reward_model")
+        "selected_by": {kind: {SCORER_SEPARATOR.join(scorers): n
+                               for (k, scorers), n in sorted(tally.selected_by.items()) if k == kind}
+                        for kind in ("sft", "dpo")},
     }
 
 

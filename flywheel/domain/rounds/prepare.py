@@ -20,6 +20,7 @@ from flywheel.domain.rounds.rows import (
     label_of,
     prompt_messages_of,
     roles_of,
+    selecting_scorers,
     signal_fields,
     truncated_of,
 )
@@ -87,4 +88,5 @@ class Prepare:
             kind, key, position, copy_key, app_id, model_version, prompt_version, tags, source,
             any(map(self._has_pii, texts_of(body, tags))),
             turns_text(messages), tuple(answer_texts_of(kind, body)), same(roles, roles), label_of(kind, body),
-            truncated_of(lineage), orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE))
+            truncated_of(lineage), orjson.dumps(record, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE),
+            same(scorers, scorers) if (scorers := selecting_scorers(source, lineage)) else ())

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from flywheel.domain.quality import Judgement, Level, infer_level
+from flywheel.domain.rounds.rows import SCORER_SEPARATOR
 
 Status = Literal["pass", "fail", "not enough data"]
 PROMOTED, HELD = "promoted", "held"
@@ -59,6 +60,10 @@ class PromotionConfig:
     max_drift: float = 0.90
     min_drift_rows: int = 100
     drift_blocking: bool = True
+    # Generated SFT samples and DPO pairs selected by a scorer that its latest bias-probe audit (as of the round's
+    # watermark) flagged: at most this many.
+    max_flagged_scorer_rows: int = 0
+    flagged_scorer_blocking: bool = True
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -71,7 +76,7 @@ class PromotionConfig:
         if not -1.0 <= self.agreement_limit <= 1.0:
             raise ValueError("promotion.agreement_limit must be within -1..1")
         for name in ("agreement_min_items", "agreement_resamples", "min_sft_rows", "min_dpo_rows", "min_kto_rows",
-                     "min_bias_pairs", "min_bias_comparisons", "min_drift_rows"):
+                     "min_bias_pairs", "min_bias_comparisons", "min_drift_rows", "max_flagged_scorer_rows"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"promotion.{name} must be an integer")
         if not 0.0 < self.agreement_confidence < 1.0:
@@ -308,6 +313,30 @@ def drift_gates(rows: Mapping[str, int], sources: Mapping[str, Mapping[str, int]
     return out
 
 
+def flagged_scorer_gate(selected_by: Mapping[str, Mapping[str, int]], flagged: Iterable[str],
+                        config: PromotionConfig) -> GateVerdict:
+    """SFT samples and DPO pairs the round holds that a flagged scorer (bias-probe accuracy below its minimum)
+    helped select; fails above `max_flagged_scorer_rows`. A round without selected rows: not enough data."""
+    flagged_set = frozenset(flagged)
+    flagged = sorted(flagged_set)
+    by_scorer: dict[str, int] = defaultdict(int)
+    tainted = {kind: 0 for kind in ("sft", "dpo")}
+    for kind, counts in selected_by.items():
+        for scorers, n in counts.items():  # "a+b": the set of scorers that selected n rows (manifest.selected_by)
+            names = scorers.split(SCORER_SEPARATOR)
+            for scorer in names:
+                by_scorer[scorer] += n
+            if not flagged_set.isdisjoint(names):
+                tainted[kind] = tainted.get(kind, 0) + n
+    value = sum(tainted.values())
+    status: Status = ("not enough data" if not by_scorer else
+                      "pass" if value <= config.max_flagged_scorer_rows else "fail")
+    return GateVerdict(name="scorer_audit:flagged_selected_rows", value=float(value),
+                       limit=float(config.max_flagged_scorer_rows), blocking=config.flagged_scorer_blocking,
+                       status=status, detail={"flagged_scorers": flagged, "rows_by_scorer": dict(sorted(
+                           by_scorer.items())), "rows_by_kind": tainted})
+
+
 def round_gates(manifest: Mapping[str, Any], audits: Mapping[str, Any], config: PromotionConfig, *,
                 parent_rows: Mapping[str, int] | None,
                 parent_sources: Mapping[str, Mapping[str, int]] | None) -> list[GateVerdict]:
@@ -323,4 +352,5 @@ def round_gates(manifest: Mapping[str, Any], audits: Mapping[str, Any], config: 
             *length_bias_gates(audits.get("length_bias", {}), config),
             *position_bias_gates(audits.get("position_bias", {}), config),
             contamination_gate(reached, contaminated, config),
-            *drift_gates(sources["rows_by_kind"], sources["sources_by_kind"], parent_rows, parent_sources, config)]
+            *drift_gates(sources["rows_by_kind"], sources["sources_by_kind"], parent_rows, parent_sources, config),
+            flagged_scorer_gate(sources.get("selected_by", {}), audits.get("flagged_scorers", ()), config)]

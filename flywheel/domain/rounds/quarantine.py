@@ -9,7 +9,7 @@ import re
 import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
@@ -26,6 +26,33 @@ _WORD = re.compile(r"[^\W_]+")  # a run of letters and digits: punctuation, symb
 # lower-cased, every other byte a space, then split. One translate and a split instead of the pattern, which
 # made a string of each word at half the speed.
 _ASCII_WORDS = bytes.maketrans(bytes(range(128)), bytes(c if chr(c).isalnum() else 32 for c in range(128)).lower())
+
+
+# How a hit was found (ContaminationHit.method).
+NGRAM = "ngram"  # an item's word n-gram (or all of an item text shorter than n) appears in the text
+WHOLE_TEXT = "whole_text"  # an item text under min_item_words is the whole text
+MINHASH = "minhash"  # a stretch of the text is a near duplicate of an item text
+# Which side of a training row held it (ContaminationHit.side).
+PROMPT = "prompt"
+ANSWER = "answer"
+
+
+class Match(NamedTuple):
+    """A quarantine item found in one text: how, and how closely (1.0 for the exact methods, the Jaccard estimate
+    for MinHash)."""
+
+    item: str
+    method: str
+    score: float
+
+
+class ContaminationHit(NamedTuple):
+    """A quarantine item found in one side of a row: what the manifest and report count."""
+
+    item: str
+    side: str  # PROMPT or ANSWER
+    method: str  # NGRAM, WHOLE_TEXT or MINHASH
+    score: float
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -78,7 +105,7 @@ def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 class QuarantineIndex:
-    """Finds quarantine items in a text, by either of two checks on normalised words (see `normalise`):
+    """Finds quarantine items in a text, by three checks on normalised words (see `normalise`):
 
     - exact: the text shares a word `ngram`-gram with an item's prompt or answer; an item text shorter than
       `ngram` words (but at least `min_item_words`) must appear whole.
@@ -88,9 +115,11 @@ class QuarantineIndex:
       embedded in a longer message is compared with its own region, not diluted by the rest. MinHash LSH
       proposes every item text similar to that window; each is confirmed on the estimate.
 
-    Both prompts and answers of every item are indexed, and any text can be checked against both. Item texts
-    with fewer than `min_item_words` words are not indexed (too short to tell contamination from coincidence).
-    A text sharing no shingle with any item text is cleared without computing a MinHash.
+    - whole text: an item text with fewer than `min_item_words` words (too short to tell contamination from
+      coincidence inside a longer text) is found only in a text that is, normalised, exactly that item text.
+
+    Both prompts and answers of every item are indexed, and any text can be checked against both. A text sharing
+    no shingle with any item text is cleared without computing a MinHash.
 
     Reach: each changed word breaks up to `shingle_words` shingles on both sides, so with c words changed in an
     item of S shingles the Jaccard is about (S - 3c) / (S + 3c): at 0.7 the near check tolerates roughly one
@@ -109,6 +138,7 @@ class QuarantineIndex:
         self.num_perm = num_perm
         self.seed = seed
         self._grams: dict[str, set[str]] = defaultdict(set)  # normalised word gram -> item ids
+        self._whole: dict[str, set[str]] = defaultdict(set)  # normalised short item text -> item ids
         self._gram_lengths: set[int] = set()
         # shingle -> indexed sides containing it, as a trie of words (depth shingle_words, leaves lists of
         # sides): looking a text's shingles up allocates nothing until one matches.
@@ -137,7 +167,13 @@ class QuarantineIndex:
 
     @property
     def indexed_texts(self) -> int:
+        """Item texts the n-gram and MinHash checks look for (short ones, matched whole, not counted)."""
         return len(self._side_items)
+
+    @property
+    def whole_texts(self) -> int:
+        """Distinct short item texts matched as whole texts."""
+        return len(self._whole)
 
     def _minhash(self, shingle_set: set[str]) -> MinHash:
         from datasketch import MinHash
@@ -153,6 +189,8 @@ class QuarantineIndex:
 
     def _add(self, item_id: str, tokens: list[str]) -> None:
         if len(tokens) < self.min_item_words:
+            if tokens:
+                self._whole[" ".join(tokens)].add(item_id)
             return
         if len(tokens) >= self.ngram:
             for i in range(len(tokens) - self.ngram + 1):
@@ -189,17 +227,28 @@ class QuarantineIndex:
 
     def hits(self, text: str) -> set[str]:
         """The ids of the quarantine items found in `text` (empty when none)."""
-        if not self._side_items:
+        if not self._side_items and not self._whole:
             return set()
         return self.hits_words(words(text))
 
     def hits_words(self, tokens: list[str]) -> set[str]:
         """`hits` of a text already split by `words`."""
-        if not self._side_items:  # nothing indexed
-            return set()
+        return {m.item for m in self.matches_words(tokens)}
+
+    def matches_words(self, tokens: list[str]) -> tuple[Match, ...]:
+        """The quarantine items found in a text already split by `words`, each once (by the first check that
+        finds it: whole text, n-gram, MinHash), in item order."""
+        found: dict[str, Match] = {}
+        if self._whole and len(tokens) < self.min_item_words and (short := self._whole.get(" ".join(tokens))):
+            found.update((i, Match(i, WHOLE_TEXT, 1.0)) for i in short)
+        if self._side_items:
+            self._indexed_matches(tokens, found)
+        return tuple(found[i] for i in sorted(found)) if found else ()
+
+    def _indexed_matches(self, tokens: list[str], found: dict[str, Match]) -> None:
         k = self.shingle_words
         if self._shingle_words.isdisjoint(zip(*(tokens[i:] for i in range(k)), strict=False)):
-            return set()
+            return
         positions: dict[int, list[int]] = {}  # side -> positions of the text's shingles that the side contains
         trie = self._trie
         for pos in range(len(tokens) - k + 1):
@@ -212,9 +261,8 @@ class QuarantineIndex:
                 for side in node:
                     positions.setdefault(side, []).append(pos)
         if not positions:
-            return set()
+            return
         text_shingles = shingles(tokens, k)
-        found: set[str] = set()
         # An item gram starts with one of the item's shingles (min_item_words >= shingle_words), so it can only
         # start where a shingle matched.
         starts = sorted({pos for matched in positions.values() for pos in matched})
@@ -224,7 +272,8 @@ class QuarantineIndex:
                     break
                 ids = self._grams.get(" ".join(tokens[i:i + length]))
                 if ids:
-                    found |= ids
+                    for item in ids:
+                        found.setdefault(item, Match(item, NGRAM, 1.0))
         windows: dict[tuple[int, int], MinHash] = {}
         for side in sorted(positions):
             if self._side_items[side] in found:
@@ -238,9 +287,11 @@ class QuarantineIndex:
             m = windows[(start, end)]
             candidates = {side, *(int(key) for key in lsh.query(m))}
             for other in sorted(candidates):
-                if m.jaccard(self._side_hashes[other]) >= self.threshold:
-                    found.add(self._side_items[other])
-        return found
+                item = self._side_items[other]
+                estimate = float(m.jaccard(self._side_hashes[other]))
+                if estimate >= self.threshold and (item not in found or (
+                        found[item].method == MINHASH and estimate > found[item].score)):
+                    found[item] = Match(item, MINHASH, round(estimate, 4))
 
     def _window(self, side: int, matched: list[int], text_shingles: list[str]) -> tuple[int, int]:
         """The span of text shingles (inclusive) holding the most of this side's shingles, at most

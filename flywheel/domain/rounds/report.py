@@ -148,6 +148,16 @@ def _promotion_section(promotion: Mapping[str, Any]) -> str:
             f"{escape(str(promotion.get('left_out_for_agreement', 0)))}</p><table>{head}{rows}</table>")
 
 
+def _hit_records_section(records: list[Mapping[str, Any]]) -> str:
+    """Every (item, side, method) the contamination gate found: rows removed and the highest score."""
+    head = "<h2>Contamination hits (item, side, method, score)</h2>"
+    if not records:
+        return head + "<p>none</p>"
+    columns = ("item", "side", "method", "score", "rows", "list")
+    rows = "".join("<tr>" + "".join(f"<td>{escape(str(r[k]))}</td>" for k in columns) + "</tr>" for r in records)
+    return head + "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" + rows + "</table>"
+
+
 def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = None) -> str:
     """The HTML page of a round: identity, signal mix by kind and source, gate removals, the distribution by
     app, model version, tag and length, and (given `audits`, store.stats.signal_report at the round's
@@ -190,6 +200,7 @@ def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = 
         "<h2>Quality gate reasons</h2>" + bar_chart(quality, title="quality reasons"),
         "<h2>Contamination hits (top 20 items)</h2>"
         + bar_chart([(k, float(v)) for k, v in hits], title="contamination hits"),
+        _hit_records_section(isolation.get("hit_records", [])),
         "<h2>By app</h2>" + bar_chart(_counts(distribution["by_app"]), title="by app"),
         "<h2>By model version</h2>" + bar_chart(_counts(distribution["by_model_version"]), title="by model version"),
         "<h2>By tag</h2>" + bar_chart(_counts(distribution["by_tag"]), title="by tag"),

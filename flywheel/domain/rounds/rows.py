@@ -228,6 +228,21 @@ def signal_fields(kind: str, data: Mapping[str, Any]) -> SignalFields | None:
                         bool(data["consent"]), rule, lineage, body)
 
 
+SCORER_SEPARATOR = "+"  # between the scorer names of a set of selecting scorers (manifest data_sources.selected_by)
+
+
+def selecting_scorers(source: str, lineage: Mapping[str, Any]) -> tuple[str, ...]:
+    """The scorers that selected a generated row (an RSFT sample or a best-vs-worst pair): every scorer with a
+    value on its candidates, as selection ranks by all of them. () for any other row."""
+    if source == SOURCE_RSFT:
+        scores = lineage.get("scores") or ()
+    elif source == SOURCE_RM_SELECTION:
+        scores = [*(lineage.get("chosen_scores") or ()), *(lineage.get("rejected_scores") or ())]
+    else:
+        return ()
+    return tuple(sorted({str(s["scorer"]) for s in scores if s.get("value") is not None}))
+
+
 def rows_from_group(group: Mapping[str, Any], position: int) -> list[Row]:
     """The rows of one candidate group: the scored group itself (kind "group", for RM/GRPO), its RSFT sample
     (kind "sft", source "rsft") and its best-vs-worst pair (kind "dpo", source "rm_selection"), when selected.

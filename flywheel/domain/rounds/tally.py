@@ -8,7 +8,7 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 from flywheel.domain.rounds.entries import Prepared
-from flywheel.domain.rounds.quarantine import QuarantineList
+from flywheel.domain.rounds.quarantine import ContaminationHit, QuarantineList
 
 # Upper bounds (exclusive, in characters of prompt plus answers) of the length buckets of the distribution report.
 LENGTH_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -39,15 +39,34 @@ class Tally:
         self.excluded_kinds: Counter[str] = Counter()
         self.removed: defaultdict[str, Counter[str]] = defaultdict(Counter)  # by gate, then kind
         self.quality: defaultdict[str, Counter[str]] = defaultdict(Counter)  # by quality reason, then kind
-        self.item_hits: Counter[str] = Counter()
-        self.list_hits: Counter[str] = Counter()
+        self.item_hits: Counter[str] = Counter()  # rows per item
+        self.list_hits: Counter[str] = Counter()  # rows per list
+        self.hit_rows: Counter[tuple[str, str, str]] = Counter()  # rows per (item, side, method)
+        self.hit_scores: dict[tuple[str, str, str], float] = {}  # the highest score of each
         self.kept: Counter[Kept] = Counter()
+        # kept generated rows per (kind, the scorers that selected them)
+        self.selected_by: Counter[tuple[str, tuple[str, ...]]] = Counter()
         self.min_position: int | None = None
         self.max_position: int | None = None
 
-    def contaminated(self, item_ids: Set[str]) -> None:
+    def contaminated(self, hits: Set[ContaminationHit]) -> None:
+        """Count a row the contamination gate removed, once per item, list and (item, side, method) it held."""
+        item_ids = {h.item for h in hits}
         self.item_hits.update(item_ids)
         self.list_hits.update({self.list_of.get(i, "") for i in item_ids})
+        best: dict[tuple[str, str, str], float] = {}
+        for h in hits:
+            key = (h.item, h.side, h.method)
+            best[key] = max(h.score, best.get(key, h.score))
+        self.hit_rows.update(best.keys())
+        for key, score in best.items():
+            self.hit_scores[key] = max(score, self.hit_scores.get(key, score))
+
+    def hit_records(self) -> list[dict[str, Any]]:
+        """Every (item, side, method) the gate found, with its list, rows and highest score, in item order."""
+        return [{"item": item, "list": self.list_of.get(item, ""), "side": side, "method": method,
+                 "rows": self.hit_rows[(item, side, method)], "score": self.hit_scores[(item, side, method)]}
+                for item, side, method in sorted(self.hit_rows)]
 
     def keep(self, row: Prepared, split: str, length: int) -> None:
         bucket = LENGTH_BUCKETS[-1][1]
@@ -58,6 +77,8 @@ class Tally:
         # Positional, in Kept's field order: one is made per kept row, and keywords make that much slower.
         self.kept[Kept(row.kind, split, row.source, row.app_id, row.model_version, row.prompt_version, row.tags,
                        bucket)] += 1
+        if row.scorers:
+            self.selected_by[(row.kind, row.scorers)] += 1
         if self.min_position is None or row.position < self.min_position:
             self.min_position = row.position
         if self.max_position is None or row.position > self.max_position:

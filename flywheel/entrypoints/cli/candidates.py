@@ -25,15 +25,21 @@ def sample(
     from sampling.hardcases import SamplerConfig
 
     config = SamplerConfig(budget=budget, seed=seed, max_cluster_share=max_cluster_share)
-    out = _in_store(lambda conn: sample_hard_cases(hard_cases(conn), config, watermark=watermark))
+    round_config = _settings().round_config()
+    out = _in_store(lambda conn: sample_hard_cases(hard_cases(conn), config, watermark=watermark,
+                                                   round_config=round_config))
     r = out.result
     data = {"sample_id": out.sample_id, "new": out.new, "watermark": r.watermark, "chosen": len(r.chosen),
             "clusters": r.clusters, "excluded": r.excluded_counts, "config_version": r.config_version,
+            "quarantine": {"version": out.quarantine_version, "contaminated_prompts": out.contaminated,
+                           "items": out.contaminated_items, "sliced_interactions": out.sliced},
             "cases": [{"prompt_key": c.prompt_key, "app_id": c.app_id, "model_version": c.model_version,
                        "cluster_id": c.cluster_id, "score": round(c.score.total, 4)} for c in r.chosen]}
     human = [f"sample {out.sample_id} at watermark {r.watermark}{'' if out.new else ' (already recorded)'}",
              f"chosen {len(r.chosen)} of budget {budget} from {r.clusters} near-duplicate clusters",
-             "excluded " + ", ".join(f"{k} {v}" for k, v in r.excluded_counts.items())]
+             "excluded " + ", ".join(f"{k} {v}" for k, v in r.excluded_counts.items()),
+             f"quarantine {out.quarantine_version or '(empty)'}: {out.contaminated} prompts hold a quarantine item, "
+             f"{out.sliced} interactions lie in rolled-back slices (both left out)"]
     _print(data, as_json, "\n".join(human))
 
 

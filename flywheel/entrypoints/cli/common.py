@@ -56,12 +56,14 @@ def _print(data: Any, as_json: bool, human: str) -> None:
     typer.echo(json.dumps(data, indent=2, default=str) if as_json else human)
 
 
-def _in_store(work: Callable[[Any], Any]) -> Any:
-    """Run an async unit of work on one store connection."""
+def _in_store(work: Callable[[Any], Any], *, schema: bool = True) -> Any:
+    """Run an async unit of work on one store connection; with `schema`, create what is missing of the schema
+    first (on-call's commands, which only change what exists, skip it and start sooner)."""
     from store.db import connect, create_schema
 
     endpoints = _endpoints(_settings())
-    create_schema(endpoints.database_url)
+    if schema:
+        create_schema(endpoints.database_url)
 
     async def run() -> Any:
         conn = await connect(endpoints.database_url, autocommit=True)

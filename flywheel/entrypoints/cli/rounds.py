@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from psycopg.errors import UndefinedTable
 
 from flywheel.entrypoints.cli.common import BY_HELP, _endpoints, _in_store, _operator, _print, _settings
 from flywheel.settings import Settings
@@ -39,8 +40,9 @@ def _describe_round(r: dict[str, Any], *, gates: bool = False) -> str:
     failed = [g for g in r.get("promotion") or () if not g["passed"]]
     lines = [f"round {r['number']:>4}  {state}  watermark {r['watermark']}  parent {r['parent']}  "
              f"hash {r['content_hash'][:12]}  {counts}", f"            {r['path']}"]
-    if r["consumed_by"]:
-        lines.append(f"            consumed by {', '.join(r['consumed_by'])}")
+    for c in r.get("consumptions") or ():
+        lines.append(f"            consumed by run {c['run_id']}: model {c.get('model_version') or 'not said'}, "
+                     f"stage {c.get('stage') or 'not said'}")
     if failed and not gates:
         lines.append("            failed gates: " + ", ".join(
             f"{g['name']}{' (blocking)' if g['blocking'] else ''}" for g in failed))
@@ -127,6 +129,8 @@ def rounds_show(number: int = typer.Argument(...), as_json: bool = typer.Option(
         raise typer.Exit(1)
     manifest_path = Path(r["path"]) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
+    if manifest is not None:  # the file stays as published; who trained on the round since comes from the log
+        manifest["training_consumption"] = list(r.get("consumptions") or ())
     _print({**r, "shown_state": _state(r), "manifest": manifest}, as_json,
            _describe_round(r, gates=True) + ("" if manifest else "\n            (manifest file missing)"))
 
@@ -211,7 +215,11 @@ def rounds_rollback(
         raise typer.Exit(2) from None
     try:
         out = _in_store(lambda conn: _wiring(settings)(conn).rollback(
-            RollBackRound(round=number, reason=reason, quarantine=filters, by=_operator(by, settings))))
+            RollBackRound(round=number, reason=reason, quarantine=filters, by=_operator(by, settings))),
+            schema=False)
+    except UndefinedTable:
+        typer.echo(f"error: no round {number}: this database has no rounds yet", err=True)
+        raise typer.Exit(1) from None
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -227,7 +235,10 @@ def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(Non
     settings = _settings()
     try:
         out = _in_store(lambda conn: _wiring(settings)(conn).restore(
-            RestoreRound(round=number, by=_operator(by, settings))))
+            RestoreRound(round=number, by=_operator(by, settings))), schema=False)
+    except UndefinedTable:
+        typer.echo(f"error: no round {number}: this database has no rounds yet", err=True)
+        raise typer.Exit(1) from None
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -236,19 +247,30 @@ def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(Non
 
 
 @rounds_app.command("consume")
-def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..., "--run", help="Training run id."),
-                   by: str = typer.Option(None, "--by", help=BY_HELP)) -> None:
-    """Record that a training run used a round (its training-consumption manifest)."""
+def rounds_consume(
+    number: int = typer.Argument(...),
+    run: str = typer.Option(..., "--run", help="Training run id."),
+    model_version: str = typer.Option(..., "--model-version", help="The model version the run trained."),
+    stage: str = typer.Option(..., "--stage", help="The training stage that used the round: sft, dpo, kto, rm, ..."),
+    by: str = typer.Option(None, "--by", help=BY_HELP),
+) -> None:
+    """Record that a training run used a round, training which model at which stage (its training-consumption
+    manifest: the log, consumption.json beside the files, and `rounds show`; manifest.json is not rewritten)."""
     from flywheel.domain.commands import RegisterConsumption
 
+    if not run.strip() or not model_version.strip() or not stage.strip():
+        typer.echo("error: --run, --model-version and --stage must not be empty", err=True)
+        raise typer.Exit(2)
     settings = _settings()
     try:
         new = _in_store(lambda conn: _wiring(settings)(conn).register_consumption(
-            RegisterConsumption(round=number, run_id=run, by=_operator(by, settings))))
+            RegisterConsumption(round=number, run_id=run.strip(), model_version=model_version.strip(),
+                                stage=stage.strip(), by=_operator(by, settings))))
     except LookupError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"round {number}: run {run} {'recorded' if new else 'was already recorded'}")
+    typer.echo(f"round {number}: run {run} (model {model_version}, stage {stage}) "
+               f"{'recorded' if new else 'was already recorded'}")
 
 
 @rounds_app.command("promote")
