@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _in_store, _prepare, _print, _settings
+from flywheel.entrypoints.cli.common import _endpoints, _in_store, _prepare, _print, _settings, fail, failing
 from flywheel.settings import Settings
 
 
@@ -40,11 +40,9 @@ def sample(
 def _generator(settings: Settings) -> Any:
     from flywheel.bootstrap import make_generator
 
-    try:
-        return make_generator(settings)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    with failing(ValueError, code=2):
+        generator = make_generator(settings)
+    return generator
 
 
 def generate(
@@ -98,8 +96,7 @@ def _send_generation_requests(settings: Settings, spec: Any, sample_id: str | No
     _prepare(settings, endpoints)
     sampled = _in_store(lambda conn: hard_cases(conn).sample(sample_id))
     if sampled is None:
-        typer.echo("error: no hard-case sample recorded yet (flywheel sample)", err=True)
-        raise typer.Exit(1)
+        fail("no hard-case sample recorded yet (flywheel sample)")
     producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all", enable_idempotence=False)
     try:
         chosen = sampled.chosen
@@ -165,25 +162,16 @@ def select_cmd(
                                  "judge_rubric": judge_rubric and str(judge_rubric), "select_decide_by": decide_by,
                                  "judge_may_be_policy": judge_may_be_policy or None}
     settings = _settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    try:
+    with failing(OSError, ValueError, code=2):
         plan = scoring(settings, verify_json=verify_json)
-    except (OSError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     if not plan.names:
-        typer.echo("error: no scorer: set FLYWHEEL_REWARD_MODEL, or pass --verify-json, --judge-rubric or "
-                   "--checks", err=True)
-        raise typer.Exit(2)
+        fail("no scorer: set FLYWHEEL_REWARD_MODEL, or pass --verify-json, --judge-rubric or --checks", 2)
     decider = plan.config.scorer
     if decider is not None and decider not in plan.names:
-        typer.echo(f"error: --decide-by {decider}: no such scorer configured (have: {', '.join(sorted(plan.names))})",
-                   err=True)
-        raise typer.Exit(2)
-    try:
+        fail(f"--decide-by {decider}: no such scorer configured (have: {', '.join(sorted(plan.names))})", 2)
+    # a group no threshold can be read for, or a judge grading its own model's answers
+    with failing(ValueError, code=2):
         out = _select(plan, sample_id)
-    except ValueError as e:  # a group no threshold can be read for, or a judge grading its own model's answers
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     data = {"groups": out.groups, "sft_samples": out.sft_samples, "pairs": out.pairs, "reasons": out.reasons,
             "length_bias": out.length_bias, "not_judged": out.not_judged, "audit": out.audit}
     audit = ""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from flywheel.entrypoints.cli.common import BY_HELP, _endpoints, _in_store, _operator, _print, _settings
+from flywheel.entrypoints.cli.common import BY_HELP, _endpoints, _in_store, _operator, _print, _settings, fail, failing
 from flywheel.settings import Settings
 
 if TYPE_CHECKING:
@@ -75,11 +75,8 @@ def rounds_build(
     ops = _wiring(settings)
     command = BuildRound(watermark=watermark, config=settings.round_config(), by=_operator(by, settings))
     started = time.perf_counter()
-    try:
+    with failing(BuilderBusy, ValueError):
         out = _in_store(lambda conn: ops(conn).build(command))
-    except (BuilderBusy, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     data = {"round": out.round, "path": str(out.path), "content_hash": out.content_hash,
             "watermark": out.watermark, "rows_in": out.rows_in, "rows_out": out.rows_out,
             "sliced_out": out.sliced_out, "state": out.state,
@@ -123,8 +120,7 @@ def rounds_show(number: int = typer.Argument(...), as_json: bool = typer.Option(
 
     r = _in_store(lambda conn: round_by_number(conn, number))
     if r is None:
-        typer.echo(f"error: no round {number}", err=True)
-        raise typer.Exit(1)
+        fail(f"no round {number}")
     manifest_path = Path(r["path"]) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     _print({**r, "shown_state": _state(r), "manifest": manifest}, as_json,
@@ -141,8 +137,7 @@ def rounds_diff(a: int = typer.Argument(...), b: int = typer.Argument(...),
     found = _in_store(lambda conn: asyncio.gather(round_by_number(conn, a), round_by_number(conn, b)))
     missing = [n for n, r in zip((a, b), found, strict=True) if r is None]
     if missing:
-        typer.echo(f"error: no round {missing[0]}", err=True)
-        raise typer.Exit(1)
+        fail(f"no round {missing[0]}")
     diff = _summary_diff(found[0]["summary"], found[1]["summary"])
     gates = _gates_side_by_side(found[0], found[1])
     human = "\n".join(f"{k:<40} {va!s:>10} -> {vb!s:<10}" for k, (va, vb) in diff.items()) or "no differences"
@@ -185,8 +180,7 @@ def rounds_current() -> None:
 
     r = _in_store(current_round)
     if r is None:
-        typer.echo("error: no current round", err=True)
-        raise typer.Exit(1)
+        fail("no current round")
     typer.echo(r["path"])
 
 
@@ -204,17 +198,11 @@ def rounds_rollback(
     from flywheel.domain.rounds.rollback import parse_slice
 
     settings = _settings()
-    try:
+    with failing(ValueError, code=2):
         filters = parse_slice(quarantine_slice)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    try:
+    with failing(LookupError):
         out = _in_store(lambda conn: _wiring(settings)(conn).rollback(
             RollBackRound(round=number, reason=reason, quarantine=filters, by=_operator(by, settings))))
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"round {number} {'rolled back' if out.changed else 'was already rolled back'}; "
                f"current round: {out.current if out.current is not None else 'none'}")
 
@@ -225,12 +213,9 @@ def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(Non
     from flywheel.domain.commands import RestoreRound
 
     settings = _settings()
-    try:
+    with failing(LookupError):
         out = _in_store(lambda conn: _wiring(settings)(conn).restore(
             RestoreRound(round=number, by=_operator(by, settings))))
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"round {number} {'restored' if out.changed else 'was not rolled back'}; "
                f"current round: {out.current if out.current is not None else 'none'}")
 
@@ -242,12 +227,9 @@ def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..
     from flywheel.domain.commands import RegisterConsumption
 
     settings = _settings()
-    try:
+    with failing(LookupError):
         new = _in_store(lambda conn: _wiring(settings)(conn).register_consumption(
             RegisterConsumption(round=number, run_id=run, by=_operator(by, settings))))
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
     typer.echo(f"round {number}: run {run} {'recorded' if new else 'was already recorded'}")
 
 
@@ -262,14 +244,8 @@ def rounds_promote(
     from flywheel.domain.commands import PromoteRound
 
     settings = _settings()
-    try:
+    with failing(LookupError), failing(ValueError, code=2):
         out = _in_store(lambda conn: _wiring(settings)(conn).promote(
             PromoteRound(round=number, reason=reason, by=_operator(by, settings))))
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"round {number} {'promoted' if out.changed else 'was already promoted'}; "
                f"current round: {out.current if out.current is not None else 'none'}")
