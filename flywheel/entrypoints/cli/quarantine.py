@@ -35,6 +35,7 @@ def quarantine_add(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: {prompt, answer} per line."),
     name: str = typer.Option(..., "--name", help="The list's name, e.g. the benchmark."),
     by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Add benchmark/eval items to the quarantine list (an event; every later round is checked against it)."""
     from flywheel.domain.events import QuarantineItemsAdded
@@ -44,7 +45,8 @@ def quarantine_add(
         items = _read_items(file)
     who = _operator(by, _settings())
     stored = _in_store(lambda conn: record(conn, [QuarantineItemsAdded.listing(name, items, by=who)]))
-    typer.echo(f"{len(items)} items {'added to' if stored else 'already in'} quarantine list {name!r}")
+    _print({"list": name, "items": len(items), "added": bool(stored)}, as_json,
+           f"{len(items)} items {'added to' if stored else 'already in'} quarantine list {name!r}")
 
 
 @quarantine_app.command("list")

@@ -16,6 +16,7 @@ from flywheel.settings import Settings
 
 if TYPE_CHECKING:
     from flywheel.bootstrap import RoundOps
+    from flywheel.services.rollback import Change
 
 rounds_app = typer.Typer(help="Round-tagged datasets: build, inspect, roll back.", no_args_is_help=True)
 
@@ -174,14 +175,14 @@ def _summary_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dic
 
 
 @rounds_app.command("current")
-def rounds_current() -> None:
-    """The current round's directory (the newest promoted one not rolled back)."""
+def rounds_current(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The current round's directory (the newest promoted one not rolled back); --json: the whole round."""
     from store.rounds import current_round
 
     r = _in_store(current_round)
     if r is None:
         fail("no current round")
-    typer.echo(r["path"])
+    _print({**r, "shown_state": _state(r)}, as_json, r["path"])
 
 
 @rounds_app.command("rollback")
@@ -192,6 +193,7 @@ def rounds_rollback(
         [], "--quarantine", help="Exclude this slice from every later build: app_id=, model_version=, "
                                  "prompt_version=, since=, until= (repeat to combine)."),
     by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Roll a round back: RoundRolledBack event, `current` moves to the newest good round, announced."""
     from flywheel.domain.commands import RollBackRound
@@ -203,12 +205,12 @@ def rounds_rollback(
     with failing(LookupError):
         out = _in_store(lambda conn: _wiring(settings)(conn).rollback(
             RollBackRound(round=number, reason=reason, quarantine=filters, by=_operator(by, settings))))
-    typer.echo(f"round {number} {'rolled back' if out.changed else 'was already rolled back'}; "
-               f"current round: {out.current if out.current is not None else 'none'}")
+    _say_change(out, as_json, "rolled back" if out.changed else "was already rolled back")
 
 
 @rounds_app.command("restore")
-def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP)) -> None:
+def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Undo a rollback."""
     from flywheel.domain.commands import RestoreRound
 
@@ -216,13 +218,13 @@ def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(Non
     with failing(LookupError):
         out = _in_store(lambda conn: _wiring(settings)(conn).restore(
             RestoreRound(round=number, by=_operator(by, settings))))
-    typer.echo(f"round {number} {'restored' if out.changed else 'was not rolled back'}; "
-               f"current round: {out.current if out.current is not None else 'none'}")
+    _say_change(out, as_json, "restored" if out.changed else "was not rolled back")
 
 
 @rounds_app.command("consume")
 def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..., "--run", help="Training run id."),
-                   by: str = typer.Option(None, "--by", help=BY_HELP)) -> None:
+                   by: str = typer.Option(None, "--by", help=BY_HELP),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Record that a training run used a round (its training-consumption manifest)."""
     from flywheel.domain.commands import RegisterConsumption
 
@@ -230,7 +232,8 @@ def rounds_consume(number: int = typer.Argument(...), run: str = typer.Option(..
     with failing(LookupError):
         new = _in_store(lambda conn: _wiring(settings)(conn).register_consumption(
             RegisterConsumption(round=number, run_id=run, by=_operator(by, settings))))
-    typer.echo(f"round {number}: run {run} {'recorded' if new else 'was already recorded'}")
+    _print({"round": number, "run_id": run, "recorded": new}, as_json,
+           f"round {number}: run {run} {'recorded' if new else 'was already recorded'}")
 
 
 @rounds_app.command("promote")
@@ -238,6 +241,7 @@ def rounds_promote(
     number: int = typer.Argument(...),
     reason: str = typer.Option(..., "--reason", help="Why the held round may be used after all: goes into the log."),
     by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Override a held round's promotion verdict (an audited event): it becomes current if it is the newest
     promoted round that is not rolled back."""
@@ -247,5 +251,10 @@ def rounds_promote(
     with failing(LookupError), failing(ValueError, code=2):
         out = _in_store(lambda conn: _wiring(settings)(conn).promote(
             PromoteRound(round=number, reason=reason, by=_operator(by, settings))))
-    typer.echo(f"round {number} {'promoted' if out.changed else 'was already promoted'}; "
-               f"current round: {out.current if out.current is not None else 'none'}")
+    _say_change(out, as_json, "promoted" if out.changed else "was already promoted")
+
+
+def _say_change(out: Change, as_json: bool, what: str) -> None:
+    """A rollback's, restore's or promotion's outcome: whether it changed anything, and the current round after."""
+    _print({"round": out.round, "changed": out.changed, "current": out.current}, as_json,
+           f"round {out.round} {what}; current round: {out.current if out.current is not None else 'none'}")
