@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flywheel.domain.events import HardCasesSampled
-from flywheel.ports import HardCaseStore
+from flywheel.ports import HardCaseStore, Progress
 from sampling.hardcases import SampledHardCases, SamplerConfig, sample
 
 
@@ -18,7 +18,7 @@ class SampleOutcome:
 
 async def sample_hard_cases(
     store: HardCaseStore, config: SamplerConfig, *, watermark: int | None = None,
-    quarantined: frozenset[str] = frozenset(),
+    quarantined: frozenset[str] = frozenset(), progress: Progress | None = None,
 ) -> SampleOutcome:
     """Choose hard cases as the log stood at `watermark` (default: as far as signals are derived) and
     record them as one HardCasesSampled event."""
@@ -29,6 +29,8 @@ async def sample_hard_cases(
         raise ValueError(f"watermark {watermark} is past the signals projector ({derived}): wait or lower it")
     async with store.sampling() as unit:
         candidates, prompts = await unit.prompt_candidates(watermark)
+        if progress:
+            progress(len(candidates))
         result = sample(candidates, config, watermark=watermark, quarantined=quarantined)
         event = HardCasesSampled.of_result(result, config, prompts)
         stored = await unit.record([event])

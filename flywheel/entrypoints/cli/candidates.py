@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from flywheel.entrypoints.cli.common import _endpoints, _in_store, _prepare, _print, _settings, fail, failing
+from flywheel.entrypoints.cli.progress import progress
 from flywheel.settings import Settings
 
 
@@ -25,7 +25,9 @@ def sample(
     from sampling.hardcases import SamplerConfig
 
     config = SamplerConfig(budget=budget, seed=seed, max_cluster_share=max_cluster_share)
-    out = _in_store(lambda conn: sample_hard_cases(hard_cases(conn), config, watermark=watermark))
+    with progress("sampling hard cases", unit="prompt candidates read") as shown:
+        out = _in_store(lambda conn: sample_hard_cases(hard_cases(conn), config, watermark=watermark,
+                                                       progress=shown))
     r = out.result
     data = {"sample_id": out.sample_id, "new": out.new, "watermark": r.watermark, "chosen": len(r.chosen),
             "clusters": r.clusters, "excluded": r.excluded_counts, "config_version": r.config_version,
@@ -71,13 +73,9 @@ def generate(
     generator = _generator(settings)
     generator.load()
     try:
-        with typer.progressbar(length=1, label="generating", file=sys.stderr) as bar:
-            def advance(k: int) -> None:
-                bar.length = max(bar.length or 0, bar.pos + k)
-                bar.update(k)
-
+        with progress("generating", unit="prompts") as shown:
             out = _in_store(lambda conn: generate_candidates(hard_cases(conn), generator, spec, sample_id=sample_id,
-                                                             progress=advance))
+                                                             progress=shown))
     finally:
         generator.unload()
     data = {"sample_id": out.sample_id, "prompts": out.prompts, "groups_new": out.groups_new,
@@ -188,10 +186,6 @@ def _select(plan: Any, sample_id: str | None) -> Any:
     from flywheel.bootstrap import hard_cases
     from flywheel.services.select import select_candidates
 
-    with typer.progressbar(length=1, label="selecting", file=sys.stderr) as bar:
-        def advance(k: int) -> None:
-            bar.length = max(bar.length or 0, bar.pos + k)
-            bar.update(k)
-
+    with progress("selecting", unit="candidate groups") as shown:
         return _in_store(lambda conn: select_candidates(hard_cases(conn), plan, sample_id=sample_id,
-                                                        progress=advance))
+                                                        progress=shown))

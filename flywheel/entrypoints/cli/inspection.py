@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _settings
+from flywheel.entrypoints.cli.progress import progress
 from flywheel.settings import Endpoints
 
 
@@ -129,7 +130,8 @@ def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scrat
     async def run() -> Any:
         conn = await connect(endpoints.database_url)
         try:
-            return await (check_projections if check else rebuild)(conn, settings.signals)
+            with progress("checking read models" if check else "rebuilding read models", unit="events") as shown:
+                return await (check_projections if check else rebuild)(conn, settings.signals, shown)
         finally:
             await conn.close()
 

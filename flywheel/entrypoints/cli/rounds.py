@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from flywheel.entrypoints.cli.common import BY_HELP, _endpoints, _in_store, _operator, _print, _settings, fail, failing
+from flywheel.entrypoints.cli.progress import progress
 from flywheel.settings import Settings
 
 if TYPE_CHECKING:
@@ -76,8 +77,8 @@ def rounds_build(
     ops = _wiring(settings)
     command = BuildRound(watermark=watermark, config=settings.round_config(), by=_operator(by, settings))
     started = time.perf_counter()
-    with failing(BuilderBusy, ValueError):
-        out = _in_store(lambda conn: ops(conn).build(command))
+    with failing(BuilderBusy, ValueError), progress("building round", unit="rows read") as shown:
+        out = _in_store(lambda conn: ops(conn).build(command, progress=shown))
     data = {"round": out.round, "path": str(out.path), "content_hash": out.content_hash,
             "watermark": out.watermark, "rows_in": out.rows_in, "rows_out": out.rows_out,
             "sliced_out": out.sliced_out, "state": out.state,
