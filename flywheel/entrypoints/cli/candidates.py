@@ -112,9 +112,8 @@ def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn
     import mode.loop
 
     mode.loop.use("uvloop")
-    from faust.worker import Worker
-
     from flywheel.bootstrap import make_generator
+    from flywheel.entrypoints.cli.run import run_faust
     from streams.generation_worker import create_generation_app
 
     settings = _settings()
@@ -126,7 +125,8 @@ def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn
 
         serve_process_metrics(settings.generation_metrics_port)
     faust_app = create_generation_app(settings, endpoints, lambda: make_generator(settings))
-    Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+    run_faust(faust_app, loglevel, f"generation worker ready: serving {settings.generation_topic} as consumer group "
+                                   f"{settings.generation_group}")
 
 
 def select_cmd(
