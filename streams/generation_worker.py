@@ -27,6 +27,7 @@ from store.db import connect
 from store.ingest import DeadLetter, Incoming, Publish
 from store.unit_of_work import PostgresLog
 from streams.datadir import faust_datadir
+from streams.metrics import GenerationMetrics
 
 log = logging.getLogger("flywheel.generation")
 
@@ -52,11 +53,13 @@ def _read(value: bytes) -> tuple[str, dict[str, Any], SamplingSpec, int]:
 
 def create_generation_app(settings: Settings, endpoints: Endpoints, make_generator: Callable[[], Generator], *,
                           candidate_log: Callable[[], AbstractAsyncContextManager[EventLog]] | None = None,
-                          dead_letters: Publish | None = None) -> faust.App:
+                          dead_letters: Publish | None = None, metrics: GenerationMetrics | None = None) -> faust.App:
     """A Faust app whose consumer group is settings.generation_group, with one engine per agent from
     `make_generator`. `candidate_log`: where the groups are recorded, opened once per run of the agent (default:
     the store on endpoints.database_url, each record committed on its own); `dead_letters`: where a request that
-    cannot be read or generated goes (default: the dead-letter topic, waiting for the broker's ack)."""
+    cannot be read or generated goes (default: the dead-letter topic, waiting for the broker's ack); `metrics`: what
+    the worker counts (requests by outcome, candidates, tokens, engine errors and durations)."""
+    metrics = metrics or GenerationMetrics()
     app = faust.App(
         settings.generation_group, broker=f"kafka://{endpoints.kafka_bootstrap}", store="memory://",
         datadir=faust_datadir(settings, settings.generation_group),
@@ -87,6 +90,7 @@ def create_generation_app(settings: Settings, endpoints: Endpoints, make_generat
         """The ingest worker's dead letters (reason, where from, original bytes), acked before going on."""
         log.error("dead-lettering %d generation request(s): %s: %s", len(messages), reason, detail)
         await send_dead([DeadLetter(reason, detail, m) for m in messages])
+        metrics.requests.labels("dead_lettered").inc(len(messages))
 
     async def serve(generator: Generator, candidates: EventLog, events: Sequence[faust.EventT]) -> None:
         """One batch of requests: one engine call per distinct sampling spec, one record per call."""
@@ -105,13 +109,19 @@ def create_generation_app(settings: Settings, endpoints: Endpoints, make_generat
             specs[key] = spec
         for key, batch in readable.items():
             try:
-                groups = await asyncio.to_thread(generator.generate, [c["messages"] for _, _, c, _ in batch],
-                                                 specs[key], [seed for *_, seed in batch])
+                with metrics.engine_seconds.time():
+                    groups = await asyncio.to_thread(generator.generate, [c["messages"] for _, _, c, _ in batch],
+                                                     specs[key], [seed for *_, seed in batch])
             except Exception as e:  # the engine refused these prompts: dead-letter them, keep serving
+                metrics.engine_errors.labels("dead_lettered").inc()
                 await dead(GENERATION_FAILED, f"{type(e).__name__}: {e}", [v for v, *_ in batch])
                 continue
-            await candidates.record([CandidatesGenerated.for_case(sample_id, case, g.to_event_payload())
-                                     for (_, sample_id, case, _), g in zip(batch, groups, strict=True)])
+            payloads = [g.to_event_payload() for g in groups]
+            await candidates.record([CandidatesGenerated.for_case(sample_id, case, p)
+                                     for (_, sample_id, case, _), p in zip(batch, payloads, strict=True)])
+            metrics.requests.labels("generated").inc(len(batch))
+            metrics.candidates.inc(sum(len(p["candidates"]) for p in payloads))
+            metrics.completion_tokens.inc(sum(p["completion_tokens"] for p in payloads))
 
     @app.agent(requests, name="generate")
     async def generate(stream: faust.StreamT) -> None:

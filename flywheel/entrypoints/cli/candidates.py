@@ -115,16 +115,16 @@ def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn
     from flywheel.bootstrap import make_generator
     from flywheel.entrypoints.cli.run import run_faust
     from streams.generation_worker import create_generation_app
+    from streams.metrics import GenerationMetrics
 
     settings = _settings()
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
     _generator(settings)  # fail now, with a clear error, when no model is configured
+    metrics = GenerationMetrics()
     if settings.generation_metrics_port:
-        from streams.metrics import serve_process_metrics
-
-        serve_process_metrics(settings.generation_metrics_port)
-    faust_app = create_generation_app(settings, endpoints, lambda: make_generator(settings))
+        metrics.serve(settings.generation_metrics_port)
+    faust_app = create_generation_app(settings, endpoints, lambda: make_generator(settings), metrics=metrics)
     run_faust(faust_app, loglevel, f"generation worker ready: serving {settings.generation_topic} as consumer group "
                                    f"{settings.generation_group}")
 

@@ -8,13 +8,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from flywheel.entrypoints.cli.common import _endpoints, _prepare, _settings
 from flywheel.entrypoints.cli.drain import _drain, _say_unread, _unread
 from flywheel.settings import Endpoints, Settings
+
+if TYPE_CHECKING:
+    from streams.metrics import SchedulerMetrics
 
 LOG_LEVEL_HELP = "crit|error|warn|info|debug"
 # Kafka clients that log each connection and metadata refresh at INFO: their internals, shown at debug only.
@@ -90,11 +93,18 @@ def scheduler() -> None:
     settings = _settings()
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
-    if settings.scheduler_metrics_port:
-        from streams.metrics import serve_process_metrics
+    configure(BlockingScheduler(), settings, endpoints, _scheduler_metrics(settings)).start()
 
-        serve_process_metrics(settings.scheduler_metrics_port)
-    configure(BlockingScheduler(), settings, endpoints).start()
+
+def _scheduler_metrics(settings: Settings) -> SchedulerMetrics | None:
+    """The scheduler's metrics, served on FLYWHEEL_SCHEDULER_METRICS_PORT; None when it is 0 (not served)."""
+    if not settings.scheduler_metrics_port:
+        return None
+    from streams.metrics import SchedulerMetrics
+
+    metrics = SchedulerMetrics()
+    metrics.serve(settings.scheduler_metrics_port)
+    return metrics
 
 
 def up(
@@ -118,10 +128,7 @@ def up(
     endpoints = _endpoints(settings, start=True)
     _prepare(settings, endpoints)
     typer.echo(f"database {endpoints.database_url}\nbroker   {endpoints.kafka_bootstrap}")
-    if settings.scheduler_metrics_port:  # this process is the scheduler; the worker serves FLYWHEEL_METRICS_PORT
-        from streams.metrics import serve_process_metrics
-
-        serve_process_metrics(settings.scheduler_metrics_port)
+    metrics = _scheduler_metrics(settings)  # this process is the scheduler; the worker serves FLYWHEEL_METRICS_PORT
     for name, port in (("worker", settings.metrics_port), ("scheduler", settings.scheduler_metrics_port)):
         if port:
             typer.echo(f"metrics  http://localhost:{port}/metrics ({name})")
@@ -130,7 +137,7 @@ def up(
     # A session of its own: Ctrl-C reaches this process alone, which lets the worker drain before stopping it.
     worker_proc = subprocess.Popen([sys.executable, "-m", "flywheel", "worker", "--loglevel", level],
                                    start_new_session=True, preexec_fn=die_with_parent)
-    sched = configure(BackgroundScheduler(), settings, endpoints)
+    sched = configure(BackgroundScheduler(), settings, endpoints, metrics)
     sched.start()
     for job in sched.get_jobs():
         typer.echo(f"scheduled {job.name}: next run {job.next_run_time:%Y-%m-%d %H:%M %Z}")
