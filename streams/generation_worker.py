@@ -3,8 +3,10 @@
 Scale-out is Kafka's: `flywheel generation-worker` processes in one consumer group share the request
 topic's partitions; each batch of requests is one engine call (n samples per request) and one
 transaction appending CandidatesGenerated events, whose ids are named by what they say, so a
-redelivered request is a no-op. A request that cannot be read or generated is dead-lettered with a
-reason, never dropped.
+redelivered request is a no-op. An engine call that fails transiently (sampling.generation.TransientEngineError:
+an overloaded, restarting or unreachable server) is retried with exponential backoff. A request that cannot be
+read, or whose engine call failed otherwise or kept failing, is dead-lettered with a reason, in the store's
+dead-letter table (which `flywheel stats` counts) and on the dead-letter topic; never dropped.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import orjson
 from flywheel.domain.events import CandidatesGenerated
 from flywheel.ports import EventLog
 from flywheel.settings import Endpoints, Settings
-from sampling.generation import Generator, SamplingSpec
+from sampling.generation import CandidateGroup, Generator, SamplingSpec, TransientEngineError, retry_delays
 from store.db import connect
-from store.ingest import DeadLetter, Incoming, Publish
+from store.ingest import DeadLetter, Incoming, Publish, record_dead_letters
 from store.unit_of_work import PostgresLog
 from streams.datadir import faust_datadir
 from streams.metrics import GenerationMetrics
@@ -76,6 +78,16 @@ def create_generation_app(settings: Settings, endpoints: Endpoints, make_generat
         sent = [await deadletter.send(key=d.source.key, value=d.envelope()) for d in letters]
         await asyncio.gather(*sent)
 
+    async def store_and_publish(letters: Sequence[DeadLetter]) -> None:
+        """In the dead-letter table (what `flywheel stats` counts) and on the topic, committed once the broker
+        acked: a redelivered request's letter is stored once."""
+        conn = await connect(endpoints.database_url, autocommit=True)
+        try:
+            async with conn.transaction():
+                await record_dead_letters(conn, letters, publish)
+        finally:
+            await conn.close()
+
     @contextlib.asynccontextmanager
     async def store_log() -> AsyncIterator[EventLog]:
         conn = await connect(endpoints.database_url, autocommit=True)
@@ -84,7 +96,24 @@ def create_generation_app(settings: Settings, endpoints: Endpoints, make_generat
         finally:
             await conn.close()
 
-    open_log, send_dead = candidate_log or store_log, dead_letters or publish
+    open_log, send_dead = candidate_log or store_log, dead_letters or store_and_publish
+    delays = retry_delays(settings.generation_retries, settings.generation_retry_seconds)
+
+    async def engine_call(generator: Generator, prompts: list[Any], spec: SamplingSpec,
+                          seeds: list[int]) -> list[CandidateGroup]:
+        """One engine call, retried with backoff while the engine fails transiently."""
+        for attempt in range(len(delays) + 1):
+            try:
+                with metrics.engine_seconds.time():
+                    return await asyncio.to_thread(generator.generate, prompts, spec, seeds)
+            except TransientEngineError as e:
+                if attempt == len(delays):
+                    raise
+                metrics.engine_errors.labels("retried").inc()
+                log.warning("engine call failed (%s): retry %d of %d in %.1fs", e, attempt + 1, len(delays),
+                            delays[attempt])
+                await asyncio.sleep(delays[attempt])
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def dead(reason: str, detail: str, messages: Sequence[Incoming]) -> None:
         """The ingest worker's dead letters (reason, where from, original bytes), acked before going on."""
@@ -109,10 +138,9 @@ def create_generation_app(settings: Settings, endpoints: Endpoints, make_generat
             specs[key] = spec
         for key, batch in readable.items():
             try:
-                with metrics.engine_seconds.time():
-                    groups = await asyncio.to_thread(generator.generate, [c["messages"] for _, _, c, _ in batch],
-                                                     specs[key], [seed for *_, seed in batch])
-            except Exception as e:  # the engine refused these prompts: dead-letter them, keep serving
+                groups = await engine_call(generator, [c["messages"] for _, _, c, _ in batch], specs[key],
+                                           [seed for *_, seed in batch])
+            except Exception as e:  # the engine refused these prompts, or kept failing: dead-letter them, serve on
                 metrics.engine_errors.labels("dead_lettered").inc()
                 await dead(GENERATION_FAILED, f"{type(e).__name__}: {e}", [v for v, *_ in batch])
                 continue
