@@ -8,7 +8,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flywheel.entrypoints.cli.common import fail, failing
+from flywheel.entrypoints.cli.common import fail, failing, without_password
 
 
 def _run(body: Callable[[], None]) -> tuple[int, str, str]:
@@ -50,3 +50,10 @@ def test_nested_failing_blocks_give_each_error_its_own_code() -> None:
             raise ValueError("not held")
 
     assert _run(main) == (2, "", "error: not held\n")
+
+
+def test_a_database_url_is_shown_without_its_password() -> None:
+    assert without_password("postgresql://ingest:s3cr%40t@db:5432/flywheel?sslmode=require") == \
+        "postgresql://ingest:***@db:5432/flywheel?sslmode=require"
+    assert without_password("postgresql://postgres@127.0.0.1:5432/flywheel") == \
+        "postgresql://postgres@127.0.0.1:5432/flywheel"

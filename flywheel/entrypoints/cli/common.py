@@ -33,6 +33,17 @@ def failing(*errors: type[Exception], code: int = 1) -> Iterator[None]:
         fail(str(e), code)
 
 
+def without_password(url: str) -> str:
+    """A database URL to show a person: its password, if any, as ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def _operator(by: str | None, settings: Settings) -> str:
     """Who is acting: --by, else FLYWHEEL_OPERATOR, else the OS user."""
     import getpass
