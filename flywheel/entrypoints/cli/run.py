@@ -124,7 +124,8 @@ def up(
     level = "debug" if verbose else log_level
     _logging(level)
     settings = _settings()
-    typer.echo("starting the local stack…")
+    if not (settings.database_url and settings.kafka_bootstrap):
+        typer.echo("starting the local stack…")
     endpoints = _endpoints(settings, start=True)
     _prepare(settings, endpoints)
     typer.echo(f"database {without_password(endpoints.database_url)}\nbroker   {endpoints.kafka_bootstrap}")
