@@ -1,7 +1,7 @@
 """A real `flywheel generation-worker` process against a server that speaks the OpenAI chat API as vLLM does (a
 stand-in in this process: vLLM needs its own virtualenv): transient errors are retried with backoff; an engine that
 keeps failing has its requests dead-lettered in the store, where `flywheel stats` counts them; the worker's metrics
-endpoint says so."""
+endpoint says so. And `flywheel generate --json` on the same server, without workers."""
 
 from __future__ import annotations
 
@@ -169,3 +169,14 @@ def test_an_engine_that_keeps_failing_dead_letters_into_the_store_and_stats(
     # Each try of a call posts its prompts together and stops at the first refusal (posts not yet sent are
     # cancelled), so at least one post per try: three tries per call.
     assert server.completions == 0 and server.refused >= 3 * calls
+
+
+def test_generate_in_process_answers_in_json(settings: Settings, serve: Callable[[int], Server]) -> None:
+    server = serve(0)
+    engine = _worker_settings(settings, server, retries=0)
+    ingest_all(engine.database_url, [m.value for m in generate(900, seed=2) if m.expected_reason is None], [300])
+    sampled = _cli(engine, "sample", "--budget", "3", "--max-cluster-share", "0.5")
+    out = _cli(engine, "generate", "-n", "2")
+    assert out == {"sample_id": sampled["sample_id"], "prompts": 3, "groups_new": 3, "candidates": 6,
+                   "completion_tokens": 18}
+    assert server.completions == 3
