@@ -16,6 +16,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from flywheel.domain.rounds.gates import GATES
 from store.ingest import BatchOutcome
 
 
@@ -34,6 +35,19 @@ class Served:
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+
+def rows_through_gates(rows_out: int, removed: Mapping[str, int]) -> dict[str, tuple[int, int]]:
+    """Each gate's rows in and out, in the order the gates run: a removed row is counted under the first gate that
+    removed it, so the rows reaching the first gate are the rows kept plus every removal (rows of kinds the round
+    does not build never reach a gate)."""
+    entering = rows_out + sum(removed.values())
+    through = {}
+    for gate in GATES:
+        left = entering - removed.get(gate, 0)
+        through[gate] = (entering, left)
+        entering = left
+    return through
 
 
 class Metrics(Served):
@@ -127,6 +141,8 @@ class SchedulerMetrics(Served):
         self.rows_out = Gauge("flywheel_round_last_rows_out", "Rows the last round kept", registry=r)
         self.removed = Gauge("flywheel_round_last_rows_removed", "Rows a gate removed from the last round",
                              ["gate"], registry=r)
+        self.through_gate = Gauge("flywheel_round_last_gate_rows", "Rows that reached a gate (side=in) and that it "
+                                  "let through (side=out) in the last round", ["gate", "side"], registry=r)
         self.build_seconds = Gauge("flywheel_round_last_build_seconds", "How long the last round build took",
                                    registry=r)
 
@@ -155,4 +171,7 @@ class SchedulerMetrics(Served):
         self.rows_out.set(build["rows_out"])
         for gate, n in build["removed"].items():
             self.removed.labels(gate).set(n)
+        for gate, (entered, left) in rows_through_gates(build["rows_out"], build["removed"]).items():
+            self.through_gate.labels(gate, "in").set(entered)
+            self.through_gate.labels(gate, "out").set(left)
         self.build_seconds.set(build["seconds"])

@@ -84,6 +84,11 @@ def test_the_scheduler_exports_its_runs_and_the_round_its_nightly_run_built(
     assert value("flywheel_round_last_number") == 1 and value("flywheel_round_builds_total", state="promoted") == 1
     assert value("flywheel_round_last_rows_in") >= value("flywheel_round_last_rows_out") > 0
     assert value("flywheel_round_last_rows_removed", gate="consent") > 0  # the simulator's users without consent
+    assert value("flywheel_round_last_gate_rows", gate="consent", side="out") == value(
+        "flywheel_round_last_gate_rows", gate="consent", side="in") - value("flywheel_round_last_rows_removed",
+                                                                            gate="consent")
+    assert value("flywheel_round_last_gate_rows", gate="distribution_cap", side="out") == value(
+        "flywheel_round_last_rows_out")
     assert value("flywheel_round_last_build_seconds") > 0
     assert value("flywheel_scheduler_job_last_ok", job="nightly_pipeline") == 1
     assert value("flywheel_scheduler_job_last_duration_seconds", job="nightly_pipeline") > 0

@@ -43,6 +43,11 @@ def test_a_nightly_build_report_reaches_the_round_gauges() -> None:
     assert (value("flywheel_round_last_number"), value("flywheel_round_last_held")) == (4, 1)
     assert (value("flywheel_round_last_rows_in"), value("flywheel_round_last_rows_out")) == (900, 610)
     assert value("flywheel_round_last_rows_removed", gate="dedup") == 90
+    assert (value("flywheel_round_last_gate_rows", gate="consent", side="in"),
+            value("flywheel_round_last_gate_rows", gate="consent", side="out")) == (900, 700)
+    assert (value("flywheel_round_last_gate_rows", gate="dedup", side="in"),
+            value("flywheel_round_last_gate_rows", gate="dedup", side="out")) == (700, 610)
+    assert value("flywheel_round_last_gate_rows", gate="distribution_cap", side="out") == 610
     assert value("flywheel_round_builds_total", state="held") == value("flywheel_round_builds_total",
                                                                        state="skipped") == 1
 
