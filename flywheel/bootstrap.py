@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flywheel.settings import Endpoints, Settings
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from flywheel.domain.commands import BuildRound, PromoteRound, RegisterConsumption, RestoreRound, RollBackRound
     from flywheel.domain.signals import SignalConfig
-    from flywheel.ports import Announcer, EventLog, HardCaseStore, RoundBuilder
+    from flywheel.ports import Announcer, EventLog, HardCaseStore, Progress, RoundBuilder
     from flywheel.services.build_round import Published
     from flywheel.services.rollback import Change
     from flywheel.services.select import Scoring
@@ -50,11 +50,17 @@ def resolve(settings: Settings, *, start: bool = False) -> Endpoints:
     )
 
 
+class Build(Protocol):
+    """BuildRound, told of the rows as it reads them."""
+
+    def __call__(self, command: BuildRound, *, progress: Progress | None = None) -> Awaitable[Published]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class RoundOps:
     """The rounds' use cases with their adapters bound in (one store connection, the rounds directory)."""
 
-    build: Callable[[BuildRound], Awaitable[Published]]
+    build: Build
     rollback: Callable[[RollBackRound], Awaitable[Change]]
     restore: Callable[[RestoreRound], Awaitable[Change]]
     register_consumption: Callable[[RegisterConsumption], Awaitable[bool]]

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     generation_topic: str = "flywheel.generation"  # requests for generation workers (flywheel generate --via-kafka)
     generation_group: str = "flywheel-generation"
     generation_batch: int = 32  # requests per engine call
+    # An engine call that fails transiently (sampling.generation.TransientEngineError) is retried this many times,
+    # waiting generation_retry_seconds, then twice as long each time (at most a minute), before its requests are
+    # dead-lettered.
+    generation_retries: int = Field(default=4, ge=0)
+    generation_retry_seconds: float = Field(default=1.0, ge=0)
     partitions: int = 4  # of the feedback and generation topics
     deadletter_partitions: int = Field(default=1, gt=0)
     # Announcements carry no key: on more than one partition a reader may see them out of order.

@@ -114,6 +114,16 @@ class CandidateGroup:
         }
 
 
+class TransientEngineError(RuntimeError):
+    """The engine could not answer now (overloaded, restarting, unreachable): the same call may succeed later, so a
+    caller retries it before giving up. Any other error of `generate` is about the request and is not retried."""
+
+
+def retry_delays(retries: int, first: float, *, factor: float = 2.0, most: float = 60.0) -> list[float]:
+    """Seconds to wait before each retry: exponential backoff from `first`, each wait at most `most`."""
+    return [min(most, first * factor**k) for k in range(retries)]
+
+
 @runtime_checkable
 class Generator(Protocol):
     """Samples `spec.n` candidates for each prompt: one engine request per prompt, never `n` requests."""

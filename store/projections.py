@@ -9,7 +9,7 @@ scratch copies.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -120,19 +120,24 @@ async def record(conn: psycopg.AsyncConnection, events: Sequence[NewEvent | Inte
     return stored
 
 
-async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig) -> int:
-    """Project the whole log into the (empty) read models, then derive every prompt group once."""
+async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig,
+                       progress: Callable[[int], None] | None = None) -> int:
+    """Project the whole log into the (empty) read models, then derive every prompt group once; `progress` is told
+    of each chunk of events projected."""
     count = 0
     async for chunk in read(conn):
         await project(conn, chunk)
         count += len(chunk)
+        if progress:
+            progress(len(chunk))
     async with conn.cursor() as cur:
         await cur.execute("SELECT DISTINCT prompt_key FROM interactions ORDER BY 1")
         await derive_groups(cur, [row[0] for row in await cur.fetchall()], config, upto=await head(conn))
     return count
 
 
-async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig) -> int:
+async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig,
+                  progress: Callable[[int], None] | None = None) -> int:
     """Throw the live read models away and project the whole log again, atomically."""
     async with conn.transaction():
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
@@ -141,7 +146,7 @@ async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig) -> int:
                            [CHECKPOINT])
         await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
         await conn.execute(f"TRUNCATE {', '.join(_read_models())}")
-        count = await _project_log(conn, config)
+        count = await _project_log(conn, config, progress)
         await conn.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [await head(conn), CHECKPOINT])
         return count
 
@@ -169,7 +174,8 @@ class Drift:
     extra: int  # rows the live table has that the rebuild lacks
 
 
-async def check(conn: psycopg.AsyncConnection, config: SignalConfig) -> list[Drift]:
+async def check(conn: psycopg.AsyncConnection, config: SignalConfig,
+                progress: Callable[[int], None] | None = None) -> list[Drift]:
     """Rebuild into scratch tables from one snapshot and compare with the live read models.
 
     Signals are compared for every prompt group the projector is up to date on: groups touched by
@@ -181,7 +187,7 @@ async def check(conn: psycopg.AsyncConnection, config: SignalConfig) -> list[Dri
         derived, newest = await checkpoint(conn), await head(conn)
         for table in _read_models():
             await conn.execute(f"CREATE TEMP TABLE {table} (LIKE public.{table} INCLUDING ALL) ON COMMIT DROP")
-        await _project_log(conn, config)
+        await _project_log(conn, config, progress)
         async with conn.cursor() as c:
             pending = await touched_groups(c, derived, newest) if newest > derived else []
         for table in _read_models():

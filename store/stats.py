@@ -39,6 +39,15 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
     }
 
 
+def ingest_summary(conn: psycopg.Connection) -> dict[str, int]:
+    """What `flywheel up` reports every few seconds: app events stored (those that carry a user), messages
+    dead-lettered, and feedback parked until its interaction arrives."""
+    row = conn.execute("SELECT (SELECT count(*) FROM events WHERE data ? 'user'), (SELECT count(*) FROM dead_letters),"
+                       " (SELECT count(*) FROM parked)").fetchone()
+    assert row is not None
+    return {"stored": int(row[0]), "dead_lettered": int(row[1]), "parked": int(row[2])}
+
+
 async def signal_report(conn: psycopg.AsyncConnection, *, upto: int | None = None,
                         feedback_conn: psycopg.AsyncConnection | None = None) -> dict[str, Any]:
     """`flywheel signals` (and a round's report, as of its watermark `upto`): counts by rule, feedback rates

@@ -17,7 +17,9 @@ from kafka.errors import KafkaError
 from flywheel.domain.tracking import TrackedBeyondLogEnd, next_offset
 from flywheel.settings import Endpoints, Settings
 from store.db import connect
+from store.eventstore import head
 from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked
+from store.signals import checkpoint
 from streams.datadir import faust_datadir
 from streams.ingestion import Ingestion, OpenIngestion, StoreIngestion
 from streams.metrics import Metrics
@@ -249,13 +251,17 @@ def create_app(
         projector = Projector(endpoints.database_url, Pacing(
             settings.signals_interval, settings.signals_max_share, settings.signals_max_events,
             settings.signals_cache_records, settings.signals_quiet), settings.signals)
+        # the projector's lag: the log's head against the signals checkpoint (two index lookups a second)
+        conn = await connect(endpoints.database_url, autocommit=True)
         try:
             while True:
                 for run in projector.runs():
                     metrics.signal_groups.inc(run.groups)
                     metrics.signals_position.set(run.upto)
+                metrics.projector_at(await head(conn), await checkpoint(conn))
                 await asyncio.sleep(settings.signals_interval)
         finally:
             projector.stop()
+            await conn.close()
 
     return app

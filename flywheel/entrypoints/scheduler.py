@@ -3,15 +3,28 @@ the log, so it runs once across instances."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobEvent,
+    JobExecutionEvent,
+)
 from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from flywheel.settings import Endpoints, Settings
 from store.db import sqlalchemy_url
+
+if TYPE_CHECKING:
+    from streams.metrics import SchedulerMetrics
 
 MISFIRE_GRACE = 3600  # seconds a job may start late (a busy or restarting scheduler) and still run
 
@@ -29,7 +42,9 @@ def night_of(cron: str, now: datetime) -> str:
     return (night or now).isoformat()
 
 
-def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints) -> BaseScheduler:
+def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints,
+              metrics: SchedulerMetrics | None = None) -> BaseScheduler:
+    """The scheduler's jobs (persisted in Postgres); with `metrics`, each run and each nightly build is counted."""
     scheduler.configure(
         jobstores={"default": SQLAlchemyJobStore(url=sqlalchemy_url(endpoints.database_url),
                                                  tablename="scheduler_jobs")},
@@ -53,4 +68,29 @@ def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints
         name="nightly round: sample, generate, select, build",
         replace_existing=True,
     )
+    if metrics is not None:
+        observe(scheduler, metrics)
     return scheduler
+
+
+def observe(scheduler: BaseScheduler, metrics: SchedulerMetrics) -> None:
+    """Count every job run in `metrics`: when it ended, how long it took, whether it succeeded (an audit that found
+    drift did not), and the round a nightly run built."""
+    started: dict[str, float] = {}  # by job id: a job runs one instance at a time (max_instances=1)
+
+    def seen(event: JobEvent) -> None:
+        if event.code == EVENT_JOB_SUBMITTED:
+            started[event.job_id] = time.monotonic()
+            return
+        if event.code == EVENT_JOB_MISSED:
+            metrics.job_missed(event.job_id)
+            return
+        assert isinstance(event, JobExecutionEvent)
+        begun = started.pop(event.job_id, None)
+        ok = event.exception is None and event.retval is not False
+        metrics.job_ran(event.job_id, ok=ok, ended=time.time(),
+                        seconds=None if begun is None else time.monotonic() - begun)
+        if isinstance(event.retval, dict) and "build" in event.retval:
+            metrics.round_built(event.retval["build"])
+
+    scheduler.add_listener(seen, EVENT_JOB_SUBMITTED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR | EVENT_JOB_MISSED)

@@ -45,6 +45,7 @@ from flywheel.domain.rounds.rollback import in_slice
 from flywheel.ports import (
     Announcer,
     BuilderBusy,
+    Progress,
     Quarantine,
     RoundBuilder,
     RoundFiles,
@@ -72,17 +73,21 @@ class Published:
     state: str = "promoted"  # or held: `current` did not move
     promotion: list[dict[str, Any]] = field(default_factory=list)  # each gate's name, value, limit, verdict
     held_because: list[str] = field(default_factory=list)
+    removed: dict[str, int] = field(default_factory=dict)  # rows each gate took out, all kinds together
 
 
 async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, Any]], sliced: list[int],
                 prepare: Prepare, poor: frozenset[tuple[str, str]] = frozenset(),
-                disagreed: Counter[tuple[str, str]] | None = None) -> AsyncIterator[list[Entry]]:
+                disagreed: Counter[tuple[str, str]] | None = None,
+                progress: Progress | None = None) -> AsyncIterator[list[Entry]]:
     """The rows of `source` in chunks, through the first gates (`prepare`): what the builder process gets. Human
     feedback rows (signal records) of an (app, model version) slice in `poor` are left out and counted in
     `disagreed`: its raters do not agree enough to train on."""
     chunk: list[Entry] = []
     no_row: set[bytes] = set()  # copy keys of records that make no row (an undecided pair)
     async for batch in source:
+        if progress:
+            progress(len(batch))
         for row in batch:
             if not row.consent:  # unread (only without slices: RoundSnapshot.rows)
                 chunk.append(prepare.without_consent(_KIND[row.kind], row.copy_key, row.position))
@@ -132,7 +137,7 @@ async def _then(chunks: AsyncIterator[list[Entry]], read: Callable[[], None]) ->
 async def _cut(
     snapshot: RoundSnapshot, builder: RoundBuilder, staged: Path, command: BuildRound, quarantine: Quarantine, *,
     watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
-    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]],
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], progress: Progress | None,
 ) -> tuple[RoundResult, dict[str, Any], int]:
     """The round's files under `staged`, its report's figures and the rows left out by rollback slices, all from
     one snapshot."""
@@ -140,7 +145,7 @@ async def _cut(
     slices = quarantine.slices
     # Exact copies come unread unless a rollback slice or a low-agreement slice may leave out the row they copy.
     chunks = _rows(snapshot.rows(watermark, command.signals, copies=not slices and not poor), slices,
-                   sliced, Prepare(command.config), poor, disagreed)
+                   sliced, Prepare(command.config), poor, disagreed, progress)
     # The report's aggregates run in this snapshot once every row is read, while the builder process works
     # through the last of them and this one would wait; so does the announcer's getting ready.
     report: asyncio.Task[dict[str, Any]] | None = None
@@ -165,8 +170,9 @@ async def _cut(
 
 
 async def build_round(command: BuildRound, *, source: RoundSource, builder: RoundBuilder, files: RoundFiles,
-                      announce: Announcer | None = None) -> Published:
-    """Build and publish the next round from the log up to the command's watermark.
+                      announce: Announcer | None = None, progress: Progress | None = None) -> Published:
+    """Build and publish the next round from the log up to the command's watermark; `progress` is told of the
+    log's rows as they are read.
 
     Without a watermark, the signals read model is first brought up to the head of the log (the workers'
     projector normally has it there already) and the round is cut where it stands: its rows are then read,
@@ -197,7 +203,7 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                 result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
                                                         watermark=watermark, parent=parent, number=number,
                                                         announce=announce, poor=failing_slices(agreement),
-                                                        disagreed=disagreed)
+                                                        disagreed=disagreed, progress=progress)
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             manifest, audits = with_scorer_audits(result.manifest, audits)
@@ -250,7 +256,8 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                   "promotion": promotion, "held_because": held_because, "by": command.by})
     return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
                      rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced_out, state=state,
-                     promotion=promotion, held_because=held_because)
+                     promotion=promotion, held_because=held_because,
+                     removed={gate: sum(by_kind.values()) for gate, by_kind in summary["removed"].items()})
 
 
 def _counts(shares: dict[str, dict[str, Any]]) -> dict[str, int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -61,9 +62,11 @@ async def run_nightly(
                                     **({"audit": s.audit} if s.audit else {})}
         if "build" in steps:
             try:
+                started = time.perf_counter()
                 b = await build(BuildRound(config=config or RoundConfig(), by=SCHEDULER))
-                report["build"] = {"round": b.round, "rows_out": b.rows_out, "content_hash": b.content_hash,
-                                   "state": b.state}
+                report["build"] = {"round": b.round, "rows_in": b.rows_in, "rows_out": b.rows_out,
+                                   "removed": b.removed, "content_hash": b.content_hash, "state": b.state,
+                                   "seconds": round(time.perf_counter() - started, 3)}
             except BuilderBusy as e:
                 report["build"] = f"skipped: {e}"
     except Exception as e:

@@ -11,7 +11,7 @@ from flywheel.domain.events import HardCasesSampled
 from flywheel.domain.messages import turns_text
 from flywheel.domain.rounds import QuarantineIndex, RoundConfig
 from flywheel.domain.rounds.rollback import in_slice
-from flywheel.ports import HardCaseSampling, HardCaseStore
+from flywheel.ports import HardCaseSampling, HardCaseStore, Progress
 from sampling.hardcases import PromptCandidate, SampledHardCases, SamplerConfig, sample
 
 
@@ -30,6 +30,7 @@ class SampleOutcome:
 async def sample_hard_cases(
     store: HardCaseStore, config: SamplerConfig, *, watermark: int | None = None,
     quarantined: frozenset[str] = frozenset(), round_config: RoundConfig | None = None,
+    progress: Progress | None = None,
 ) -> SampleOutcome:
     """Choose hard cases as the log stood at `watermark` (default: as far as signals are derived) and
     record them as one HardCasesSampled event.
@@ -45,6 +46,8 @@ async def sample_hard_cases(
         raise ValueError(f"watermark {watermark} is past the signals projector ({derived}): wait or lower it")
     async with store.sampling() as unit:
         candidates, prompts = await unit.prompt_candidates(watermark)
+        if progress:
+            progress(len(candidates))
         version, items, contaminated, sliced = await _left_out(unit, candidates, prompts, round_config or RoundConfig())
         result = sample(candidates, config, watermark=watermark,
                         quarantined=quarantined | contaminated | sliced)

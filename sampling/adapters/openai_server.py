@@ -9,7 +9,18 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sampling.generation import Candidate, CandidateGroup, Messages, SamplingSpec, chat_messages, prompt_seeds
+from sampling.generation import (
+    Candidate,
+    CandidateGroup,
+    Messages,
+    SamplingSpec,
+    TransientEngineError,
+    chat_messages,
+    prompt_seeds,
+)
+
+# What a server says while it is overloaded, starting or restarting, or behind a proxy that lost it: try again later.
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 class OpenAIServerGenerator:
@@ -71,7 +82,10 @@ class OpenAIServerGenerator:
                 return result
         except urllib.error.HTTPError as e:
             detail = e.read().decode(errors="replace")[:500]
-            raise RuntimeError(f"chat completion failed: HTTP {e.code}: {detail}") from e
+            error = TransientEngineError if e.code in TRANSIENT_STATUS else RuntimeError
+            raise error(f"chat completion failed: HTTP {e.code}: {detail}") from e
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:  # unreachable, refused, reset, timed out
+            raise TransientEngineError(f"chat completion failed: {getattr(e, 'reason', e)}") from e
 
     def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
                  seeds: Sequence[int] | None = None) -> list[CandidateGroup]:

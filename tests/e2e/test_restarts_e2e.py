@@ -61,7 +61,7 @@ def start(home: Path, command: str, log: Path) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen([sys.executable, "-m", "flywheel", command], env=_env(home), stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    wait_until(lambda: proc.poll() is not None or "[^Worker]: Ready" in log.read_text(errors="replace"),
+    wait_until(lambda: proc.poll() is not None or "worker ready: " in log.read_text(errors="replace"),
                timeout=120, what=f"flywheel {command} ready")
     assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
     return proc
@@ -127,6 +127,11 @@ def test_flywheel_up_restarted_loses_nothing(home: Path) -> None:
     assert counts(home)["resets"] > 0  # each partition read from its start, recorded in the log
     unread += ctrl_c(second, home / "up-2.log")
     assert unread == 0  # both drains finished: nothing was left on the broker
+    # A person sees a short status, not the Kafka clients' and Faust's internals.
+    shown = (home / "up-2.log").read_text(errors="replace").splitlines()
+    assert shown[0] == "starting the local stack…" and any(line.startswith("ingest: ") for line in shown)
+    assert not [line for line in shown if "[INFO]" in line or "Kafka" in line]
+    assert len(shown) < 40, shown
     cli(home, "stack", "up")  # the database again, to count what it kept
     c = counts(home)
     assert c["stored"] + c["dead"] + c["parked"] + unread == produced == 5000

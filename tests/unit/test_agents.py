@@ -19,11 +19,18 @@ from flywheel.domain.log import StoredEvent
 from flywheel.domain.tracking import TrackedBeyondLogEnd
 from flywheel.domain.validation import BAD_JSON, OVERSIZE, Accepted, InvalidEvent
 from flywheel.settings import Endpoints, Settings
-from sampling.generation import Candidate, CandidateGroup, Messages, SamplingSpec
+from sampling.generation import (
+    Candidate,
+    CandidateGroup,
+    Messages,
+    SamplingSpec,
+    TransientEngineError,
+    retry_delays,
+)
 from store.ingest import BatchOutcome, BrokerView, DeadLetter, Decoded
 from streams.app import create_app
 from streams.generation_worker import BAD_REQUEST, GENERATION_FAILED, create_generation_app, request
-from streams.metrics import Metrics
+from streams.metrics import GenerationMetrics, Metrics
 from tests.factories import interaction, raw, thumbs
 
 T = TypeVar("T")
@@ -285,10 +292,78 @@ def _case(prompt: str) -> dict[str, Any]:
 
 
 def _generation_agent(home: Path, generator: FakeGenerator, events: FakeLog, letters: Letters,
-                      **overrides: Any) -> faust.types.AgentT:
+                      metrics: GenerationMetrics | None = None, **overrides: Any) -> faust.types.AgentT:
     app = create_generation_app(_settings(home, **overrides), NOWHERE, lambda: generator, candidate_log=events.open,
-                                dead_letters=letters)
+                                dead_letters=letters, metrics=metrics)
     return app.agents["generate"]
+
+
+class FlakyGenerator(FakeGenerator):
+    """Fails transiently (an overloaded or restarting server) on its first `failures` calls, then answers."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
+                 seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
+        if self.failures:
+            self.failures -= 1
+            self.calls.append(([p[-1]["content"] for p in prompts], spec, list(seeds or ())))
+            raise TransientEngineError("chat completion failed: HTTP 503: overloaded")
+        return super().generate(prompts, spec, seeds)
+
+
+def _count(metrics: GenerationMetrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_an_engine_that_fails_transiently_is_retried_with_backoff_until_it_answers(tmp_path: Path) -> None:
+    generator, events, letters, metrics = FlakyGenerator(failures=2), FakeLog(), Letters(), GenerationMetrics()
+
+    async def main() -> None:
+        agent = _generation_agent(tmp_path, generator, events, letters, metrics, generation_batch=1,
+                                  generation_retries=3, generation_retry_seconds=0.01)
+        async with agent.test_context(channel=agent.channel) as test:
+            await test.put(request("s", 0, _case("q0"), SamplingSpec(n=2)), key=b"key-q0")
+            await _until(lambda: len(events.records) == 1, "the group after the retries")
+
+    _run(main)
+    assert [texts for texts, *_ in generator.calls] == [["q0"]] * 3 and letters.sent == []
+    assert [e.prompt_key for e in events.records[0]] == ["key-q0"]
+    assert _count(metrics, "flywheel_generation_engine_errors_total", outcome="retried") == 2
+    assert _count(metrics, "flywheel_generation_requests_total", outcome="generated") == 1
+    assert _count(metrics, "flywheel_generation_candidates_total") == 2
+    assert _count(metrics, "flywheel_generation_completion_tokens_total") == 4
+
+
+def test_an_engine_that_keeps_failing_has_its_requests_dead_lettered_after_the_retries(tmp_path: Path) -> None:
+    generator, events, letters, metrics = FlakyGenerator(failures=100), FakeLog(), Letters(), GenerationMetrics()
+
+    async def main() -> None:
+        agent = _generation_agent(tmp_path, generator, events, letters, metrics, generation_batch=1,
+                                  generation_retries=2, generation_retry_seconds=0.01)
+        async with agent.test_context(channel=agent.channel) as test:
+            await test.put(request("s", 0, _case("q0"), SamplingSpec(n=1)), key=b"key-q0")
+            await _until(lambda: bool(letters.sent), "the dead letter")
+            generator.failures = 0  # the engine is back: the next request is served
+            await test.put(request("s", 1, _case("q1"), SamplingSpec(n=1)), key=b"key-q1")
+            await _until(lambda: len(events.records) == 1, "the next request's group")
+
+    _run(main)
+    [letter] = letters.sent
+    assert (letter.reason, letter.detail) == (GENERATION_FAILED,
+                                              "TransientEngineError: chat completion failed: HTTP 503: overloaded")
+    assert [texts for texts, *_ in generator.calls] == [["q0"]] * 3 + [["q1"]]  # the first try and two retries
+    assert _count(metrics, "flywheel_generation_engine_errors_total", outcome="retried") == 2
+    assert _count(metrics, "flywheel_generation_engine_errors_total", outcome="dead_lettered") == 1
+    assert _count(metrics, "flywheel_generation_requests_total", outcome="dead_lettered") == 1
+    assert _count(metrics, "flywheel_generation_requests_total", outcome="generated") == 1
+
+
+def test_the_backoff_doubles_up_to_a_minute() -> None:
+    assert retry_delays(4, 1.0) == [1.0, 2.0, 4.0, 8.0]
+    assert retry_delays(3, 40.0) == [40.0, 60.0, 60.0] and retry_delays(0, 1.0) == []
 
 
 def test_each_request_becomes_one_recorded_group_from_one_engine_call(tmp_path: Path) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +23,7 @@ from sampling.generation import (
     Generator,
     Messages,
     SamplingSpec,
+    TransientEngineError,
 )
 from sampling.judge import JudgeScorer
 from sampling.verifiers import Scorer
@@ -236,3 +241,40 @@ def test_model_dir_version_follows_the_bytes_that_decide_scores(tmp_path: Path) 
     empty.mkdir()
     with pytest.raises(FileNotFoundError):
         model_dir_version(empty)
+
+
+def _server_answering(status: int) -> tuple[ThreadingHTTPServer, str]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"no")
+
+    http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    return http, f"http://127.0.0.1:{http.server_address[1]}"
+
+
+@pytest.mark.parametrize(("status", "transient"), [(503, True), (429, True), (400, False), (404, False)])
+def test_a_server_error_is_transient_only_when_a_retry_may_help(status: int, transient: bool) -> None:
+    http, url = _server_answering(status)
+    try:
+        with pytest.raises(RuntimeError, match=f"HTTP {status}") as raised:
+            OpenAIServerGenerator(url, "m", "v1").generate([[{"role": "user", "content": "hi"}]], SamplingSpec(n=1))
+    finally:
+        http.shutdown()
+    assert isinstance(raised.value, TransientEngineError) is transient
+
+
+def test_a_server_that_is_not_there_is_a_transient_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    with pytest.raises(TransientEngineError, match="chat completion failed"):
+        OpenAIServerGenerator(f"http://127.0.0.1:{port}", "m", "v1", timeout=5).generate(
+            [[{"role": "user", "content": "hi"}]], SamplingSpec(n=1))

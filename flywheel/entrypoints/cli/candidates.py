@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _in_store, _prepare, _print, _settings
+from flywheel.entrypoints.cli.common import _endpoints, _in_store, _prepare, _print, _settings, fail, failing
+from flywheel.entrypoints.cli.progress import progress
 from flywheel.settings import Settings
 
 
@@ -26,8 +26,9 @@ def sample(
 
     config = SamplerConfig(budget=budget, seed=seed, max_cluster_share=max_cluster_share)
     round_config = _settings().round_config()
-    out = _in_store(lambda conn: sample_hard_cases(hard_cases(conn), config, watermark=watermark,
-                                                   round_config=round_config))
+    with progress("sampling hard cases", unit="prompt candidates read") as shown:
+        out = _in_store(lambda conn: sample_hard_cases(hard_cases(conn), config, watermark=watermark,
+                                                       round_config=round_config, progress=shown))
     r = out.result
     data = {"sample_id": out.sample_id, "new": out.new, "watermark": r.watermark, "chosen": len(r.chosen),
             "clusters": r.clusters, "excluded": r.excluded_counts, "config_version": r.config_version,
@@ -46,11 +47,9 @@ def sample(
 def _generator(settings: Settings) -> Any:
     from flywheel.bootstrap import make_generator
 
-    try:
-        return make_generator(settings)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    with failing(ValueError, code=2):
+        generator = make_generator(settings)
+    return generator
 
 
 def generate(
@@ -79,13 +78,9 @@ def generate(
     generator = _generator(settings)
     generator.load()
     try:
-        with typer.progressbar(length=1, label="generating", file=sys.stderr) as bar:
-            def advance(k: int) -> None:
-                bar.length = max(bar.length or 0, bar.pos + k)
-                bar.update(k)
-
+        with progress("generating", unit="prompts") as shown:
             out = _in_store(lambda conn: generate_candidates(hard_cases(conn), generator, spec, sample_id=sample_id,
-                                                             progress=advance))
+                                                             progress=shown))
     finally:
         generator.unload()
     data = {"sample_id": out.sample_id, "prompts": out.prompts, "groups_new": out.groups_new,
@@ -104,8 +99,7 @@ def _send_generation_requests(settings: Settings, spec: Any, sample_id: str | No
     _prepare(settings, endpoints)
     sampled = _in_store(lambda conn: hard_cases(conn).sample(sample_id))
     if sampled is None:
-        typer.echo("error: no hard-case sample recorded yet (flywheel sample)", err=True)
-        raise typer.Exit(1)
+        fail("no hard-case sample recorded yet (flywheel sample)")
     producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all", enable_idempotence=False)
     try:
         chosen = sampled.chosen
@@ -123,21 +117,21 @@ def generation_worker(loglevel: str = typer.Option("info", help="crit|error|warn
     import mode.loop
 
     mode.loop.use("uvloop")
-    from faust.worker import Worker
-
     from flywheel.bootstrap import make_generator
+    from flywheel.entrypoints.cli.run import run_faust
     from streams.generation_worker import create_generation_app
+    from streams.metrics import GenerationMetrics
 
     settings = _settings()
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
     _generator(settings)  # fail now, with a clear error, when no model is configured
+    metrics = GenerationMetrics()
     if settings.generation_metrics_port:
-        from streams.metrics import serve_process_metrics
-
-        serve_process_metrics(settings.generation_metrics_port)
-    faust_app = create_generation_app(settings, endpoints, lambda: make_generator(settings))
-    Worker(faust_app, loglevel=loglevel, quiet=True).execute_from_commandline()
+        metrics.serve(settings.generation_metrics_port)
+    faust_app = create_generation_app(settings, endpoints, lambda: make_generator(settings), metrics=metrics)
+    run_faust(faust_app, loglevel, f"generation worker ready: serving {settings.generation_topic} as consumer group "
+                                   f"{settings.generation_group}")
 
 
 def select_cmd(
@@ -171,25 +165,16 @@ def select_cmd(
                                  "judge_rubric": judge_rubric and str(judge_rubric), "select_decide_by": decide_by,
                                  "judge_may_be_policy": judge_may_be_policy or None}
     settings = _settings().model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    try:
+    with failing(OSError, ValueError, code=2):
         plan = scoring(settings, verify_json=verify_json)
-    except (OSError, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     if not plan.names:
-        typer.echo("error: no scorer: set FLYWHEEL_REWARD_MODEL, or pass --verify-json, --judge-rubric or "
-                   "--checks", err=True)
-        raise typer.Exit(2)
+        fail("no scorer: set FLYWHEEL_REWARD_MODEL, or pass --verify-json, --judge-rubric or --checks", 2)
     decider = plan.config.scorer
     if decider is not None and decider not in plan.names:
-        typer.echo(f"error: --decide-by {decider}: no such scorer configured (have: {', '.join(sorted(plan.names))})",
-                   err=True)
-        raise typer.Exit(2)
-    try:
+        fail(f"--decide-by {decider}: no such scorer configured (have: {', '.join(sorted(plan.names))})", 2)
+    # a group no threshold can be read for, or a judge grading its own model's answers
+    with failing(ValueError, code=2):
         out = _select(plan, sample_id)
-    except ValueError as e:  # a group no threshold can be read for, or a judge grading its own model's answers
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     data = {"groups": out.groups, "sft_samples": out.sft_samples, "pairs": out.pairs, "reasons": out.reasons,
             "length_bias": out.length_bias, "not_judged": out.not_judged, "audit": out.audit}
     audit = ""
@@ -206,10 +191,6 @@ def _select(plan: Any, sample_id: str | None) -> Any:
     from flywheel.bootstrap import hard_cases
     from flywheel.services.select import select_candidates
 
-    with typer.progressbar(length=1, label="selecting", file=sys.stderr) as bar:
-        def advance(k: int) -> None:
-            bar.length = max(bar.length or 0, bar.pos + k)
-            bar.update(k)
-
+    with progress("selecting", unit="candidate groups") as shown:
         return _in_store(lambda conn: select_candidates(hard_cases(conn), plan, sample_id=sample_id,
-                                                        progress=advance))
+                                                        progress=shown))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -14,6 +15,33 @@ from flywheel.bootstrap import NoStack, resolve
 from flywheel.settings import Endpoints, Settings
 
 BY_HELP = "Who is acting (default FLYWHEEL_OPERATOR, else the OS user); recorded in the log."
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Stop the command: `error: message` on stderr, exit status `code` (1: the thing asked for is not there or
+    cannot be done; 2: the command line or the configuration is wrong)."""
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code) from None
+
+
+@contextlib.contextmanager
+def failing(*errors: type[Exception], code: int = 1) -> Iterator[None]:
+    """Turn one of `errors` raised in the block into `fail(str(error), code)`."""
+    try:
+        yield
+    except errors as e:
+        fail(str(e), code)
+
+
+def without_password(url: str) -> str:
+    """A database URL to show a person: its password, if any, as ***."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _operator(by: str | None, settings: Settings) -> str:
@@ -32,15 +60,13 @@ def _settings() -> Settings:
             where = ".".join(map(str, error["loc"]))
             message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
             typer.echo(f"error: {f'FLYWHEEL_{where.upper()}: ' if where else ''}{message}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(2) from None  # every error above, not only the first
 
 
 def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
-    try:
-        return resolve(settings, start=start)
-    except NoStack as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+    with failing(NoStack, code=2):
+        endpoints = resolve(settings, start=start)
+    return endpoints
 
 
 def _prepare(settings: Settings, endpoints: Endpoints) -> dict[str, int]:

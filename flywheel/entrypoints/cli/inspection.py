@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _settings
+from flywheel.entrypoints.cli.progress import progress
 from flywheel.settings import Endpoints
 
 
@@ -114,8 +115,10 @@ def _describe_scorer_audits(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scratch tables and compare.")) -> None:
-    """Rebuild every read model from the event log (--check: verify without touching the live ones)."""
+def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scratch tables and compare."),
+           as_json: bool = typer.Option(False, "--json")) -> None:
+    """Rebuild every read model from the event log (--check: verify without touching the live ones; exit 1 on
+    drift)."""
     from store.db import connect, create_schema
     from store.projections import check as check_projections
     from store.projections import rebuild
@@ -124,19 +127,20 @@ def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scrat
     endpoints = _endpoints(settings)
     create_schema(endpoints.database_url)
 
-    async def run() -> int:
+    async def run() -> Any:
         conn = await connect(endpoints.database_url)
         try:
-            if not check:
-                n = await rebuild(conn, settings.signals)
-                typer.echo(f"rebuilt read models from {n} events")
-                return 0
-            drifts = await check_projections(conn, settings.signals)
+            with progress("checking read models" if check else "rebuilding read models", unit="events") as shown:
+                return await (check_projections if check else rebuild)(conn, settings.signals, shown)
         finally:
             await conn.close()
-        for d in drifts:
-            state = "ok" if not (d.missing or d.extra) else f"DRIFT: {d.missing} missing, {d.extra} extra"
-            typer.echo(f"{d.table:<14} {state}")
-        return 1 if any(d.missing or d.extra for d in drifts) else 0
 
-    raise typer.Exit(asyncio.run(run()))
+    out = asyncio.run(run())
+    if not check:
+        _print({"rebuilt_from_events": out}, as_json, f"rebuilt read models from {out} events")
+        return
+    drifted = any(d.missing or d.extra for d in out)
+    _print({"drift": drifted, "tables": [{"table": d.table, "missing": d.missing, "extra": d.extra} for d in out]},
+           as_json, "\n".join(f"{d.table:<14} " + ("ok" if not (d.missing or d.extra)
+                                                    else f"DRIFT: {d.missing} missing, {d.extra} extra") for d in out))
+    raise typer.Exit(1 if drifted else 0)

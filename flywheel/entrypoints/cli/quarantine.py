@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from flywheel.entrypoints.cli.common import BY_HELP, _in_store, _operator, _print, _settings
+from flywheel.entrypoints.cli.common import BY_HELP, _in_store, _operator, _print, _settings, fail, failing
 
 quarantine_app = typer.Typer(help="Benchmark and eval items no round may contain.", no_args_is_help=True)
 
@@ -35,19 +35,18 @@ def quarantine_add(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="JSONL: {prompt, answer} per line."),
     name: str = typer.Option(..., "--name", help="The list's name, e.g. the benchmark."),
     by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Add benchmark/eval items to the quarantine list (an event; every later round is checked against it)."""
     from flywheel.domain.events import QuarantineItemsAdded
     from store.projections import record
 
-    try:
+    with failing(ValueError, code=2):
         items = _read_items(file)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     who = _operator(by, _settings())
     stored = _in_store(lambda conn: record(conn, [QuarantineItemsAdded.listing(name, items, by=who)]))
-    typer.echo(f"{len(items)} items {'added to' if stored else 'already in'} quarantine list {name!r}")
+    _print({"list": name, "items": len(items), "added": bool(stored)}, as_json,
+           f"{len(items)} items {'added to' if stored else 'already in'} quarantine list {name!r}")
 
 
 @quarantine_app.command("list")
@@ -74,6 +73,5 @@ def quarantine_show(name: str = typer.Argument(...), as_json: bool = typer.Optio
     _, items, _ = _in_store(quarantine)
     rows = [{"item_id": i, "prompt": p, "answer": a} for i, n, p, a in items if n == name]
     if not rows:
-        typer.echo(f"error: no quarantine list {name!r}", err=True)
-        raise typer.Exit(1)
+        fail(f"no quarantine list {name!r}")
     _print(rows, as_json, "\n".join(f"{r['item_id']}  {r['prompt'][:60]!r} -> {r['answer'][:30]!r}" for r in rows))

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
 from psycopg.errors import UndefinedTable
 
-from flywheel.entrypoints.cli.common import BY_HELP, _endpoints, _in_store, _operator, _print, _settings
+from flywheel.entrypoints.cli.common import BY_HELP, _endpoints, _in_store, _operator, _print, _settings, fail, failing
+from flywheel.entrypoints.cli.progress import progress
 from flywheel.settings import Settings
 
 if TYPE_CHECKING:
     from flywheel.bootstrap import RoundOps
+    from flywheel.services.rollback import Change
 
 rounds_app = typer.Typer(help="Round-tagged datasets: build, inspect, roll back.", no_args_is_help=True)
 
@@ -77,11 +80,8 @@ def rounds_build(
     ops = _wiring(settings)
     command = BuildRound(watermark=watermark, config=settings.round_config(), by=_operator(by, settings))
     started = time.perf_counter()
-    try:
-        out = _in_store(lambda conn: ops(conn).build(command))
-    except (BuilderBusy, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
+    with failing(BuilderBusy, ValueError), progress("building round", unit="rows read") as shown:
+        out = _in_store(lambda conn: ops(conn).build(command, progress=shown))
     data = {"round": out.round, "path": str(out.path), "content_hash": out.content_hash,
             "watermark": out.watermark, "rows_in": out.rows_in, "rows_out": out.rows_out,
             "sliced_out": out.sliced_out, "state": out.state,
@@ -125,8 +125,7 @@ def rounds_show(number: int = typer.Argument(...), as_json: bool = typer.Option(
 
     r = _in_store(lambda conn: round_by_number(conn, number))
     if r is None:
-        typer.echo(f"error: no round {number}", err=True)
-        raise typer.Exit(1)
+        fail(f"no round {number}")
     manifest_path = Path(r["path"]) / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else None
     if manifest is not None:  # the file stays as published; who trained on the round since comes from the log
@@ -145,8 +144,7 @@ def rounds_diff(a: int = typer.Argument(...), b: int = typer.Argument(...),
     found = _in_store(lambda conn: asyncio.gather(round_by_number(conn, a), round_by_number(conn, b)))
     missing = [n for n, r in zip((a, b), found, strict=True) if r is None]
     if missing:
-        typer.echo(f"error: no round {missing[0]}", err=True)
-        raise typer.Exit(1)
+        fail(f"no round {missing[0]}")
     diff = _summary_diff(found[0]["summary"], found[1]["summary"])
     gates = _gates_side_by_side(found[0], found[1])
     human = "\n".join(f"{k:<40} {va!s:>10} -> {vb!s:<10}" for k, (va, vb) in diff.items()) or "no differences"
@@ -183,15 +181,14 @@ def _summary_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dic
 
 
 @rounds_app.command("current")
-def rounds_current() -> None:
-    """The current round's directory (the newest promoted one not rolled back)."""
+def rounds_current(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The current round's directory (the newest promoted one not rolled back); --json: the whole round."""
     from store.rounds import current_round
 
     r = _in_store(current_round)
     if r is None:
-        typer.echo("error: no current round", err=True)
-        raise typer.Exit(1)
-    typer.echo(r["path"])
+        fail("no current round")
+    _print({**r, "shown_state": _state(r)}, as_json, r["path"])
 
 
 @rounds_app.command("rollback")
@@ -202,48 +199,33 @@ def rounds_rollback(
         [], "--quarantine", help="Exclude this slice from every later build: app_id=, model_version=, "
                                  "prompt_version=, since=, until= (repeat to combine)."),
     by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Roll a round back: RoundRolledBack event, `current` moves to the newest good round, announced."""
     from flywheel.domain.commands import RollBackRound
     from flywheel.domain.rounds.rollback import parse_slice
 
     settings = _settings()
-    try:
+    with failing(ValueError, code=2):
         filters = parse_slice(quarantine_slice)
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    try:
+    with failing(LookupError), _no_rounds_yet(number):
         out = _in_store(lambda conn: _wiring(settings)(conn).rollback(
             RollBackRound(round=number, reason=reason, quarantine=filters, by=_operator(by, settings))),
             schema=False)
-    except UndefinedTable:
-        typer.echo(f"error: no round {number}: this database has no rounds yet", err=True)
-        raise typer.Exit(1) from None
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"round {number} {'rolled back' if out.changed else 'was already rolled back'}; "
-               f"current round: {out.current if out.current is not None else 'none'}")
+    _say_change(out, as_json, "rolled back" if out.changed else "was already rolled back")
 
 
 @rounds_app.command("restore")
-def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP)) -> None:
+def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP),
+                   as_json: bool = typer.Option(False, "--json")) -> None:
     """Undo a rollback."""
     from flywheel.domain.commands import RestoreRound
 
     settings = _settings()
-    try:
+    with failing(LookupError), _no_rounds_yet(number):
         out = _in_store(lambda conn: _wiring(settings)(conn).restore(
             RestoreRound(round=number, by=_operator(by, settings))), schema=False)
-    except UndefinedTable:
-        typer.echo(f"error: no round {number}: this database has no rounds yet", err=True)
-        raise typer.Exit(1) from None
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"round {number} {'restored' if out.changed else 'was not rolled back'}; "
-               f"current round: {out.current if out.current is not None else 'none'}")
+    _say_change(out, as_json, "restored" if out.changed else "was not rolled back")
 
 
 @rounds_app.command("consume")
@@ -253,24 +235,22 @@ def rounds_consume(
     model_version: str = typer.Option(..., "--model-version", help="The model version the run trained."),
     stage: str = typer.Option(..., "--stage", help="The training stage that used the round: sft, dpo, kto, rm, ..."),
     by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Record that a training run used a round, training which model at which stage (its training-consumption
     manifest: the log, consumption.json beside the files, and `rounds show`; manifest.json is not rewritten)."""
     from flywheel.domain.commands import RegisterConsumption
 
     if not run.strip() or not model_version.strip() or not stage.strip():
-        typer.echo("error: --run, --model-version and --stage must not be empty", err=True)
-        raise typer.Exit(2)
+        fail("--run, --model-version and --stage must not be empty", code=2)
     settings = _settings()
-    try:
+    with failing(LookupError):
         new = _in_store(lambda conn: _wiring(settings)(conn).register_consumption(
             RegisterConsumption(round=number, run_id=run.strip(), model_version=model_version.strip(),
                                 stage=stage.strip(), by=_operator(by, settings))))
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    typer.echo(f"round {number}: run {run} (model {model_version}, stage {stage}) "
-               f"{'recorded' if new else 'was already recorded'}")
+    _print({"round": number, "run_id": run, "model_version": model_version, "stage": stage, "recorded": new},
+           as_json, f"round {number}: run {run} (model {model_version}, stage {stage}) "
+                    f"{'recorded' if new else 'was already recorded'}")
 
 
 @rounds_app.command("promote")
@@ -278,20 +258,29 @@ def rounds_promote(
     number: int = typer.Argument(...),
     reason: str = typer.Option(..., "--reason", help="Why the held round may be used after all: goes into the log."),
     by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Override a held round's promotion verdict (an audited event): it becomes current if it is the newest
     promoted round that is not rolled back."""
     from flywheel.domain.commands import PromoteRound
 
     settings = _settings()
-    try:
+    with failing(LookupError), failing(ValueError, code=2):
         out = _in_store(lambda conn: _wiring(settings)(conn).promote(
             PromoteRound(round=number, reason=reason, by=_operator(by, settings))))
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(f"round {number} {'promoted' if out.changed else 'was already promoted'}; "
-               f"current round: {out.current if out.current is not None else 'none'}")
+    _say_change(out, as_json, "promoted" if out.changed else "was already promoted")
+
+
+@contextlib.contextmanager
+def _no_rounds_yet(number: int) -> Iterator[None]:
+    """On-call's commands start without the schema step: a database that never had a round has no rounds table."""
+    try:
+        yield
+    except UndefinedTable:
+        fail(f"no round {number}: this database has no rounds yet")
+
+
+def _say_change(out: Change, as_json: bool, what: str) -> None:
+    """A rollback's, restore's or promotion's outcome: whether it changed anything, and the current round after."""
+    _print({"round": out.round, "changed": out.changed, "current": out.current}, as_json,
+           f"round {out.round} {what}; current round: {out.current if out.current is not None else 'none'}")

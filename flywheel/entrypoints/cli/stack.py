@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.entrypoints.cli.common import _prepare, _settings
+from flywheel.entrypoints.cli.common import _prepare, _settings, fail
 from flywheel.entrypoints.cli.drain import _drain, _say_unread
 from flywheel.settings import Endpoints
 
@@ -44,6 +44,5 @@ def stack_env() -> None:
 
     env = LocalStack(_settings().stack_dir).env()
     if env is None:
-        typer.echo("error: the local stack is not running (flywheel stack up)", err=True)
-        raise typer.Exit(2)
+        fail("the local stack is not running (flywheel stack up)", 2)
     typer.echo("\n".join(env.lines()))

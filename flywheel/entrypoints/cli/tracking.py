@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _in_store, _operator, _print, _settings
+from flywheel.entrypoints.cli.common import _endpoints, _in_store, _operator, _print, _settings, fail
 
 tracking_app = typer.Typer(help="Where ingest resumes on each partition (the store's offsets).", no_args_is_help=True)
 
@@ -27,15 +27,13 @@ def tracking_reset(
     from streams.topics import log_ends, topic_id
 
     if to not in ("start", "end"):
-        typer.echo(f"error: --to takes start or end, not {to!r}", err=True)
-        raise typer.Exit(2)
+        fail(f"--to takes start or end, not {to!r}", 2)
     settings = _settings()
     endpoints = _endpoints(settings)
     group = group or settings.consumer_group
     incarnation = topic_id(endpoints.kafka_bootstrap, topic)
     if incarnation is None:
-        typer.echo(f"error: the broker has no topic {topic!r}", err=True)
-        raise typer.Exit(1)
+        fail(f"the broker has no topic {topic!r}")
     offset = -1
     if to == "end":
         from store.db import connect_sync
