@@ -60,4 +60,5 @@ def test_every_printing_command_speaks_json(
     assert cli("rounds", "current")["number"] == 2
     assert cli("rounds", "rollback", "2", "--reason", "bad labels") == {"round": 2, "changed": True, "current": 1}
     assert cli("rounds", "restore", "2") == {"round": 2, "changed": True, "current": 2}
-    assert cli("rounds", "consume", "2", "--run", "run-7") == {"round": 2, "run_id": "run-7", "recorded": True}
+    assert cli("rounds", "consume", "2", "--run", "run-7", "--model-version", "m-8", "--stage", "dpo") == {
+        "round": 2, "run_id": "run-7", "model_version": "m-8", "stage": "dpo", "recorded": True}
