@@ -10,7 +10,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from flywheel.settings import Endpoints, Settings
+from flywheel.settings import Endpoints, Settings, secret_names
 from store.db import sqlalchemy_url
 
 MISFIRE_GRACE = 3600  # seconds a job may start late (a busy or restarting scheduler) and still run
@@ -47,8 +47,9 @@ def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints
     scheduler.add_job(
         "flywheel.entrypoints.jobs:nightly_pipeline",
         CronTrigger.from_crontab(settings.nightly_cron, timezone="UTC"),
-        kwargs={"settings": {**settings.model_dump(mode="json"), "database_url": endpoints.database_url,
-                             "kafka_bootstrap": endpoints.kafka_bootstrap}},
+        # Secrets stay out of the job store: the job reads them from its own process's environment.
+        kwargs={"settings": {**settings.model_dump(mode="json", exclude=set(secret_names())),
+                             "database_url": endpoints.database_url, "kafka_bootstrap": endpoints.kafka_bootstrap}},
         id="nightly_pipeline",
         name="nightly round: sample, generate, select, build",
         replace_existing=True,

@@ -46,10 +46,14 @@ def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
 def _prepare(settings: Settings, endpoints: Endpoints) -> dict[str, int]:
     """Schema and topics; returns each topic's partition count."""
     from store.db import create_schema
-    from streams.topics import ensure_topics
+    from streams.topics import BrokerUnreachable, ensure_topics
 
     create_schema(endpoints.database_url)
-    return ensure_topics(endpoints.kafka_bootstrap, settings)
+    try:
+        return ensure_topics(endpoints.kafka_bootstrap, settings)
+    except BrokerUnreachable as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _print(data: Any, as_json: bool, human: str) -> None:

@@ -28,7 +28,7 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
     from streams.lag import with_lag
 
     data, endpoints = _query_store(store_stats)
-    data["consumers"] = with_lag(endpoints.kafka_bootstrap, data["consumers"])
+    data["consumers"] = with_lag(endpoints.kafka_bootstrap, data["consumers"], _settings().kafka_security())
     _print(data, as_json, _describe_stats(data))
 
 
