@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -187,6 +188,13 @@ class Settings(BaseSettings):
             keyfile=self.kafka_ssl_keyfile, key_password=self.kafka_ssl_key_password,
             sasl_mechanism=self.kafka_sasl_mechanism if sasl else "", username=self.kafka_sasl_username,
             password=self.kafka_sasl_password)
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold (passwords, the database URL's password), to keep out of logs."""
+        held = [getattr(self, name).get_secret_value() for name in secret_names()]
+        with contextlib.suppress(ValueError):
+            held.append(urlsplit(self.database_url).password or "")
+        return [s for s in held if s]
 
     def round_config(self) -> RoundConfig:
         """The config a round build uses: the default one with the configured promotion gates."""

@@ -35,12 +35,18 @@ def _failures() -> Iterator[list[str]]:
                                  record.getMessage()):
                 reasons.append(found.group(1))
 
-    handler, logger = Keep(logging.WARNING), logging.getLogger("kafka")
+    handler, logger = Keep(logging.WARNING), logging.getLogger("kafka.net.manager")
+    level, propagate = logger.level, logger.propagate
+    if logger.getEffectiveLevel() > logging.WARNING:  # kept quiet: heard here, still not shown
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
     logger.addHandler(handler)
     try:
         yield reasons
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def _servers(bootstrap: str) -> list[tuple[str, int]]:

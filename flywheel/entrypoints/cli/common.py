@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -26,13 +27,37 @@ def _operator(by: str | None, settings: Settings) -> str:
 def _settings() -> Settings:
     """The settings from the environment; a bad or unknown FLYWHEEL_* variable stops the command with its name."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as e:
         for error in e.errors():
             where = ".".join(map(str, error["loc"]))
             message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
             typer.echo(f"error: {f'FLYWHEEL_{where.upper()}: ' if where else ''}{message}", err=True)
         raise typer.Exit(2) from None
+    hide_in_logs(settings.secrets())
+    return settings
+
+
+def hide_in_logs(secrets: list[str]) -> None:
+    """Replace each of `secrets` by *** in every log record this process makes from now on (a library may log
+    its configuration: kafka-python does, at DEBUG, password included)."""
+    if not secrets:
+        return
+    make = logging.getLogRecordFactory()
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made = make(*args, **kwargs)
+        try:
+            message = made.getMessage()
+        except (TypeError, ValueError):  # a bad format string: the handler reports it, as without this
+            return made
+        if any(s in message for s in secrets):
+            for s in secrets:
+                message = message.replace(s, "***")
+            made.msg, made.args = message, None
+        return made
+
+    logging.setLogRecordFactory(record)
 
 
 def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:

@@ -12,6 +12,7 @@ import typer
 
 from flywheel.entrypoints.cli.common import _endpoints, _prepare, _settings
 from flywheel.entrypoints.cli.drain import _drain, _say_unread
+from flywheel.settings import mask_url
 
 
 def _logging(level: str) -> None:
@@ -68,7 +69,7 @@ def up() -> None:
     settings = _settings()
     endpoints = _endpoints(settings, start=True)
     _prepare(settings, endpoints)
-    typer.echo(f"database {endpoints.database_url}\nbroker   {endpoints.kafka_bootstrap}")
+    typer.echo(f"database {mask_url(endpoints.database_url)}\nbroker   {endpoints.kafka_bootstrap}")
     if settings.scheduler_metrics_port:  # this process is the scheduler; the worker serves FLYWHEEL_METRICS_PORT
         from streams.metrics import serve_process_metrics
 
