@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     # logged with its password masked (mask_url).
     database_url: str = ""
     kafka_bootstrap: str = ""
+    # `flywheel setup` (the schema step, run as the database's owner) makes the least-privilege roles login roles
+    # with these passwords (unset: a group role to grant to login users). See store/db.py.
+    db_ingest_password: SecretStr = SecretStr("")
+    db_report_password: SecretStr = SecretStr("")
+    db_trainer_password: SecretStr = SecretStr("")
     # How every Kafka client Flywheel runs reaches the brokers (KafkaSecurity): TLS with a CA file (and a client
     # certificate and key for mutual TLS), SASL with a mechanism and credentials, or both (SASL_SSL).
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

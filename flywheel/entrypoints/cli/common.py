@@ -12,7 +12,7 @@ import typer
 from pydantic import ValidationError
 
 from flywheel.bootstrap import NoStack, resolve
-from flywheel.settings import Endpoints, Settings
+from flywheel.settings import Endpoints, Settings, mask_url
 
 BY_HELP = "Who is acting (default FLYWHEEL_OPERATOR, else the OS user); recorded in the log."
 
@@ -70,14 +70,30 @@ def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
 
 def _prepare(settings: Settings, endpoints: Endpoints) -> dict[str, int]:
     """Schema and topics; returns each topic's partition count."""
-    from store.db import create_schema
     from streams.topics import BrokerUnreachable, ensure_topics
 
-    create_schema(endpoints.database_url)
+    _schema(endpoints.database_url)
     try:
         return ensure_topics(endpoints.kafka_bootstrap, settings)
     except BrokerUnreachable as e:
         typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _schema(url: str) -> None:
+    """The schema current (store.db.create_schema), or a clear error when this user may not make it so."""
+    from sqlalchemy.exc import OperationalError
+
+    from store.db import SchemaNotCurrent, create_schema
+
+    try:
+        create_schema(url)
+    except SchemaNotCurrent as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    except OperationalError as e:  # psycopg's reason names host, port and user, never the password
+        reason = " ".join(str(e.orig).split())
+        typer.echo(f"error: cannot use the database at {mask_url(url)}: {reason}", err=True)
         raise typer.Exit(2) from None
 
 
@@ -87,10 +103,10 @@ def _print(data: Any, as_json: bool, human: str) -> None:
 
 def _in_store(work: Callable[[Any], Any]) -> Any:
     """Run an async unit of work on one store connection."""
-    from store.db import connect, create_schema
+    from store.db import connect
 
     endpoints = _endpoints(_settings())
-    create_schema(endpoints.database_url)
+    _schema(endpoints.database_url)
 
     async def run() -> Any:
         conn = await connect(endpoints.database_url, autocommit=True)

@@ -8,16 +8,16 @@ from typing import Any
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _settings
+from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _schema, _settings
 from flywheel.settings import Endpoints
 
 
 def _query_store(query: Callable[[Any], dict[str, Any]]) -> tuple[dict[str, Any], Endpoints]:
     """Run a read-only report against the store the settings point at."""
-    from store.db import connect_sync, create_schema
+    from store.db import connect_sync
 
     endpoints = _endpoints(_settings())
-    create_schema(endpoints.database_url)
+    _schema(endpoints.database_url)
     with connect_sync(endpoints.database_url) as conn:
         return query(conn), endpoints
 
@@ -116,13 +116,13 @@ def _describe_scorer_audits(r: dict[str, Any]) -> list[str]:
 
 def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scratch tables and compare.")) -> None:
     """Rebuild every read model from the event log (--check: verify without touching the live ones)."""
-    from store.db import connect, create_schema
+    from store.db import connect
     from store.projections import check as check_projections
     from store.projections import rebuild
 
     settings = _settings()
     endpoints = _endpoints(settings)
-    create_schema(endpoints.database_url)
+    _schema(endpoints.database_url)
 
     async def run() -> int:
         conn = await connect(endpoints.database_url)
