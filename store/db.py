@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import orjson
 import psycopg
@@ -199,3 +201,46 @@ def connect_sync(url: str) -> psycopg.Connection:
     conn = psycopg.Connection.connect(libpq_url(url))
     set_json_loads(orjson.loads, conn)
     return conn
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What `flywheel doctor` asks Postgres: who we are there, its version and its clock."""
+
+    user: str
+    version: str
+    skew: float  # seconds the server's clock is ahead of this host's (negative: behind)
+    schema: list[str]  # what differs from this version's schema (empty: current)
+
+
+def server_facts(url: str, *, timeout: float = 5.0) -> ServerFacts:
+    """Connect within `timeout` seconds and read the server's facts; changes nothing."""
+    with psycopg.connect(libpq_url(url), connect_timeout=max(1, round(timeout))) as conn:
+        conn.execute("SELECT 1")  # the connection's first round trip is not the one timed
+        before = datetime.now(UTC)
+        row = conn.execute("SELECT current_user, current_setting('server_version'), clock_timestamp()").fetchone()
+        after = datetime.now(UTC)
+        assert row is not None
+    skew = (row[2] - (before + (after - before) / 2)).total_seconds()
+    eng = engine(url)
+    try:
+        with eng.connect() as sa:
+            problems = schema_problems(sa)
+    finally:
+        eng.dispose()
+    return ServerFacts(user=row[0], version=row[1], skew=skew, schema=problems)
+
+
+def schema_problems(conn: Connection) -> list[str]:
+    """How the database's schema differs from this version's: missing tables, tables in another shape (the
+    schema step, `flywheel setup`, brings them up to date or says what to do)."""
+    wanted = {**SQLModel.metadata.tables, SCHEDULER_JOBS: _scheduler_jobs_table()}
+    existing = {name: columns
+                for (_, name), columns in inspect(conn).get_multi_columns(filter_names=list(wanted)).items()}
+    missing = sorted(set(wanted) - set(existing))
+    problems = [f"table{'s' if len(missing) > 1 else ''} missing: {', '.join(missing)}"] if missing else []
+    for name in sorted(set(wanted) & set(existing)):
+        have, want = {c["name"] for c in existing[name]}, set(wanted[name].columns.keys())
+        if have != want:
+            problems.append(f"table {name} is outdated: columns {', '.join(sorted(have ^ want))} differ")
+    return problems

@@ -208,3 +208,16 @@ def topic_id(bootstrap: str, topic: str, security: KafkaSecurity = PLAINTEXT) ->
         return ids([topic]).get(topic)
     finally:
         ids.close()
+
+
+def describe(bootstrap: str, security: KafkaSecurity, names: Iterable[str], *,
+             timeout: float = 10.0) -> dict[str, tuple[int, int] | None]:
+    """Each topic's partition count and replication factor (its first partition's replicas) as the broker reports
+    them; None for a topic it does not have. BrokerUnreachable when no broker answers within `timeout`."""
+    admin = admin_client(bootstrap, security, client_id="flywheel-doctor", timeout=timeout)
+    try:
+        described = admin.describe_topics(sorted(set(names)))
+    finally:
+        admin.close()
+    return {t["name"]: None if t.get("error_code") or not t["partitions"] else
+            (len(t["partitions"]), len(t["partitions"][0]["replica_nodes"])) for t in described}
