@@ -30,7 +30,9 @@ def sasl_ssl(monkeypatch: pytest.MonkeyPatch, certs: Certificates) -> Settings:
                         "SASL_MECHANISM": "SCRAM-SHA-512", "SASL_USERNAME": "flywheel",
                         "SASL_PASSWORD": PASSWORD}.items():
         monkeypatch.setenv(f"FLYWHEEL_KAFKA_{name}", value)
-    return Settings(database_url="postgresql://u@h/db", kafka_bootstrap="127.0.0.1:1")
+    monkeypatch.setenv("FLYWHEEL_DATABASE_URL", "postgresql://u@h/db")
+    monkeypatch.setenv("FLYWHEEL_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    return Settings()
 
 
 def test_the_settings_make_each_client_librarys_configuration(sasl_ssl: Settings, certs: Certificates) -> None:
@@ -182,10 +184,15 @@ def test_the_password_is_never_in_a_repr_or_a_dump(sasl_ssl: Settings) -> None:
 def test_a_scheduled_job_keeps_no_secret_and_reads_it_from_its_environment(sasl_ssl: Settings) -> None:
     from apscheduler.schedulers.background import BackgroundScheduler
 
+    from flywheel.entrypoints.jobs import own_database_url
     from flywheel.entrypoints.scheduler import configure
 
     scheduler = BackgroundScheduler()
-    configure(scheduler, sasl_ssl, Endpoints("postgresql://u@h/db", "127.0.0.1:1"))
-    kwargs = next(j for j in scheduler.get_jobs() if j.id == "nightly_pipeline").kwargs["settings"]
-    assert "kafka_sasl_password" not in kwargs and PASSWORD not in repr(kwargs)
-    assert Settings(**kwargs).kafka_sasl_password.get_secret_value() == PASSWORD
+    with_password = sasl_ssl.model_copy(update={"database_url": "postgresql://flywheel_ingest:db-pw@h/db"})
+    configure(scheduler, with_password, Endpoints(with_password.database_url, "127.0.0.1:1"))
+    jobs = {j.id: j.kwargs for j in scheduler.get_jobs()}
+    assert PASSWORD not in repr(jobs) and "db-pw" not in repr(jobs)
+    kwargs = jobs["nightly_pipeline"]["settings"]
+    assert "kafka_sasl_password" not in kwargs and "database_url" not in kwargs
+    assert Settings(**kwargs).kafka_sasl_password.get_secret_value() == PASSWORD  # from the job's environment
+    assert own_database_url(Settings(**kwargs)) == "postgresql://u@h/db"  # this process's FLYWHEEL_DATABASE_URL
