@@ -63,11 +63,14 @@ def test_postgres_unreachable(ready: Settings) -> None:
 
 def test_kafka_unreachable_within_the_time_out(ready: Settings) -> None:
     start = time.monotonic()
-    code, report, _ = doctor(ready, FLYWHEEL_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}")
+    code, report, human = doctor(ready, FLYWHEEL_KAFKA_BOOTSTRAP=f"127.0.0.1:{free_port()}",
+                                 FLYWHEEL_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+                                 FLYWHEEL_KAFKA_SASL_USERNAME="flywheel", FLYWHEEL_KAFKA_SASL_PASSWORD="kafka-pw-42")
     assert code == 1 and time.monotonic() - start < 60
     assert statuses(report) == {"database": "ok", "schema": "ok", "clock": "ok", "kafka": "fail", "topics": "skip",
                                 "lag": "skip"}
-    assert "ECONNREFUSED" in detail(report, "kafka")
+    assert "ECONNREFUSED" in detail(report, "kafka") and "SASL_PLAINTEXT PLAIN as flywheel" in detail(report, "kafka")
+    assert "kafka-pw-42" not in human + json.dumps(report)
 
 
 def test_a_topic_missing(ready: Settings) -> None:

@@ -35,9 +35,14 @@ def test_the_settings_know_their_secrets(monkeypatch: pytest.MonkeyPatch) -> Non
 
 @pytest.fixture
 def restored_record_factory() -> Iterator[None]:
-    factory = logging.getLogRecordFactory()
+    from flywheel.entrypoints.cli import common
+
+    factory, hidden = logging.getLogRecordFactory(), set(common._HIDDEN)
+    common._HIDDEN.clear()
     yield
     logging.setLogRecordFactory(factory)
+    common._HIDDEN.clear()
+    common._HIDDEN.update(hidden)
 
 
 def sasl_admin_configuration_logged(caplog: pytest.LogCaptureFixture) -> str:
@@ -59,3 +64,8 @@ def test_a_secret_a_library_logs_is_replaced(caplog: pytest.LogCaptureFixture, r
     assert PASSWORD not in logged and "'sasl_plain_password': '***'" in logged
     logging.getLogger("flywheel.test").warning("connecting with %s", PASSWORD)
     assert caplog.records[-1].getMessage() == "connecting with ***"
+    factory = logging.getLogRecordFactory()
+    hide_in_logs(["another-secret"])  # a second call adds to what is hidden, without another factory
+    assert logging.getLogRecordFactory() is factory
+    logging.getLogger("flywheel.test").warning("%s and %s", PASSWORD, "another-secret")
+    assert caplog.records[-1].getMessage() == "*** and ***"

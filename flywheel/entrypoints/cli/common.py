@@ -38,10 +38,15 @@ def _settings() -> Settings:
     return settings
 
 
+_HIDDEN: set[str] = set()
+
+
 def hide_in_logs(secrets: list[str]) -> None:
     """Replace each of `secrets` by *** in every log record this process makes from now on (a library may log
     its configuration: kafka-python does, at DEBUG, password included)."""
-    if not secrets:
+    fresh = not _HIDDEN
+    _HIDDEN.update(s for s in secrets if s)
+    if not fresh or not _HIDDEN:
         return
     make = logging.getLogRecordFactory()
 
@@ -51,8 +56,8 @@ def hide_in_logs(secrets: list[str]) -> None:
             message = made.getMessage()
         except (TypeError, ValueError):  # a bad format string: the handler reports it, as without this
             return made
-        if any(s in message for s in secrets):
-            for s in secrets:
+        if any(s in message for s in _HIDDEN):
+            for s in sorted(_HIDDEN, key=len, reverse=True):
                 message = message.replace(s, "***")
             made.msg, made.args = message, None
         return made
