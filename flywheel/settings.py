@@ -227,7 +227,7 @@ class Settings(BaseSettings):
 
 def secret_names() -> list[str]:
     """The settings that hold a secret: never printed, logged or dumped as they are."""
-    return [name for name, f in Settings.model_fields.items() if f.annotation in (SecretStr, "SecretStr")]
+    return [name for name, f in Settings.model_fields.items() if f.annotation is SecretStr]
 
 
 def mask_url(url: str) -> str:

@@ -1,4 +1,4 @@
-"""Topic creation up front (kafka-python admin): the worker never relies on broker auto-creation."""
+"""kafka-python clients as configured (admin, probes, producers), and topics made up front, never auto-created."""
 
 from __future__ import annotations
 
