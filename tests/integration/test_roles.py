@@ -82,6 +82,8 @@ def login(url: str, role: str) -> str:
 
 def test_a_password_makes_a_role_a_login_role_and_it_creates_nothing(bare_database: str) -> None:
     create_schema(bare_database)
+    with psycopg.connect(bare_database, autocommit=True) as conn:  # roles are the server's: another test's password
+        conn.execute(f"ALTER ROLE {TRAINER_ROLE} NOLOGIN")
     with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
         connect_sync(login(bare_database, TRAINER_ROLE)).close()
     create_schema(bare_database, role_passwords={INGEST_ROLE: "ingest-pw", TRAINER_ROLE: "trainer-pw"})
@@ -138,3 +140,17 @@ def test_a_command_says_sslmode_require_failed_without_showing_the_password(
     assert f"cannot use the database at postgresql://postgres:***@{rest}?sslmode=require" in done.stderr
     assert "SSL was required" in done.stderr
     assert "topsecret-pw" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+
+
+def test_setup_makes_a_role_a_login_role_from_its_password_setting(settings: Settings, bare_database: str) -> None:
+    env = {**settings.child_env(), "FLYWHEEL_DATABASE_URL": bare_database, "FLYWHEEL_DB_REPORT_PASSWORD": "rep-pw-7"}
+    done = subprocess.run([sys.executable, "-m", "flywheel", "setup", "--json"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["roles"][REPORT_ROLE] == "login" and out["schema"] == "current"
+    assert set(out["topics"]) == {settings.feedback_topic, settings.deadletter_topic, settings.rounds_topic,
+                                  settings.generation_topic}
+    assert "rep-pw-7" not in done.stdout + done.stderr
+    with connect_sync(login(bare_database, REPORT_ROLE)) as conn:
+        assert conn.execute("SELECT count(*) FROM events").fetchone() == (0,)

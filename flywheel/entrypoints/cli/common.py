@@ -85,14 +85,14 @@ def _prepare(settings: Settings, endpoints: Endpoints) -> dict[str, int]:
         raise typer.Exit(2) from None
 
 
-def _schema(url: str) -> None:
+def _schema(url: str, role_passwords: dict[str, str] | None = None) -> None:
     """The schema current (store.db.create_schema), or a clear error when this user may not make it so."""
     from sqlalchemy.exc import OperationalError
 
     from store.db import SchemaNotCurrent, create_schema
 
     try:
-        create_schema(url)
+        create_schema(url, role_passwords=role_passwords)
     except SchemaNotCurrent as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None

@@ -6,22 +6,22 @@ from dataclasses import asdict, dataclass
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _print, _settings
+from flywheel.entrypoints.cli.common import _endpoints, _print, _schema, _settings
 from flywheel.settings import Endpoints, Settings, mask_url
 
 
 def setup(as_json: bool = typer.Option(False, "--json")) -> None:
     """Create the schema, the least-privilege roles and their grants, and the topics. Run it as the database's
     owner before processes that connect as flywheel_ingest start (they create nothing)."""
-    from store.db import ROLES, create_schema
+    from store.db import INGEST_ROLE, REPORT_ROLE, ROLES, TRAINER_ROLE
     from streams.topics import BrokerUnreachable, ensure_topics
 
     settings = _settings()
     endpoints = _endpoints(settings)
     passwords = {role: secret.get_secret_value() for role, secret in (
-        ("flywheel_ingest", settings.db_ingest_password), ("flywheel_report", settings.db_report_password),
-        ("flywheel_trainer", settings.db_trainer_password)) if secret.get_secret_value()}
-    create_schema(endpoints.database_url, role_passwords=passwords)
+        (INGEST_ROLE, settings.db_ingest_password), (REPORT_ROLE, settings.db_report_password),
+        (TRAINER_ROLE, settings.db_trainer_password)) if secret.get_secret_value()}
+    _schema(endpoints.database_url, passwords)
     try:
         topics = ensure_topics(endpoints.kafka_bootstrap, settings)
     except BrokerUnreachable as e:
