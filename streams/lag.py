@@ -10,7 +10,7 @@ from kafka.errors import KafkaError
 
 from flywheel.domain.tracking import next_offset
 from flywheel.settings import PLAINTEXT, KafkaSecurity
-from streams.topics import TopicIds, log_ends, topic_id
+from streams.topics import TopicIds, admin_client, log_ends, topic_id
 
 
 def next_offsets(rows: list[dict[str, Any]], current_id: str | None, partitions: int) -> dict[int, int]:
@@ -73,3 +73,20 @@ def drain(left: Callable[[], int], *, seconds: float, still_reading: Callable[[]
         if now != remaining:
             remaining, moved = now, time.monotonic()
     return remaining
+
+
+def committed_unread(bootstrap: str, group: str, topic: str, partitions: int,
+                     security: KafkaSecurity = PLAINTEXT) -> dict[int, int]:
+    """Messages on the broker past each partition's offset committed in Kafka by `group` (a Faust worker's group
+    whose offsets are Kafka's, not the store's: the generation workers'). A partition the group never committed
+    counts from 0, an upper bound where retention has removed the log's start."""
+    admin = admin_client(bootstrap, security, client_id="flywheel-lag", timeout=10)
+    try:
+        offsets = admin.list_group_offsets(group).get(group, {})
+    finally:
+        admin.close()
+    nexts = dict.fromkeys(range(partitions), 0)
+    nexts.update({tp.partition: max(0, meta.offset) for tp, meta in offsets.items()
+                  if tp.topic == topic and tp.partition in nexts})
+    ends = log_ends(bootstrap, topic, nexts, security=security)
+    return {p: max(0, ends[p] - nexts[p]) for p in sorted(nexts)}

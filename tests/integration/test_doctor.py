@@ -6,12 +6,12 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from flywheel.settings import Endpoints, Settings
 from infra.stack import free_port
@@ -37,17 +37,22 @@ def detail(report: dict[str, Any], name: str) -> str:
 
 
 @pytest.fixture
-def ready(settings: Settings, run_cli: Callable[..., subprocess.CompletedProcess[str]]) -> Settings:
-    """The stack set up as configured: schema, roles, topics."""
-    run_cli("setup")
-    return settings
+def ready(settings: Settings) -> Settings:
+    """The stack set up as configured (schema, roles, topics), with a generation topic and group of this test's."""
+    tag = settings.consumer_group.rsplit("-", 1)[1]
+    own = settings.model_copy(update={"generation_topic": f"generation-{tag}", "generation_group": f"gen-{tag}"})
+    done = subprocess.run([sys.executable, "-m", "flywheel", "setup"], env=own.child_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return own
 
 
 def test_all_well_is_one_screen_and_exit_0(ready: Settings) -> None:
     code, report, human = doctor(ready)
     assert code == 0 and report["ok"]
-    assert statuses(report) == dict.fromkeys(("database", "schema", "clock", "kafka", "topics", "lag"), "ok")
-    assert "everything checked is as configured" in human and len(human.splitlines()) == 7
+    assert statuses(report) == dict.fromkeys(("database", "schema", "clock", "kafka", "topics", "lag", "gen lag"),
+                                             "ok")
+    assert "everything checked is as configured" in human and len(human.splitlines()) == 8
 
 
 def test_postgres_unreachable(ready: Settings) -> None:
@@ -55,7 +60,7 @@ def test_postgres_unreachable(ready: Settings) -> None:
                                                               f"{free_port()}/flywheel")
     assert code == 1
     assert statuses(report) == {"database": "fail", "schema": "skip", "clock": "skip", "kafka": "ok",
-                                "topics": "ok", "lag": "skip"}
+                                "topics": "ok", "lag": "skip", "gen lag": "ok"}
     assert "Connection refused" in detail(report, "database")
     assert "pw-for-no-one" not in human + json.dumps(report) and "postgres:***@127.0.0.1" in human
     assert "1 problem: database" in human
@@ -68,7 +73,7 @@ def test_kafka_unreachable_within_the_time_out(ready: Settings) -> None:
                                  FLYWHEEL_KAFKA_SASL_USERNAME="flywheel", FLYWHEEL_KAFKA_SASL_PASSWORD="kafka-pw-42")
     assert code == 1 and time.monotonic() - start < 60
     assert statuses(report) == {"database": "ok", "schema": "ok", "clock": "ok", "kafka": "fail", "topics": "skip",
-                                "lag": "skip"}
+                                "lag": "skip", "gen lag": "skip"}
     assert "ECONNREFUSED" in detail(report, "kafka") and "SASL_PLAINTEXT PLAIN as flywheel" in detail(report, "kafka")
     assert "kafka-pw-42" not in human + json.dumps(report)
 
@@ -115,3 +120,19 @@ def test_lag_past_the_limit(ready: Settings) -> None:
     assert code == 1 and statuses(report)["lag"] == "fail"
     assert detail(report, "lag").startswith(f"{ready.consumer_group} has 5 feedback messages unread (limit 4;")
     assert doctor(ready, "--max-lag", "5")[0] == 0
+
+
+def test_generation_lag_past_the_limit(ready: Settings) -> None:
+    """The generation workers' offsets are Kafka's: 5 requests on one partition, 2 committed by the group."""
+    producer = KafkaProducer(bootstrap_servers=ready.kafka_bootstrap, acks="all")
+    for _ in range(5):
+        producer.send(ready.generation_topic, key=b"k", value=b"{}", partition=1).get(timeout=30)
+    producer.close()
+    consumer = KafkaConsumer(bootstrap_servers=ready.kafka_bootstrap, group_id=ready.generation_group,
+                             enable_auto_commit=False)
+    consumer.commit({TopicPartition(ready.generation_topic, 1): OffsetAndMetadata(2, "", -1)})
+    consumer.close()
+    code, report, _ = doctor(ready, "--max-lag", "2")
+    assert code == 1 and statuses(report)["gen lag"] == "fail" and statuses(report)["lag"] == "ok"
+    assert detail(report, "gen lag") == f"{ready.generation_group} has 3 generation requests unread (limit 2)"
+    assert doctor(ready, "--max-lag", "3")[0] == 0

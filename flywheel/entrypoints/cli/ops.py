@@ -42,17 +42,19 @@ class Check:
 
 def doctor(
     max_skew: float = typer.Option(5.0, help="Seconds Postgres's clock may differ from this host's."),
-    max_lag: int = typer.Option(10_000, help="Feedback messages the ingest consumer group may have left unread."),
+    max_lag: int = typer.Option(10_000, help="Messages a consumer group (ingest, generation) may have left unread."),
     timeout: float = typer.Option(10.0, help="Seconds to wait for Postgres and for Kafka."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check the configured Postgres and Kafka: reachable, schema current, clocks agree, topics and partitions as
-    configured, the ingest consumer group's lag. Prints what is wrong on one screen; exits 1 when anything is."""
+    configured, the ingest and generation consumer groups' lag. Prints what is wrong on one screen; exits 1 when
+    anything is."""
     settings = _settings()
     endpoints = _endpoints(settings)
     checks = [*_database_checks(endpoints.database_url, max_skew, timeout),
               *_kafka_checks(settings, endpoints.kafka_bootstrap, timeout)]
     checks.append(_lag_check(settings, endpoints, checks, max_lag))
+    checks.append(_generation_lag_check(settings, endpoints, checks, max_lag))
     failed = [c.name for c in checks if c.status == "fail"]
     data = {"ok": not failed, "database": mask_url(endpoints.database_url), "kafka": endpoints.kafka_bootstrap,
             "kafka_security": settings.kafka_security().describe(), "checks": [asdict(c) for c in checks]}
@@ -131,3 +133,21 @@ def _lag_check(settings: Settings, endpoints: Endpoints, checks: list[Check], ma
     return Check("lag", "ok" if total <= max_lag else "fail",
                  f"{settings.consumer_group} has {total} feedback messages unread (limit {max_lag}; by partition "
                  + ", ".join(f"{p}: {n}" for p, n in left.items()) + ")")
+
+
+def _generation_lag_check(settings: Settings, endpoints: Endpoints, checks: list[Check], max_lag: int) -> Check:
+    from kafka.errors import KafkaError
+
+    from streams.lag import committed_unread
+    from streams.topics import BrokerUnreachable
+
+    if {c.name: c.status for c in checks}["topics"] != "ok":
+        return Check("gen lag", "skip", "needs the topics")
+    try:
+        left = committed_unread(endpoints.kafka_bootstrap, settings.generation_group, settings.generation_topic,
+                                settings.partitions, settings.kafka_security())
+    except (BrokerUnreachable, KafkaError, TimeoutError) as e:
+        return Check("gen lag", "fail", f"the broker did not report the group's offsets or log ends: {e}")
+    total = sum(left.values())
+    return Check("gen lag", "ok" if total <= max_lag else "fail",
+                 f"{settings.generation_group} has {total} generation requests unread (limit {max_lag})")
