@@ -71,7 +71,7 @@ def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
     """Round changes announced on the rounds topic."""
     from streams.announcer import KafkaAnnouncer
 
-    return KafkaAnnouncer(endpoints.kafka_bootstrap, settings.rounds_topic)
+    return KafkaAnnouncer(endpoints.kafka_bootstrap, settings.rounds_topic, settings.kafka_security())
 
 
 def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: RoundBuilder | None = None,

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
+import ssl
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from flywheel.domain.rounds.promotion import PromotionConfig
@@ -67,8 +70,25 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLYWHEEL_", extra="ignore")
 
     home: Path = Field(default_factory=default_home)
+    # A libpq URL; its query passes on to the connection (`?sslmode=verify-full&sslrootcert=...`). Printed and
+    # logged with its password masked (mask_url).
     database_url: str = ""
     kafka_bootstrap: str = ""
+    # `flywheel setup` (the schema step, run as the database's owner) makes the least-privilege roles login roles
+    # with these passwords (unset: a group role to grant to login users). See store/db.py.
+    db_ingest_password: SecretStr = SecretStr("")
+    db_report_password: SecretStr = SecretStr("")
+    db_trainer_password: SecretStr = SecretStr("")
+    # How every Kafka client Flywheel runs reaches the brokers (KafkaSecurity): TLS with a CA file (and a client
+    # certificate and key for mutual TLS), SASL with a mechanism and credentials, or both (SASL_SSL).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_ssl_cafile: str = ""  # PEM; unset: the system's trusted CAs
+    kafka_ssl_certfile: str = ""  # PEM client certificate, for brokers that authenticate clients by certificate
+    kafka_ssl_keyfile: str = ""
+    kafka_ssl_key_password: SecretStr = SecretStr("")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: SecretStr = SecretStr("")
 
     feedback_topic: str = "flywheel.feedback"
     deadletter_topic: str = "flywheel.deadletter"
@@ -165,6 +185,27 @@ class Settings(BaseSettings):
         check_environment(os.environ)
         return values
 
+    @model_validator(mode="after")
+    def _kafka_security_complete(self) -> Settings:
+        self.kafka_security()
+        return self
+
+    def kafka_security(self) -> KafkaSecurity:
+        """How Flywheel's Kafka clients authenticate and encrypt (ValueError when the settings are incomplete)."""
+        sasl = self.kafka_security_protocol.startswith("SASL_")
+        return KafkaSecurity(
+            protocol=self.kafka_security_protocol, cafile=self.kafka_ssl_cafile, certfile=self.kafka_ssl_certfile,
+            keyfile=self.kafka_ssl_keyfile, key_password=self.kafka_ssl_key_password,
+            sasl_mechanism=self.kafka_sasl_mechanism if sasl else "", username=self.kafka_sasl_username,
+            password=self.kafka_sasl_password)
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold (passwords, the database URL's password), to keep out of logs."""
+        held = [getattr(self, name).get_secret_value() for name in secret_names()]
+        with contextlib.suppress(ValueError):
+            held.append(urlsplit(self.database_url).password or "")
+        return [s for s in held if s]
+
     def round_config(self) -> RoundConfig:
         """The config a round build uses: the default one with the configured promotion gates."""
         from flywheel.domain.rounds import RoundConfig
@@ -174,8 +215,9 @@ class Settings(BaseSettings):
     def child_env(self) -> dict[str, str]:
         """This process's environment with the FLYWHEEL_* variables that reproduce these settings in a child."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLYWHEEL_")}
-        env.update({f"FLYWHEEL_{field.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
-                    for field, value in self.model_dump(mode="json").items()})
+        env.update({f"FLYWHEEL_{name.upper()}": json.dumps(value) if isinstance(value, dict) else str(value)
+                    for name, value in self.model_dump(mode="json").items()})
+        env.update({f"FLYWHEEL_{name.upper()}": getattr(self, name).get_secret_value() for name in secret_names()})
         return env
 
     @property
@@ -186,6 +228,125 @@ class Settings(BaseSettings):
     def rounds_root(self) -> Path:
         """Where round directories and the `current` pointer live (FLYWHEEL_ROUNDS_DIR, default home/rounds)."""
         return Path(self.rounds_dir) if self.rounds_dir else self.home / "rounds"
+
+
+def secret_names() -> list[str]:
+    """The settings that hold a secret: never printed, logged or dumped as they are."""
+    return [name for name, f in Settings.model_fields.items() if f.annotation is SecretStr]
+
+
+def mask_url(url: str) -> str:
+    """`url` with its password replaced by ***, to print or log (postgresql://flywheel:***@db:5432/flywheel)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL: nothing can be told about it safely
+        return "<unprintable URL>"
+    if not password:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+class KafkaSecurityError(ValueError):
+    """Kafka security settings that cannot work together (named by their FLYWHEEL_* variables)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSecurity:
+    """How a Kafka client reaches the brokers: the one place each client library's configuration is built from
+    the settings (kafka-python for the admin, probes, announcer and FeedbackClient; librdkafka for its sender;
+    aiokafka through Faust for the workers)."""
+
+    protocol: str = "PLAINTEXT"
+    cafile: str = ""
+    certfile: str = ""
+    keyfile: str = ""
+    key_password: SecretStr = field(default_factory=lambda: SecretStr(""))
+    sasl_mechanism: str = ""  # set exactly when protocol is SASL_*
+    username: str = ""
+    password: SecretStr = field(default_factory=lambda: SecretStr(""))
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            problems.append(f"FLYWHEEL_KAFKA_SECURITY_PROTOCOL={self.protocol} is not PLAINTEXT, SSL, "
+                            "SASL_PLAINTEXT or SASL_SSL")
+        if self.sasl and not (self.username and self.password.get_secret_value()):
+            problems.append(f"{self.protocol} needs FLYWHEEL_KAFKA_SASL_USERNAME and FLYWHEEL_KAFKA_SASL_PASSWORD")
+        if self.sasl and self.sasl_mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            problems.append(f"FLYWHEEL_KAFKA_SASL_MECHANISM={self.sasl_mechanism} is not PLAIN, SCRAM-SHA-256 or "
+                            "SCRAM-SHA-512")
+        if (self.cafile or self.certfile or self.keyfile) and not self.tls:
+            problems.append(f"FLYWHEEL_KAFKA_SSL_* files are set but FLYWHEEL_KAFKA_SECURITY_PROTOCOL={self.protocol} "
+                            "does not use TLS (SSL or SASL_SSL)")
+        if bool(self.certfile) != bool(self.keyfile):
+            problems.append("a client certificate needs both FLYWHEEL_KAFKA_SSL_CERTFILE and "
+                            "FLYWHEEL_KAFKA_SSL_KEYFILE")
+        for name, path in (("CAFILE", self.cafile), ("CERTFILE", self.certfile), ("KEYFILE", self.keyfile)):
+            if path and not Path(path).is_file():
+                problems.append(f"FLYWHEEL_KAFKA_SSL_{name}={path}: no such file")
+        if problems:
+            raise KafkaSecurityError("; ".join(problems))
+
+    @property
+    def tls(self) -> bool:
+        return self.protocol in ("SSL", "SASL_SSL")
+
+    @property
+    def sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    def describe(self) -> str:
+        """For logs and `flywheel doctor`: the protocol, mechanism and user, never the password."""
+        return self.protocol + (f" {self.sasl_mechanism} as {self.username}" if self.sasl else "")
+
+    def kafka_python(self) -> dict[str, Any]:
+        """kafka-python's KafkaProducer / KafkaConsumer / KafkaAdminClient arguments."""
+        config: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.tls:
+            config.update(ssl_check_hostname=True, ssl_cafile=self.cafile or None,
+                          ssl_certfile=self.certfile or None, ssl_keyfile=self.keyfile or None,
+                          ssl_password=self.key_password.get_secret_value() or None)
+        if self.sasl:
+            config.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.username,
+                          sasl_plain_password=self.password.get_secret_value())
+        return config
+
+    def librdkafka(self) -> dict[str, str]:
+        """librdkafka's (confluent-kafka's) configuration properties."""
+        config = {"security.protocol": self.protocol.lower()}
+        if self.tls:
+            config.update({k: v for k, v in (
+                ("ssl.ca.location", self.cafile), ("ssl.certificate.location", self.certfile),
+                ("ssl.key.location", self.keyfile), ("ssl.key.password", self.key_password.get_secret_value()),
+            ) if v})
+        if self.sasl:
+            config.update({"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.username,
+                           "sasl.password": self.password.get_secret_value()})
+        return config
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context of the asyncio clients (aiokafka under Faust); None without TLS."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.cafile or None)
+        if self.certfile:
+            context.load_cert_chain(self.certfile, self.keyfile, self.key_password.get_secret_value() or None)
+        return context
+
+    def faust_credentials(self) -> Any:
+        """Faust's `broker_credentials`: SASL credentials (over TLS for SASL_SSL), a TLS context, or None."""
+        if self.sasl:
+            import faust
+
+            return faust.SASLCredentials(username=self.username, password=self.password.get_secret_value(),
+                                         ssl_context=self.ssl_context(), mechanism=self.sasl_mechanism)
+        return self.ssl_context()
+
+
+PLAINTEXT = KafkaSecurity()
 
 
 @dataclass(frozen=True)

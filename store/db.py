@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 import orjson
 import psycopg
+import psycopg.sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import set_json_loads
 
 if TYPE_CHECKING:
+    from sqlalchemy import Table
     from sqlalchemy.engine import Connection, Engine
 
-# SQLAlchemy, SQLModel and the table definitions load only to create the schema: a command that just connects
-# (on-call's rollback) starts without them, a few tenths of a second sooner.
+# SQLAlchemy, SQLModel and the table definitions load only to create or check the schema: a command that just
+# connects (on-call's rollback) starts without them, a few tenths of a second sooner.
 
+log = logging.getLogger("flywheel.store")
 _SCHEMA_LOCK = 0x466C7977  # advisory lock key: concurrent workers create the schema one at a time
 
 
@@ -35,13 +42,32 @@ def engine(url: str) -> Engine:
     return create_engine(sqlalchemy_url(url), pool_pre_ping=True)
 
 
-def create_schema(url: str) -> None:
-    """Create every table that does not exist yet (idempotent, safe to run from many processes).
+# The least-privilege roles the schema step keeps granted (NOLOGIN group roles unless given a password: grant
+# them to login users, `GRANT flywheel_ingest TO app_user`). Roles are the server's, grants the database's.
+INGEST_ROLE = "flywheel_ingest"  # the writing processes: workers, generation worker, scheduler
+REPORT_ROLE = "flywheel_report"  # dashboards and reports: read only
+TRAINER_ROLE = "flywheel_trainer"  # trainers reading rounds and lineage: read only
+ROLES = (INGEST_ROLE, REPORT_ROLE, TRAINER_ROLE)
+LOG_TABLE = "events"
+SCHEDULER_JOBS = "scheduler_jobs"  # APScheduler's job store (flywheel.entrypoints.scheduler)
+
+
+class SchemaNotCurrent(RuntimeError):
+    """The schema is missing or outdated and this database user may not create or change it."""
+
+
+def create_schema(url: str, *, role_passwords: Mapping[str, str] | None = None) -> None:
+    """Create every table that does not exist yet (idempotent, safe to run from many processes), and, run by
+    the tables' owner, the least-privilege roles and their grants.
 
     A read model that follows the log from a checkpoint (signals) and was created by an older version
     with other columns is dropped and derived again from the log: it holds nothing the log does not.
-    Any other table in an older shape is an error that says what to do."""
+    Any other table in an older shape is an error that says what to do. A user that owns nothing (a
+    worker connected as flywheel_ingest) finds the schema current and changes nothing; finding it
+    missing or outdated, it stops with SchemaNotCurrent. `role_passwords`: role → password, making
+    that role a login role with it."""
     from sqlalchemy import text
+    from sqlalchemy.exc import ProgrammingError
     from sqlmodel import SQLModel
 
     from store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
@@ -50,10 +76,63 @@ def create_schema(url: str) -> None:
     try:
         with eng.begin() as conn:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
-            _renew_outdated_followers(conn)
-            SQLModel.metadata.create_all(conn)
+            user = conn.execute(text("SELECT current_user")).scalar()
+            try:
+                _renew_outdated_followers(conn)
+                SQLModel.metadata.create_all(conn)
+                _scheduler_jobs_table().create(conn, checkfirst=True)
+            except ProgrammingError as e:
+                if getattr(e.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+                    raise
+                raise SchemaNotCurrent(
+                    f"the database schema is missing or outdated, and {user} may not create it: run "
+                    "`flywheel setup` as the database's owner first") from None
+            if conn.execute(text("SELECT pg_has_role(tableowner, 'USAGE') FROM pg_tables WHERE tablename = :t"
+                                 " AND schemaname = current_schema()"), {"t": LOG_TABLE}).scalar():
+                _grant_roles(conn, role_passwords or {})
     finally:
         eng.dispose()
+
+
+def _scheduler_jobs_table() -> Table:
+    """APScheduler's job table, made here so that the scheduler, connected as flywheel_ingest, creates nothing."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    return SQLAlchemyJobStore(url="postgresql+psycopg://", tablename=SCHEDULER_JOBS).jobs_t
+
+
+def _grant_roles(conn: Connection, passwords: Mapping[str, str]) -> None:
+    """The roles (made once per server) and their grants on this database's tables: the ingest role appends to
+    the log and keeps the read models, but may never change or delete an event; report and trainer read."""
+    from sqlalchemy import text
+    from sqlmodel import SQLModel
+
+    names = ", ".join([*SQLModel.metadata.tables, SCHEDULER_JOBS])
+    may_create = conn.execute(text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user"))\
+        .scalar()
+    roles = []
+    for role in ROLES:
+        if not conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).scalar():
+            if not may_create:
+                log.warning("role %s does not exist and %s may not create it: its grants are left out", role,
+                            conn.execute(text("SELECT current_user")).scalar())
+                continue
+            # Another database's schema step may make it at the same moment: then it exists, as wanted.
+            conn.execute(text(f"DO $$ BEGIN CREATE ROLE {role} NOLOGIN;"
+                              " EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$"))
+        roles.append(role)
+        conn.execute(text(f"GRANT USAGE ON SCHEMA public TO {role}"))
+        conn.execute(text(f"GRANT SELECT ON {names} TO {role}"))
+    if INGEST_ROLE not in roles:
+        return
+    conn.execute(text(f"GRANT INSERT, UPDATE, DELETE ON {names} TO {INGEST_ROLE}"))
+    conn.execute(text(f"REVOKE UPDATE, DELETE, TRUNCATE ON {LOG_TABLE} FROM {INGEST_ROLE}"))
+    conn.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {INGEST_ROLE}"))
+    for role, password in passwords.items():
+        if role not in ROLES:
+            raise ValueError(f"no such Flywheel role: {role!r} (one of {', '.join(ROLES)})")
+        quoted = psycopg.sql.Literal(password).as_string(conn.connection.driver_connection)
+        conn.execute(text(f"ALTER ROLE {role} LOGIN PASSWORD {quoted}"))
 
 
 _FOLLOWERS = {"signals": "signals"}  # table -> the checkpoint its projector follows the log from
@@ -144,3 +223,51 @@ def connect_sync(url: str) -> psycopg.Connection:
     conn = psycopg.Connection.connect(libpq_url(url))
     set_json_loads(orjson.loads, conn)
     return conn
+
+
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What `flywheel doctor` asks Postgres: who we are there, its version and its clock."""
+
+    user: str
+    version: str
+    skew: float  # seconds the server's clock is ahead of this host's (negative: behind)
+    schema: list[str]  # what differs from this version's schema (empty: current)
+
+
+def server_facts(url: str, *, timeout: float = 5.0) -> ServerFacts:
+    """Connect within `timeout` seconds and read the server's facts; changes nothing."""
+    with psycopg.connect(libpq_url(url), connect_timeout=max(1, round(timeout))) as conn:
+        conn.execute("SELECT 1")  # the connection's first round trip is not the one timed
+        before = datetime.now(UTC)
+        row = conn.execute("SELECT current_user, current_setting('server_version'), clock_timestamp()").fetchone()
+        after = datetime.now(UTC)
+        assert row is not None
+    skew = (row[2] - (before + (after - before) / 2)).total_seconds()
+    eng = engine(url)
+    try:
+        with eng.connect() as sa:
+            problems = schema_problems(sa)
+    finally:
+        eng.dispose()
+    return ServerFacts(user=row[0], version=row[1], skew=skew, schema=problems)
+
+
+def schema_problems(conn: Connection) -> list[str]:
+    """How the database's schema differs from this version's: missing tables, tables in another shape (the
+    schema step, `flywheel setup`, brings them up to date or says what to do)."""
+    from sqlalchemy import inspect
+    from sqlmodel import SQLModel
+
+    from store import tables  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+    wanted = {**SQLModel.metadata.tables, SCHEDULER_JOBS: _scheduler_jobs_table()}
+    existing = {name: columns
+                for (_, name), columns in inspect(conn).get_multi_columns(filter_names=list(wanted)).items()}
+    missing = sorted(set(wanted) - set(existing))
+    problems = [f"table{'s' if len(missing) > 1 else ''} missing: {', '.join(missing)}"] if missing else []
+    for name in sorted(set(wanted) & set(existing)):
+        have, want = {c["name"] for c in existing[name]}, set(wanted[name].columns.keys())
+        if have != want:
+            problems.append(f"table {name} is outdated: columns {', '.join(sorted(have ^ want))} differ")
+    return problems

@@ -12,6 +12,15 @@ import psycopg
 from flywheel.domain.events import InternalEvent
 from flywheel.domain.log import NewEvent, StoredEvent
 
+# Appenders serialise on this transaction-scoped advisory lock rather than LOCK TABLE events IN EXCLUSIVE MODE:
+# the table lock needs UPDATE, DELETE or TRUNCATE on the log, which the ingest role must not have (store.db).
+APPEND_LOCK = 0x4170706E
+
+
+async def lock_appends(cur: psycopg.AsyncCursor[Any] | psycopg.AsyncConnection) -> None:
+    """Hold the log's append lock until the transaction ends: no other append (or rebuild) runs meanwhile."""
+    await cur.execute("SELECT pg_advisory_xact_lock(%s)", [APPEND_LOCK])
+
 
 class SnapshotAppend(RuntimeError):
     """An append from a transaction that cannot see the log's current head."""
@@ -26,7 +35,7 @@ def entries(events: Sequence[NewEvent | InternalEvent]) -> list[NewEvent]:
 async def append(conn: psycopg.AsyncConnection, events: Sequence[NewEvent | InternalEvent]) -> list[StoredEvent]:
     """Append in order inside the caller's transaction; returns the events that were new, by position.
 
-    Appenders take an EXCLUSIVE lock and number events themselves, so positions are gap-free and
+    Appenders take the log's append lock (APPEND_LOCK) and number events themselves, so positions are gap-free and
     become visible in order: a reader that has seen position N never later finds a smaller one
     committed behind it (round watermarks rely on this). The lock also makes the duplicate check
     race-free, which lets the rows go in with one COPY.
@@ -39,7 +48,7 @@ async def append(conn: psycopg.AsyncConnection, events: Sequence[NewEvent | Inte
         return []
     rows = entries(events)
     async with conn.cursor() as cur:
-        await cur.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        await lock_appends(cur)
         await cur.execute("SELECT coalesce(max(position), 0), current_setting('transaction_isolation') FROM events")
         row = await cur.fetchone()
         if row is None or row[1] != "read committed":

@@ -19,7 +19,7 @@ from flywheel.domain.events import CandidatesGenerated, CandidatesSelected, Inte
 from flywheel.domain.signals import SignalConfig, prompt_key
 from store.audits import AUDIT_EVENT_TYPES, project_audits
 from store.candidates import project_candidates
-from store.eventstore import NewEvent, StoredEvent, append, head, read
+from store.eventstore import NewEvent, StoredEvent, append, head, lock_appends, read
 from store.rounds import ROUND_EVENT_TYPES, project_rounds
 from store.signals import CHECKPOINT, checkpoint, derive_groups, touched_groups
 
@@ -140,7 +140,7 @@ async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig,
                   progress: Callable[[int], None] | None = None) -> int:
     """Throw the live read models away and project the whole log again, atomically."""
     async with conn.transaction():
-        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        await lock_appends(conn)  # no append while the read models are rebuilt
         # Hold the signals checkpoint first, so a worker's projector waits instead of deadlocking with us.
         await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
                            [CHECKPOINT])

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence, Set
+from functools import partial
 from typing import Any, TypeVar
 
 import faust
@@ -55,9 +56,11 @@ def create_app(
     it has one). `ingestion`: what the ingest agent hands each batch to (default: the store on
     endpoints.database_url, the broker at endpoints.kafka_bootstrap)."""
     metrics = metrics or Metrics()
+    security = settings.kafka_security()
     app = faust.App(
         settings.consumer_group,
         broker=f"kafka://{endpoints.kafka_bootstrap}",
+        broker_credentials=security.faust_credentials(),
         store="memory://",
         datadir=faust_datadir(settings, settings.consumer_group),
         web_enabled=False,
@@ -109,7 +112,7 @@ def create_app(
                 return False
         return True
 
-    topic_ids = TopicIds(endpoints.kafka_bootstrap)
+    topic_ids = TopicIds(endpoints.kafka_bootstrap, security)
 
     async def asking(call: Callable[..., T], *args: Any) -> T:
         """`call(*args)` in a thread, asked again while the broker cannot answer: the batch waiting on the answer is
@@ -124,7 +127,8 @@ def create_app(
                 delay = min(delay * 2, 10.0)
 
     async def probe(topic: str, partition: int, start: int) -> int | None:
-        return await asking(first_offset, endpoints.kafka_bootstrap, topic, partition, start)
+        return await asking(partial(first_offset, security=security), endpoints.kafka_bootstrap, topic, partition,
+                            start)
 
     async def broker_view(batch: Sequence[Decoded]) -> BrokerView:
         """Asked once a batch is in hand: the ids of the topics it came from, and its partitions' log ends."""
@@ -159,9 +163,10 @@ def create_app(
             rows = await cur.fetchall()
         finally:
             await conn.close()
-        current = await asking(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic)
+        current = await asking(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic, security)
         resume = {int(p): next_offset(offset, known, current) for p, offset, known in rows}
-        ends = await asking(log_ends, endpoints.kafka_bootstrap, settings.feedback_topic, resume)
+        ends = await asking(partial(log_ends, security=security), endpoints.kafka_bootstrap, settings.feedback_topic,
+                            resume)
         for p, offset in sorted(resume.items()):
             if offset > ends[p]:
                 error = TrackedBeyondLogEnd(settings.feedback_topic, p, offset - 1, ends[p])
@@ -220,7 +225,7 @@ def create_app(
             known = {row[0] for row in await cur.fetchall()}
         finally:
             await conn.close()
-        current = await asking(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic)
+        current = await asking(topic_id, endpoints.kafka_bootstrap, settings.feedback_topic, security)
         if current is None or not known or known == {current}:
             return
         for tp, offset in sorted((await resume_from(mine)).items()):

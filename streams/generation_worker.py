@@ -64,6 +64,7 @@ def create_generation_app(settings: Settings, endpoints: Endpoints, make_generat
     metrics = metrics or GenerationMetrics()
     app = faust.App(
         settings.generation_group, broker=f"kafka://{endpoints.kafka_bootstrap}", store="memory://",
+        broker_credentials=settings.kafka_security().faust_credentials(),
         datadir=faust_datadir(settings, settings.generation_group),
         web_enabled=False, topic_allow_declare=False, consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.kafka_session_timeout,

@@ -27,6 +27,7 @@ from flywheel.client.senders import Sender, make_sender
 from flywheel.client.spill import SpillFull, SpillWriter, claim, records, unclaimed
 from flywheel.domain.validation import OVERSIZE, InvalidEvent, validate
 from flywheel.domain.wire import FeedbackEvent, to_wire
+from flywheel.settings import PLAINTEXT, KafkaSecurity
 
 log = logging.getLogger("flywheel.client")
 Overflow = Literal["spill", "drop"]
@@ -60,6 +61,7 @@ class FeedbackClient:
         on_drop: Callable[[bytes | None, bytes, str], None] | None = None,
         sender: str = "kafka-python",
         retry_backoff: float = 0.5,
+        security: KafkaSecurity = PLAINTEXT,
         **producer_config: Any,
     ) -> None:
         if overflow not in ("spill", "drop"):
@@ -68,7 +70,8 @@ class FeedbackClient:
         self.overflow, self.on_drop = overflow, on_drop
         self.spill_dir = Path(spill_dir) / topic
         self._spill = SpillWriter(self.spill_dir, max_spill_bytes)
-        self._make_sender = lambda: make_sender(sender, bootstrap, max_event_bytes=max_event_bytes, **producer_config)
+        self._make_sender = lambda: make_sender(sender, bootstrap, max_event_bytes=max_event_bytes,
+                                                 security=security, **producer_config)
         self._backoff = retry_backoff
         self._lock = threading.Condition()
         self._queue: deque[tuple[bytes | None, bytes, _Replay | None]] = deque()

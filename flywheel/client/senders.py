@@ -11,6 +11,8 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from flywheel.settings import PLAINTEXT, KafkaSecurity
+
 Done = Callable[[Exception | None], None]
 
 
@@ -25,7 +27,8 @@ class Sender(Protocol):
 class KafkaPythonSender:
     """kafka-python's producer. About 9k events/s on one core here: its per-record work is Python."""
 
-    def __init__(self, bootstrap: str, *, max_event_bytes: int, **config: Any) -> None:
+    def __init__(self, bootstrap: str, *, max_event_bytes: int, security: KafkaSecurity = PLAINTEXT,
+                 **config: Any) -> None:
         from kafka import KafkaProducer
 
         self._producer = KafkaProducer(
@@ -48,6 +51,7 @@ class KafkaPythonSender:
             allow_auto_create_topics=config.pop("allow_auto_create_topics", False),
             # Idempotence needs broker support some Kafka-protocol brokers lack; event_id dedup covers it.
             enable_idempotence=False,
+            **security.kafka_python(),
             **config,
         )
 
@@ -71,7 +75,8 @@ class LibrdkafkaSender:
     """confluent-kafka (librdkafka): the same records at tens of times kafka-python's rate
     (`pip install 'flywheel[librdkafka]'`)."""
 
-    def __init__(self, bootstrap: str, *, max_event_bytes: int, **config: Any) -> None:
+    def __init__(self, bootstrap: str, *, max_event_bytes: int, security: KafkaSecurity = PLAINTEXT,
+                 **config: Any) -> None:
         from confluent_kafka import Producer
 
         self._producer = Producer({
@@ -80,6 +85,7 @@ class LibrdkafkaSender:
             "linger.ms": 20,
             "enable.idempotence": False,
             "message.max.bytes": max(1024 * 1024, max_event_bytes * 2),
+            **security.librdkafka(),
             **config,
         })
 
@@ -97,9 +103,10 @@ class LibrdkafkaSender:
         self._producer.flush(5)
 
 
-def make_sender(name: str, bootstrap: str, *, max_event_bytes: int, **config: Any) -> Sender:
+def make_sender(name: str, bootstrap: str, *, max_event_bytes: int, security: KafkaSecurity = PLAINTEXT,
+                **config: Any) -> Sender:
     if name == "kafka-python":
-        return KafkaPythonSender(bootstrap, max_event_bytes=max_event_bytes, **config)
+        return KafkaPythonSender(bootstrap, max_event_bytes=max_event_bytes, security=security, **config)
     if name == "librdkafka":
-        return LibrdkafkaSender(bootstrap, max_event_bytes=max_event_bytes, **config)
+        return LibrdkafkaSender(bootstrap, max_event_bytes=max_event_bytes, security=security, **config)
     raise ValueError(f"unknown sender {name!r}: kafka-python or librdkafka")

@@ -8,14 +8,25 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flywheel.domain.signals import SignalConfig
+from flywheel.settings import Settings
 from store.db import connect
 from store.projections import check
 
 log = logging.getLogger("flywheel.jobs")
 
 
-def audit_projections(database_url: str, signals: dict[str, Any] | None = None) -> bool:
-    """Nightly: rebuild the read models from the log into scratch tables and compare with the live ones."""
+def own_database_url(settings: Settings | None = None) -> str:
+    """The database a job runs against: this process's FLYWHEEL_DATABASE_URL, else its local stack's."""
+    from flywheel.bootstrap import resolve
+
+    settings = settings or Settings()
+    return settings.database_url or resolve(settings).database_url
+
+
+def audit_projections(database_url: str = "", signals: dict[str, Any] | None = None) -> bool:
+    """Nightly: rebuild the read models from the log into scratch tables and compare with the live ones
+    (`database_url`: given by jobs stored before it was left out of the job store)."""
+    database_url = database_url or own_database_url()
 
     async def run() -> bool:
         conn = await connect(database_url)
@@ -42,9 +53,9 @@ def nightly_pipeline(settings: dict[str, Any]) -> dict[str, Any]:
     belongs to) in the log, and an instance that finds it claimed does nothing."""
     from flywheel.bootstrap import nightly
     from flywheel.entrypoints.scheduler import night_of
-    from flywheel.settings import Settings
 
     configured = Settings(**settings)
+    configured = configured.model_copy(update={"database_url": own_database_url(configured)})
     night = night_of(configured.nightly_cron, datetime.now(UTC))
     log.info("nightly pipeline: the night of %s", night)
     return nightly(configured, night=night)

@@ -20,7 +20,7 @@ from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from flywheel.settings import Endpoints, Settings
+from flywheel.settings import Endpoints, Settings, secret_names
 from store.db import sqlalchemy_url
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints
     scheduler.add_job(
         "flywheel.entrypoints.jobs:audit_projections",
         CronTrigger.from_crontab(settings.audit_cron, timezone="UTC"),
-        kwargs={"database_url": endpoints.database_url, "signals": asdict(settings.signals)},
+        kwargs={"signals": asdict(settings.signals)},
         id="audit_projections",
         name="nightly read-model audit (replay --check)",
         replace_existing=True,
@@ -62,7 +62,9 @@ def configure(scheduler: BaseScheduler, settings: Settings, endpoints: Endpoints
     scheduler.add_job(
         "flywheel.entrypoints.jobs:nightly_pipeline",
         CronTrigger.from_crontab(settings.nightly_cron, timezone="UTC"),
-        kwargs={"settings": {**settings.model_dump(mode="json"), "database_url": endpoints.database_url,
+        # Credentials stay out of the job store (a table any reader of the database sees): the job reads the
+        # database URL and the passwords from its own process's settings (flywheel.entrypoints.jobs.own_database_url).
+        kwargs={"settings": {**settings.model_dump(mode="json", exclude={"database_url", *secret_names()}),
                              "kafka_bootstrap": endpoints.kafka_bootstrap}},
         id="nightly_pipeline",
         name="nightly round: sample, generate, select, build",

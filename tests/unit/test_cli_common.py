@@ -8,7 +8,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from flywheel.entrypoints.cli.common import fail, failing, without_password
+from flywheel.entrypoints.cli.common import fail, failing
+from flywheel.settings import mask_url
 
 
 def _run(body: Callable[[], None]) -> tuple[int, str, str]:
@@ -53,7 +54,7 @@ def test_nested_failing_blocks_give_each_error_its_own_code() -> None:
 
 
 def test_a_database_url_is_shown_without_its_password() -> None:
-    assert without_password("postgresql://ingest:s3cr%40t@db:5432/flywheel?sslmode=require") == \
+    assert mask_url("postgresql://ingest:s3cr%40t@db:5432/flywheel?sslmode=require") == \
         "postgresql://ingest:***@db:5432/flywheel?sslmode=require"
-    assert without_password("postgresql://postgres@127.0.0.1:5432/flywheel") == \
+    assert mask_url("postgresql://postgres@127.0.0.1:5432/flywheel") == \
         "postgresql://postgres@127.0.0.1:5432/flywheel"

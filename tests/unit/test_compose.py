@@ -30,7 +30,7 @@ SCHEMA = ROOT / "infra" / "compose-spec.json"
 DOCKERFILE = ROOT / "infra" / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-CORE_SERVICES = {"kafka", "postgres", "worker", "scheduler"}
+CORE_SERVICES = {"kafka", "postgres", "setup", "worker", "scheduler"}
 GPU_SERVICES = {"vllm", "generation-worker"}
 FLYWHEEL_SERVICES = ("worker", "scheduler", "generation-worker")
 # The command each Flywheel service runs, and the metrics-port setting that command serves on.
@@ -175,7 +175,7 @@ def test_vllm_serves_the_configured_model_on_a_gpu(raw: dict[str, Any], compose:
 @pytest.mark.parametrize("name", FLYWHEEL_SERVICES)
 def test_flywheel_env(compose: dict[str, Any], name: str) -> None:
     env = _env(compose["services"][name])
-    assert env["FLYWHEEL_DATABASE_URL"] == "postgresql://postgres:postgres@postgres:5432/flywheel"
+    assert env["FLYWHEEL_DATABASE_URL"] == "postgresql://flywheel_ingest:ingest@postgres:5432/flywheel"
     assert env["FLYWHEEL_KAFKA_BOOTSTRAP"] == "kafka:9092"
     assert env["FLYWHEEL_METRICS_PORT"] == "9464"
     assert env["FLYWHEEL_REPLICATION_FACTOR"] == "1", "one broker: nothing can be replicated further"
@@ -296,10 +296,31 @@ def test_flywheel_waits_for_healthy_infra(compose: dict[str, Any], name: str) ->
     assert depends == {
         "kafka": {"condition": "service_healthy"},
         "postgres": {"condition": "service_healthy"},
+        "setup": {"condition": "service_completed_successfully"},
         **({"vllm": {"condition": "service_healthy"}} if name == "generation-worker" else {}),
     }
-    for dep in depends:
+    for dep in set(depends) - {"setup"}:
         assert "test" in compose["services"][dep]["healthcheck"]
+
+
+def test_setup_runs_once_as_the_owner_and_gives_the_ingest_role_its_password(compose: dict[str, Any]) -> None:
+    setup = compose["services"]["setup"]
+    assert setup["command"] == ["flywheel", "setup"] and setup["restart"] == "no"
+    assert setup["image"] == compose["services"]["worker"]["image"]
+    assert setup["depends_on"] == {"kafka": {"condition": "service_healthy"},
+                                   "postgres": {"condition": "service_healthy"}}
+    env = _env(setup)
+    assert env["FLYWHEEL_DATABASE_URL"] == "postgresql://postgres:postgres@postgres:5432/flywheel"
+    assert env["FLYWHEEL_DB_INGEST_PASSWORD"] == "ingest"
+    assert env["FLYWHEEL_DB_REPORT_PASSWORD"] == env["FLYWHEEL_DB_TRAINER_PASSWORD"] == ""  # group roles
+    common = {k: v for k, v in compose["x-flywheel-env"].items() if k != "FLYWHEEL_DATABASE_URL"}
+    assert {k: env[k] for k in common} == common  # the same topics, partitions and groups as the others
+
+
+def test_no_flywheel_process_but_setup_connects_as_the_superuser(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        url = _env(service).get("FLYWHEEL_DATABASE_URL", "")
+        assert name == "setup" or not url.startswith("postgresql://postgres:"), name
 
 
 def test_postgres(compose: dict[str, Any]) -> None:
@@ -307,17 +328,21 @@ def test_postgres(compose: dict[str, Any]) -> None:
     assert pg["image"].split(":")[0] == "postgres" and pg["image"].split(":")[1].startswith("16")
     env = _env(pg)
     assert env["POSTGRES_DB"] == "flywheel"
-    url = _env(compose["services"]["worker"])["FLYWHEEL_DATABASE_URL"]
+    url = _env(compose["services"]["setup"])["FLYWHEEL_DATABASE_URL"]
     assert url == f"postgresql://{env['POSTGRES_USER']}:{env['POSTGRES_PASSWORD']}@postgres:5432/flywheel"
     assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
     assert "pg_isready" in " ".join(pg["healthcheck"]["test"])
 
 
-def test_password_override_reaches_both_sides(raw: dict[str, Any]) -> None:
-    doc = interpolate(raw, {"POSTGRES_PASSWORD": "s3cret"})
+def test_password_overrides_reach_both_sides(raw: dict[str, Any]) -> None:
+    doc = interpolate(raw, {"POSTGRES_PASSWORD": "s3cret", "INGEST_DB_PASSWORD": "in-s3cret",
+                            "TRAINER_DB_PASSWORD": "tr-s3cret"})
     assert _env(doc["services"]["postgres"])["POSTGRES_PASSWORD"] == "s3cret"
+    setup = _env(doc["services"]["setup"])
+    assert "postgres:s3cret@postgres" in setup["FLYWHEEL_DATABASE_URL"]
+    assert (setup["FLYWHEEL_DB_INGEST_PASSWORD"], setup["FLYWHEEL_DB_TRAINER_PASSWORD"]) == ("in-s3cret", "tr-s3cret")
     for name in FLYWHEEL_SERVICES:
-        assert "postgres:s3cret@postgres" in _env(doc["services"][name])["FLYWHEEL_DATABASE_URL"]
+        assert "flywheel_ingest:in-s3cret@postgres" in _env(doc["services"][name])["FLYWHEEL_DATABASE_URL"]
 
 
 def test_kafka_is_single_node_kraft(compose: dict[str, Any]) -> None:

@@ -90,17 +90,16 @@ def generate(
 
 
 def _send_generation_requests(settings: Settings, spec: Any, sample_id: str | None) -> dict[str, Any]:
-    from kafka import KafkaProducer
-
     from flywheel.bootstrap import hard_cases
     from streams.generation_worker import request
+    from streams.topics import producer as kafka_producer
 
     endpoints = _endpoints(settings)
     _prepare(settings, endpoints)
     sampled = _in_store(lambda conn: hard_cases(conn).sample(sample_id))
     if sampled is None:
         fail("no hard-case sample recorded yet (flywheel sample)")
-    producer = KafkaProducer(bootstrap_servers=endpoints.kafka_bootstrap, acks="all", enable_idempotence=False)
+    producer = kafka_producer(endpoints.kafka_bootstrap, settings.kafka_security())
     try:
         chosen = sampled.chosen
         for rank, case in enumerate(chosen):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
@@ -12,7 +13,7 @@ import typer
 from pydantic import ValidationError
 
 from flywheel.bootstrap import NoStack, resolve
-from flywheel.settings import Endpoints, Settings
+from flywheel.settings import Endpoints, Settings, mask_url
 
 BY_HELP = "Who is acting (default FLYWHEEL_OPERATOR, else the OS user); recorded in the log."
 
@@ -33,17 +34,6 @@ def failing(*errors: type[Exception], code: int = 1) -> Iterator[None]:
         fail(str(e), code)
 
 
-def without_password(url: str) -> str:
-    """A database URL to show a person: its password, if any, as ***."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
 def _operator(by: str | None, settings: Settings) -> str:
     """Who is acting: --by, else FLYWHEEL_OPERATOR, else the OS user."""
     import getpass
@@ -54,13 +44,42 @@ def _operator(by: str | None, settings: Settings) -> str:
 def _settings() -> Settings:
     """The settings from the environment; a bad or unknown FLYWHEEL_* variable stops the command with its name."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as e:
         for error in e.errors():
             where = ".".join(map(str, error["loc"]))
             message = str(error["ctx"]["error"]) if "error" in error.get("ctx", {}) else error["msg"]
             typer.echo(f"error: {f'FLYWHEEL_{where.upper()}: ' if where else ''}{message}", err=True)
         raise typer.Exit(2) from None  # every error above, not only the first
+    hide_in_logs(settings.secrets())
+    return settings
+
+
+_HIDDEN: set[str] = set()
+
+
+def hide_in_logs(secrets: list[str]) -> None:
+    """Replace each of `secrets` by *** in every log record this process makes from now on (a library may log
+    its configuration: kafka-python does, at DEBUG, password included)."""
+    fresh = not _HIDDEN
+    _HIDDEN.update(s for s in secrets if s)
+    if not fresh or not _HIDDEN:
+        return
+    make = logging.getLogRecordFactory()
+
+    def record(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made = make(*args, **kwargs)
+        try:
+            message = made.getMessage()
+        except (TypeError, ValueError):  # a bad format string: the handler reports it, as without this
+            return made
+        if any(s in message for s in _HIDDEN):
+            for s in sorted(_HIDDEN, key=len, reverse=True):
+                message = message.replace(s, "***")
+            made.msg, made.args = message, None
+        return made
+
+    logging.setLogRecordFactory(record)
 
 
 def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
@@ -71,11 +90,26 @@ def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
 
 def _prepare(settings: Settings, endpoints: Endpoints) -> dict[str, int]:
     """Schema and topics; returns each topic's partition count."""
-    from store.db import create_schema
-    from streams.topics import ensure_topics
+    from streams.topics import BrokerUnreachable, ensure_topics
 
-    create_schema(endpoints.database_url)
-    return ensure_topics(endpoints.kafka_bootstrap, settings)
+    _schema(endpoints.database_url)
+    with failing(BrokerUnreachable, code=2):
+        partitions = ensure_topics(endpoints.kafka_bootstrap, settings)
+    return partitions
+
+
+def _schema(url: str, role_passwords: dict[str, str] | None = None) -> None:
+    """The schema current (store.db.create_schema), or a clear error when this user may not make it so."""
+    from sqlalchemy.exc import OperationalError
+
+    from store.db import SchemaNotCurrent, create_schema
+
+    try:
+        create_schema(url, role_passwords=role_passwords)
+    except SchemaNotCurrent as e:
+        fail(str(e), code=2)
+    except OperationalError as e:  # psycopg's reason names host, port and user, never the password
+        fail(f"cannot use the database at {mask_url(url)}: {' '.join(str(e.orig).split())}", code=2)
 
 
 def _print(data: Any, as_json: bool, human: str) -> None:
@@ -85,11 +119,11 @@ def _print(data: Any, as_json: bool, human: str) -> None:
 def _in_store(work: Callable[[Any], Any], *, schema: bool = True) -> Any:
     """Run an async unit of work on one store connection; with `schema`, create what is missing of the schema
     first (on-call's commands, which only change what exists, skip it and start sooner)."""
-    from store.db import connect, create_schema
+    from store.db import connect
 
     endpoints = _endpoints(_settings())
     if schema:
-        create_schema(endpoints.database_url)
+        _schema(endpoints.database_url)
 
     async def run() -> Any:
         conn = await connect(endpoints.database_url, autocommit=True)

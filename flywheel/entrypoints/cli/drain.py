@@ -21,7 +21,8 @@ def _unread(settings: Settings, endpoints: Endpoints) -> Callable[[], int]:
     def count() -> int:
         with connect_sync(endpoints.database_url) as conn:
             rows = tracked(conn, settings.consumer_group, settings.feedback_topic)
-        return sum(unread(endpoints.kafka_bootstrap, settings.feedback_topic, partitions, rows).values())
+        return sum(unread(endpoints.kafka_bootstrap, settings.feedback_topic, partitions, rows,
+                          settings.kafka_security()).values())
 
     return count
 

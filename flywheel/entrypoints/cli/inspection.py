@@ -8,17 +8,17 @@ from typing import Any
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _settings
+from flywheel.entrypoints.cli.common import _endpoints, _in_store, _print, _schema, _settings
 from flywheel.entrypoints.cli.progress import progress
 from flywheel.settings import Endpoints
 
 
 def _query_store(query: Callable[[Any], dict[str, Any]]) -> tuple[dict[str, Any], Endpoints]:
     """Run a read-only report against the store the settings point at."""
-    from store.db import connect_sync, create_schema
+    from store.db import connect_sync
 
     endpoints = _endpoints(_settings())
-    create_schema(endpoints.database_url)
+    _schema(endpoints.database_url)
     with connect_sync(endpoints.database_url) as conn:
         return query(conn), endpoints
 
@@ -29,7 +29,7 @@ def stats(as_json: bool = typer.Option(False, "--json")) -> None:
     from streams.lag import with_lag
 
     data, endpoints = _query_store(store_stats)
-    data["consumers"] = with_lag(endpoints.kafka_bootstrap, data["consumers"])
+    data["consumers"] = with_lag(endpoints.kafka_bootstrap, data["consumers"], _settings().kafka_security())
     _print(data, as_json, _describe_stats(data))
 
 
@@ -119,13 +119,13 @@ def replay(check: bool = typer.Option(False, "--check", help="Rebuild into scrat
            as_json: bool = typer.Option(False, "--json")) -> None:
     """Rebuild every read model from the event log (--check: verify without touching the live ones; exit 1 on
     drift)."""
-    from store.db import connect, create_schema
+    from store.db import connect
     from store.projections import check as check_projections
     from store.projections import rebuild
 
     settings = _settings()
     endpoints = _endpoints(settings)
-    create_schema(endpoints.database_url)
+    _schema(endpoints.database_url)
 
     async def run() -> Any:
         conn = await connect(endpoints.database_url)

@@ -12,9 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _prepare, _settings, without_password
+from flywheel.entrypoints.cli.common import _endpoints, _prepare, _settings
 from flywheel.entrypoints.cli.drain import _drain, _say_unread, _unread
-from flywheel.settings import Endpoints, Settings
+from flywheel.settings import Endpoints, Settings, mask_url
 
 if TYPE_CHECKING:
     from streams.metrics import SchedulerMetrics
@@ -128,7 +128,7 @@ def up(
         typer.echo("starting the local stack…")
     endpoints = _endpoints(settings, start=True)
     _prepare(settings, endpoints)
-    typer.echo(f"database {without_password(endpoints.database_url)}\nbroker   {endpoints.kafka_bootstrap}")
+    typer.echo(f"database {mask_url(endpoints.database_url)}\nbroker   {endpoints.kafka_bootstrap}")
     metrics = _scheduler_metrics(settings)  # this process is the scheduler; the worker serves FLYWHEEL_METRICS_PORT
     for name, port in (("worker", settings.metrics_port), ("scheduler", settings.scheduler_metrics_port)):
         if port:

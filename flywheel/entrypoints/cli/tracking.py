@@ -31,7 +31,7 @@ def tracking_reset(
     settings = _settings()
     endpoints = _endpoints(settings)
     group = group or settings.consumer_group
-    incarnation = topic_id(endpoints.kafka_bootstrap, topic)
+    incarnation = topic_id(endpoints.kafka_bootstrap, topic, settings.kafka_security())
     if incarnation is None:
         fail(f"the broker has no topic {topic!r}")
     offset = -1
@@ -42,7 +42,8 @@ def tracking_reset(
         with connect_sync(endpoints.database_url) as conn:
             rows = [r for r in tracked(conn, group, topic) if r["partition"] == partition]
         near = next_offsets(rows, incarnation, partition + 1)[partition]
-        offset = log_ends(endpoints.kafka_bootstrap, topic, {partition: near})[partition] - 1
+        offset = log_ends(endpoints.kafka_bootstrap, topic, {partition: near},
+                          security=settings.kafka_security())[partition] - 1
     done = _in_store(lambda conn: reset(conn, group, topic, partition, offset, topic_id=incarnation,
                                         by=_operator(by, settings), note=reason))
     data = {"consumer_group": group, "topic": topic, "partition": partition, "previous_offset": done.previous,

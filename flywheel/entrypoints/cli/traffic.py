@@ -29,7 +29,8 @@ def simulate(
     _prepare(settings, endpoints)
     sent = []
     client = FeedbackClient(endpoints.kafka_bootstrap, topic=settings.feedback_topic,
-                            max_event_bytes=settings.max_event_bytes, spill_dir=settings.home / "spill")
+                            max_event_bytes=settings.max_event_bytes, spill_dir=settings.home / "spill",
+                            security=settings.kafka_security())
     try:
         stream = generate(events, seed=seed, bad_fraction=bad_fraction, panel_fraction=panel_fraction,
                           max_event_bytes=settings.max_event_bytes,
