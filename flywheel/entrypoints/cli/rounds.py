@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,7 +76,9 @@ def rounds_build(
     (it becomes current) or held (a blocking promotion gate failed: `current` stays)."""
     from flywheel.domain.commands import BuildRound
     from flywheel.ports import BuilderBusy
+    from flywheel.runtime.builder_process import NICENESS
 
+    os.nice(NICENESS)  # this process reads the rows: it yields to on-call's commands as the builder does
     settings = _settings()
     ops = _wiring(settings)
     command = BuildRound(watermark=watermark, config=settings.round_config(), by=_operator(by, settings))
