@@ -17,6 +17,9 @@ from flywheel.domain.rounds import Entry, QuarantineList, RoundConfig, RoundResu
 from flywheel.domain.signals import SignalConfig
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from flywheel.domain.rounds.semantic import SemanticHits
     from sampling.hardcases import PromptCandidate
 
 
@@ -165,10 +168,34 @@ class RoundSource(Protocol):
 
 
 class RoundBuilder(Protocol):
-    """Cuts the rows into a round's files under `out` (flywheel.domain.rounds.build, wherever it runs)."""
+    """Cuts the rows into a round's files under `out` (flywheel.domain.rounds.build, wherever it runs). `semantic`
+    is passed only when the config's semantic check is on."""
 
     async def __call__(self, chunks: AsyncIterator[list[Entry]], config: RoundConfig, quarantine: QuarantineList,
-                       out: Path, *, watermark: int, parent: str | None, round_number: int) -> RoundResult: ...
+                       out: Path, *, watermark: int, parent: str | None, round_number: int,
+                       semantic: SemanticHits | None = None) -> RoundResult: ...
+
+
+class Embedder(Protocol):
+    """A sentence embedding model: texts in, unit-length float32 vectors out (one row each)."""
+
+    model: str  # what its vectors are kept under: RoundConfig.semantic_model must name it
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class TextEmbeddings(Protocol):
+    """The kept embedding of each distinct text (by flywheel.domain.rounds.semantic.text_key) under each model."""
+
+    async def missing(self, model: str, keys: Sequence[bytes]) -> set[bytes]:
+        """The keys among `keys` with no vector under `model`."""
+        ...
+
+    async def save(self, model: str, keys: Sequence[bytes], vectors: np.ndarray) -> None: ...
+
+    async def load(self, model: str) -> tuple[list[bytes], np.ndarray]:
+        """Every kept key under `model` and its vector (rows of a float32 matrix)."""
+        ...
 
 
 class RoundFiles(Protocol):

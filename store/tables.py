@@ -314,3 +314,15 @@ class ScorerAuditView(SQLModel, table=True):
 
 READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups", "rounds", "quarantine_items",
                "quarantine_slices", "nightly_runs", "scorer_probes", "scorer_audits")
+
+
+class TextEmbeddingRow(SQLModel, table=True):
+    """The embedding of each distinct text (flywheel.domain.rounds.semantic.text_key) under each model: what the
+    semantic contamination check compares. Not a read model of the log (no replay makes it): a cache of a pure
+    function of the text, kept so a build compares vectors and never runs the model."""
+
+    __tablename__ = "text_embeddings"
+
+    model: str = Field(sa_column=Column(Text, primary_key=True))
+    text_key: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32, unit length, little-endian

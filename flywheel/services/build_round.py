@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -42,9 +43,11 @@ from flywheel.domain.rounds.promotion import (
     state_of,
 )
 from flywheel.domain.rounds.rollback import in_slice
+from flywheel.domain.rounds.semantic import SemanticHits
 from flywheel.ports import (
     Announcer,
     BuilderBusy,
+    Embedder,
     Quarantine,
     RoundBuilder,
     RoundFiles,
@@ -52,7 +55,9 @@ from flywheel.ports import (
     RoundSource,
     RoundState,
     SourceRow,
+    TextEmbeddings,
 )
+from flywheel.services.semantic import semantic_step, texts_of
 
 __all__ = ["BuilderBusy", "Published", "build_round"]
 
@@ -72,6 +77,7 @@ class Published:
     state: str = "promoted"  # or held: `current` did not move
     promotion: list[dict[str, Any]] = field(default_factory=list)  # each gate's name, value, limit, verdict
     held_because: list[str] = field(default_factory=list)
+    semantic_seconds: float | None = None  # the semantic check's step (embedding what was missing, comparing)
 
 
 async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, Any]], sliced: list[int],
@@ -132,7 +138,7 @@ async def _then(chunks: AsyncIterator[list[Entry]], read: Callable[[], None]) ->
 async def _cut(
     snapshot: RoundSnapshot, builder: RoundBuilder, staged: Path, command: BuildRound, quarantine: Quarantine, *,
     watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
-    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]],
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], semantic: SemanticHits | None,
 ) -> tuple[RoundResult, dict[str, Any], int]:
     """The round's files under `staged`, its report's figures and the rows left out by rollback slices, all from
     one snapshot."""
@@ -153,7 +159,8 @@ async def _cut(
 
     try:
         result = await builder(_then(chunks, read), command.config, quarantine.items, staged, watermark=watermark,
-                               parent=None if parent is None else str(parent.number), round_number=number)
+                               parent=None if parent is None else str(parent.number), round_number=number,
+                               **({} if semantic is None else {"semantic": semantic}))
     except BaseException:
         if report is not None:
             report.cancel()
@@ -164,13 +171,32 @@ async def _cut(
     return result, audits, sliced[0]
 
 
+async def _semantic(snapshot: RoundSnapshot, command: BuildRound, quarantine: Quarantine, watermark: int,
+                    embeddings: TextEmbeddings | None, embedder: Embedder | None) -> SemanticHits | None:
+    """The semantic check's hits, when the config asks for it and the quarantine list has items."""
+    if not command.config.semantic:
+        return None
+    if embeddings is None:
+        raise ValueError("the round config asks for the semantic check, and no embedding store is wired")
+    round_texts = None
+    if embedder is not None and quarantine.items.items:  # one read of the rows for what has no embedding yet
+        round_texts = await texts_of(_rows(snapshot.rows(watermark, command.signals, copies=True), [], [0],
+                                           Prepare(command.config)))
+    return await semantic_step(quarantine.items, command.config, embeddings, embedder, round_texts)
+
+
 async def build_round(command: BuildRound, *, source: RoundSource, builder: RoundBuilder, files: RoundFiles,
-                      announce: Announcer | None = None) -> Published:
+                      announce: Announcer | None = None, embeddings: TextEmbeddings | None = None,
+                      embedder: Embedder | None = None) -> Published:
     """Build and publish the next round from the log up to the command's watermark.
 
     Without a watermark, the signals read model is first brought up to the head of the log (the workers'
     projector normally has it there already) and the round is cut where it stands: its rows are then read,
-    not derived again."""
+    not derived again.
+
+    With the config's semantic check on, the kept embeddings (`embeddings`) are compared with the quarantine
+    items before the cut (flywheel.services.semantic); with an `embedder`, the round's texts without one are
+    embedded first. A text left without one stops the build (SemanticGap, a ValueError)."""
     if command.watermark is None:
         await source.derive_signals()
     number: int | None = None
@@ -193,11 +219,14 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                 agreement = agreement_gates(await snapshot.judgements(watermark), command.config.promotion,
                                             config_version=command.config.version())
                 disagreed: Counter[tuple[str, str]] = Counter()
+                started = time.perf_counter()
+                semantic = await _semantic(snapshot, command, quarantine, watermark, embeddings, embedder)
+                semantic_seconds = None if semantic is None else round(time.perf_counter() - started, 3)
                 staged = files.staging(number)
                 result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
                                                         watermark=watermark, parent=parent, number=number,
                                                         announce=announce, poor=failing_slices(agreement),
-                                                        disagreed=disagreed)
+                                                        disagreed=disagreed, semantic=semantic)
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             manifest, audits = with_scorer_audits(result.manifest, audits)
@@ -246,7 +275,7 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                   "promotion": promotion, "held_because": held_because, "by": command.by})
     return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
                      rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced_out, state=state,
-                     promotion=promotion, held_because=held_because)
+                     promotion=promotion, held_because=held_because, semantic_seconds=semantic_seconds)
 
 
 def _counts(shares: dict[str, dict[str, Any]]) -> dict[str, int]:

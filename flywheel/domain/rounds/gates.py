@@ -11,6 +11,7 @@ from flywheel.domain.rounds.entries import EXCLUDED, Prepared, Removed, Repeat
 from flywheel.domain.rounds.quality import reason_of
 from flywheel.domain.rounds.quarantine import QuarantineIndex, words
 from flywheel.domain.rounds.rows import KINDS
+from flywheel.domain.rounds.semantic import ANSWER, PROMPT, SemanticHits
 from flywheel.domain.rounds.split import Splitter
 from flywheel.domain.rounds.tally import Tally
 
@@ -28,9 +29,11 @@ class Gates:
     """The gates of one build in their order, with their state: dedup digests and the distribution cap. The first
     gates (kind, consent) are `Prepare`'s; these count what they removed and run the rest."""
 
-    def __init__(self, config: RoundConfig, index: QuarantineIndex, tally: Tally, *, cache_size: int) -> None:
+    def __init__(self, config: RoundConfig, index: QuarantineIndex, tally: Tally, *, cache_size: int,
+                 semantic: SemanticHits | None = None) -> None:
         self.config = config
         self.index = index
+        self.semantic = semantic
         self.tally = tally
         self.cap = DistributionCap(config.stratum_cap_share, config.cap_warmup)
         self.splitter = Splitter(config)
@@ -75,6 +78,8 @@ class Gates:
             text, hits = self._reading(answer)
             normalised.append(text)
             hit_ids |= hits
+        if self.semantic is not None:
+            hit_ids |= self._semantic(normalised_prompt, normalised)
         if hit_ids:
             self.tally.contaminated(hit_ids)
             self._remove(CONTAMINATION, kind)
@@ -101,6 +106,16 @@ class Gates:
             self._remove(CONTAMINATION, kind)
         else:
             self._remove(outcome, kind)
+
+    def _semantic(self, prompt: str, answers: list[str]) -> frozenset[str]:
+        """The items the row's prompt or answers paraphrase (counted per item side and row side)."""
+        assert self.semantic is not None
+        found: set[str] = set()
+        for side, text in ((PROMPT, prompt), *((ANSWER, a) for a in answers)):
+            for match in self.semantic.of(text):
+                found.add(match.item_id)
+                self.tally.semantic_hit(match, side)
+        return frozenset(found)
 
     def _read(self, text: str) -> tuple[str, frozenset[str]]:
         """A text as dedup and splits see it (`normalise`d) and the quarantine items in it; frozen, as it is

@@ -148,6 +148,18 @@ def _promotion_section(promotion: Mapping[str, Any]) -> str:
             f"{escape(str(promotion.get('left_out_for_agreement', 0)))}</p><table>{head}{rows}</table>")
 
 
+def _semantic_section(semantic: Mapping[str, Any]) -> str:
+    """The semantic check's hits: one line per (item, item side, row side) with its best score."""
+    head = ("<tr><th>item</th><th>item side</th><th>side</th><th>method</th><th>score</th><th>texts</th></tr>")
+    lines = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(hit[k]))}</td>"
+                         for k in ("item", "item_side", "side", "method", "score", "texts")) + "</tr>"
+        for hit in semantic["hits"])
+    return (f"<h2>Semantic near duplicates ({escape(str(semantic['model']))}, cosine &ge; "
+            f"{escape(str(semantic['threshold']))})</h2><table>{head}{lines}</table>"
+            if lines else f"<h2>Semantic near duplicates ({escape(str(semantic['model']))})</h2><p>none</p>")
+
+
 def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = None) -> str:
     """The HTML page of a round: identity, signal mix by kind and source, gate removals, the distribution by
     app, model version, tag and length, and (given `audits`, store.stats.signal_report at the round's
@@ -190,6 +202,7 @@ def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = 
         "<h2>Quality gate reasons</h2>" + bar_chart(quality, title="quality reasons"),
         "<h2>Contamination hits (top 20 items)</h2>"
         + bar_chart([(k, float(v)) for k, v in hits], title="contamination hits"),
+        *([_semantic_section(isolation["semantic"])] if "semantic" in isolation else []),
         "<h2>By app</h2>" + bar_chart(_counts(distribution["by_app"]), title="by app"),
         "<h2>By model version</h2>" + bar_chart(_counts(distribution["by_model_version"]), title="by model version"),
         "<h2>By tag</h2>" + bar_chart(_counts(distribution["by_tag"]), title="by tag"),

@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from flywheel.domain.rounds.entries import Prepared
 from flywheel.domain.rounds.quarantine import QuarantineList
+from flywheel.domain.rounds.semantic import METHOD, SemanticMatch
 
 # Upper bounds (exclusive, in characters of prompt plus answers) of the length buckets of the distribution report.
 LENGTH_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -42,12 +43,27 @@ class Tally:
         self.item_hits: Counter[str] = Counter()
         self.list_hits: Counter[str] = Counter()
         self.kept: Counter[Kept] = Counter()
+        # Semantic hits by (item, item side, row side): how many row texts, and the best score among them.
+        self.semantic_texts: Counter[tuple[str, str, str]] = Counter()
+        self.semantic_best: dict[tuple[str, str, str], float] = {}
         self.min_position: int | None = None
         self.max_position: int | None = None
 
     def contaminated(self, item_ids: Set[str]) -> None:
         self.item_hits.update(item_ids)
         self.list_hits.update({self.list_of.get(i, "") for i in item_ids})
+
+    def semantic_hit(self, match: SemanticMatch, side: str) -> None:
+        key = (match.item_id, match.item_side, side)
+        self.semantic_texts[key] += 1
+        self.semantic_best[key] = max(self.semantic_best.get(key, match.score), match.score)
+
+    def semantic_records(self) -> list[dict[str, Any]]:
+        """One record per (item, item side, row side) the semantic check hit: item, side (of the row), method,
+        score (the best) and how many row texts."""
+        return [{"item": item, "item_side": item_side, "side": side, "method": METHOD,
+                 "score": self.semantic_best[(item, item_side, side)], "texts": n}
+                for (item, item_side, side), n in sorted(self.semantic_texts.items())]
 
     def keep(self, row: Prepared, split: str, length: int) -> None:
         bucket = LENGTH_BUCKETS[-1][1]

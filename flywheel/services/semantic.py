@@ -1,0 +1,75 @@
+"""The semantic contamination check's use case: embed what has no kept embedding yet, then compare kept vectors.
+
+A build calls `semantic_step` before it reads its rows for the cut. With an embedder (its package importable, the
+generation virtualenv), every distinct text of the round and of the quarantine list that has no kept vector is
+embedded and kept first; without one, the kept vectors must already cover them: a quarantine item without one
+stops the build here, a round text without one stops it in the cut (SemanticGap), never passes unchecked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from flywheel.domain.rounds import Entry, Prepared, QuarantineList, RoundConfig
+from flywheel.domain.rounds.semantic import (
+    SemanticGap,
+    SemanticHits,
+    distinct_texts,
+    quarantine_texts,
+    semantic_hits,
+    text_key,
+)
+from flywheel.ports import Embedder, TextEmbeddings
+
+_EMBED_BATCH = 256  # texts per call to the model (and per save: a stopped run keeps what it made)
+
+
+async def texts_of(chunks: AsyncIterator[list[Entry]]) -> dict[bytes, str]:
+    """The distinct normalised texts (prompts and answers) of the rows the contamination gate would see: past the
+    first gates and without PII."""
+    out: dict[bytes, str] = {}
+    async for chunk in chunks:
+        for entry in chunk:
+            if isinstance(entry, Prepared) and not entry.pii:
+                for key, text in distinct_texts((entry.prompt, *entry.answers)).items():
+                    out.setdefault(key, text)
+    return out
+
+
+async def embed_missing(texts: dict[bytes, str], store: TextEmbeddings, embedder: Embedder) -> int:
+    """Embed and keep every text of `texts` (key -> normalised text) with no kept vector; how many were."""
+    missing = await store.missing(embedder.model, list(texts))
+    todo = [key for key in texts if key in missing]
+    for start in range(0, len(todo), _EMBED_BATCH):
+        keys = todo[start:start + _EMBED_BATCH]
+        vectors = await asyncio.to_thread(embedder.embed, [texts[k] for k in keys])
+        await store.save(embedder.model, keys, vectors)
+    return len(todo)
+
+
+async def semantic_step(quarantine: QuarantineList, config: RoundConfig, store: TextEmbeddings,
+                        embedder: Embedder | None, round_texts: dict[bytes, str] | None) -> SemanticHits:
+    """The semantic hits a build passes to the cut: every kept text of the config's model compared with every
+    quarantine item side (of at least `min_item_words` words). With `embedder`, `round_texts` and the item sides
+    are embedded first where they have no kept vector."""
+    items = quarantine_texts(quarantine, config.min_item_words)
+    if not items:  # nothing any text could be close to
+        return SemanticHits(model=config.semantic_model, threshold=config.semantic_threshold, embedded=frozenset())
+    if embedder is not None:
+        if embedder.model != config.semantic_model:
+            raise ValueError(f"the embedder is {embedder.model}, the round config asks for {config.semantic_model}")
+        await embed_missing({**{text_key(t): t for *_, t in items}, **(round_texts or {})}, store, embedder)
+    keys, vectors = await store.load(config.semantic_model)
+    row_of = {key: i for i, key in enumerate(keys)}
+    absent = [(item, side) for item, side, text in items if text_key(text) not in row_of]
+    if absent:
+        item, side = absent[0]
+        raise SemanticGap(f"{len(absent)} quarantine item texts have no embedding under {config.semantic_model} "
+                          f"(the first: item {item}, {side}): build where the embedder is installed (the generation "
+                          "virtualenv, see README) or run `flywheel rounds embed` there first")
+    item_vectors = vectors[[row_of[text_key(t)] for *_, t in items]] if items else vectors[:0]
+    matches = semantic_hits([(item, side) for item, side, _ in items], item_vectors, keys, vectors,
+                            threshold=config.semantic_threshold)
+    return SemanticHits(model=config.semantic_model, threshold=config.semantic_threshold, embedded=frozenset(keys),
+                        matches=matches, items_compared=len(items))
