@@ -16,7 +16,14 @@ from flywheel.domain.commands import BuildRound
 from flywheel.domain.events import QuarantineItemsAdded
 from flywheel.domain.log import NewEvent
 from flywheel.domain.rounds import MANIFEST, QuarantineItem, QuarantineList, RoundConfig, build, normalise
-from flywheel.domain.rounds.semantic import SemanticGap, SemanticHits, semantic_hits, text_key
+from flywheel.domain.rounds.semantic import (
+    SemanticGap,
+    SemanticHits,
+    choose_threshold,
+    recall_precision,
+    semantic_hits,
+    text_key,
+)
 from flywheel.services.build_round import build_round
 from flywheel.services.semantic import semantic_step
 from store.memory import MemoryEventStore, MemoryRoundSource
@@ -141,3 +148,11 @@ def test_the_check_off_changes_nothing_of_a_round(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="semantic check"):
         build(iter([]), CONFIG, QuarantineList(version="v", items=()), tmp_path / "x", watermark=1, parent=None,
               round_number=1)
+
+
+def test_the_threshold_meets_both_targets_where_it_can_and_keeps_recall_where_it_cannot() -> None:
+    labels = [True, True, True, False, False]
+    assert choose_threshold([0.9, 0.8, 0.7, 0.5, 0.4], labels, min_recall=0.9, min_precision=0.95) == (0.7, True)
+    # A negative above two paraphrases: no threshold has both; the highest with every paraphrase is taken.
+    assert choose_threshold([0.9, 0.6, 0.55, 0.7, 0.4], labels, min_recall=0.9, min_precision=0.95) == (0.55, False)
+    assert recall_precision([0.9, 0.6, 0.55, 0.7, 0.4], labels, 0.55) == (1.0, 0.75)

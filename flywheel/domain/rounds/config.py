@@ -13,7 +13,7 @@ from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.rounds.rows import KINDS, Kind
 
 SEMANTIC_MODEL = "all-MiniLM-L6-v2"
-SEMANTIC_THRESHOLD = 0.7
+SEMANTIC_THRESHOLD = 0.65
 BUILDER_VERSION = 2  # bump whenever the same rows and config would give different files
 # 2: the PII gate checks each string of a row on its own (1 scanned them joined by NUL, which could find more).
 

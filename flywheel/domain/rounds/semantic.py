@@ -112,3 +112,26 @@ def distinct_texts(texts: Iterable[str]) -> dict[bytes, str]:
         if normalised:
             out.setdefault(text_key(normalised), normalised)
     return out
+
+
+def recall_precision(scores: Sequence[float], paraphrase: Sequence[bool], threshold: float) -> tuple[float, float]:
+    """Recall and precision of calling a pair a paraphrase when its score is at least `threshold` (precision 1.0
+    when nothing is called one)."""
+    called = [s >= threshold for s in scores]
+    true_positive = sum(c and p for c, p in zip(called, paraphrase, strict=True))
+    positives, calls = sum(paraphrase), sum(called)
+    return (true_positive / positives if positives else 1.0, true_positive / calls if calls else 1.0)
+
+
+def choose_threshold(scores: Sequence[float], paraphrase: Sequence[bool], *, min_recall: float,
+                     min_precision: float) -> tuple[float, bool]:
+    """A threshold (two decimals, a setting one can read) for these labelled pairs, and whether it meets both
+    targets on them. The one with the most recall at `min_precision` or more, when that recall reaches
+    `min_recall`; else the highest that keeps `min_recall` (a missed paraphrase leaks an evaluation item into
+    training, a false alarm costs one training row), 0.01 when none does."""
+    judged = [(t / 100, *recall_precision(scores, paraphrase, t / 100)) for t in range(1, 101)]
+    precise = [(r, t) for t, r, p in judged if p >= min_precision]
+    if precise and (best := max(precise))[0] >= min_recall:
+        return (max(t for r, t in precise if r == best[0]), True)
+    recalled = [t for t, r, _ in judged if r >= min_recall]
+    return (max(recalled) if recalled else 0.01, False)
