@@ -59,6 +59,8 @@ class RoundOps:
     restore: Callable[[RestoreRound], Awaitable[Change]]
     register_consumption: Callable[[RegisterConsumption], Awaitable[bool]]
     promote: Callable[[PromoteRound], Awaitable[Change]]
+    # Embed the texts a build would check (the semantic check); None where the embedder is not installed.
+    embed: Callable[[BuildRound], Awaitable[int]] | None = None
 
 
 def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
@@ -85,7 +87,7 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
     database; its embedder is used where installed (`make_embedder`)."""
     from flywheel.domain.signals import SignalConfig
     from flywheel.runtime.round_builder import ProcessRoundBuilder
-    from flywheel.services.build_round import build_round
+    from flywheel.services.build_round import build_round, embed_round_texts
     from flywheel.services.rollback import promote, register_consumption, restore, rollback
     from store.db import conninfo
     from store.embeddings import PostgresTextEmbeddings
@@ -99,10 +101,11 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
 
     def bind(conn: psycopg.AsyncConnection) -> RoundOps:
         rounds = PostgresRounds(conn)
+        source, embeddings = PostgresRoundSource(conn, rules), PostgresTextEmbeddings(conninfo(conn))
         return RoundOps(
-            build=partial(build_round, source=PostgresRoundSource(conn, rules),
-                          builder=builder or ProcessRoundBuilder(), files=files, announce=told,
-                          embeddings=PostgresTextEmbeddings(conninfo(conn)), embedder=embedder),
+            build=partial(build_round, source=source, builder=builder or ProcessRoundBuilder(), files=files,
+                          announce=told, embeddings=embeddings, embedder=embedder),
+            embed=None if embedder is None else partial(embed_round_texts, source, embeddings, embedder),
             rollback=partial(rollback, rounds=rounds, files=files, announce=told),
             restore=partial(restore, rounds=rounds, files=files, announce=told),
             register_consumption=partial(register_consumption, rounds=rounds, files=files),

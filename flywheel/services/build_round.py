@@ -43,7 +43,7 @@ from flywheel.domain.rounds.promotion import (
     state_of,
 )
 from flywheel.domain.rounds.rollback import in_slice
-from flywheel.domain.rounds.semantic import SemanticHits
+from flywheel.domain.rounds.semantic import GAP_ADVICE, SemanticGap, SemanticHits, quarantine_texts, text_key
 from flywheel.ports import (
     Announcer,
     BuilderBusy,
@@ -57,7 +57,7 @@ from flywheel.ports import (
     SourceRow,
     TextEmbeddings,
 )
-from flywheel.services.semantic import semantic_step, texts_of
+from flywheel.services.semantic import embed_missing, semantic_step, texts_of
 
 __all__ = ["BuilderBusy", "Published", "build_round"]
 
@@ -171,18 +171,58 @@ async def _cut(
     return result, audits, sliced[0]
 
 
-async def _semantic(snapshot: RoundSnapshot, command: BuildRound, quarantine: Quarantine, watermark: int,
-                    embeddings: TextEmbeddings | None, embedder: Embedder | None) -> SemanticHits | None:
-    """The semantic check's hits, when the config asks for it and the quarantine list has items."""
-    if not command.config.semantic:
-        return None
-    if embeddings is None:
-        raise ValueError("the round config asks for the semantic check, and no embedding store is wired")
-    round_texts = None
-    if embedder is not None and quarantine.items.items:  # one read of the rows for what has no embedding yet
-        round_texts = await texts_of(_rows(snapshot.rows(watermark, command.signals, copies=True), [], [0],
-                                           Prepare(command.config)))
-    return await semantic_step(quarantine.items, command.config, embeddings, embedder, round_texts)
+async def _cut_checked(
+    snapshot: RoundSnapshot, builder: RoundBuilder, files: RoundFiles, command: BuildRound, quarantine: Quarantine, *,
+    watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], embeddings: TextEmbeddings | None,
+    embedder: Embedder | None, semantic_seconds: list[float],
+) -> tuple[Path, RoundResult, dict[str, Any], int]:
+    """`_cut` with the semantic check when the config asks for it: the kept embeddings are compared with the
+    quarantine items first (its time added to `semantic_seconds`). A cut that meets texts without a kept embedding
+    is thrown away: with an embedder they are embedded and kept, and the round is cut again; without one the build
+    stops (SemanticGap). The staging directory of the cut that counts is returned."""
+    config = command.config
+    semantic: SemanticHits | None = None
+    if config.semantic:
+        if embeddings is None:
+            raise ValueError("the round config asks for the semantic check, and no embedding store is wired")
+        started = time.perf_counter()
+        semantic = await semantic_step(quarantine.items, config, embeddings, embedder)
+        semantic_seconds[0] += time.perf_counter() - started
+    while True:
+        staged = files.staging(number)
+        disagreed.clear()
+        try:
+            result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
+                                                    watermark=watermark, parent=parent, number=number,
+                                                    announce=announce, poor=poor, disagreed=disagreed,
+                                                    semantic=semantic)
+        except BaseException:
+            files.discard(number, staged)
+            raise
+        if not result.unembedded_count:
+            return staged, result, audits, sliced_out
+        files.discard(number, staged)
+        if embedder is None or embeddings is None:
+            raise SemanticGap(f"{result.unembedded_count} texts of the round have no embedding under "
+                              f"{config.semantic_model}, so the semantic check cannot clear them: {GAP_ADVICE}")
+        started = time.perf_counter()
+        await embed_missing(result.unembedded, embeddings, embedder)
+        semantic = await semantic_step(quarantine.items, config, embeddings, None)
+        semantic_seconds[0] += time.perf_counter() - started
+
+
+async def embed_round_texts(source: RoundSource, embeddings: TextEmbeddings, embedder: Embedder,
+                            command: BuildRound) -> int:
+    """Embed and keep every text a round cut where the signals read model stands would check, and the quarantine
+    items' (`flywheel rounds embed`): a build after it compares only. How many texts were embedded."""
+    async with source.snapshot() as snapshot:
+        watermark = await snapshot.signals_checkpoint()
+        quarantine = await snapshot.quarantine()
+        texts = await texts_of(_rows(snapshot.rows(watermark, command.signals, copies=True), [], [0],
+                                     Prepare(command.config)))
+    items = {text_key(t): t for *_, t in quarantine_texts(quarantine.items, command.config.min_item_words)}
+    return await embed_missing({**items, **texts}, embeddings, embedder)
 
 
 async def build_round(command: BuildRound, *, source: RoundSource, builder: RoundBuilder, files: RoundFiles,
@@ -195,8 +235,8 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
     not derived again.
 
     With the config's semantic check on, the kept embeddings (`embeddings`) are compared with the quarantine
-    items before the cut (flywheel.services.semantic); with an `embedder`, the round's texts without one are
-    embedded first. A text left without one stops the build (SemanticGap, a ValueError)."""
+    items before the cut (flywheel.services.semantic). Texts the cut finds without one are embedded (with an
+    `embedder`) and the round is cut again; without an embedder they stop the build (SemanticGap, a ValueError)."""
     if command.watermark is None:
         await source.derive_signals()
     number: int | None = None
@@ -219,14 +259,12 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                 agreement = agreement_gates(await snapshot.judgements(watermark), command.config.promotion,
                                             config_version=command.config.version())
                 disagreed: Counter[tuple[str, str]] = Counter()
-                started = time.perf_counter()
-                semantic = await _semantic(snapshot, command, quarantine, watermark, embeddings, embedder)
-                semantic_seconds = None if semantic is None else round(time.perf_counter() - started, 3)
-                staged = files.staging(number)
-                result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
-                                                        watermark=watermark, parent=parent, number=number,
-                                                        announce=announce, poor=failing_slices(agreement),
-                                                        disagreed=disagreed, semantic=semantic)
+                semantic_took = [0.0]
+                staged, result, audits, sliced_out = await _cut_checked(
+                    snapshot, builder, files, command, quarantine, watermark=watermark, parent=parent,
+                    number=number, announce=announce, poor=failing_slices(agreement), disagreed=disagreed,
+                    embeddings=embeddings, embedder=embedder, semantic_seconds=semantic_took)
+                semantic_seconds = round(semantic_took[0], 3) if command.config.semantic else None
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             manifest, audits = with_scorer_audits(result.manifest, audits)

@@ -1,9 +1,9 @@
-"""The semantic contamination check's use case: embed what has no kept embedding yet, then compare kept vectors.
+"""The semantic contamination check's steps: embed what has no kept embedding yet, and compare kept vectors.
 
-A build calls `semantic_step` before it reads its rows for the cut. With an embedder (its package importable, the
-generation virtualenv), every distinct text of the round and of the quarantine list that has no kept vector is
-embedded and kept first; without one, the kept vectors must already cover them: a quarantine item without one
-stops the build here, a round text without one stops it in the cut (SemanticGap), never passes unchecked.
+A build calls `semantic_step` before it reads its rows for the cut: the quarantine items' texts must have kept
+vectors (with an embedder, those missing are embedded here; without, the build stops). The round's own texts are
+checked in the cut, which hands back those without one (flywheel.services.build_round embeds them and cuts again,
+or stops): a text is never passed unchecked.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from flywheel.domain.rounds import Entry, Prepared, QuarantineList, RoundConfig
 from flywheel.domain.rounds.semantic import (
+    GAP_ADVICE,
     SemanticGap,
     SemanticHits,
     distinct_texts,
@@ -49,25 +50,24 @@ async def embed_missing(texts: dict[bytes, str], store: TextEmbeddings, embedder
 
 
 async def semantic_step(quarantine: QuarantineList, config: RoundConfig, store: TextEmbeddings,
-                        embedder: Embedder | None, round_texts: dict[bytes, str] | None) -> SemanticHits:
+                        embedder: Embedder | None) -> SemanticHits:
     """The semantic hits a build passes to the cut: every kept text of the config's model compared with every
-    quarantine item side (of at least `min_item_words` words). With `embedder`, `round_texts` and the item sides
-    are embedded first where they have no kept vector."""
+    quarantine item side (of at least `min_item_words` words). With `embedder`, item sides without a kept vector
+    are embedded first; without, one of them stops the build (SemanticGap)."""
     items = quarantine_texts(quarantine, config.min_item_words)
     if not items:  # nothing any text could be close to
         return SemanticHits(model=config.semantic_model, threshold=config.semantic_threshold, embedded=frozenset())
     if embedder is not None:
         if embedder.model != config.semantic_model:
             raise ValueError(f"the embedder is {embedder.model}, the round config asks for {config.semantic_model}")
-        await embed_missing({**{text_key(t): t for *_, t in items}, **(round_texts or {})}, store, embedder)
+        await embed_missing({text_key(t): t for *_, t in items}, store, embedder)
     keys, vectors = await store.load(config.semantic_model)
     row_of = {key: i for i, key in enumerate(keys)}
     absent = [(item, side) for item, side, text in items if text_key(text) not in row_of]
     if absent:
         item, side = absent[0]
         raise SemanticGap(f"{len(absent)} quarantine item texts have no embedding under {config.semantic_model} "
-                          f"(the first: item {item}, {side}): build where the embedder is installed (the generation "
-                          "virtualenv, see README) or run `flywheel rounds embed` there first")
+                          f"(the first: item {item}, {side}): {GAP_ADVICE}")
     item_vectors = vectors[[row_of[text_key(t)] for *_, t in items]] if items else vectors[:0]
     matches = semantic_hits([(item, side) for item, side, _ in items], item_vectors, keys, vectors,
                             threshold=config.semantic_threshold)

@@ -25,7 +25,7 @@ from flywheel.domain.rounds.semantic import (
     text_key,
 )
 from flywheel.services.build_round import build_round
-from flywheel.services.semantic import semantic_step
+from flywheel.services.semantic import embed_missing, semantic_step
 from store.memory import MemoryEventStore, MemoryRoundSource
 from store.memory.embeddings import MemoryTextEmbeddings
 from store.roundfiles import RoundDirectories
@@ -73,25 +73,25 @@ def test_semantic_hits_finds_each_text_over_the_threshold_with_its_item_side_and
 def test_a_text_without_an_embedding_is_never_cleared() -> None:
     hits = SemanticHits(model="m", threshold=0.5, embedded=frozenset({text_key("known text")}), items_compared=1)
     assert hits.of("known text") == ()
-    with pytest.raises(SemanticGap, match="no embedding under model m"):
-        hits.of("a text nobody embedded")
+    assert hits.of("a text nobody embedded") is None
 
 
-def test_the_step_embeds_each_distinct_text_once_and_keeps_it() -> None:
+def test_the_step_embeds_each_item_text_once_and_compares_every_kept_text() -> None:
     quarantine = QuarantineList(version="v", items=(QuarantineItem(item_id="q1", list_name="bench",
                                                                    prompt=QUESTION, answer=ANSWER),))
     store, embedder = MemoryTextEmbeddings(), BagOfWords()
     texts = {text_key(normalise(t)): normalise(t) for t in ("an unrelated text about the weather", QUESTION)}
-    hits = asyncio.run(semantic_step(quarantine, CONFIG, store, embedder, texts))
+    assert asyncio.run(embed_missing(texts, store, embedder)) == 2
+    hits = asyncio.run(semantic_step(quarantine, CONFIG, store, embedder))
     assert sorted(embedder.embedded) == sorted({normalise(QUESTION), normalise(ANSWER),
                                                 "an unrelated text about the weather"})
     assert [m.item_side for m in hits.matches[text_key(normalise(QUESTION))]] == ["prompt"]
-    again = asyncio.run(semantic_step(quarantine, CONFIG, store, BagOfWords(), texts))
-    assert again.matches == hits.matches and again.embedded == hits.embedded
+    assert hits.embedded == frozenset(texts) | {text_key(normalise(ANSWER))}
+    assert asyncio.run(embed_missing(texts, store, embedder)) == 0
     # Without an embedder, what is kept is compared; an item with nothing kept stops the step.
-    assert asyncio.run(semantic_step(quarantine, CONFIG, store, None, None)).matches == hits.matches
+    assert asyncio.run(semantic_step(quarantine, CONFIG, store, None)).matches == hits.matches
     with pytest.raises(SemanticGap, match="item q1"):
-        asyncio.run(semantic_step(quarantine, CONFIG, MemoryTextEmbeddings(), None, None))
+        asyncio.run(semantic_step(quarantine, CONFIG, MemoryTextEmbeddings(), None))
 
 
 def _built(tmp_path: Path, rows: list, embedder: BagOfWords | None, embeddings: MemoryTextEmbeddings,
@@ -134,9 +134,10 @@ def test_a_round_leaves_out_a_reworded_prompt_and_keeps_the_rest(tmp_path: Path)
     # Built again where no embedder is installed: the kept vectors give the same round.
     again = _built(tmp_path / "b", rows, None, embeddings)
     assert again["done"].content_hash == out["done"].content_hash
-    # A text that nobody embedded stops the build.
-    with pytest.raises(SemanticGap):
+    # A text that nobody embedded stops the build there, and leaves nothing behind.
+    with pytest.raises(SemanticGap, match="2 texts of the round have no embedding"):
         _built(tmp_path / "c", [*rows, sft(10)._replace(position=4)], None, embeddings)
+    assert not [p for p in (tmp_path / "c").iterdir() if p.name != "current"]
 
 
 def test_the_check_off_changes_nothing_of_a_round(tmp_path: Path) -> None:

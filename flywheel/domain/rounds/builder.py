@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,10 @@ class RoundResult:
     rows_out: int
     manifest: dict[str, Any]
     manifest_path: Path
+    # The semantic check's texts without a kept embedding (normalised, by key; at most UNEMBEDDED_KEPT) and how many
+    # there were: a round cut with any is not to be published.
+    unembedded: dict[bytes, str] = field(default_factory=dict)
+    unembedded_count: int = 0
 
 
 def build(rows: Iterable[Entry], config: RoundConfig, quarantine: QuarantineList, out_dir: Path, *,
@@ -51,8 +55,8 @@ def build(rows: Iterable[Entry], config: RoundConfig, quarantine: QuarantineList
     directory and publish it once this returns. Raises ValueError for a row newer than the watermark.
 
     With `semantic` (the config's semantic check on), the contamination gate also removes a row whose prompt or
-    answer paraphrases a quarantine item (`semantic.matches`, compared before the build), and raises SemanticGap
-    at the first text with no kept embedding: nothing is cut past a text the check could not clear.
+    answer paraphrases a quarantine item (`semantic.matches`, compared before the build); a text with no kept
+    embedding is handed back (RoundResult.unembedded): the caller must not publish such a round.
     """
     if config.semantic and semantic is None:
         raise ValueError("the config asks for the semantic check: pass its hits (flywheel.domain.rounds.semantic)")
@@ -86,4 +90,5 @@ def build(rows: Iterable[Entry], config: RoundConfig, quarantine: QuarantineList
     return RoundResult(round_number=round_number, content_hash=manifest["content_hash"],
                        files={path: entry["sha256"] for path, entry in manifest["files"].items()},
                        rows_in=sum(tally.rows_in.values()), rows_out=tally.rows_out, manifest=manifest,
-                       manifest_path=manifest_path)
+                       manifest_path=manifest_path, unembedded=gates.unembedded,
+                       unembedded_count=gates.unembedded_count)

@@ -11,7 +11,7 @@ from flywheel.domain.rounds.entries import EXCLUDED, Prepared, Removed, Repeat
 from flywheel.domain.rounds.quality import reason_of
 from flywheel.domain.rounds.quarantine import QuarantineIndex, words
 from flywheel.domain.rounds.rows import KINDS
-from flywheel.domain.rounds.semantic import ANSWER, PROMPT, SemanticHits
+from flywheel.domain.rounds.semantic import ANSWER, PROMPT, SemanticHits, text_key
 from flywheel.domain.rounds.split import Splitter
 from flywheel.domain.rounds.tally import Tally
 
@@ -23,6 +23,7 @@ DEDUP = "dedup"
 QUALITY = "quality"
 DISTRIBUTION_CAP = "distribution_cap"
 GATES = (CONSENT, PII, CONTAMINATION, DEDUP, QUALITY, DISTRIBUTION_CAP)
+UNEMBEDDED_KEPT = 100_000  # texts without an embedding a cut hands back to be embedded (the rest are counted)
 
 
 class Gates:
@@ -34,6 +35,10 @@ class Gates:
         self.config = config
         self.index = index
         self.semantic = semantic
+        # Texts the semantic check could not clear (no kept embedding), by key, at most UNEMBEDDED_KEPT of them, and
+        # how many in all: the round is not published while there are any.
+        self.unembedded: dict[bytes, str] = {}
+        self.unembedded_count = 0
         self.tally = tally
         self.cap = DistributionCap(config.stratum_cap_share, config.cap_warmup)
         self.splitter = Splitter(config)
@@ -112,7 +117,15 @@ class Gates:
         assert self.semantic is not None
         found: set[str] = set()
         for side, text in ((PROMPT, prompt), *((ANSWER, a) for a in answers)):
-            for match in self.semantic.of(text):
+            matches = self.semantic.of(text)
+            if matches is None:
+                key = text_key(text)
+                if key not in self.unembedded:
+                    self.unembedded_count += 1
+                    if len(self.unembedded) < UNEMBEDDED_KEPT:
+                        self.unembedded[key] = text
+                continue
+            for match in matches:
                 found.add(match.item_id)
                 self.tally.semantic_hit(match, side)
         return frozenset(found)

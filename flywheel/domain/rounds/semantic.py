@@ -40,33 +40,32 @@ class SemanticMatch:
 @dataclass(frozen=True, kw_only=True)
 class SemanticHits:
     """What a build needs of the semantic check: the matches of every embedded text over the threshold, and
-    which texts are embedded at all (a text that is not cannot be cleared: the build stops on it)."""
+    which texts are embedded at all (a text that is not cannot be cleared: the cut reports it, and its round is
+    not published; see flywheel.services.build_round)."""
 
     model: str
     threshold: float
-    embedded: frozenset[bytes]
+    embedded: frozenset[bytes]  # every kept key: a text whose key is not here is unchecked
     matches: dict[bytes, tuple[SemanticMatch, ...]] = field(default_factory=dict)
     items_compared: int = 0  # item sides with an embedding (those with at least min_item_words words)
 
-    def of(self, normalised: str) -> tuple[SemanticMatch, ...]:
-        """The matches of a text (already `normalise`d); SemanticGap when it has no embedding."""
+    def of(self, normalised: str) -> tuple[SemanticMatch, ...] | None:
+        """The matches of a text (already `normalise`d); None when it has no kept embedding."""
         if not normalised or not self.items_compared:  # no item side to be close to: nothing to look up
             return ()
         key = text_key(normalised)
         found = self.matches.get(key)
         if found is not None:
             return found
-        if key not in self.embedded:
-            raise SemanticGap(
-                f"the semantic contamination check found a text with no embedding under model {self.model} "
-                f"(key {key.hex()}, {len(normalised.split())} words): a round is never cut past an unchecked text. "
-                "Embed the round's texts first: build where the embedder is installed (the generation virtualenv, "
-                "see README, embeds what is missing) or run `flywheel rounds embed` there")
-        return ()
+        return () if key in self.embedded else None
 
 
 class SemanticGap(ValueError):
-    """A text of the round has no kept embedding: the semantic check cannot clear it."""
+    """Texts of the round have no kept embedding and none can be made here: the semantic check cannot clear them."""
+
+
+GAP_ADVICE = ("build where the embedder is installed (the generation virtualenv, see README: it embeds what is "
+              "missing), or run `flywheel rounds embed` there first")
 
 
 def quarantine_texts(quarantine: QuarantineList, min_item_words: int) -> list[tuple[str, str, str]]:
