@@ -130,8 +130,7 @@ class StandIn:
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
 
-async def embed_texts(url: str, how: str) -> tuple[float, int]:
-    """Embed and keep every text the build will check (`how`: model or stand-in): (seconds, texts)."""
+async def _embed_texts(url: str, how: str) -> tuple[float, int]:
     if how == "model":
         from sampling.adapters.embedder import MiniLMEmbedder
 
@@ -146,6 +145,26 @@ async def embed_texts(url: str, how: str) -> tuple[float, int]:
         return time.perf_counter() - started, n
     finally:
         await conn.close()
+
+
+def _embed_child(url: str, how: str, results: Any) -> None:
+    results.send(asyncio.run(_embed_texts(url, how)))
+
+
+def embed_texts(url: str, how: str) -> tuple[float, int]:
+    """Embed and keep every text the build will check (`how`: model or stand-in): (seconds, texts). In a process
+    of its own: a build command started from a process that held the model would inherit its peak RSS."""
+    ctx = multiprocessing.get_context("spawn")
+    results, child_end = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_embed_child, args=(url, how, child_end))
+    child.start()
+    child_end.close()
+    try:
+        took, n = results.recv()
+    except EOFError:
+        raise RuntimeError(f"embedding the round's texts failed (exit code {child.join() or child.exitcode})") from None
+    child.join()
+    return took, n
 
 
 async def project_signals(url: str) -> float:
@@ -316,7 +335,7 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
                 asyncio.run(add_quarantine(url, quarantine_items, seed))
                 project_s = asyncio.run(project_signals(url))
                 if semantic != "off":
-                    embed_s, embedded = asyncio.run(embed_texts(url, semantic))
+                    embed_s, embedded = embed_texts(url, semantic)
                     print(f"{n:>9} events: {embedded} distinct texts embedded and kept ({semantic}) in "
                           f"{embed_s:.1f} s, {embedded / embed_s:.0f} texts/s (not counted in the build)", flush=True)
                 settle_s = settle(url)

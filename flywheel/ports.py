@@ -193,8 +193,12 @@ class TextEmbeddings(Protocol):
 
     async def save(self, model: str, keys: Sequence[bytes], vectors: np.ndarray) -> None: ...
 
-    async def load(self, model: str) -> tuple[list[bytes], np.ndarray]:
-        """Every kept key under `model` and its vector (rows of a float32 matrix)."""
+    def scan(self, model: str, batch: int = 16_384) -> AsyncIterator[tuple[list[bytes], np.ndarray]]:
+        """Every kept key under `model` with its vector (rows of a float32 matrix), a batch at a time."""
+        ...
+
+    async def vectors(self, model: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        """The kept vectors of those of `keys` that have one."""
         ...
 
 

@@ -3,7 +3,7 @@ vector is kept as soon as it is made, whatever becomes of the build that asked f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 from psycopg import sql
@@ -43,8 +43,9 @@ class PostgresTextEmbeddings:
             await cur.execute("INSERT INTO text_embeddings (model, text_key, vector) SELECT %s, text_key, vector"
                               " FROM incoming ON CONFLICT DO NOTHING", [model])
 
-    async def load(self, model: str) -> tuple[list[bytes], np.ndarray]:
-        """Every kept key under `model` and its vector (one row each, float32), in key order."""
+    async def scan(self, model: str, batch: int = 16_384) -> AsyncIterator[tuple[list[bytes], np.ndarray]]:
+        """Every kept key under `model` with its vector, in key order, `batch` at a time (keys, float32 rows): memory
+        holds one batch, whatever the number of texts."""
         import numpy as np
 
         keys: list[bytes] = []
@@ -57,6 +58,19 @@ class PostgresTextEmbeddings:
                 async for key, vector in copy.rows():
                     keys.append(bytes(key))
                     blobs.append(bytes(vector))
-        if not blobs:
-            return keys, np.zeros((0, 0), dtype=np.float32)
-        return keys, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
+                    if len(keys) == batch:
+                        yield keys, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(keys), -1)
+                        keys, blobs = [], []
+        if keys:
+            yield keys, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(keys), -1)
+
+    async def vectors(self, model: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        """The kept vectors of those of `keys` that have one."""
+        import numpy as np
+
+        if not keys:
+            return {}
+        async with await connect(self.url) as conn:
+            cur = await conn.execute("SELECT text_key, vector FROM text_embeddings WHERE model = %s"
+                                     " AND text_key = ANY(%s)", [model, list(keys)])
+            return {bytes(k): np.frombuffer(bytes(v), dtype="<f4") for k, v in await cur.fetchall()}

@@ -16,6 +16,7 @@ from flywheel.domain.rounds.semantic import (
     GAP_ADVICE,
     SemanticGap,
     SemanticHits,
+    SemanticMatch,
     distinct_texts,
     quarantine_texts,
     semantic_hits,
@@ -61,15 +62,21 @@ async def semantic_step(quarantine: QuarantineList, config: RoundConfig, store: 
         if embedder.model != config.semantic_model:
             raise ValueError(f"the embedder is {embedder.model}, the round config asks for {config.semantic_model}")
         await embed_missing({text_key(t): t for *_, t in items}, store, embedder)
-    keys, vectors = await store.load(config.semantic_model)
-    row_of = {key: i for i, key in enumerate(keys)}
-    absent = [(item, side) for item, side, text in items if text_key(text) not in row_of]
+    item_keys = [text_key(t) for *_, t in items]
+    kept = await store.vectors(config.semantic_model, item_keys)
+    absent = [(item, side) for (item, side, _), key in zip(items, item_keys, strict=True) if key not in kept]
     if absent:
         item, side = absent[0]
         raise SemanticGap(f"{len(absent)} quarantine item texts have no embedding under {config.semantic_model} "
                           f"(the first: item {item}, {side}): {GAP_ADVICE}")
-    item_vectors = vectors[[row_of[text_key(t)] for *_, t in items]] if items else vectors[:0]
-    matches = semantic_hits([(item, side) for item, side, _ in items], item_vectors, keys, vectors,
-                            threshold=config.semantic_threshold)
-    return SemanticHits(model=config.semantic_model, threshold=config.semantic_threshold, embedded=frozenset(keys),
-                        matches=matches, items_compared=len(items))
+    import numpy as np
+
+    item_vectors = np.stack([kept[key] for key in item_keys])
+    sides = [(item, side) for item, side, _ in items]
+    embedded: set[bytes] = set()
+    matches: dict[bytes, tuple[SemanticMatch, ...]] = {}
+    async for keys, vectors in store.scan(config.semantic_model):  # a batch at a time: memory stays flat
+        embedded.update(keys)
+        matches.update(semantic_hits(sides, item_vectors, keys, vectors, threshold=config.semantic_threshold))
+    return SemanticHits(model=config.semantic_model, threshold=config.semantic_threshold,
+                        embedded=frozenset(embedded), matches=matches, items_compared=len(items))

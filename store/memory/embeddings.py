@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -11,21 +11,27 @@ if TYPE_CHECKING:
 
 class MemoryTextEmbeddings:
     def __init__(self) -> None:
-        self.vectors: dict[tuple[str, bytes], bytes] = {}
+        self._kept: dict[tuple[str, bytes], bytes] = {}
 
     async def missing(self, model: str, keys: Sequence[bytes]) -> set[bytes]:
-        return {k for k in keys if (model, k) not in self.vectors}
+        return {k for k in keys if (model, k) not in self._kept}
 
     async def save(self, model: str, keys: Sequence[bytes], vectors: np.ndarray) -> None:
         import numpy as np
 
         for key, row in zip(keys, np.asarray(vectors, dtype="<f4"), strict=True):
-            self.vectors.setdefault((model, key), row.tobytes())
+            self._kept.setdefault((model, key), row.tobytes())
 
-    async def load(self, model: str) -> tuple[list[bytes], np.ndarray]:
+    async def scan(self, model: str, batch: int = 16_384) -> AsyncIterator[tuple[list[bytes], np.ndarray]]:
         import numpy as np
 
-        keys = sorted(k for m, k in self.vectors if m == model)
-        if not keys:
-            return keys, np.zeros((0, 0), dtype=np.float32)
-        return keys, np.frombuffer(b"".join(self.vectors[(model, k)] for k in keys), dtype="<f4").reshape(len(keys), -1)
+        keys = sorted(k for m, k in self._kept if m == model)
+        for start in range(0, len(keys), batch):
+            part = keys[start:start + batch]
+            yield part, np.frombuffer(b"".join(self._kept[(model, k)] for k in part), dtype="<f4").reshape(
+                len(part), -1)
+
+    async def vectors(self, model: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        import numpy as np
+
+        return {k: np.frombuffer(self._kept[(model, k)], dtype="<f4") for k in keys if (model, k) in self._kept}

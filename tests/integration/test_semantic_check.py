@@ -5,7 +5,10 @@ item on either side and keeps the rest."""
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,11 +22,17 @@ from flywheel.domain.events import QuarantineItemsAdded  # noqa: E402
 from flywheel.domain.rounds import RoundConfig, normalise  # noqa: E402
 from flywheel.domain.rounds.config import SEMANTIC_THRESHOLD  # noqa: E402
 from flywheel.domain.rounds.promotion import PromotionConfig  # noqa: E402
-from flywheel.domain.rounds.semantic import choose_threshold, recall_precision  # noqa: E402
-from flywheel.settings import Endpoints  # noqa: E402
+from flywheel.domain.rounds.semantic import SemanticGap, choose_threshold, recall_precision  # noqa: E402
+from flywheel.domain.signals import SignalConfig  # noqa: E402
+from flywheel.runtime.round_builder import ProcessRoundBuilder  # noqa: E402
+from flywheel.services.build_round import build_round  # noqa: E402
+from flywheel.settings import Endpoints, Settings  # noqa: E402
 from sampling.adapters.embedder import MiniLMEmbedder  # noqa: E402
 from store.db import connect_sync  # noqa: E402
+from store.embeddings import PostgresTextEmbeddings  # noqa: E402
 from store.projections import record  # noqa: E402
+from store.roundfiles import RoundDirectories  # noqa: E402
+from store.roundsource import PostgresRoundSource  # noqa: E402
 from tests.factories import interaction, raw, thumbs  # noqa: E402
 from tests.integration.test_signals_store import ingest_all  # noqa: E402
 from tests.store_helpers import in_store  # noqa: E402
@@ -103,3 +112,30 @@ def test_a_round_leaves_out_a_reworded_benchmark_prompt_and_answer_and_keeps_the
     again = in_store(url, lambda conn: round_ops(conn, tmp_path / "rounds").build(
         BuildRound(config=config, watermark=built.watermark)))
     assert again.content_hash == built.content_hash
+
+
+def test_a_build_without_the_embedder_stops_on_texts_nobody_embedded_and_compares_once_they_are(
+        settings: Settings, run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+    url = settings.database_url
+    values = [raw(e) for key, (prompt, response) in ROWS.items()
+              for e in (interaction(key, prompt=prompt, response=response), thumbs(key))]
+    ingest_all(url, values, [len(values)])
+    in_store(url, lambda conn: record(conn, [QuarantineItemsAdded.listing("bench", [(BENCH_PROMPT, BENCH_ANSWER)])]))
+    config = RoundConfig(semantic=True, promotion=PromotionConfig(max_contamination_rate=1.0))
+
+    async def build_here(conn: Any) -> Any:  # as the main virtualenv builds: no embedder
+        return await build_round(BuildRound(config=config), source=PostgresRoundSource(conn, SignalConfig()),
+                                 builder=ProcessRoundBuilder(), files=RoundDirectories(tmp_path / "rounds"),
+                                 embeddings=PostgresTextEmbeddings(url), embedder=None)
+
+    with pytest.raises(SemanticGap, match="quarantine item texts have no embedding"):
+        in_store(url, build_here)
+    assert not (tmp_path / "rounds" / "current").exists()
+
+    out = json.loads(run_cli("rounds", "embed", "--json").stdout)
+    assert out["embedded"] == 2 + 2 * len(ROWS)
+    assert json.loads(run_cli("rounds", "embed", "--json").stdout)["embedded"] == 0  # each text once
+
+    built = in_store(url, build_here)
+    isolation = json.loads((built.path / "manifest.json").read_text())["evaluation_isolation"]
+    assert {h["side"] for h in isolation["semantic"]["hits"]} == {"prompt", "answer"}
