@@ -193,12 +193,30 @@ class TextEmbeddings(Protocol):
 
     async def save(self, model: str, keys: Sequence[bytes], vectors: np.ndarray) -> None: ...
 
-    def scan(self, model: str, batch: int = 16_384) -> AsyncIterator[tuple[list[bytes], np.ndarray]]:
-        """Every kept key under `model` with its vector (rows of a float32 matrix), a batch at a time."""
-        ...
-
     async def vectors(self, model: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
         """The kept vectors of those of `keys` that have one."""
+        ...
+
+    async def keys(self, model: str) -> set[bytes]:
+        """Every kept key under `model`."""
+        ...
+
+    async def newest(self, model: str) -> int:
+        """The sequence number of the last vector kept under `model` (0 for none): every vector up to it is kept,
+        every one kept later has a greater number."""
+        ...
+
+    async def compared(self, model: str, checked: str) -> tuple[int, dict[bytes, list[dict[str, Any]]]]:
+        """How far the comparison `checked` has got (the last sequence number compared) and the matches found."""
+        ...
+
+    def scan(self, model: str, *, after: int, upto: int, batch: int = 16_384
+             ) -> AsyncIterator[tuple[list[bytes], np.ndarray]]:
+        """The kept keys and vectors numbered after `after` up to `upto`, in order, a batch at a time."""
+        ...
+
+    async def record(self, model: str, checked: str, upto: int, matches: dict[bytes, list[dict[str, Any]]]) -> None:
+        """Keep a comparison's new matches ({item, side, score} each) and how far it has got, together."""
         ...
 
 

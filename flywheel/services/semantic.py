@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from flywheel.domain.rounds import Entry, Prepared, QuarantineList, RoundConfig
 from flywheel.domain.rounds.semantic import (
@@ -17,6 +18,7 @@ from flywheel.domain.rounds.semantic import (
     SemanticGap,
     SemanticHits,
     SemanticMatch,
+    comparison_id,
     distinct_texts,
     quarantine_texts,
     semantic_hits,
@@ -73,10 +75,20 @@ async def semantic_step(quarantine: QuarantineList, config: RoundConfig, store: 
 
     item_vectors = np.stack([kept[key] for key in item_keys])
     sides = [(item, side) for item, side, _ in items]
-    embedded: set[bytes] = set()
-    matches: dict[bytes, tuple[SemanticMatch, ...]] = {}
-    async for keys, vectors in store.scan(config.semantic_model):  # a batch at a time: memory stays flat
-        embedded.update(keys)
-        matches.update(semantic_hits(sides, item_vectors, keys, vectors, threshold=config.semantic_threshold))
-    return SemanticHits(model=config.semantic_model, threshold=config.semantic_threshold,
-                        embedded=frozenset(embedded), matches=matches, items_compared=len(items))
+    model = config.semantic_model
+    # Only what was kept since this comparison last ran (with these items at this threshold) is compared.
+    checked = comparison_id(model, config.semantic_threshold, items)
+    upto, found = await store.compared(model, checked)
+    newest = await store.newest(model)
+    if newest > upto:
+        fresh: dict[bytes, list[dict[str, Any]]] = {}
+        async for keys, vectors in store.scan(model, after=upto, upto=newest):  # a batch at a time
+            for key, matches in semantic_hits(sides, item_vectors, keys, vectors,
+                                              threshold=config.semantic_threshold).items():
+                fresh[key] = [{"item": m.item_id, "side": m.item_side, "score": m.score} for m in matches]
+        await store.record(model, checked, newest, fresh)
+        found.update(fresh)
+    return SemanticHits(model=model, threshold=config.semantic_threshold, embedded=frozenset(await store.keys(model)),
+                        matches={key: tuple(SemanticMatch(item_id=m["item"], item_side=m["side"], score=m["score"])
+                                            for m in matches) for key, matches in found.items()},
+                        items_compared=len(items))

@@ -88,8 +88,17 @@ def test_the_step_embeds_each_item_text_once_and_compares_every_kept_text() -> N
     assert [m.item_side for m in hits.matches[text_key(normalise(QUESTION))]] == ["prompt"]
     assert hits.embedded == frozenset(texts) | {text_key(normalise(ANSWER))}
     assert asyncio.run(embed_missing(texts, store, embedder)) == 0
-    # Without an embedder, what is kept is compared; an item with nothing kept stops the step.
+    # Without an embedder, what is kept is compared: only what was kept since the last comparison with these items
+    # at this threshold.
+    assert store.scanned == 3
     assert asyncio.run(semantic_step(quarantine, CONFIG, store, None)).matches == hits.matches
+    assert store.scanned == 3
+    asyncio.run(embed_missing({text_key("how do i change the billing address on invoice 1"):
+                               "how do i change the billing address on invoice 1"}, store, embedder))
+    # The item texts match themselves; the new text is the third.
+    assert len(asyncio.run(semantic_step(quarantine, CONFIG, store, None)).matches) == 3 and store.scanned == 4
+    stricter = asyncio.run(semantic_step(quarantine, replace(CONFIG, semantic_threshold=0.99), store, None))
+    assert len(stricter.matches) == 2 and store.scanned == 8  # another threshold: compared anew
     with pytest.raises(SemanticGap, match="item q1"):
         asyncio.run(semantic_step(quarantine, CONFIG, MemoryTextEmbeddings(), None))
 

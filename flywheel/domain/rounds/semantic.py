@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import orjson
+
 from flywheel.domain.rounds.quarantine import QuarantineList, normalise
 
 if TYPE_CHECKING:
@@ -66,6 +68,13 @@ class SemanticGap(ValueError):
 
 GAP_ADVICE = ("build where the embedder is installed (the generation virtualenv, see README: it embeds what is "
               "missing), or run `flywheel rounds embed` there first")
+
+
+def comparison_id(model: str, threshold: float, items: Sequence[tuple[str, str, str]]) -> str:
+    """Names a comparison of kept vectors with item sides (`quarantine_texts`) at a threshold: its matches hold
+    for as long as these are the same."""
+    canonical = orjson.dumps([model, float(threshold), [list(i) for i in items]])
+    return hashlib.sha256(canonical).hexdigest()[:24]
 
 
 def quarantine_texts(quarantine: QuarantineList, min_item_words: int) -> list[tuple[str, str, str]]:
