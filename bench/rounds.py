@@ -20,6 +20,16 @@ machine's two cores in the middle of the measurements), then in the same run
              floor: it commits one event)
   live       the build once more while another process ingests new traffic at --live-rate events/s (as the
              workers do all night): its time beside the quiet build's median, and the events appended meanwhile
+             (with the semantic check off: the new traffic's texts would be embedded during it)
+  semantic   with --semantic model (the default where the embedder is installed) or stand-in, the build runs
+             with the semantic contamination check on (FLYWHEEL_SEMANTIC_CHECK): the texts of the round and of
+             the quarantine list are first embedded and kept (as `flywheel rounds embed` does; timed and printed
+             apart, not counted in the build, as texts are embedded when they arrive), so the build only
+             compares; the semantic step's time (loading the kept vectors and comparing them with the items) is
+             printed apart, and is part of the build's. `model` embeds with the real model (needs the generation
+             virtualenv; on this 2-core machine some tens of texts/s, so small sizes only); `stand-in` keeps a
+             random unit vector per text instead, which times the build's side (load and compare) at any size
+             but finds nothing; `off` builds without.
 Targets: build ≤ 3× raw COPY; peak RSS growth from the smallest to the largest size ≤ 200 MB;
 rollback < 1 s and its ratio largest / smallest ≤ 1.5.
 """
@@ -28,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import multiprocessing
 import os
@@ -48,15 +59,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack, fresh_database  # noqa: E402
 from flywheel.bootstrap import round_ops  # noqa: E402
-from flywheel.domain.commands import RestoreRound, RollBackRound  # noqa: E402
+from flywheel.domain.commands import BuildRound, RestoreRound, RollBackRound  # noqa: E402
 from flywheel.domain.events import QuarantineItemsAdded  # noqa: E402
+from flywheel.domain.rounds import RoundConfig  # noqa: E402
 from flywheel.domain.signals import SignalConfig  # noqa: E402
+from flywheel.services.build_round import embed_round_texts  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulator import generate  # noqa: E402
 from store.db import connect  # noqa: E402
+from store.embeddings import PostgresTextEmbeddings  # noqa: E402
 from store.ingest import Incoming, decode_message, ingest_batch  # noqa: E402
 from store.projections import record  # noqa: E402
 from store.roundrows import GROUPS_QUERY, signals_query  # noqa: E402
+from store.roundsource import PostgresRoundSource  # noqa: E402
 from store.signals import catch_up  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
 
@@ -97,6 +112,59 @@ async def add_quarantine(url: str, items: int, seed: int) -> None:
         await record(conn, [QuarantineItemsAdded.listing("bench-eval", pairs)])
     finally:
         await conn.close()
+
+
+class StandIn:
+    """An embedder that gives each text a random unit vector (seeded by the text): the build's load and comparison
+    cost the same as with the model's vectors, and find nothing."""
+
+    model = RoundConfig().semantic_model
+
+    def embed(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        out = np.empty((len(texts), 384), dtype=np.float32)
+        for i, text in enumerate(texts):
+            seed = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+            out[i] = np.random.default_rng(seed).standard_normal(384)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+async def _embed_texts(url: str, how: str) -> tuple[float, int]:
+    if how == "model":
+        from sampling.adapters.embedder import MiniLMEmbedder
+
+        embedder: Any = MiniLMEmbedder(batch_size=256)
+    else:
+        embedder = StandIn()
+    conn = await connect(url, autocommit=True)
+    try:
+        started = time.perf_counter()
+        n = await embed_round_texts(PostgresRoundSource(conn, SignalConfig()), PostgresTextEmbeddings(url),
+                                    embedder, BuildRound(config=RoundConfig(semantic=True)))
+        return time.perf_counter() - started, n
+    finally:
+        await conn.close()
+
+
+def _embed_child(url: str, how: str, results: Any) -> None:
+    results.send(asyncio.run(_embed_texts(url, how)))
+
+
+def embed_texts(url: str, how: str) -> tuple[float, int]:
+    """Embed and keep every text the build will check (`how`: model or stand-in): (seconds, texts). In a process
+    of its own: a build command started from a process that held the model would inherit its peak RSS."""
+    ctx = multiprocessing.get_context("spawn")
+    results, child_end = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_embed_child, args=(url, how, child_end))
+    child.start()
+    child_end.close()
+    try:
+        took, n = results.recv()
+    except EOFError:
+        raise RuntimeError(f"embedding the round's texts failed (exit code {child.join() or child.exitcode})") from None
+    child.join()
+    return took, n
 
 
 async def project_signals(url: str) -> float:
@@ -237,16 +305,25 @@ def main() -> None:
     ap.add_argument("--quarantine-items", type=int, default=200)
     ap.add_argument("--repeat", type=int, default=3, help="baseline and build runs per size (medians compared)")
     ap.add_argument("--live-rate", type=float, default=2000, help="events/s ingested during the live build")
+    ap.add_argument("--semantic", choices=("model", "stand-in", "off"), default=None,
+                    help="the semantic check on with the model's vectors, on with stand-in vectors, or off "
+                         "(default: model where the embedder is installed, else off)")
     args = ap.parse_args()
+    if args.semantic is None:
+        from sampling.adapters.embedder import available
+
+        args.semantic = "model" if available() else "off"
+        print(f"semantic check: {args.semantic}" + ("" if available() else
+                                                     " (the embedder is not installed: see infra/gen-venv.sh)"))
 
     base = Settings()
     with bench_stack(base, "flywheel-bench-rounds-") as (server_url, bootstrap):
         run(base, server_url, bootstrap, sorted(args.events), args.seed, args.quarantine_items, args.repeat,
-            args.live_rate)
+            args.live_rate, args.semantic)
 
 
 def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed: int, quarantine_items: int,
-        repeat: int, live_rate: float) -> None:
+        repeat: int, live_rate: float, semantic: str = "off") -> None:
     work = Path(tempfile.mkdtemp(prefix="flywheel-rounds-out-"))
     results = []
     try:
@@ -257,26 +334,34 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
                 stored = asyncio.run(ingest(url, n, seed))
                 asyncio.run(add_quarantine(url, quarantine_items, seed))
                 project_s = asyncio.run(project_signals(url))
+                if semantic != "off":
+                    embed_s, embedded = embed_texts(url, semantic)
+                    print(f"{n:>9} events: {embedded} distinct texts embedded and kept ({semantic}) in "
+                          f"{embed_s:.1f} s, {embedded / embed_s:.0f} texts/s (not counted in the build)", flush=True)
                 settle_s = settle(url)
                 reads_s, reads_bytes = raw_copy_of_reads(url)
                 settings = base.model_copy(update={"database_url": url, "rounds_dir": str(work / db),
-                                                   "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}"})
+                                                   "kafka_bootstrap": bootstrap, "rounds_topic": f"bench-{db}",
+                                                   "semantic_check": semantic != "off"})
                 ensure_topics(bootstrap, settings)  # as `flywheel up` has: the build never auto-creates its topic
                 # The baseline and the build in turns, `repeat` times each: a slow spell of this shared machine
                 # then weighs on both sides alike, and the medians are compared.
-                copies, builds, commands, peaks = [], [], [], []
+                copies, builds, commands, peaks, semantic_steps = [], [], [], [], []
                 for _ in range(repeat):
                     copy_s, copy_bytes = raw_copy(url)
                     command_s, out, peak_kib = build(settings)
                     copies.append(copy_s)
                     builds.append(float(out["seconds"]))  # type: ignore[arg-type]
+                    if out.get("semantic_seconds") is not None:
+                        semantic_steps.append(float(out["semantic_seconds"]))  # type: ignore[arg-type]
                     commands.append(command_s)
                     peaks.append(peak_kib)
                 copy_s, build_s, command_s = (statistics.median(x) for x in (copies, builds, commands))
                 peak_kib = max(peaks)
                 rollback_s = asyncio.run(time_rollback(url, work / db, int(out["round"])))  # type: ignore[call-overload]
                 commit_s = time_commit(url)
-                live_s, live_events, live_round = build_under_ingest(settings, url, seed + 1000, live_rate)
+                live_s, live_events, live_round = build_under_ingest(
+                    settings.model_copy(update={"semantic_check": False}), url, seed + 1000, live_rate)
                 results.append((n, build_s, copy_s, peak_kib, rollback_s, command_s, reads_s))
                 print(f"{n:>9} events ({stored} stored; signals projected in {project_s:.1f} s in one projector run; "
                       f"settled in {settle_s:.1f} s; {copy_bytes / 2**20:.0f} MiB copied; "
@@ -288,6 +373,10 @@ def run(base: Settings, server_url: str, bootstrap: str, sizes: list[int], seed:
                       f"rollback {rollback_s * 1000:6.1f} ms (a durable one-row commit {commit_s * 1000:.1f} ms); "
                       f"raw COPY of the build's own queries {reads_s:.1f} s "
                       f"({reads_bytes / 2**20:.0f} MiB), build ratio to it {build_s / reads_s:.1f}", flush=True)
+                if semantic_steps:
+                    print(f"{n:>9} events, semantic check on ({semantic} vectors): its step "
+                          f"{statistics.median(semantic_steps):.2f} s {_each(semantic_steps)} of the build's "
+                          f"{build_s:.2f} s", flush=True)
                 print(f"{n:>9} events, live: round {live_round} built in {live_s:.2f} s while {live_events} events "
                       f"were ingested during the command (~{live_rate:.0f}/s asked), "
                       f"{live_s / build_s:.2f}x the quiet build", flush=True)

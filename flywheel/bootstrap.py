@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
     from flywheel.domain.commands import BuildRound, PromoteRound, RegisterConsumption, RestoreRound, RollBackRound
     from flywheel.domain.signals import SignalConfig
-    from flywheel.ports import Announcer, EventLog, HardCaseStore, Progress, RoundBuilder
+    from flywheel.ports import Announcer, Embedder, EventLog, HardCaseStore, Progress, RoundBuilder
     from flywheel.services.build_round import Published
     from flywheel.services.rollback import Change
     from flywheel.services.select import Scoring
@@ -65,6 +65,8 @@ class RoundOps:
     restore: Callable[[RestoreRound], Awaitable[Change]]
     register_consumption: Callable[[RegisterConsumption], Awaitable[bool]]
     promote: Callable[[PromoteRound], Awaitable[Change]]
+    # Embed the texts a build would check (the semantic check); None where the embedder is not installed.
+    embed: Callable[[BuildRound], Awaitable[int]] | None = None
 
 
 def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
@@ -74,28 +76,42 @@ def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
     return KafkaAnnouncer(endpoints.kafka_bootstrap, settings.rounds_topic, settings.kafka_security())
 
 
+def make_embedder() -> Embedder | None:
+    """The semantic check's embedder where its package is installed (the generation virtualenv), else None: a build
+    then compares the embeddings kept already and stops on a text without one."""
+    from sampling.adapters.embedder import MiniLMEmbedder, available
+
+    return MiniLMEmbedder() if available() else None
+
+
 def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: RoundBuilder | None = None,
                   signals: SignalConfig | None = None) -> Callable[[psycopg.AsyncConnection], RoundOps]:
     """The rounds' use cases, ready to bind to a store connection (in autocommit): round directories under `root`,
     the builder in a process of its own; without `announce`, changes are not announced. `signals`: the rules the
     signals read model is derived with (FLYWHEEL_SIGNALS; default: the default rules). Everything a build needs
-    is imported here, before any connection is made."""
+    is imported here, before any connection is made. The semantic check's embeddings are kept in the same
+    database; its embedder is used where installed (`make_embedder`)."""
     from flywheel.domain.signals import SignalConfig
     from flywheel.runtime.round_builder import ProcessRoundBuilder
-    from flywheel.services.build_round import build_round
+    from flywheel.services.build_round import build_round, embed_round_texts
     from flywheel.services.rollback import promote, register_consumption, restore, rollback
+    from store.db import conninfo
+    from store.embeddings import PostgresTextEmbeddings
     from store.roundfiles import RoundDirectories
     from store.roundsource import PostgresRoundSource
     from store.unit_of_work import PostgresRounds
     from streams.announcer import Silent
 
     files, told, rules = RoundDirectories(root), announce or Silent(), signals or SignalConfig()
+    embedder = make_embedder()
 
     def bind(conn: psycopg.AsyncConnection) -> RoundOps:
         rounds = PostgresRounds(conn)
+        source, embeddings = PostgresRoundSource(conn, rules), PostgresTextEmbeddings(conninfo(conn))
         return RoundOps(
-            build=partial(build_round, source=PostgresRoundSource(conn, rules),
-                          builder=builder or ProcessRoundBuilder(), files=files, announce=told),
+            build=partial(build_round, source=source, builder=builder or ProcessRoundBuilder(), files=files,
+                          announce=told, embeddings=embeddings, embedder=embedder),
+            embed=None if embedder is None else partial(embed_round_texts, source, embeddings, embedder),
             rollback=partial(rollback, rounds=rounds, files=files, announce=told),
             restore=partial(restore, rounds=rounds, files=files, announce=told),
             register_consumption=partial(register_consumption, rounds=rounds, files=files),

@@ -17,6 +17,9 @@ from flywheel.domain.rounds import Entry, QuarantineList, RoundConfig, RoundResu
 from flywheel.domain.signals import SignalConfig
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from flywheel.domain.rounds.semantic import SemanticHits
     from sampling.hardcases import PromptCandidate
 
 
@@ -181,10 +184,56 @@ class RoundSource(Protocol):
 
 
 class RoundBuilder(Protocol):
-    """Cuts the rows into a round's files under `out` (flywheel.domain.rounds.build, wherever it runs)."""
+    """Cuts the rows into a round's files under `out` (flywheel.domain.rounds.build, wherever it runs). `semantic`
+    is passed only when the config's semantic check is on."""
 
     async def __call__(self, chunks: AsyncIterator[list[Entry]], config: RoundConfig, quarantine: QuarantineList,
-                       out: Path, *, watermark: int, parent: str | None, round_number: int) -> RoundResult: ...
+                       out: Path, *, watermark: int, parent: str | None, round_number: int,
+                       semantic: SemanticHits | None = None) -> RoundResult: ...
+
+
+class Embedder(Protocol):
+    """A sentence embedding model: texts in, unit-length float32 vectors out (one row each)."""
+
+    model: str  # what its vectors are kept under: RoundConfig.semantic_model must name it
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class TextEmbeddings(Protocol):
+    """The kept embedding of each distinct text (by flywheel.domain.rounds.semantic.text_key) under each model."""
+
+    async def missing(self, model: str, keys: Sequence[bytes]) -> set[bytes]:
+        """The keys among `keys` with no vector under `model`."""
+        ...
+
+    async def save(self, model: str, keys: Sequence[bytes], vectors: np.ndarray) -> None: ...
+
+    async def vectors(self, model: str, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        """The kept vectors of those of `keys` that have one."""
+        ...
+
+    async def keys(self, model: str) -> set[bytes]:
+        """Every kept key under `model`."""
+        ...
+
+    async def newest(self, model: str) -> int:
+        """The sequence number of the last vector kept under `model` (0 for none): every vector up to it is kept,
+        every one kept later has a greater number."""
+        ...
+
+    async def compared(self, model: str, checked: str) -> tuple[int, dict[bytes, list[dict[str, Any]]]]:
+        """How far the comparison `checked` has got (the last sequence number compared) and the matches found."""
+        ...
+
+    def scan(self, model: str, *, after: int, upto: int, batch: int = 16_384
+             ) -> AsyncIterator[tuple[list[bytes], np.ndarray]]:
+        """The kept keys and vectors numbered after `after` up to `upto`, in order, a batch at a time."""
+        ...
+
+    async def record(self, model: str, checked: str, upto: int, matches: dict[bytes, list[dict[str, Any]]]) -> None:
+        """Keep a comparison's new matches ({item, side, score} each) and how far it has got, together."""
+        ...
 
 
 class RoundFiles(Protocol):

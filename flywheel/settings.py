@@ -16,6 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from flywheel.domain.rounds.config import SEMANTIC_THRESHOLD
 from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.signals import SignalConfig
 
@@ -129,6 +130,11 @@ class Settings(BaseSettings):
     # Promotion gates' limits and which of them block (FLYWHEEL_PROMOTION, JSON: {"min_sft_rows": 500}; unset: the
     # defaults in flywheel/domain/rounds/promotion.py). Part of every round build's config and config_version.
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    # The semantic contamination check (paraphrases of quarantine items, by sentence embeddings; see README). Off by
+    # default: its embedder needs torch, which only the generation virtualenv carries. The threshold's default is
+    # the one bench/paraphrase.py chose (RoundConfig.semantic_threshold).
+    semantic_check: bool = False
+    semantic_threshold: float = Field(default=SEMANTIC_THRESHOLD, gt=0, le=1)
     # Who round events (build, promote, rollback, restore, consume, quarantine) say did it, when a command is not
     # given --by; unset: the OS user.
     operator: str = ""
@@ -210,7 +216,8 @@ class Settings(BaseSettings):
         """The config a round build uses: the default one with the configured promotion gates."""
         from flywheel.domain.rounds import RoundConfig
 
-        return RoundConfig(promotion=self.promotion)
+        return RoundConfig(promotion=self.promotion, semantic=self.semantic_check,
+                           semantic_threshold=self.semantic_threshold)
 
     def child_env(self) -> dict[str, str]:
         """This process's environment with the FLYWHEEL_* variables that reproduce these settings in a child."""

@@ -316,3 +316,40 @@ class ScorerAuditView(SQLModel, table=True):
 
 READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups", "rounds", "quarantine_items",
                "quarantine_slices", "nightly_runs", "scorer_probes", "scorer_audits")
+
+
+class TextEmbeddingRow(SQLModel, table=True):
+    """The embedding of each distinct text (flywheel.domain.rounds.semantic.text_key) under each model: what the
+    semantic contamination check compares. Not a read model of the log (no replay makes it): a cache of a pure
+    function of the text, kept so a build compares vectors and never runs the model."""
+
+    __tablename__ = "text_embeddings"
+
+    model: str = Field(sa_column=Column(Text, primary_key=True))
+    text_key: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    vector: bytes = Field(sa_column=Column(LargeBinary, nullable=False))  # float32, unit length, little-endian
+    # In the order kept: a comparison with a quarantine list resumes after the last it compared.
+    seq: int = Field(sa_column=Column(BigInteger, Identity(), nullable=False, unique=True))
+
+
+class SemanticComparedRow(SQLModel, table=True):
+    """How far the kept embeddings of a model have been compared with one quarantine list at one threshold
+    (`checked`: flywheel.domain.rounds.semantic.comparison_id), and the texts that came out above it: a build
+    compares only what was kept since."""
+
+    __tablename__ = "semantic_compared"
+
+    model: str = Field(sa_column=Column(Text, primary_key=True))
+    checked: str = Field(sa_column=Column(Text, primary_key=True))
+    upto: int = Field(sa_column=Column(BigInteger, nullable=False))  # the last text_embeddings.seq compared
+
+
+class SemanticMatchRow(SQLModel, table=True):
+    """A kept text over the threshold of a comparison (SemanticComparedRow) with the item sides it is close to."""
+
+    __tablename__ = "semantic_matches"
+
+    model: str = Field(sa_column=Column(Text, primary_key=True))
+    checked: str = Field(sa_column=Column(Text, primary_key=True))
+    text_key: bytes = Field(sa_column=Column(LargeBinary, primary_key=True))
+    matches: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))  # {item, side, score} each

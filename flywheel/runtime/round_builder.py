@@ -16,6 +16,7 @@ from queue import Full
 from typing import Any
 
 from flywheel.domain.rounds import Entry, QuarantineList, RoundConfig, RoundResult
+from flywheel.domain.rounds.semantic import SemanticHits
 from flywheel.runtime import builder_process as process
 from flywheel.runtime.collect import fewer_collections
 
@@ -104,7 +105,8 @@ class ProcessRoundBuilder:
     with fewer garbage collections (the rows are many short-lived objects)."""
 
     async def __call__(self, chunks: AsyncIterator[list[Entry]], config: RoundConfig, quarantine: QuarantineList,
-                       out: Path, *, watermark: int, parent: str | None, round_number: int) -> RoundResult:
+                       out: Path, *, watermark: int, parent: str | None, round_number: int,
+                       semantic: SemanticHits | None = None) -> RoundResult:
         with fewer_collections():
             return await build_in_process(chunks, config, quarantine, out, watermark=watermark, parent=parent,
-                                          round_number=round_number)
+                                          round_number=round_number, semantic=semantic)

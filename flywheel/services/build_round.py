@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
@@ -42,9 +43,11 @@ from flywheel.domain.rounds.promotion import (
     state_of,
 )
 from flywheel.domain.rounds.rollback import in_slice
+from flywheel.domain.rounds.semantic import GAP_ADVICE, SemanticGap, SemanticHits, quarantine_texts, text_key
 from flywheel.ports import (
     Announcer,
     BuilderBusy,
+    Embedder,
     Progress,
     Quarantine,
     RoundBuilder,
@@ -53,7 +56,9 @@ from flywheel.ports import (
     RoundSource,
     RoundState,
     SourceRow,
+    TextEmbeddings,
 )
+from flywheel.services.semantic import embed_missing, semantic_step, texts_of
 
 __all__ = ["BuilderBusy", "Published", "build_round"]
 
@@ -74,6 +79,7 @@ class Published:
     promotion: list[dict[str, Any]] = field(default_factory=list)  # each gate's name, value, limit, verdict
     held_because: list[str] = field(default_factory=list)
     removed: dict[str, int] = field(default_factory=dict)  # rows each gate took out, all kinds together
+    semantic_seconds: float | None = None  # the semantic check's step (embedding what was missing, comparing)
 
 
 async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, Any]], sliced: list[int],
@@ -137,7 +143,8 @@ async def _then(chunks: AsyncIterator[list[Entry]], read: Callable[[], None]) ->
 async def _cut(
     snapshot: RoundSnapshot, builder: RoundBuilder, staged: Path, command: BuildRound, quarantine: Quarantine, *,
     watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
-    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], progress: Progress | None,
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], semantic: SemanticHits | None,
+    progress: Progress | None,
 ) -> tuple[RoundResult, dict[str, Any], int]:
     """The round's files under `staged`, its report's figures and the rows left out by rollback slices, all from
     one snapshot."""
@@ -158,7 +165,8 @@ async def _cut(
 
     try:
         result = await builder(_then(chunks, read), command.config, quarantine.items, staged, watermark=watermark,
-                               parent=None if parent is None else str(parent.number), round_number=number)
+                               parent=None if parent is None else str(parent.number), round_number=number,
+                               **({} if semantic is None else {"semantic": semantic}))
     except BaseException:
         if report is not None:
             report.cancel()
@@ -169,14 +177,73 @@ async def _cut(
     return result, audits, sliced[0]
 
 
+async def _cut_checked(
+    snapshot: RoundSnapshot, builder: RoundBuilder, files: RoundFiles, command: BuildRound, quarantine: Quarantine, *,
+    watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], embeddings: TextEmbeddings | None,
+    embedder: Embedder | None, semantic_seconds: list[float], progress: Progress | None,
+) -> tuple[Path, RoundResult, dict[str, Any], int]:
+    """`_cut` with the semantic check when the config asks for it: the kept embeddings are compared with the
+    quarantine items first (its time added to `semantic_seconds`). A cut that meets texts without a kept embedding
+    is thrown away: with an embedder they are embedded and kept, and the round is cut again; without one the build
+    stops (SemanticGap). The staging directory of the cut that counts is returned."""
+    config = command.config
+    semantic: SemanticHits | None = None
+    if config.semantic:
+        if embeddings is None:
+            raise ValueError("the round config asks for the semantic check, and no embedding store is wired")
+        started = time.perf_counter()
+        semantic = await semantic_step(quarantine.items, config, embeddings, embedder)
+        semantic_seconds[0] += time.perf_counter() - started
+    while True:
+        staged = files.staging(number)
+        disagreed.clear()
+        try:
+            result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
+                                                    watermark=watermark, parent=parent, number=number,
+                                                    announce=announce, poor=poor, disagreed=disagreed,
+                                                    semantic=semantic, progress=progress)
+        except BaseException:
+            files.discard(number, staged)
+            raise
+        if not result.unembedded_count:
+            return staged, result, audits, sliced_out
+        files.discard(number, staged)
+        if embedder is None or embeddings is None:
+            raise SemanticGap(f"{result.unembedded_count} texts of the round have no embedding under "
+                              f"{config.semantic_model}, so the semantic check cannot clear them: {GAP_ADVICE}")
+        started = time.perf_counter()
+        await embed_missing(result.unembedded, embeddings, embedder)
+        semantic = await semantic_step(quarantine.items, config, embeddings, None)
+        semantic_seconds[0] += time.perf_counter() - started
+
+
+async def embed_round_texts(source: RoundSource, embeddings: TextEmbeddings, embedder: Embedder,
+                            command: BuildRound) -> int:
+    """Embed and keep every text a round cut where the signals read model stands would check, and the quarantine
+    items' (`flywheel rounds embed`): a build after it compares only. How many texts were embedded."""
+    async with source.snapshot() as snapshot:
+        watermark = await snapshot.signals_checkpoint()
+        quarantine = await snapshot.quarantine()
+        texts = await texts_of(_rows(snapshot.rows(watermark, command.signals, copies=True), [], [0],
+                                     Prepare(command.config)))
+    items = {text_key(t): t for *_, t in quarantine_texts(quarantine.items, command.config.min_item_words)}
+    return await embed_missing({**items, **texts}, embeddings, embedder)
+
+
 async def build_round(command: BuildRound, *, source: RoundSource, builder: RoundBuilder, files: RoundFiles,
-                      announce: Announcer | None = None, progress: Progress | None = None) -> Published:
+                      announce: Announcer | None = None, progress: Progress | None = None,
+                      embeddings: TextEmbeddings | None = None, embedder: Embedder | None = None) -> Published:
     """Build and publish the next round from the log up to the command's watermark; `progress` is told of the
     log's rows as they are read.
 
     Without a watermark, the signals read model is first brought up to the head of the log (the workers'
     projector normally has it there already) and the round is cut where it stands: its rows are then read,
-    not derived again."""
+    not derived again.
+
+    With the config's semantic check on, the kept embeddings (`embeddings`) are compared with the quarantine
+    items before the cut (flywheel.services.semantic). Texts the cut finds without one are embedded (with an
+    `embedder`) and the round is cut again; without an embedder they stop the build (SemanticGap, a ValueError)."""
     if command.watermark is None:
         await source.derive_signals()
     number: int | None = None
@@ -199,11 +266,12 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                 agreement = agreement_gates(await snapshot.judgements(watermark), command.config.promotion,
                                             config_version=command.config.version())
                 disagreed: Counter[tuple[str, str]] = Counter()
-                staged = files.staging(number)
-                result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
-                                                        watermark=watermark, parent=parent, number=number,
-                                                        announce=announce, poor=failing_slices(agreement),
-                                                        disagreed=disagreed, progress=progress)
+                semantic_took = [0.0]
+                staged, result, audits, sliced_out = await _cut_checked(
+                    snapshot, builder, files, command, quarantine, watermark=watermark, parent=parent,
+                    number=number, announce=announce, poor=failing_slices(agreement), disagreed=disagreed,
+                    embeddings=embeddings, embedder=embedder, semantic_seconds=semantic_took, progress=progress)
+                semantic_seconds = round(semantic_took[0], 3) if command.config.semantic else None
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             manifest, audits = with_scorer_audits(result.manifest, audits)
@@ -256,7 +324,7 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                   "promotion": promotion, "held_because": held_because, "by": command.by})
     return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
                      rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced_out, state=state,
-                     promotion=promotion, held_because=held_because,
+                     promotion=promotion, held_because=held_because, semantic_seconds=semantic_seconds,
                      removed={gate: sum(by_kind.values()) for gate, by_kind in summary["removed"].items()})
 
 

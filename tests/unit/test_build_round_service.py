@@ -18,6 +18,7 @@ from flywheel.domain.log import NewEvent
 from flywheel.domain.quality import Judgement
 from flywheel.domain.rounds import MANIFEST, Entry, QuarantineList, RoundConfig, RoundResult, build
 from flywheel.domain.rounds.promotion import PromotionConfig
+from flywheel.domain.rounds.semantic import SemanticHits
 from flywheel.domain.signals import SFTSample
 from flywheel.ports import BuilderBusy, SourceRow
 from flywheel.services.build_round import Published, build_round
@@ -47,12 +48,13 @@ class InProcess:
         self.asked: list[dict[str, Any]] = []
 
     async def __call__(self, chunks: AsyncIterator[list[Entry]], config: RoundConfig, quarantine: QuarantineList,
-                       out: Path, *, watermark: int, parent: str | None, round_number: int) -> RoundResult:
+                       out: Path, *, watermark: int, parent: str | None, round_number: int,
+                       semantic: SemanticHits | None = None) -> RoundResult:
         rows = [e async for chunk in chunks for e in chunk]
         self.asked.append({"watermark": watermark, "parent": parent, "round": round_number, "rows": len(rows),
                            "quarantine": quarantine.version})
         return build(iter(rows), config, quarantine, out, watermark=watermark, parent=parent,
-                     round_number=round_number)
+                     round_number=round_number, semantic=semantic)
 
 
 class Broken(InProcess):

@@ -12,6 +12,8 @@ import orjson
 from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.rounds.rows import KINDS, Kind
 
+SEMANTIC_MODEL = "all-MiniLM-L6-v2"
+SEMANTIC_THRESHOLD = 0.65
 BUILDER_VERSION = 2  # bump whenever the same rows and config would give different files
 # 2: the PII gate checks each string of a row on its own (1 scanned them joined by NUL, which could find more).
 
@@ -30,6 +32,12 @@ class RoundConfig:
     minhash_threshold: float = 0.7
     num_perm: int = 256  # 256, not 128: halves the variance of the Jaccard estimate that confirms a hit
     minhash_seed: int = 1
+    # Semantic near duplicates (paraphrases) by sentence embeddings: see flywheel.domain.rounds.semantic. Off unless
+    # asked (FLYWHEEL_SEMANTIC_CHECK): the embedder needs torch, which only the generation virtualenv carries. The
+    # threshold is chosen by bench/paraphrase.py on the project's labelled paraphrase set.
+    semantic: bool = False
+    semantic_model: str = SEMANTIC_MODEL
+    semantic_threshold: float = SEMANTIC_THRESHOLD
     # Quality: per text; see flywheel.domain.rounds.quality.quality_reason.
     min_chars: int = 1
     max_chars: int = 50_000
@@ -54,8 +62,12 @@ class RoundConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer")
-        for name in ("minhash_threshold", "max_garbled_share", "stratum_cap_share", "calibration_share",
-                     "audit_share"):
+        if not isinstance(self.semantic, bool):
+            raise ValueError("semantic must be true or false")
+        if not self.semantic_model:
+            raise ValueError("semantic_model must not be empty")
+        for name in ("minhash_threshold", "semantic_threshold", "max_garbled_share", "stratum_cap_share",
+                     "calibration_share", "audit_share"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"{name} must be a finite number")
@@ -81,9 +93,13 @@ class RoundConfig:
             raise ValueError("audit_salt must not be empty")
 
     def as_dict(self) -> dict[str, Any]:
-        """The values as JSON-able data (kinds as a list)."""
+        """The values as JSON-able data (kinds as a list). The semantic check's knobs only when it is on: a config
+        without it names the same version (and round) as before the check existed."""
         values = asdict(self)
         values["kinds"] = list(self.kinds)
+        if not self.semantic:
+            for name in ("semantic", "semantic_model", "semantic_threshold"):
+                del values[name]
         return values
 
     def version(self) -> str:

@@ -11,6 +11,7 @@ from flywheel.domain.rounds.entries import EXCLUDED, Prepared, Removed, Repeat
 from flywheel.domain.rounds.quality import reason_of
 from flywheel.domain.rounds.quarantine import ANSWER, PROMPT, ContaminationHit, Match, QuarantineIndex, words
 from flywheel.domain.rounds.rows import KINDS
+from flywheel.domain.rounds.semantic import METHOD, SemanticHits, text_key
 from flywheel.domain.rounds.split import Splitter
 from flywheel.domain.rounds.tally import Tally
 
@@ -22,15 +23,22 @@ DEDUP = "dedup"
 QUALITY = "quality"
 DISTRIBUTION_CAP = "distribution_cap"
 GATES = (CONSENT, PII, CONTAMINATION, DEDUP, QUALITY, DISTRIBUTION_CAP)
+UNEMBEDDED_KEPT = 100_000  # texts without an embedding a cut hands back to be embedded (the rest are counted)
 
 
 class Gates:
     """The gates of one build in their order, with their state: dedup digests and the distribution cap. The first
     gates (kind, consent) are `Prepare`'s; these count what they removed and run the rest."""
 
-    def __init__(self, config: RoundConfig, index: QuarantineIndex, tally: Tally, *, cache_size: int) -> None:
+    def __init__(self, config: RoundConfig, index: QuarantineIndex, tally: Tally, *, cache_size: int,
+                 semantic: SemanticHits | None = None) -> None:
         self.config = config
         self.index = index
+        self.semantic = semantic
+        # Texts the semantic check could not clear (no kept embedding), by key, at most UNEMBEDDED_KEPT of them, and
+        # how many in all: the round is not published while there are any.
+        self.unembedded: dict[bytes, str] = {}
+        self.unembedded_count = 0
         self.tally = tally
         self.cap = DistributionCap(config.stratum_cap_share, config.cap_warmup)
         self.splitter = Splitter(config)
@@ -77,6 +85,8 @@ class Gates:
             normalised.append(text)
             if matches:
                 found += [ContaminationHit(m.item, ANSWER, m.method, m.score) for m in matches]
+        if self.semantic is not None:
+            found += self._semantic(normalised_prompt, normalised)
         if found:
             hits = frozenset(found)
             self.tally.contaminated(hits)
@@ -104,6 +114,25 @@ class Gates:
             self._remove(CONTAMINATION, kind)
         else:
             self._remove(outcome, kind)
+
+    def _semantic(self, prompt: str, answers: list[str]) -> list[ContaminationHit]:
+        """The items the row's prompt or answers paraphrase, as hits of the semantic method (also counted per item
+        side and row side)."""
+        assert self.semantic is not None
+        found: list[ContaminationHit] = []
+        for side, text in ((PROMPT, prompt), *((ANSWER, a) for a in answers)):
+            matches = self.semantic.of(text)
+            if matches is None:
+                key = text_key(text)
+                if key not in self.unembedded:
+                    self.unembedded_count += 1
+                    if len(self.unembedded) < UNEMBEDDED_KEPT:
+                        self.unembedded[key] = text
+                continue
+            for match in matches:
+                found.append(ContaminationHit(match.item_id, side, METHOD, match.score))
+                self.tally.semantic_hit(match, side)
+        return found
 
     def _read(self, text: str) -> tuple[str, tuple[Match, ...]]:
         """A text as dedup and splits see it (`normalise`d) and the quarantine items in it; immutable, as it is

@@ -13,6 +13,7 @@ from flywheel.domain.rounds.gates import CONTAMINATION, GATES
 from flywheel.domain.rounds.quality import QUALITY_REASONS
 from flywheel.domain.rounds.quarantine import QuarantineIndex, QuarantineList
 from flywheel.domain.rounds.rows import KINDS, SCORER_SEPARATOR
+from flywheel.domain.rounds.semantic import SemanticHits
 from flywheel.domain.rounds.split import SPLITS
 from flywheel.domain.rounds.tally import LENGTH_BUCKETS, Tally
 
@@ -27,12 +28,12 @@ def content_hash(files: dict[str, str], *, config_version: str, watermark: int, 
 
 def round_manifest(config: RoundConfig, quarantine: QuarantineList, index: QuarantineIndex, tally: Tally,
                    files_manifest: dict[str, dict[str, Any]], *, watermark: int, parent: str | None,
-                   round_number: int) -> dict[str, Any]:
+                   round_number: int, semantic: SemanticHits | None = None) -> dict[str, Any]:
     """What manifest.json holds: the round's identity, config and files, and the data sources, sample processing,
     training consumption and evaluation isolation manifests."""
     files = {path: entry["sha256"] for path, entry in files_manifest.items()}
     config_version = config.version()
-    return {
+    manifest: dict[str, Any] = {
         "round": round_number,
         "parent": parent,
         "watermark": watermark,
@@ -62,6 +63,12 @@ def round_manifest(config: RoundConfig, quarantine: QuarantineList, index: Quara
             "hit_records": tally.hit_records(),
         },
     }
+    if semantic is not None:
+        manifest["evaluation_isolation"]["semantic"] = {
+            "model": semantic.model, "threshold": semantic.threshold, "item_sides": semantic.items_compared,
+            "hits": tally.semantic_records(),
+        }
+    return manifest
 
 
 def _counted(records: list[dict[str, Any]], field: str) -> dict[str, int]:

@@ -158,6 +158,18 @@ def _hit_records_section(records: list[Mapping[str, Any]]) -> str:
     return head + "<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>" + rows + "</table>"
 
 
+def _semantic_section(semantic: Mapping[str, Any]) -> str:
+    """The semantic check's hits: one line per (item, item side, row side) with its best score."""
+    head = ("<tr><th>item</th><th>item side</th><th>side</th><th>method</th><th>score</th><th>texts</th></tr>")
+    lines = "".join(
+        "<tr>" + "".join(f"<td>{escape(str(hit[k]))}</td>"
+                         for k in ("item", "item_side", "side", "method", "score", "texts")) + "</tr>"
+        for hit in semantic["hits"])
+    return (f"<h2>Semantic near duplicates ({escape(str(semantic['model']))}, cosine &ge; "
+            f"{escape(str(semantic['threshold']))})</h2><table>{head}{lines}</table>"
+            if lines else f"<h2>Semantic near duplicates ({escape(str(semantic['model']))})</h2><p>none</p>")
+
+
 def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = None) -> str:
     """The HTML page of a round: identity, signal mix by kind and source, gate removals, the distribution by
     app, model version, tag and length, and (given `audits`, store.stats.signal_report at the round's
@@ -201,6 +213,7 @@ def report_html(manifest: Mapping[str, Any], audits: Mapping[str, Any] | None = 
         "<h2>Contamination hits (top 20 items)</h2>"
         + bar_chart([(k, float(v)) for k, v in hits], title="contamination hits"),
         _hit_records_section(isolation.get("hit_records", [])),
+        *([_semantic_section(isolation["semantic"])] if "semantic" in isolation else []),
         "<h2>By app</h2>" + bar_chart(_counts(distribution["by_app"]), title="by app"),
         "<h2>By model version</h2>" + bar_chart(_counts(distribution["by_model_version"]), title="by model version"),
         "<h2>By tag</h2>" + bar_chart(_counts(distribution["by_tag"]), title="by tag"),

