@@ -60,9 +60,18 @@ def test_the_shipped_threshold_is_the_one_the_tuning_half_chooses_and_holds_on_t
                      [p["paraphrase"] for p in pairs if p["split"] == name]) for name in ("tune", "heldout")}
     chosen, _ = choose_threshold(*scores["tune"], min_recall=0.9, min_precision=0.95)
     assert chosen == SEMANTIC_THRESHOLD
-    recall, precision = recall_precision(*scores["heldout"], SEMANTIC_THRESHOLD)
-    # Recall meets its target (0.9); precision does not reach 0.95 with this model (see README): 0.725 measured,
-    # this holds it from getting worse.
+    held = [p for p in pairs if p["split"] == "heldout"]
+
+    def figures(kind: str) -> tuple[float, float]:
+        chosen_pairs = [p for p in held if p["paraphrase"] or p["negative"] == kind]
+        return recall_precision([float(np.dot(vectors[normalise(p["a"])], vectors[normalise(p["b"])]))
+                                 for p in chosen_pairs], [p["paraphrase"] for p in chosen_pairs], SEMANTIC_THRESHOLD)
+
+    # The paraphrase / unrelated pairs meet both targets; against same-topic negatives one word or number
+    # apart precision falls short with this model (see README): this holds it from getting worse.
+    recall, precision = figures("unrelated")
+    assert recall >= 0.9 and precision >= 0.95
+    recall, precision = figures("same_topic")
     assert recall >= 0.9 and precision >= 0.7
 
 
