@@ -60,6 +60,15 @@ _ADDED: dict[tuple[str, str], list[str]] = {
         "ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS dead_letters_topic_partition_offset_key",
         'ALTER TABLE dead_letters ADD UNIQUE (topic, topic_id, partition, "offset")',
     ],
+    ("dead_letters", "sealed_for"): [
+        "ALTER TABLE dead_letters ADD COLUMN sealed_for text",
+        "ALTER TABLE dead_letters ALTER COLUMN original DROP NOT NULL",
+    ],
+    ("parked", "user_id_hash"): [
+        "ALTER TABLE parked ADD COLUMN user_id_hash text",
+        "ALTER TABLE parked ALTER COLUMN original DROP NOT NULL",
+        "UPDATE parked SET user_id_hash = data -> 'user' ->> 'id_hash'",
+    ],
     # Filled from the log, as a replay would; the signals were derived without them (no finish reasons in their
     # lineage), so they are derived again: the table goes, the checkpoint with it, and the projector starts over.
     ("interactions", "tools"): [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 import psycopg
@@ -19,8 +19,10 @@ from sqlmodel import SQLModel
 
 from flywheel.domain.events import CandidatesGenerated, CandidatesSelected, InternalEvent
 from flywheel.domain.signals import SignalConfig, prompt_key
+from store import keys
 from store.audits import AUDIT_EVENT_TYPES, project_audits
 from store.candidates import project_candidates
+from store.erasures import ERASURE_EVENT_TYPES, project_erasures
 from store.eventstore import NewEvent, StoredEvent, append, head, read
 from store.rounds import ROUND_EVENT_TYPES, project_rounds
 from store.signals import CHECKPOINT, checkpoint, derive_groups, touched_groups
@@ -52,7 +54,14 @@ def _counter(e: StoredEvent) -> str:
 
 async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
     """Apply events (in position order) to interactions, feedback and candidate_groups, inside the caller's
-    transaction (signals follow later: store.signals.catch_up)."""
+    transaction (signals follow later: store.signals.catch_up). Events are in their readable form (personal fields
+    opened: store.keys); an erased user's events derive nothing."""
+    events = [e for e in events if not keys.is_erased(e.data)]
+    erasures = [e for e in events if e.type in ERASURE_EVENT_TYPES]
+    if erasures:
+        events = [e for e in events if e.type not in ERASURE_EVENT_TYPES]
+        async with conn.cursor() as cur:
+            await project_erasures(cur, erasures)
     generated = [e for e in events if e.type in _CANDIDATE_EVENT_TYPES]
     rounds = [e for e in events if e.type in ROUND_EVENT_TYPES]
     audits = [e for e in events if e.type in AUDIT_EVENT_TYPES]
@@ -127,7 +136,8 @@ async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig) -> i
     """Project the whole log into the (empty) read models, then derive every prompt group once."""
     count = 0
     async for chunk in read(conn):
-        await project(conn, chunk)
+        ring = await keys.load(conn, [keys.user_of(e.data) for e in chunk], create=False, lock=False)
+        await project(conn, [replace(e, data=ring.open(e.data)) for e in chunk])
         count += len(chunk)
     async with conn.cursor() as cur:
         await cur.execute("SELECT DISTINCT prompt_key FROM interactions ORDER BY 1")

@@ -1,0 +1,127 @@
+"""A user's erasure in one transaction: the key goes, the erasure is logged, the user's rows leave the read models."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from flywheel.domain.events import ConsentChanged, UserErased
+from flywheel.domain.log import NewEvent
+from store import keys
+from store.erasures import consent_changes
+from store.eventstore import append, head
+from store.projections import project, record
+from store.signals import CHECKPOINT
+
+_COUNTERS = ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons")
+_COUNTER = {"edit": "edits", "regenerate": "regenerations", "rating": "ratings", "comparison": "comparisons"}
+
+
+@dataclass
+class Erased:
+    """What one erasure removed (counts only)."""
+
+    new: bool  # False: the user was erased before; this one changed nothing new
+    removed: dict[str, int] = field(default_factory=dict)  # table -> rows removed
+    groups: int = 0  # prompt groups left for the projector to derive again
+
+
+async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, by: str = "") -> Erased:
+    """Erase `user`, idempotently: delete their data key (their events read as erased from now on), log the
+    erasure, store their parked events as erased, and delete their rows from the read models that hold text
+    (interactions, feedback, candidate groups) and the signals with any of their source events. The prompt groups
+    those touched are queued for the signals projector, which derives them again (store.signals.catch_up)."""
+    async with conn.transaction():
+        # Lock order, as everywhere: the key row, then the log, then the signals checkpoint.
+        await keys.shred(conn, user)
+        stored = await append(conn, [UserErased(user_id_hash=user, reason=reason, by=by)])
+        await project(conn, stored)
+        out = Erased(new=bool(stored))
+        # A projector run in progress read the user's rows: let it finish before they go.
+        await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
+                           [CHECKPOINT])
+        await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
+        async with conn.cursor() as cur:
+            await cur.execute(
+                'DELETE FROM parked WHERE user_id_hash = %s RETURNING topic, partition, "offset", data', [user])
+            parked = [keys.KeyRing({user: None}).open(row[3]) for row in sorted(await cur.fetchall())]
+            await append(conn, [NewEvent.of(d) for d in parked])  # stored as erased: counts still reconcile
+            out.removed["parked"] = len(parked)
+
+            await cur.execute("DELETE FROM interactions WHERE user_id_hash = %s RETURNING prompt_key, event_id::text",
+                              [user])
+            gone = await cur.fetchall()
+            groups = {k for k, _ in gone}
+            event_ids = [e for _, e in gone]
+            out.removed["interactions"] = len(gone)
+            await cur.execute(
+                "DELETE FROM feedback WHERE user_id_hash = %s RETURNING position, event_id::text, type, interaction_id,"
+                " payload", [user])
+            feedback = await cur.fetchall()
+            out.removed["feedback"] = len(feedback)
+            event_ids += [row[1] for row in feedback]
+            about = await _uncount(cur, feedback)
+            if about:
+                await cur.execute("SELECT DISTINCT prompt_key FROM interactions WHERE interaction_id = ANY(%s)",
+                                  [sorted(about)])
+                groups |= {row[0] for row in await cur.fetchall()}
+            keys_ = sorted(groups)
+            await cur.execute(
+                "DELETE FROM signals WHERE prompt_key = ANY(%s)"
+                " AND (data::jsonb -> 'source_event_ids') ?| %s::text[]", [keys_, event_ids])
+            out.removed["signals"] = cur.rowcount
+            await cur.execute(
+                "DELETE FROM candidate_groups WHERE prompt_key = ANY(%s)", [sorted({k for k, _ in gone})])
+            out.removed["candidate_groups"] = cur.rowcount
+            if keys_:
+                await cur.execute(
+                    "INSERT INTO rederive (prompt_key, position) SELECT k, %s FROM unnest(%s::text[]) k"
+                    " ON CONFLICT DO NOTHING", [await head(conn), keys_])
+            out.groups = len(keys_)
+    return out
+
+
+async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[tuple[Any, ...]]) -> set[str]:
+    """Take deleted feedback out of the counters of the interactions it was about (as if it had never been
+    projected: store.projections.project); returns those interactions."""
+    deltas: dict[str, list[int]] = defaultdict(lambda: [0] * len(_COUNTERS))
+    for _, _, kind, interaction_id, payload in feedback:
+        column = ("thumbs_up" if payload["value"] == "up" else "thumbs_down") if kind == "thumbs" else _COUNTER[kind]
+        about = (payload["chosen_interaction_id"], payload["rejected_interaction_id"]) if kind == "comparison" \
+            else (interaction_id,)
+        for iid in about:
+            deltas[iid][_COUNTERS.index(column)] += 1
+    if not deltas:
+        return set()
+    ids = list(deltas)
+    columns = [list(col) for col in zip(*deltas.values(), strict=True)]
+    sets = ", ".join(f"{c} = i.{c} - d.{c}" for c in _COUNTERS)
+    arrays = ", ".join(["%s::int[]"] * len(_COUNTERS))
+    await cur.execute(
+        f"UPDATE interactions i SET {sets} FROM unnest(%s::text[], {arrays})"
+        f" AS d(interaction_id, {', '.join(_COUNTERS)}) WHERE i.interaction_id = d.interaction_id", [ids, *columns])
+    # The newest event about each: what is left of its feedback.
+    await cur.execute(
+        """
+        UPDATE interactions i SET last_position = greatest(i.position,
+            (SELECT max(f.position) FROM feedback f WHERE f.interaction_id = i.interaction_id),
+            (SELECT max(f.position) FROM feedback f WHERE f.type = 'comparison' AND i.interaction_id
+               IN (f.payload ->> 'chosen_interaction_id', f.payload ->> 'rejected_interaction_id')))
+        WHERE i.interaction_id = ANY(%s) AND i.last_position = ANY(%s)
+        """,
+        [ids, [row[0] for row in feedback]])
+    return set(ids)
+
+
+async def change_consent(conn: psycopg.AsyncConnection, user: str, *, granted: bool, by: str = "") -> bool:
+    """Withdraw or grant again a user's training consent; False when it already was so (nothing recorded)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", [f"consent:{user}"])
+        changes, withdrawn = await consent_changes(conn, user)
+        if withdrawn != granted:
+            return False
+        await record(conn, [ConsentChanged(user_id_hash=user, granted=granted, change=changes, by=by)])
+        return True
