@@ -42,10 +42,17 @@ def create_schema(url: str) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _SCHEMA_LOCK})
             _renew_outdated_followers(conn)
             SQLModel.metadata.create_all(conn)
+            for ddl in _INDEXES:
+                conn.execute(text(ddl))
     finally:
         eng.dispose()
 
 
+# Indexes added since their table was first released (create_all makes them only with a new table).
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ix_interactions_user_id_hash ON interactions (user_id_hash)",
+    "CREATE INDEX IF NOT EXISTS ix_feedback_user_id_hash ON feedback (user_id_hash)",
+)
 _FOLLOWERS = {"signals": "signals"}  # table -> the checkpoint its projector follows the log from
 # Columns added since a table was first released, with what brings an older table up to date in place.
 _ADDED: dict[tuple[str, str], list[str]] = {

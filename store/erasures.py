@@ -12,6 +12,7 @@ import psycopg
 
 from flywheel.domain.events import PRIVACY_EVENT_TYPES, ConsentChanged, UserErased
 from flywheel.domain.log import StoredEvent
+from flywheel.ports import Erasures
 
 ERASURE_EVENT_TYPES = PRIVACY_EVENT_TYPES
 
@@ -69,3 +70,21 @@ async def consent_changes(conn: psycopg.AsyncConnection, user: str) -> tuple[int
     cur = await conn.execute("SELECT withdrawn FROM erasures WHERE user_id_hash = %s", [user])
     state = await cur.fetchone()
     return (int(row[0]) if row else 0), bool(state and state[0])
+
+
+async def build_erasures(conn: psycopg.AsyncConnection) -> Erasures:
+    """The erasure list as a build applies it: the withdrawn users' events and prompt groups are left out."""
+    found = await erasure_list(conn)
+    withdrawn = sorted(found.withdrawn)
+    events: set[str] = set()
+    prompts: set[str] = set()
+    if withdrawn:
+        cur = await conn.execute("SELECT event_id::text, prompt_key FROM interactions WHERE user_id_hash = ANY(%s)",
+                                 [withdrawn])
+        for event_id, key in await cur.fetchall():
+            events.add(event_id)
+            prompts.add(key)
+        cur = await conn.execute("SELECT event_id::text FROM feedback WHERE user_id_hash = ANY(%s)", [withdrawn])
+        events.update(row[0] for row in await cur.fetchall())
+    return Erasures(version=found.version, erased_users=len(found.erased), withdrawn_users=len(withdrawn),
+                    events=frozenset(events), prompt_keys=frozenset(prompts))

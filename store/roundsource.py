@@ -14,6 +14,7 @@ from flywheel.domain.rounds import QuarantineItem, QuarantineList
 from flywheel.domain.signals import SignalConfig
 from flywheel.ports import BuilderBusy, Quarantine, RoundState, SourceRow
 from store.db import connect, conninfo
+from store.erasures import build_erasures
 from store.eventstore import head
 from store.roundrows import stream_rows
 from store.rounds import current_round, quarantine
@@ -59,7 +60,8 @@ class PostgresSnapshot:
     async def quarantine(self) -> Quarantine:
         version, items, slices = await quarantine(self.conn)
         return Quarantine(version=version, slices=slices, items=QuarantineList(version=version, items=tuple(
-            QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items)))
+            QuarantineItem(item_id=i, list_name=n, prompt=p, answer=a) for i, n, p, a in items)),
+            erasures=await build_erasures(self.conn))
 
     def rows(self, watermark: int, signals: SignalConfig | None, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
         return stream_rows(self.conn, watermark, signals or self.signals, derived_with=self.signals, copies=copies)

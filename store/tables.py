@@ -150,7 +150,7 @@ class InteractionView(SQLModel, table=True):
     model_version: str = Field(index=True)
     prompt_version: str
     prompt_key: str = Field(index=True)  # hash of the conversation: the prompt group signals derive over
-    user_id_hash: str
+    user_id_hash: str = Field(index=True)  # an erasure finds a user's rows by it
     consent_training: bool
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     messages: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
@@ -179,7 +179,7 @@ class FeedbackView(SQLModel, table=True):
     app_id: str
     model_version: str
     prompt_version: str
-    user_id_hash: str
+    user_id_hash: str = Field(index=True)
     consent_training: bool
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))

@@ -45,6 +45,7 @@ from flywheel.domain.rounds.rollback import in_slice
 from flywheel.ports import (
     Announcer,
     BuilderBusy,
+    Erasures,
     Quarantine,
     RoundBuilder,
     RoundFiles,
@@ -58,6 +59,7 @@ __all__ = ["BuilderBusy", "Published", "build_round"]
 
 _CHUNK = 500
 _KIND: dict[str, Kind] = {"pair": "dpo", "kto": "kto", "sft": "sft"}
+_ERASED_KIND = {**_KIND, "group": "groups"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -76,14 +78,21 @@ class Published:
 
 async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, Any]], sliced: list[int],
                 prepare: Prepare, poor: frozenset[tuple[str, str]] = frozenset(),
-                disagreed: Counter[tuple[str, str]] | None = None) -> AsyncIterator[list[Entry]]:
+                disagreed: Counter[tuple[str, str]] | None = None, erasures: Erasures | None = None,
+                erased: Counter[str] | None = None) -> AsyncIterator[list[Entry]]:
     """The rows of `source` in chunks, through the first gates (`prepare`): what the builder process gets. Human
     feedback rows (signal records) of an (app, model version) slice in `poor` are left out and counted in
-    `disagreed`: its raters do not agree enough to train on."""
+    `disagreed`: its raters do not agree enough to train on. Rows the erasure list excludes (a withdrawn user's)
+    are left out and counted in `erased` by kind."""
     chunk: list[Entry] = []
     no_row: set[bytes] = set()  # copy keys of records that make no row (an undecided pair)
+    excluding = erasures is not None and bool(erasures.events or erasures.prompt_keys)
     async for batch in source:
         for row in batch:
+            if excluding and row.data is not None and erasures is not None and erasures.excludes(row.kind, row.data):
+                if erased is not None:
+                    erased[row.kind] += 1
+                continue
             if not row.consent:  # unread (only without slices: RoundSnapshot.rows)
                 chunk.append(prepare.without_consent(_KIND[row.kind], row.copy_key, row.position))
                 continue
@@ -132,15 +141,18 @@ async def _then(chunks: AsyncIterator[list[Entry]], read: Callable[[], None]) ->
 async def _cut(
     snapshot: RoundSnapshot, builder: RoundBuilder, staged: Path, command: BuildRound, quarantine: Quarantine, *,
     watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
-    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]],
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], erased: Counter[str],
 ) -> tuple[RoundResult, dict[str, Any], int]:
     """The round's files under `staged`, its report's figures and the rows left out by rollback slices, all from
     one snapshot."""
     sliced = [0]
     slices = quarantine.slices
-    # Exact copies come unread unless a rollback slice or a low-agreement slice may leave out the row they copy.
-    chunks = _rows(snapshot.rows(watermark, command.signals, copies=not slices and not poor), slices,
-                   sliced, Prepare(command.config), poor, disagreed)
+    erasures = quarantine.erasures
+    # Exact copies come unread unless a rollback slice, a low-agreement slice or the erasure list may leave out the
+    # row they copy.
+    copies = not slices and not poor and not erasures.events and not erasures.prompt_keys
+    chunks = _rows(snapshot.rows(watermark, command.signals, copies=copies), slices,
+                   sliced, Prepare(command.config), poor, disagreed, erasures, erased)
     # The report's aggregates run in this snapshot once every row is read, while the builder process works
     # through the last of them and this one would wait; so does the announcer's getting ready.
     report: asyncio.Task[dict[str, Any]] | None = None
@@ -193,11 +205,12 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                 agreement = agreement_gates(await snapshot.judgements(watermark), command.config.promotion,
                                             config_version=command.config.version())
                 disagreed: Counter[tuple[str, str]] = Counter()
+                erased: Counter[str] = Counter()
                 staged = files.staging(number)
                 result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
                                                         watermark=watermark, parent=parent, number=number,
                                                         announce=announce, poor=failing_slices(agreement),
-                                                        disagreed=disagreed)
+                                                        disagreed=disagreed, erased=erased)
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
             manifest, audits = with_scorer_audits(result.manifest, audits)
@@ -206,6 +219,10 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
             promotion = [g.as_dict() for g in gates]
             manifest["promotion"] = {"state": verdict, "gates": promotion,
                                      "left_out_for_agreement": sum(disagreed.values())}
+            e = quarantine.erasures
+            erasure = {"version": e.version, "erased_users": e.erased_users, "withdrawn_users": e.withdrawn_users,
+                       "rows_removed": {_ERASED_KIND.get(k, k): n for k, n in sorted(erased.items())}}
+            manifest["erasures"] = erasure
             (staged / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
                                             + b"\n")
             (staged / "report.html").write_text(report_html(manifest, audits))
@@ -215,6 +232,7 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                        "model_versions": sources["model_versions"], "rows_in": result.rows_in,
                        "rows_out": result.rows_out, "sliced_out": sliced_out,
                        "left_out_for_agreement": sum(disagreed.values()),
+                       "erasures": erasure,
                        "sources": sources["sources_by_kind"],
                        "by_app": _counts(processing["distribution"]["by_app"]),
                        "by_model_version": _counts(processing["distribution"]["by_model_version"]),

@@ -1,0 +1,200 @@
+"""The right to be forgotten on the real stack: erasure leaves no trace of a user's words in Postgres or in later
+rounds, replay still agrees, and a withdrawn user's data leaves rounds and the sampler until consent is granted."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from flywheel.bootstrap import round_ops
+from flywheel.domain.commands import BuildRound
+from flywheel.domain.rounds import RoundConfig
+from flywheel.domain.rounds.promotion import PromotionConfig
+from flywheel.domain.signals import SignalConfig
+from flywheel.settings import Endpoints
+from flywheel.simulator import generate
+from store.db import connect, connect_sync, create_schema
+from store.erase import change_consent, erase_user
+from store.hardcases import prompt_candidates
+from store.projections import check
+from store.signals import catch_up
+from tests.factories import event, interaction, raw, thumbs
+from tests.integration.test_signals_store import ingest_all
+from tests.store_helpers import in_store
+
+pytestmark = pytest.mark.integration
+
+MARK = "QX7-PLUMTREE-4417"  # in the erased user's words only
+USER = {"id_hash": "user-to-forget", "consent_training": True}
+# Gates that would hold a small test log's round for reasons of their own; these tests are about its rows.
+CONFIG = RoundConfig(promotion=PromotionConfig(max_contamination_rate=1.0, max_drift=100.0))
+
+
+def own_events() -> list[bytes]:
+    """The user's interactions, an edit (a pair and an SFT sample), a thumbs with a reason on another user's response,
+    feedback parked for an interaction that never comes, and a message that is dead-lettered."""
+    first = interaction("forget-1", prompt=f"My account {MARK} is locked, help", response=f"Reset {MARK} now.",
+                        user=USER)
+    second = interaction("forget-2", prompt="How do I reset my password?", response=f"Say {MARK} to support.",
+                         user=USER)
+    edit = event("edit", "forget-1", {"edited_response": f"Go to settings; {MARK} stays private."}, user=USER)
+    down = thumbs("forget-2", "down", user=USER)
+    down["payload"]["reason"] = f"it leaked {MARK}"
+    parked = thumbs("never-comes", "down", user=USER)
+    parked["payload"]["reason"] = f"parked {MARK}"
+    dead = {**interaction("forget-3", prompt=f"dead {MARK}", user=USER), "schema_version": 7}
+    return [raw(e) for e in (first, second, edit, down, parked, dead)]
+
+
+def traffic() -> list[bytes]:
+    return [m.value for m in generate(1200, seed=9) if m.expected_reason is None] + own_events()
+
+
+def everything_as_text(url: str) -> str:
+    """Every row of every table in the database as text, bytea also as hex (where plaintext bytes would show)."""
+    with connect_sync(url) as conn:
+        tables = [r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1").fetchall()]
+        return "\n".join(str(row[0]) for t in tables for row in conn.execute(f"SELECT t::text FROM {t} t"))
+
+
+def contains(text: str, needle: str) -> bool:
+    return needle in text or needle.encode().hex() in text
+
+
+def round_text(path: Path) -> str:
+    return "\n".join(f.read_text() for f in sorted(path.glob("*/*.jsonl")))
+
+
+def build(url: str, root: Path, watermark: int | None = None) -> Any:
+    return in_store(url, lambda conn: round_ops(conn, root).build(BuildRound(config=CONFIG, watermark=watermark)))
+
+
+def project(url: str) -> None:
+    async def run() -> None:
+        conn = await connect(url)
+        try:
+            while (p := await catch_up(conn, SignalConfig(), wait=True)) is not None and p.upto > p.after:
+                pass
+        finally:
+            await conn.close()
+    asyncio.run(run())
+
+
+def drifts(url: str) -> list[Any]:
+    return [d for d in in_store(url, lambda conn: check(conn, SignalConfig())) if d.missing or d.extra]
+
+
+def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+    with connect_sync(url) as conn:
+        return conn.execute(sql).fetchall()
+
+
+@pytest.fixture
+def second_database(endpoints: Endpoints) -> Iterator[str]:
+    """Another fresh database on the same server."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = endpoints.database_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    url = endpoints.database_url.rsplit("/", 1)[0] + f"/{name}"
+    create_schema(url)
+    yield url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def test_an_erased_users_words_are_nowhere_in_postgres_nor_in_a_later_round(endpoints: Endpoints,
+                                                                             tmp_path: Path) -> None:
+    url = endpoints.database_url
+    values = traffic()
+    ingest_all(url, values, [300])
+    stored = everything_as_text(url)
+    # Sealed from the start: the log, parked events and dead letters hold no plaintext even before the erasure.
+    assert not contains(query(url, "SELECT string_agg(data::text, ' ') FROM events")[0][0], MARK)
+    assert query(url, "SELECT count(*) FROM parked WHERE user_id_hash = 'user-to-forget'") == [(1,)]
+    assert query(url, "SELECT sealed_for FROM dead_letters") == [("user-to-forget",)]
+    assert contains(stored, MARK)  # but the read models do, as they must to be used
+    before = build(url, tmp_path / "rounds")
+    assert MARK in round_text(before.path), "the test's user made no row: the check below would prove nothing"
+
+    out = in_store(url, lambda conn: erase_user(conn, "user-to-forget", reason="ticket 88"))
+    assert out.new and out.removed["interactions"] == 2 and out.removed["feedback"] == 2
+    assert out.removed["parked"] == 1 and out.removed["signals"] > 0 and out.groups > 0
+    again = in_store(url, lambda conn: erase_user(conn, "user-to-forget", reason="ticket 88"))
+    assert not again.new and sum(again.removed.values()) == 0
+    project(url)
+
+    # A later event of theirs is stored, as erased.
+    late = interaction("forget-4", prompt=f"late {MARK}", user=USER)
+    ingest_all(url, [raw(late)], [1], first_offset=len(values))
+    assert query(url, f"SELECT data ? 'erased' FROM events WHERE event_id = '{late['event_id']}'") == [(True,)]
+
+    assert not contains(everything_as_text(url), MARK)
+    assert drifts(url) == []
+    after = build(url, tmp_path / "rounds")
+    assert after.rows_out > 0 and MARK not in round_text(after.path)
+    manifest = (after.path / "manifest.json").read_text()
+    assert '"erased_users": 1' in manifest and "user-to-forget" not in manifest
+    assert query(url, "SELECT type, count(*) FROM events WHERE type = 'erasure' GROUP BY 1") == [("erasure", 1)]
+
+
+def test_a_withdrawn_users_data_leaves_the_next_round_and_the_sampler_and_comes_back_on_grant(
+        endpoints: Endpoints, tmp_path: Path) -> None:
+    url = endpoints.database_url
+    ingest_all(url, traffic(), [300])
+    root = tmp_path / "rounds"
+    assert MARK in round_text(build(url, root).path)
+
+    def sampled() -> bool:
+        async def run(conn: psycopg.AsyncConnection) -> bool:
+            cur = await conn.execute("SELECT prompt_key FROM interactions WHERE interaction_id = 'forget-1'")
+            key = (await cur.fetchone())[0]  # type: ignore[index]
+            candidates, _ = await prompt_candidates(conn, 10**9)
+            return next(c for c in candidates if c.prompt_key == key).consent
+        return bool(in_store(url, run))
+
+    assert sampled()
+    assert in_store(url, lambda conn: change_consent(conn, "user-to-forget", granted=False))
+    assert not in_store(url, lambda conn: change_consent(conn, "user-to-forget", granted=False))  # idempotent
+    withdrawn = build(url, root)
+    assert MARK not in round_text(withdrawn.path) and not sampled()
+    manifest = (withdrawn.path / "manifest.json").read_text()
+    assert '"withdrawn_users": 1' in manifest
+    assert query(url, "SELECT count(*) FROM interactions WHERE user_id_hash = 'user-to-forget'") == [(2,)]  # kept
+
+    assert in_store(url, lambda conn: change_consent(conn, "user-to-forget", granted=True))
+    granted = build(url, root)
+    assert MARK in round_text(granted.path) and sampled()
+    assert drifts(url) == []
+
+
+def test_a_round_after_an_erasure_is_the_round_of_a_log_erased_before_its_first_build(
+        endpoints: Endpoints, second_database: str, tmp_path: Path) -> None:
+    values = traffic()
+    late, early = endpoints.database_url, second_database
+    ingest_all(late, values, [300])
+    ingest_all(early, values, [300])
+    [(watermark,)] = query(late, "SELECT max(position) FROM events")
+
+    first = build(late, tmp_path / "late")  # holds the user's rows
+    assert MARK in round_text(first.path)
+    in_store(late, lambda conn: erase_user(conn, "user-to-forget", reason="r"))
+    project(late)
+    recut = build(late, tmp_path / "late", watermark=watermark)
+
+    in_store(early, lambda conn: erase_user(conn, "user-to-forget", reason="r"))
+    project(early)
+    fresh = build(early, tmp_path / "early", watermark=watermark)
+
+    assert recut.content_hash == fresh.content_hash
+    files = sorted(p.relative_to(recut.path) for p in recut.path.glob("*/*.jsonl"))
+    assert files and files == sorted(p.relative_to(fresh.path) for p in fresh.path.glob("*/*.jsonl"))
+    assert all((recut.path / f).read_bytes() == (fresh.path / f).read_bytes() for f in files)
+
