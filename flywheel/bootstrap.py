@@ -18,10 +18,19 @@ from flywheel.settings import Endpoints, Settings
 if TYPE_CHECKING:
     import psycopg
 
-    from flywheel.domain.commands import BuildRound, PromoteRound, RegisterConsumption, RestoreRound, RollBackRound
+    from flywheel.domain.commands import (
+        BuildRound,
+        PromoteRound,
+        PurgeRound,
+        RecutRound,
+        RegisterConsumption,
+        RestoreRound,
+        RollBackRound,
+    )
     from flywheel.domain.signals import SignalConfig
     from flywheel.ports import Announcer, EventLog, HardCaseStore, RoundBuilder
     from flywheel.services.build_round import Published
+    from flywheel.services.recut import Recut
     from flywheel.services.rollback import Change
     from flywheel.services.select import Scoring
     from sampling.generation import Generator
@@ -59,6 +68,8 @@ class RoundOps:
     restore: Callable[[RestoreRound], Awaitable[Change]]
     register_consumption: Callable[[RegisterConsumption], Awaitable[bool]]
     promote: Callable[[PromoteRound], Awaitable[Change]]
+    recut: Callable[[RecutRound], Awaitable[Recut]]
+    purge: Callable[[PurgeRound], Awaitable[int]]
 
 
 def announcer(settings: Settings, endpoints: Endpoints) -> Announcer:
@@ -77,6 +88,7 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
     from flywheel.domain.signals import SignalConfig
     from flywheel.runtime.round_builder import ProcessRoundBuilder
     from flywheel.services.build_round import build_round
+    from flywheel.services.recut import purge, recut
     from flywheel.services.rollback import promote, register_consumption, restore, rollback
     from store.roundfiles import RoundDirectories
     from store.roundsource import PostgresRoundSource
@@ -87,9 +99,12 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
 
     def bind(conn: psycopg.AsyncConnection) -> RoundOps:
         rounds = PostgresRounds(conn)
+        build = partial(build_round, source=PostgresRoundSource(conn, rules),
+                        builder=builder or ProcessRoundBuilder(), files=files, announce=told)
         return RoundOps(
-            build=partial(build_round, source=PostgresRoundSource(conn, rules),
-                          builder=builder or ProcessRoundBuilder(), files=files, announce=told),
+            build=build,
+            recut=partial(recut, build=build, rounds=rounds, files=files, announce=told),
+            purge=partial(purge, rounds=rounds, files=files, announce=told),
             rollback=partial(rollback, rounds=rounds, files=files, announce=told),
             restore=partial(restore, rounds=rounds, files=files, announce=told),
             register_consumption=partial(register_consumption, rounds=rounds, files=files),

@@ -220,6 +220,10 @@ class RoundFiles(Protocol):
 
     def write_consumption(self, number: int, runs: list[str]) -> None: ...
 
+    def purge(self, number: int) -> int:
+        """Delete round `number`'s data files, keeping its manifest and report; returns how many went."""
+        ...
+
 
 class HardCaseSampling(EventLog, Protocol):
     """One unit of work of the sampler: read the prompt candidates, record the sample."""

@@ -35,20 +35,18 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
     (interactions, feedback, candidate groups) and the signals with any of their source events. The prompt groups
     those touched are queued for the signals projector, which derives them again (store.signals.catch_up)."""
     async with conn.transaction():
-        # Lock order, as everywhere: the key row, then the log, then the signals checkpoint.
+        # Lock order, as everywhere: the key row, the log, then the signals checkpoint (a projector run in progress
+        # has read the user's rows: it finishes before they go).
         await keys.shred(conn, user)
-        stored = await append(conn, [UserErased(user_id_hash=user, reason=reason, by=by)])
-        await project(conn, stored)
-        out = Erased(new=bool(stored))
-        # A projector run in progress read the user's rows: let it finish before they go.
+        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
         await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
                            [CHECKPOINT])
         await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
+        out = Erased(new=False)
         async with conn.cursor() as cur:
             await cur.execute(
                 'DELETE FROM parked WHERE user_id_hash = %s RETURNING topic, partition, "offset", data', [user])
             parked = [keys.KeyRing({user: None}).open(row[3]) for row in sorted(await cur.fetchall())]
-            await append(conn, [NewEvent.of(d) for d in parked])  # stored as erased: counts still reconcile
             out.removed["parked"] = len(parked)
 
             await cur.execute("DELETE FROM interactions WHERE user_id_hash = %s RETURNING prompt_key, event_id::text",
@@ -70,18 +68,60 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
                 groups |= {row[0] for row in await cur.fetchall()}
             keys_ = sorted(groups)
             await cur.execute(
-                "DELETE FROM signals WHERE prompt_key = ANY(%s)"
-                " AND (data::jsonb -> 'source_event_ids') ?| %s::text[]", [keys_, event_ids])
-            out.removed["signals"] = cur.rowcount
-            await cur.execute(
-                "DELETE FROM candidate_groups WHERE prompt_key = ANY(%s)", [sorted({k for k, _ in gone})])
-            out.removed["candidate_groups"] = cur.rowcount
-            if keys_:
-                await cur.execute(
-                    "INSERT INTO rederive (prompt_key, position) SELECT k, %s FROM unnest(%s::text[]) k"
-                    " ON CONFLICT DO NOTHING", [await head(conn), keys_])
+                "DELETE FROM signals WHERE prompt_key = ANY(%s) AND (data::jsonb -> 'source_event_ids') ?| %s::text[]"
+                " RETURNING kind, position", [keys_, event_ids])
+            signals = await cur.fetchall()
+            out.removed["signals"] = len(signals)
+            # Candidate groups of the user's prompts go with the erasure's projection (a replay does the same).
+            prompts = sorted({k for k, _ in gone})
+            await cur.execute("SELECT position FROM candidate_groups WHERE prompt_key = ANY(%s)", [prompts])
+            candidate_groups = await cur.fetchall()
+            out.removed["candidate_groups"] = len(candidate_groups)
+            exposure = await _exposure(cur, [p for kind, p in signals if kind in TRAINING_KINDS]
+                                       + [p for (p,) in candidate_groups])
             out.groups = len(keys_)
+        # The erasure, and the user's parked events stored as erased (so counts still reconcile).
+        stored = await append(conn, [UserErased(user_id_hash=user, reason=reason, by=by, exposure=exposure,
+                                                prompt_keys=tuple(prompts)),
+                                     *(NewEvent.of(d) for d in parked)])
+        await project(conn, stored)
+        out.new = any(e.type == UserErased.TYPE for e in stored)
+        if keys_:
+            await conn.execute(
+                "INSERT INTO rederive (prompt_key, position) SELECT k, %s FROM unnest(%s::text[]) k"
+                " ON CONFLICT DO NOTHING", [await head(conn), keys_])
     return out
+
+
+TRAINING_KINDS = ("pair", "kto", "sft")  # the signal records a round is cut from
+
+
+async def _exposure(cur: psycopg.AsyncCursor[Any], positions: list[int]) -> dict[str, int]:
+    """For each round published so far: how many of these rows (by the log position of their newest source) lie at
+    or before its watermark, so it may hold them."""
+    await cur.execute(
+        "SELECT r.number, count(*) FROM rounds r JOIN unnest(%s::bigint[]) p(position) ON p.position <= r.watermark"
+        " GROUP BY r.number ORDER BY r.number", [positions])
+    return {str(n): int(c) for n, c in await cur.fetchall()}
+
+
+async def user_exposure(conn: psycopg.AsyncConnection, user: str) -> dict[str, int]:
+    """_exposure of a user's training records and candidate groups as the read models hold them now."""
+    async with conn.cursor() as cur:
+        await cur.execute(
+            "SELECT prompt_key, event_id::text FROM interactions WHERE user_id_hash = %s UNION ALL"
+            " SELECT i.prompt_key, f.event_id::text FROM feedback f JOIN interactions i USING (interaction_id)"
+            " WHERE f.user_id_hash = %s", [user, user])
+        rows = await cur.fetchall()
+        await cur.execute(
+            "SELECT position FROM signals WHERE prompt_key = ANY(%s) AND kind = ANY(%s)"
+            " AND (data::jsonb -> 'source_event_ids') ?| %s::text[]",
+            [sorted({k for k, _ in rows}), list(TRAINING_KINDS), [e for _, e in rows]])
+        positions = [p for (p,) in await cur.fetchall()]
+        await cur.execute("SELECT position FROM candidate_groups WHERE prompt_key = ANY(%s)",
+                          [sorted({k for k, _ in rows})])
+        positions += [p for (p,) in await cur.fetchall()]
+        return await _exposure(cur, positions)
 
 
 async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[tuple[Any, ...]]) -> set[str]:
@@ -123,5 +163,7 @@ async def change_consent(conn: psycopg.AsyncConnection, user: str, *, granted: b
         changes, withdrawn = await consent_changes(conn, user)
         if withdrawn != granted:
             return False
-        await record(conn, [ConsentChanged(user_id_hash=user, granted=granted, change=changes, by=by)])
+        exposure = {} if granted else await user_exposure(conn, user)
+        await record(conn, [ConsentChanged(user_id_hash=user, granted=granted, change=changes, by=by,
+                                           exposure=exposure)])
         return True

@@ -57,11 +57,19 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
     transaction (signals follow later: store.signals.catch_up). Events are in their readable form (personal fields
     opened: store.keys); an erased user's events derive nothing."""
     events = [e for e in events if not keys.is_erased(e.data)]
-    erasures = [e for e in events if e.type in ERASURE_EVENT_TYPES]
-    if erasures:
-        events = [e for e in events if e.type not in ERASURE_EVENT_TYPES]
-        async with conn.cursor() as cur:
-            await project_erasures(cur, erasures)
+    if any(e.type in ERASURE_EVENT_TYPES for e in events):
+        # In log order around each: an erasure removes what the events before it projected.
+        run: list[StoredEvent] = []
+        for e in events:
+            if e.type in ERASURE_EVENT_TYPES:
+                await project(conn, run)
+                run = []
+                async with conn.cursor() as cur:
+                    await project_erasures(cur, [e])
+            else:
+                run.append(e)
+        await project(conn, run)
+        return
     generated = [e for e in events if e.type in _CANDIDATE_EVENT_TYPES]
     rounds = [e for e in events if e.type in ROUND_EVENT_TYPES]
     audits = [e for e in events if e.type in AUDIT_EVENT_TYPES]

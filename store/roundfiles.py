@@ -58,6 +58,12 @@ class RoundDirectories:
     def clear_rolled_back(self, number: int) -> None:
         (round_dir(self.root, number) / MARKER).unlink(missing_ok=True)
 
+    def purge(self, number: int) -> int:
+        files = sorted(round_dir(self.root, number).glob("*/*.jsonl"))
+        for f in files:
+            f.unlink()
+        return len(files)
+
     def write_consumption(self, number: int, runs: list[str]) -> None:
         (round_dir(self.root, number) / "consumption.json").write_bytes(
             orjson.dumps({"round": number, "runs": runs}, option=orjson.OPT_INDENT_2))

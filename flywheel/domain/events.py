@@ -241,9 +241,46 @@ class NightClaimed(InternalEvent):
         return {"night": self.night, "run_id": self.run_id}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundSuperseded(InternalEvent):
+    """A round re-cut at its watermark under the erasure list as it stood (`rounds recut`): `by_round` replaces it,
+    and it never is current again."""
+
+    TYPE: ClassVar[str] = "round_superseded"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    by_round: int
+    erasure_version: str
+    by: str = ""
+
+    def identity(self) -> str:
+        return f"{self.round}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round, "by_round": self.by_round, "erasure_version": self.erasure_version,
+                **_by(self.by)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPurged(InternalEvent):
+    """A round's data files deleted (`rounds purge`); its manifest and report stay."""
+
+    TYPE: ClassVar[str] = "round_purged"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    files: int
+    by: str = ""
+
+    def identity(self) -> str:
+        return f"{self.round}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round, "files": self.files, **_by(self.by)}
+
+
 ROUND_EVENTS: tuple[type[InternalEvent], ...] = (
     QuarantineItemsAdded, RoundPublished, RoundPromoted, RoundRolledBack, RoundRestored, RoundConsumed,
-    NightlyRunFinished)
+    NightlyRunFinished, RoundSuperseded, RoundPurged)
 
 
 # ---- the hard-case loop ----
@@ -448,6 +485,11 @@ class UserErased(InternalEvent):
     user_id_hash: str
     reason: str
     by: str = ""
+    # Rounds published by then that held the user's rows: round number (as text) -> rows (training records and
+    # candidate groups at or before its watermark). Counts only: what `rounds list` flags.
+    exposure: dict[str, int] = field(default_factory=dict, hash=False)
+    # The prompt groups of the user's interactions: their candidate groups leave the read model with this event.
+    prompt_keys: tuple[str, ...] = field(default=(), hash=False)
 
     def identity(self) -> str:
         return self.user_id_hash
@@ -456,7 +498,8 @@ class UserErased(InternalEvent):
         return {"user": {"id_hash": self.user_id_hash}}
 
     def payload(self) -> dict[str, Any]:
-        return {"reason": self.reason, **_by(self.by)}
+        return {"reason": self.reason, **_by(self.by), "exposure": self.exposure,
+                "prompt_keys": list(self.prompt_keys)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -472,6 +515,7 @@ class ConsentChanged(InternalEvent):
     change: int
     scope: str = SCOPE_TRAINING
     by: str = ""
+    exposure: dict[str, int] = field(default_factory=dict, hash=False)  # as UserErased's, on a withdrawal
 
     def identity(self) -> str:
         return f"{self.user_id_hash}:{self.scope}:{self.change}"
@@ -480,7 +524,8 @@ class ConsentChanged(InternalEvent):
         return {"user": {"id_hash": self.user_id_hash}}
 
     def payload(self) -> dict[str, Any]:
-        return {"scope": self.scope, "granted": self.granted, "change": self.change, **_by(self.by)}
+        return {"scope": self.scope, "granted": self.granted, "change": self.change, **_by(self.by),
+                "exposure": self.exposure}
 
 
 PRIVACY_EVENT_TYPES = frozenset({UserErased.TYPE, ConsentChanged.TYPE})

@@ -74,6 +74,7 @@ class Published:
     state: str = "promoted"  # or held: `current` did not move
     promotion: list[dict[str, Any]] = field(default_factory=list)  # each gate's name, value, limit, verdict
     held_because: list[str] = field(default_factory=list)
+    erasure_version: str = ""  # the erasure list it was cut under
 
 
 async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, Any]], sliced: list[int],
@@ -264,7 +265,7 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                   "promotion": promotion, "held_because": held_because, "by": command.by})
     return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
                      rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced_out, state=state,
-                     promotion=promotion, held_because=held_because)
+                     promotion=promotion, held_because=held_because, erasure_version=e.version)
 
 
 def _counts(shares: dict[str, dict[str, Any]]) -> dict[str, int]:

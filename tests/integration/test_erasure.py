@@ -4,6 +4,9 @@ rounds, replay still agrees, and a withdrawn user's data leaves rounds and the s
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +20,14 @@ from flywheel.domain.commands import BuildRound
 from flywheel.domain.rounds import RoundConfig
 from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.signals import SignalConfig
-from flywheel.settings import Endpoints
+from flywheel.settings import Endpoints, Settings
 from flywheel.simulator import generate
 from store.db import connect, connect_sync, create_schema
 from store.erase import change_consent, erase_user
 from store.hardcases import prompt_candidates
 from store.projections import check
 from store.signals import catch_up
+from tests.conftest import settings_env
 from tests.factories import event, interaction, raw, thumbs
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store
@@ -198,3 +202,47 @@ def test_a_round_after_an_erasure_is_the_round_of_a_log_erased_before_its_first_
     assert files and files == sorted(p.relative_to(fresh.path) for p in fresh.path.glob("*/*.jsonl"))
     assert all((recut.path / f).read_bytes() == (fresh.path / f).read_bytes() for f in files)
 
+
+
+def test_on_call_erases_recuts_and_purges_a_round_from_the_command_line(settings: Settings) -> None:
+    url = settings.database_url
+    ingest_all(url, traffic(), [300])
+    env = {**settings_env(settings), "FLYWHEEL_PROMOTION": '{"max_contamination_rate": 1.0, "max_drift": 100.0}'}
+
+    def run_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "flywheel", *args], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert not check or done.returncode == 0, f"flywheel {' '.join(args)}:\n{done.stdout}\n{done.stderr}"
+        return done
+
+    first = json.loads(run_cli("rounds", "build", "--json").stdout)
+    assert first["state"] == "promoted" and MARK in round_text(Path(first["path"]))
+
+    erased = run_cli("erase", "user-to-forget", "--reason", "ticket 88").stdout
+    assert "erased: removed" in erased
+    assert "already erased" in run_cli("erase", "user-to-forget", "--reason", "ticket 88").stdout
+    assert "training consent withdrawn" in run_cli("consent", "withdraw", "someone-else").stdout
+    assert "already withdrawn" in run_cli("consent", "withdraw", "someone-else").stdout
+    stats = json.loads(run_cli("stats", "--json").stdout)
+    assert stats["events"]["by_type"]["erasure"] == 1 and stats["events"]["by_type"]["consent"] == 1
+    assert stats["privacy"]["erased_users"] == 1 and stats["privacy"]["withdrawn_users"] == 1
+
+    listed = run_cli("rounds", "list").stdout
+    assert "HOLDS ERASED OR WITHDRAWN DATA" in listed and "user-to-forget" not in listed
+    flagged = json.loads(run_cli("rounds", "list", "--json").stdout)["rounds"][0]["erasure_exposure"]
+    assert flagged["rows"] > 0 and flagged["users"] >= 1
+
+    recut = json.loads(run_cli("rounds", "recut", str(first["round"]), "--json").stdout)
+    assert recut == {"round": first["round"], "by_round": first["round"] + 1, "current": first["round"] + 1}
+    rounds = {r["number"]: r for r in json.loads(run_cli("rounds", "list", "--json").stdout)["rounds"]}
+    assert rounds[1]["state"] == "superseded" and rounds[2]["erasure_exposure"] is None
+    assert MARK not in round_text(Path(rounds[2]["path"]))
+    assert run_cli("rounds", "current").stdout.strip() == rounds[2]["path"]
+    assert run_cli("rounds", "purge", "2", check=False).returncode == 2  # the current round's files stay
+
+    old = Path(rounds[1]["path"])
+    files = len(list(old.glob("*/*.jsonl")))
+    assert files and f"{files} data files deleted" in run_cli("rounds", "purge", "1").stdout
+    assert not list(old.glob("*/*.jsonl")) and (old / "manifest.json").exists()
+    assert json.loads(run_cli("rounds", "list", "--json").stdout)["rounds"][0]["erasure_exposure"] is None
+    assert "DRIFT" not in run_cli("replay", "--check").stdout
