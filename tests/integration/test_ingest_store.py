@@ -267,3 +267,22 @@ def test_feedback_whose_interaction_is_stored_by_then_is_never_dead_lettered(
     assert [e.type for e in released] == ["thumbs"] and dead == []
     assert query(url, "SELECT count(*) FROM dead_letters") == [(0,)]
     assert query(url, "SELECT thumbs_up FROM interactions WHERE interaction_id = 'i1'") == [(1,)]
+
+
+def test_raw_bytes_are_nulled_after_their_retention_and_the_rows_stay(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest(url, messages([b"{nope", raw(thumbs("never-stored", "down"))]))
+    assert query(url, "SELECT count(*) FROM dead_letters WHERE original IS NOT NULL") == [(1,)]
+    assert query(url, "SELECT count(*) FROM parked WHERE original IS NOT NULL") == [(1,)]
+
+    async def expire(days: float) -> int:
+        conn = await connect(url, autocommit=True)
+        try:
+            return await store.ingest.expire_raw_bytes(conn, days)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(expire(14)) == 0  # younger than the retention
+    assert asyncio.run(expire(0)) == 2
+    assert query(url, "SELECT count(*), count(original), count(key) FROM dead_letters") == [(1, 0, 0)]
+    assert query(url, "SELECT count(*), count(original) FROM parked") == [(1, 0)]
