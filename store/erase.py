@@ -29,16 +29,23 @@ class Erased:
     groups: int = 0  # prompt groups left for the projector to derive again
 
 
-async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, by: str = "") -> Erased:
+async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, by: str = "",
+                     event: dict[str, Any] | None = None) -> Erased:
     """Erase `user`, idempotently: delete their data key (their events read as erased from now on), log the
     erasure, store their parked events as erased, and delete their rows from the read models that hold text
     (interactions, feedback, candidate groups) and the signals with any of their source events. The prompt groups
-    those touched are queued for the signals projector, which derives them again (store.signals.catch_up)."""
+    those touched are queued for the signals projector, which derives them again (store.signals.catch_up).
+
+    `event`: an app's `erasure` event (stored form) to record as the erasure, instead of one of the system's. A user
+    erased before gets no second erasure event; the sweep of the read models runs again all the same."""
     async with conn.transaction():
         # Lock order, as everywhere: the key row, the log, then the signals checkpoint (a projector run in progress
         # has read the user's rows: it finishes before they go).
         await keys.shred(conn, user)
         await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+        cur = await conn.execute("SELECT erased FROM erasures WHERE user_id_hash = %s", [user])
+        known = await cur.fetchone()
+        before = bool(known and known[0])
         await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
                            [CHECKPOINT])
         await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
@@ -81,9 +88,12 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
                                        + [p for (p,) in candidate_groups])
             out.groups = len(keys_)
         # The erasure, and the user's parked events stored as erased (so counts still reconcile).
-        stored = await append(conn, [UserErased(user_id_hash=user, reason=reason, by=by, exposure=exposure,
-                                                prompt_keys=tuple(prompts)),
-                                     *(NewEvent.of(d) for d in parked)])
+        erasure = UserErased(user_id_hash=user, reason=reason, by=by, exposure=exposure, prompt_keys=tuple(prompts))
+        record_as: list[NewEvent | UserErased] = []
+        if not before:
+            record_as.append(erasure if event is None else NewEvent.of({**event, "exposure": exposure,
+                                                                           "prompt_keys": list(prompts)}))
+        stored = await append(conn, [*record_as, *(NewEvent.of(d) for d in parked)])
         await project(conn, stored)
         out.new = any(e.type == UserErased.TYPE for e in stored)
         if keys_:

@@ -29,7 +29,8 @@ async def project_erasures(cur: psycopg.AsyncCursor[Any], events: Sequence[Store
                 " erased = true, erased_position = coalesce(erasures.erased_position, %(p)s),"
                 " reason = coalesce(erasures.reason, %(r)s), position = %(p)s",
                 {"u": user, "p": e.position, "r": p.get("reason")})
-            await cur.execute("DELETE FROM candidate_groups WHERE prompt_key = ANY(%s)", [p.get("prompt_keys", [])])
+            await cur.execute("DELETE FROM candidate_groups WHERE prompt_key = ANY(%s)",
+                              [e.data.get("prompt_keys", [])])
         elif e.type == ConsentChanged.TYPE:
             await cur.execute(
                 "INSERT INTO erasures (user_id_hash, erased, withdrawn, position) VALUES (%(u)s, false, %(w)s, %(p)s)"

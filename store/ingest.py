@@ -23,6 +23,7 @@ from flywheel.domain.validation import (
     decode,
 )
 from store import keys
+from store.erase import erase_user
 from store.eventstore import append
 from store.keys import KeyRing, is_erased, user_of
 from store.projections import project
@@ -164,6 +165,9 @@ async def ingest_batch(
         # Every key the batch needs, in one round trip and before the log's lock (an erasure takes a user's key
         # row, then that lock).
         ring = await keys.load(conn, [user_of(a.data) for _, a in accepted] + [d.user for d in dead], create=True)
+        # An app's erasure runs once the batch's events are in (they are then erased with the rest of the user's).
+        erasures = [(m, a) for m, a in accepted if a.event.type == ERASURE]
+        accepted = [(m, a) for m, a in accepted if a.event.type != ERASURE]
         # An erased user's events are stored as erased at once: they derive nothing, so they wait for nothing.
         gone = [(m, a) for m, a in accepted if ring.erased(user_of(a.data))]
         ready, parked = await _resolve_references(conn, [(m, a) for m, a in accepted
@@ -185,6 +189,13 @@ async def ingest_batch(
         out.released = sum(1 for e in stored if e.event_id in released_ids)
         out.duplicates += len(ready) - (len(stored) - out.released)
         out.stored.update(e.type for e in stored)
+        for _, a in erasures:
+            erased = await erase_user(conn, a.event.user.id_hash, reason=a.data["payload"]["reason"],
+                                      by=f"app {a.data['app_id']}", event=a.data)
+            if erased.new:
+                out.stored[ERASURE] += 1
+            else:
+                out.duplicates += 1
 
         await record_dead_letters(conn, [replace(d, topic_id=broker.topic_ids.get(d.source.topic, "")) for d in dead],
                                   publish, ring)
@@ -192,6 +203,7 @@ async def ingest_batch(
     return out
 
 
+ERASURE = "erasure"  # the wire type of an app's erasure of a user
 _SKIP = 2**63  # no offset exceeds it: the floor of a partition being rewound
 
 

@@ -163,10 +163,10 @@ async def erasure_exposure(conn: psycopg.AsyncConnection) -> dict[int, dict[str,
     number -> {"rows", "users"} (counts only). A round re-cut since (superseded) stays flagged until it is purged."""
     cur = await conn.execute(
         """
-        SELECT r.number, sum((e.data -> 'payload' -> 'exposure' ->> r.number::text)::bigint), count(*)
+        SELECT r.number, sum((e.data -> 'exposure' ->> r.number::text)::bigint), count(*)
         FROM erasures x
         JOIN events e ON e.position = CASE WHEN x.erased THEN x.erased_position ELSE x.position END
-        JOIN rounds r ON r.position < e.position AND e.data -> 'payload' -> 'exposure' ? r.number::text
+        JOIN rounds r ON r.position < e.position AND e.data -> 'exposure' ? r.number::text
         WHERE (x.erased OR x.withdrawn)
           AND NOT EXISTS (
               SELECT 1 FROM jsonb_array_elements(r.history) h WHERE h ->> 'what' LIKE 'purged%%')

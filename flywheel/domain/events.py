@@ -495,11 +495,11 @@ class UserErased(InternalEvent):
         return self.user_id_hash
 
     def fields(self) -> dict[str, Any]:
-        return {"user": {"id_hash": self.user_id_hash}}
+        return {"user": {"id_hash": self.user_id_hash}, "exposure": self.exposure,
+                "prompt_keys": list(self.prompt_keys)}
 
     def payload(self) -> dict[str, Any]:
-        return {"reason": self.reason, **_by(self.by), "exposure": self.exposure,
-                "prompt_keys": list(self.prompt_keys)}
+        return {"reason": self.reason, **_by(self.by)}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -521,11 +521,10 @@ class ConsentChanged(InternalEvent):
         return f"{self.user_id_hash}:{self.scope}:{self.change}"
 
     def fields(self) -> dict[str, Any]:
-        return {"user": {"id_hash": self.user_id_hash}}
+        return {"user": {"id_hash": self.user_id_hash}, "exposure": self.exposure}
 
     def payload(self) -> dict[str, Any]:
-        return {"scope": self.scope, "granted": self.granted, "change": self.change, **_by(self.by),
-                "exposure": self.exposure}
+        return {"scope": self.scope, "granted": self.granted, "change": self.change, **_by(self.by)}
 
 
 PRIVACY_EVENT_TYPES = frozenset({UserErased.TYPE, ConsentChanged.TYPE})

@@ -246,3 +246,20 @@ def test_on_call_erases_recuts_and_purges_a_round_from_the_command_line(settings
     assert not list(old.glob("*/*.jsonl")) and (old / "manifest.json").exists()
     assert json.loads(run_cli("rounds", "list", "--json").stdout)["rounds"][0]["erasure_exposure"] is None
     assert "DRIFT" not in run_cli("replay", "--check").stdout
+
+
+def test_an_apps_erasure_event_erases_the_user_once(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    values = traffic()
+    ingest_all(url, values, [300])
+    asked = {"event_id": str(uuid.uuid4()), "type": "erasure", "schema_version": 1,
+             "occurred_at": "2026-11-23T11:00:00+00:00", "app_id": "support-bot",
+             "user": {"id_hash": "user-to-forget"}, "payload": {"reason": "asked in the app"}}
+    again = {**asked, "event_id": str(uuid.uuid4())}
+    ingest_all(url, [raw(asked), raw(again)], [1], first_offset=len(values))
+
+    assert query(url, "SELECT event_id::text FROM events WHERE type = 'erasure'") == [(asked["event_id"],)]
+    assert query(url, "SELECT count(*) FROM user_keys WHERE user_id_hash = 'user-to-forget' AND key IS NULL") \
+        == [(1,)]
+    assert not contains(everything_as_text(url), MARK)
+    assert drifts(url) == []
