@@ -52,6 +52,11 @@ def create_schema(url: str) -> None:
 _INDEXES = (
     "CREATE INDEX IF NOT EXISTS ix_interactions_user_id_hash ON interactions (user_id_hash)",
     "CREATE INDEX IF NOT EXISTS ix_feedback_user_id_hash ON feedback (user_id_hash)",
+    # A comparison counts on both interactions it compares: an erasure recounts them by either side.
+    "CREATE INDEX IF NOT EXISTS ix_feedback_chosen ON feedback ((payload ->> 'chosen_interaction_id'), position)"
+    " WHERE type = 'comparison'",
+    "CREATE INDEX IF NOT EXISTS ix_feedback_rejected ON feedback ((payload ->> 'rejected_interaction_id'), position)"
+    " WHERE type = 'comparison'",
 )
 _FOLLOWERS = {"signals": "signals"}  # table -> the checkpoint its projector follows the log from
 # Columns added since a table was first released, with what brings an older table up to date in place.

@@ -12,7 +12,7 @@ from flywheel.domain.events import ConsentChanged, UserErased
 from flywheel.domain.log import NewEvent
 from store import keys
 from store.erasures import consent_changes
-from store.eventstore import append, head
+from store.eventstore import append
 from store.projections import project, record
 from store.signals import CHECKPOINT
 
@@ -46,9 +46,8 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
         cur = await conn.execute("SELECT erased FROM erasures WHERE user_id_hash = %s", [user])
         known = await cur.fetchone()
         before = bool(known and known[0])
-        await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
-                           [CHECKPOINT])
-        await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
+        await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0)"
+                           " ON CONFLICT (name) DO UPDATE SET position = checkpoints.position", [CHECKPOINT])
         out = Erased(new=False)
         async with conn.cursor() as cur:
             await cur.execute(
@@ -75,8 +74,8 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
                 groups |= {row[0] for row in await cur.fetchall()}
             keys_ = sorted(groups)
             await cur.execute(
-                "DELETE FROM signals WHERE prompt_key = ANY(%s) AND (data::jsonb -> 'source_event_ids') ?| %s::text[]"
-                " RETURNING kind, position", [keys_, event_ids])
+                f"DELETE FROM signals s USING unnest(%s::text[]) k(key) WHERE s.prompt_key = k.key AND {_SOURCED}"
+                " RETURNING s.kind, s.position", [keys_, event_ids])
             signals = await cur.fetchall()
             out.removed["signals"] = len(signals)
             # Candidate groups of the user's prompts go with the erasure's projection (a replay does the same).
@@ -99,11 +98,14 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
         if keys_:
             await conn.execute(
                 "INSERT INTO rederive (prompt_key, position) SELECT k, %s FROM unnest(%s::text[]) k"
-                " ON CONFLICT DO NOTHING", [await head(conn), keys_])
+                " ON CONFLICT DO NOTHING", [stored[-1].position if stored else 0, keys_])
     return out
 
 
 TRAINING_KINDS = ("pair", "kto", "sft")  # the signal records a round is cut from
+# A signal row `s` with one of the given events among its sources. Each prompt group by its index, then a hashed
+# lookup per source (`sources && ids` led the planner to test every signal row of the log).
+_SOURCED = "EXISTS (SELECT 1 FROM unnest(s.sources) src WHERE src = ANY(%s::text[]))"
 
 
 async def _exposure(cur: psycopg.AsyncCursor[Any], positions: list[int]) -> dict[str, int]:
@@ -124,8 +126,8 @@ async def user_exposure(conn: psycopg.AsyncConnection, user: str) -> dict[str, i
             " WHERE f.user_id_hash = %s", [user, user])
         rows = await cur.fetchall()
         await cur.execute(
-            "SELECT position FROM signals WHERE prompt_key = ANY(%s) AND kind = ANY(%s)"
-            " AND (data::jsonb -> 'source_event_ids') ?| %s::text[]",
+            f"SELECT s.position FROM signals s JOIN unnest(%s::text[]) k(key) ON s.prompt_key = k.key"
+            f" WHERE s.kind = ANY(%s) AND {_SOURCED}",
             [sorted({k for k, _ in rows}), list(TRAINING_KINDS), [e for _, e in rows]])
         positions = [p for (p,) in await cur.fetchall()]
         await cur.execute("SELECT position FROM candidate_groups WHERE prompt_key = ANY(%s)",
@@ -158,8 +160,10 @@ async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[tuple[Any, ...]
         """
         UPDATE interactions i SET last_position = greatest(i.position,
             (SELECT max(f.position) FROM feedback f WHERE f.interaction_id = i.interaction_id),
-            (SELECT max(f.position) FROM feedback f WHERE f.type = 'comparison' AND i.interaction_id
-               IN (f.payload ->> 'chosen_interaction_id', f.payload ->> 'rejected_interaction_id')))
+            (SELECT max(f.position) FROM feedback f
+             WHERE f.type = 'comparison' AND f.payload ->> 'chosen_interaction_id' = i.interaction_id),
+            (SELECT max(f.position) FROM feedback f
+             WHERE f.type = 'comparison' AND f.payload ->> 'rejected_interaction_id' = i.interaction_id))
         WHERE i.interaction_id = ANY(%s) AND i.last_position = ANY(%s)
         """,
         [ids, [row[0] for row in feedback]])

@@ -38,7 +38,7 @@ CHECKPOINT = "signals"
 _COLUMNS = (
     "signal_id, kind, prompt_key, rule, rule_version, interaction_id, app_id, model_version, prompt_version,"
     " consent, disagreement, status, sort_key, position, occurred_at, copy_key, tie, margin, chosen_length,"
-    " rejected_length, data"
+    " rejected_length, sources, data"
 )
 
 
@@ -142,7 +142,7 @@ def rows(key: str, records: Iterable[Record], g: PromptGroup) -> Iterator[tuple[
             r.consent, getattr(r, "disagreement", kind == "disagreement"), getattr(r, "status", None),
             prefix + order_key(r, g.positions, g.interaction_positions), position, occurred_at, copy_key(r),
             *((pair.tie, pair.margin, len(pair.chosen), len(pair.rejected)) if pair else (None,) * 4),
-            orjson.dumps(r).decode(),
+            list(r.source_event_ids), orjson.dumps(r).decode(),
         )
 
 

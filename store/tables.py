@@ -218,6 +218,8 @@ class SignalView(SQLModel, table=True):
     margin: float | None = Field(default=None, sa_column=Column(Double))
     chosen_length: int | None = None
     rejected_length: int | None = None
+    # The record's source events (its lineage's source_event_ids): what an erasure finds a user's records by.
+    sources: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
     # json, not jsonb: the record is kept as the projector wrote it, and a round reads most records whole, as
     # text (jsonb would be converted back on every read: 0.9 s of Postgres CPU per build at 300k events).
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
