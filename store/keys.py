@@ -63,6 +63,13 @@ class KeyRing:
     it has no key yet (none of their events was sealed)."""
 
     keys: dict[str, bytes | None] = field(default_factory=dict)
+    _ciphers: dict[str, AESGCM] = field(default_factory=dict, repr=False)  # one per user, made on first use
+
+    def _cipher(self, user: str, key: bytes) -> AESGCM:
+        cipher = self._ciphers.get(user)
+        if cipher is None:
+            cipher = self._ciphers[user] = AESGCM(key)
+        return cipher
 
     def erased(self, user: str | None) -> bool:
         return user is not None and user in self.keys and self.keys[user] is None
@@ -83,7 +90,8 @@ class KeyRing:
             return {**data, "payload": rest, ERASED: True}
         if not personal:
             return data
-        sealed = encrypt(key, orjson.dumps(personal), data["event_id"].encode())
+        nonce = os.urandom(_NONCE)
+        sealed = nonce + self._cipher(user, key).encrypt(nonce, orjson.dumps(personal), data["event_id"].encode())
         return {**data, "payload": rest, SEALED: base64.b64encode(sealed).decode()}
 
     def open(self, data: dict[str, Any]) -> dict[str, Any]:
@@ -99,8 +107,10 @@ class KeyRing:
         key = self.keys.get(user)
         if key is None:
             raise Unreadable(f"event {data['event_id']}: no key for user {user}")
+        sealed = base64.b64decode(data[SEALED])
         try:
-            personal = orjson.loads(decrypt(key, base64.b64decode(data[SEALED]), data["event_id"].encode()))
+            personal = orjson.loads(self._cipher(user, key).decrypt(sealed[:_NONCE], sealed[_NONCE:],
+                                                                    data["event_id"].encode()))
         except InvalidTag:
             raise Unreadable(f"event {data['event_id']}: its personal fields do not open with its user's key") \
                 from None
