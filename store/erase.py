@@ -39,39 +39,29 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
     `event`: an app's `erasure` event (stored form) to record as the erasure, instead of one of the system's. A user
     erased before gets no second erasure event; the sweep of the read models runs again all the same."""
     async with conn.transaction():
-        # Lock order, as everywhere: the key row, the log, then the signals checkpoint (a projector run in progress
-        # has read the user's rows: it finishes before they go).
-        await keys.shred(conn, user)
-        await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
-        cur = await conn.execute("SELECT erased FROM erasures WHERE user_id_hash = %s", [user])
-        known = await cur.fetchone()
-        before = bool(known and known[0])
-        await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0)"
-                           " ON CONFLICT (name) DO UPDATE SET position = checkpoints.position", [CHECKPOINT])
+        # One round trip for all of this (a pipeline): lock order, as everywhere, the key row, the log, then the
+        # signals checkpoint (a projector run in progress has read the user's rows: it finishes before they go).
+        async with conn.pipeline():
+            await keys.shred(conn, user)
+            await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            known = await conn.execute("SELECT erased FROM erasures WHERE user_id_hash = %s", [user])
+            await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0)"
+                               " ON CONFLICT (name) DO UPDATE SET position = checkpoints.position", [CHECKPOINT])
+            deleted = await conn.execute(_DELETE_USERS_ROWS, {"u": user})
+        was = await known.fetchone()
+        before = bool(was and was[0])
+        row = await deleted.fetchone()
+        assert row is not None
+        parked_rows, gone, feedback = row
         out = Erased(new=False)
+        parked = [keys.KeyRing({user: None}).open(data) for *_, data in sorted(parked_rows, key=lambda r: r[:3])]
+        out.removed["parked"] = len(parked)
+        out.removed["interactions"] = len(gone)
+        out.removed["feedback"] = len(feedback)
+        groups = {k for k, _ in gone}
+        event_ids = [e for _, e in gone] + [row[1] for row in feedback]
         async with conn.cursor() as cur:
-            await cur.execute(
-                'DELETE FROM parked WHERE user_id_hash = %s RETURNING topic, partition, "offset", data', [user])
-            parked = [keys.KeyRing({user: None}).open(row[3]) for row in sorted(await cur.fetchall())]
-            out.removed["parked"] = len(parked)
-
-            await cur.execute("DELETE FROM interactions WHERE user_id_hash = %s RETURNING prompt_key, event_id::text",
-                              [user])
-            gone = await cur.fetchall()
-            groups = {k for k, _ in gone}
-            event_ids = [e for _, e in gone]
-            out.removed["interactions"] = len(gone)
-            await cur.execute(
-                "DELETE FROM feedback WHERE user_id_hash = %s RETURNING position, event_id::text, type, interaction_id,"
-                " payload", [user])
-            feedback = await cur.fetchall()
-            out.removed["feedback"] = len(feedback)
-            event_ids += [row[1] for row in feedback]
-            about = await _uncount(cur, feedback)
-            if about:
-                await cur.execute("SELECT DISTINCT prompt_key FROM interactions WHERE interaction_id = ANY(%s)",
-                                  [sorted(about)])
-                groups |= {row[0] for row in await cur.fetchall()}
+            groups |= await _uncount(cur, feedback)
             keys_ = sorted(groups)
             await cur.execute(
                 f"DELETE FROM signals s USING unnest(%s::text[]) k(key) WHERE s.prompt_key = k.key AND {_SOURCED}"
@@ -80,11 +70,8 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
             out.removed["signals"] = len(signals)
             # Candidate groups of the user's prompts go with the erasure's projection (a replay does the same).
             prompts = sorted({k for k, _ in gone})
-            await cur.execute("SELECT position FROM candidate_groups WHERE prompt_key = ANY(%s)", [prompts])
-            candidate_groups = await cur.fetchall()
-            out.removed["candidate_groups"] = len(candidate_groups)
-            exposure = await _exposure(cur, [p for kind, p in signals if kind in TRAINING_KINDS]
-                                       + [p for (p,) in candidate_groups])
+            out.removed["candidate_groups"], exposure = await _exposure(
+                cur, [p for kind, p in signals if kind in TRAINING_KINDS], prompts)
             out.groups = len(keys_)
         # The erasure, and the user's parked events stored as erased (so counts still reconcile).
         erasure = UserErased(user_id_hash=user, reason=reason, by=by, exposure=exposure, prompt_keys=tuple(prompts))
@@ -103,18 +90,38 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
 
 
 TRAINING_KINDS = ("pair", "kto", "sft")  # the signal records a round is cut from
+# The user's parked events, interactions and feedback deleted in one statement, each as a list of rows.
+_DELETE_USERS_ROWS = """
+    WITH p AS (DELETE FROM parked WHERE user_id_hash = %(u)s RETURNING topic, partition, "offset", data),
+         i AS (DELETE FROM interactions WHERE user_id_hash = %(u)s RETURNING prompt_key, event_id),
+         f AS (DELETE FROM feedback WHERE user_id_hash = %(u)s
+               RETURNING position, event_id, type, interaction_id, payload)
+    SELECT (SELECT coalesce(json_agg(json_build_array(topic, partition, "offset", data)), '[]') FROM p),
+           (SELECT coalesce(json_agg(json_build_array(prompt_key, event_id)), '[]') FROM i),
+           (SELECT coalesce(json_agg(json_build_array(position, event_id, type, interaction_id, payload)), '[]')
+            FROM f)
+"""
 # A signal row `s` with one of the given events among its sources. Each prompt group by its index, then a hashed
 # lookup per source (`sources && ids` led the planner to test every signal row of the log).
 _SOURCED = "EXISTS (SELECT 1 FROM unnest(s.sources) src WHERE src = ANY(%s::text[]))"
 
 
-async def _exposure(cur: psycopg.AsyncCursor[Any], positions: list[int]) -> dict[str, int]:
-    """For each round published so far: how many of these rows (by the log position of their newest source) lie at
-    or before its watermark, so it may hold them."""
+async def _exposure(cur: psycopg.AsyncCursor[Any], positions: list[int],
+                    prompts: list[str]) -> tuple[int, dict[str, int]]:
+    """The candidate groups of `prompts`, counted; and for each round published so far, how many of these rows (by
+    the log position of their newest source) and of those groups lie at or before its watermark, so it may hold
+    them."""
     await cur.execute(
-        "SELECT r.number, count(*) FROM rounds r JOIN unnest(%s::bigint[]) p(position) ON p.position <= r.watermark"
-        " GROUP BY r.number ORDER BY r.number", [positions])
-    return {str(n): int(c) for n, c in await cur.fetchall()}
+        """
+        WITH c AS (SELECT position FROM candidate_groups WHERE prompt_key = ANY(%(prompts)s)),
+             rows AS (SELECT unnest(%(positions)s::bigint[]) AS position UNION ALL SELECT position FROM c)
+        SELECT (SELECT count(*) FROM c), (SELECT coalesce(json_object_agg(number, n), '{}') FROM (
+            SELECT r.number, count(*) AS n FROM rounds r JOIN rows ON rows.position <= r.watermark
+            GROUP BY r.number) x)
+        """, {"prompts": prompts, "positions": positions})
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]), {str(n): int(c) for n, c in row[1].items()}
 
 
 async def user_exposure(conn: psycopg.AsyncConnection, user: str) -> dict[str, int]:
@@ -130,15 +137,13 @@ async def user_exposure(conn: psycopg.AsyncConnection, user: str) -> dict[str, i
             f" WHERE s.kind = ANY(%s) AND {_SOURCED}",
             [sorted({k for k, _ in rows}), list(TRAINING_KINDS), [e for _, e in rows]])
         positions = [p for (p,) in await cur.fetchall()]
-        await cur.execute("SELECT position FROM candidate_groups WHERE prompt_key = ANY(%s)",
-                          [sorted({k for k, _ in rows})])
-        positions += [p for (p,) in await cur.fetchall()]
-        return await _exposure(cur, positions)
+        return (await _exposure(cur, positions, sorted({k for k, _ in rows})))[1]
 
 
-async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[tuple[Any, ...]]) -> set[str]:
+async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[list[Any]]) -> set[str]:
     """Take deleted feedback out of the counters of the interactions it was about (as if it had never been
-    projected: store.projections.project); returns those interactions."""
+    projected: store.projections.project), and their newest event where it was one of these; returns the prompt
+    groups of those interactions."""
     deltas: dict[str, list[int]] = defaultdict(lambda: [0] * len(_COUNTERS))
     for _, _, kind, interaction_id, payload in feedback:
         column = ("thumbs_up" if payload["value"] == "up" else "thumbs_down") if kind == "thumbs" else _COUNTER[kind]
@@ -152,22 +157,21 @@ async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[tuple[Any, ...]
     columns = [list(col) for col in zip(*deltas.values(), strict=True)]
     sets = ", ".join(f"{c} = i.{c} - d.{c}" for c in _COUNTERS)
     arrays = ", ".join(["%s::int[]"] * len(_COUNTERS))
+    # The newest event about each is recounted from what is left of its feedback (this statement sees the deletes).
     await cur.execute(
-        f"UPDATE interactions i SET {sets} FROM unnest(%s::text[], {arrays})"
-        f" AS d(interaction_id, {', '.join(_COUNTERS)}) WHERE i.interaction_id = d.interaction_id", [ids, *columns])
-    # The newest event about each: what is left of its feedback.
-    await cur.execute(
-        """
-        UPDATE interactions i SET last_position = greatest(i.position,
-            (SELECT max(f.position) FROM feedback f WHERE f.interaction_id = i.interaction_id),
-            (SELECT max(f.position) FROM feedback f
-             WHERE f.type = 'comparison' AND f.payload ->> 'chosen_interaction_id' = i.interaction_id),
-            (SELECT max(f.position) FROM feedback f
-             WHERE f.type = 'comparison' AND f.payload ->> 'rejected_interaction_id' = i.interaction_id))
-        WHERE i.interaction_id = ANY(%s) AND i.last_position = ANY(%s)
-        """,
-        [ids, [row[0] for row in feedback]])
-    return set(ids)
+        f"""
+        UPDATE interactions i SET {sets}, last_position = CASE WHEN i.last_position <> ALL(%s) THEN i.last_position
+            ELSE greatest(i.position,
+                (SELECT max(f.position) FROM feedback f WHERE f.interaction_id = i.interaction_id),
+                (SELECT max(f.position) FROM feedback f
+                 WHERE f.type = 'comparison' AND f.payload ->> 'chosen_interaction_id' = i.interaction_id),
+                (SELECT max(f.position) FROM feedback f
+                 WHERE f.type = 'comparison' AND f.payload ->> 'rejected_interaction_id' = i.interaction_id)) END
+        FROM unnest(%s::text[], {arrays}) AS d(interaction_id, {', '.join(_COUNTERS)})
+        WHERE i.interaction_id = d.interaction_id
+        RETURNING i.prompt_key
+        """, [[row[0] for row in feedback], ids, *columns])
+    return {row[0] for row in await cur.fetchall()}
 
 
 async def change_consent(conn: psycopg.AsyncConnection, user: str, *, granted: bool, by: str = "") -> bool:

@@ -165,13 +165,11 @@ async def load(conn: psycopg.AsyncConnection, users: Iterable[str | None], *, cr
     return ring
 
 
-async def shred(conn: psycopg.AsyncConnection, user: str) -> bool:
-    """Delete the user's key inside the caller's transaction (the erasure's); True when it existed until now."""
-    cur = await conn.execute(
+async def shred(conn: psycopg.AsyncConnection, user: str) -> None:
+    """Delete the user's key inside the caller's transaction (the erasure's); its row stays, saying the user is
+    erased. Reads nothing back, so it can go in a pipeline with what follows it."""
+    await conn.execute(
         "INSERT INTO user_keys (user_id_hash, key, erased_at) VALUES (%s, NULL, now())"
-        " ON CONFLICT (user_id_hash) DO UPDATE SET key = NULL, erased_at = coalesce(user_keys.erased_at, now())"
-        " RETURNING (xmax <> 0)",
+        " ON CONFLICT (user_id_hash) DO UPDATE SET key = NULL, erased_at = coalesce(user_keys.erased_at, now())",
         [user],
     )
-    row = await cur.fetchone()
-    return bool(row and row[0])
