@@ -9,14 +9,18 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 
 from flywheel.bootstrap import round_ops
-from flywheel.domain.commands import BuildRound
+from flywheel.domain.commands import BuildRound, RecutRound
 from flywheel.domain.rounds import RoundConfig
 from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.signals import SignalConfig
@@ -26,6 +30,7 @@ from store.db import connect, connect_sync, create_schema
 from store.erase import change_consent, erase_user
 from store.hardcases import prompt_candidates
 from store.projections import check
+from store.roundfiles import round_dir
 from store.signals import catch_up
 from tests.conftest import settings_env
 from tests.factories import event, interaction, raw, thumbs
@@ -100,18 +105,20 @@ def query(url: str, sql: str) -> list[tuple[Any, ...]]:
         return conn.execute(sql).fetchall()
 
 
-@pytest.fixture
-def second_database(endpoints: Endpoints) -> Iterator[str]:
-    """Another fresh database on the same server."""
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A fresh database on the test server, dropped afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = endpoints.database_url.rsplit("/", 1)[0] + "/postgres"
+    admin = server_url.rsplit("/", 1)[0] + "/postgres"
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    url = endpoints.database_url.rsplit("/", 1)[0] + f"/{name}"
+    url = server_url.rsplit("/", 1)[0] + f"/{name}"
     create_schema(url)
-    yield url
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    try:
+        yield url
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_an_erased_users_words_are_nowhere_in_postgres_nor_in_a_later_round(endpoints: Endpoints,
@@ -179,29 +186,39 @@ def test_a_withdrawn_users_data_leaves_the_next_round_and_the_sampler_and_comes_
     assert drifts(url) == []
 
 
-def test_a_round_after_an_erasure_is_the_round_of_a_log_erased_before_its_first_build(
-        endpoints: Endpoints, second_database: str, tmp_path: Path) -> None:
+@examples(max_examples=3, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(pick=st.integers(min_value=0, max_value=10**6), share=st.floats(min_value=0.5, max_value=1.0))
+def test_a_round_recut_after_an_erasure_is_the_round_of_a_log_erased_before_its_first_build(
+        stack: Endpoints, tmp_path_factory: pytest.TempPathFactory, pick: int, share: float) -> None:
     values = traffic()
-    late, early = endpoints.database_url, second_database
-    ingest_all(late, values, [300])
-    ingest_all(early, values, [300])
-    [(watermark,)] = query(late, "SELECT max(position) FROM events")
+    users = sorted({json.loads(v)["user"]["id_hash"] for v in values if b'"schema_version":7' not in v})
+    user = users[pick % len(users)]
+    root = tmp_path_factory.mktemp("rounds")
+    with fresh_database(stack.database_url) as late, fresh_database(stack.database_url) as early:
+        ingest_all(late, values, [300])
+        ingest_all(early, values, [300])
+        [(head,)] = query(late, "SELECT max(position) FROM events")
+        watermark = max(1, int(head * share))
 
-    first = build(late, tmp_path / "late")  # holds the user's rows
-    assert MARK in round_text(first.path)
-    in_store(late, lambda conn: erase_user(conn, "user-to-forget", reason="r"))
-    project(late)
-    recut = build(late, tmp_path / "late", watermark=watermark)
+        # Cut before the erasure (it holds the user's rows), then re-cut after it under the erasure list.
+        first = build(late, root / "late", watermark=watermark)
+        in_store(late, lambda conn: erase_user(conn, user, reason="r"))
+        project(late)
+        recut = in_store(late, lambda conn: round_ops(conn, root / "late").recut(
+            RecutRound(round=first.round, config=CONFIG)))
+        again = round_dir(root / "late", recut.by_round)
 
-    in_store(early, lambda conn: erase_user(conn, "user-to-forget", reason="r"))
-    project(early)
-    fresh = build(early, tmp_path / "early", watermark=watermark)
+        # The same log, the erasure recorded before any build.
+        in_store(early, lambda conn: erase_user(conn, user, reason="r"))
+        project(early)
+        fresh = build(early, root / "early", watermark=watermark)
 
-    assert recut.content_hash == fresh.content_hash
-    files = sorted(p.relative_to(recut.path) for p in recut.path.glob("*/*.jsonl"))
-    assert files and files == sorted(p.relative_to(fresh.path) for p in fresh.path.glob("*/*.jsonl"))
-    assert all((recut.path / f).read_bytes() == (fresh.path / f).read_bytes() for f in files)
-
+        assert json.loads((again / "manifest.json").read_bytes())["content_hash"] == fresh.content_hash
+        files = sorted(p.relative_to(again) for p in again.glob("*/*.jsonl"))
+        assert files and files == sorted(p.relative_to(fresh.path) for p in fresh.path.glob("*/*.jsonl"))
+        assert all((again / f).read_bytes() == (fresh.path / f).read_bytes() for f in files)
+        assert query(late, f"SELECT state FROM rounds WHERE number = {first.round}") == [("superseded",)]
 
 
 def test_on_call_erases_recuts_and_purges_a_round_from_the_command_line(settings: Settings) -> None:
