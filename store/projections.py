@@ -161,7 +161,8 @@ async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig) -> int:
         await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
                            [CHECKPOINT])
         await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
-        await conn.execute(f"TRUNCATE {', '.join(READ_MODELS)}")
+        # Erased prompt groups waiting for the projector are derived with every other group here.
+        await conn.execute(f"TRUNCATE {', '.join(READ_MODELS)}, rederive")
         count = await _project_log(conn, config)
         await conn.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [await head(conn), CHECKPOINT])
         return count
