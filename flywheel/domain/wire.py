@@ -18,7 +18,9 @@ from pydantic_core import PydanticCustomError
 from flywheel.domain.messages import role_order_problem
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = ("interaction", "thumbs", "edit", "regenerate", "rating", "comparison", "erasure")
+# Feedback about a response; and every type the topic carries: feedback and a user's erasure.
+FEEDBACK_TYPES = ("interaction", "thumbs", "edit", "regenerate", "rating", "comparison")
+EVENT_TYPES = (*FEEDBACK_TYPES, "erasure")
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 Text = Annotated[str, Field(max_length=200_000)]
