@@ -18,10 +18,19 @@ from flywheel.settings import Endpoints, Settings
 if TYPE_CHECKING:
     import psycopg
 
-    from flywheel.domain.commands import BuildRound, PromoteRound, RegisterConsumption, RestoreRound, RollBackRound
+    from flywheel.domain.commands import (
+        BuildRound,
+        PromoteRound,
+        PurgeRound,
+        RecutRound,
+        RegisterConsumption,
+        RestoreRound,
+        RollBackRound,
+    )
     from flywheel.domain.signals import SignalConfig
     from flywheel.ports import Announcer, Embedder, EventLog, HardCaseStore, Progress, RoundBuilder
     from flywheel.services.build_round import Published
+    from flywheel.services.recut import Recut
     from flywheel.services.rollback import Change
     from flywheel.services.select import Scoring
     from sampling.generation import Generator
@@ -65,6 +74,8 @@ class RoundOps:
     restore: Callable[[RestoreRound], Awaitable[Change]]
     register_consumption: Callable[[RegisterConsumption], Awaitable[bool]]
     promote: Callable[[PromoteRound], Awaitable[Change]]
+    recut: Callable[[RecutRound], Awaitable[Recut]]
+    purge: Callable[[PurgeRound], Awaitable[int]]
     # Embed the texts a build would check (the semantic check); None where the embedder is not installed.
     embed: Callable[[BuildRound], Awaitable[int]] | None = None
 
@@ -94,6 +105,7 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
     from flywheel.domain.signals import SignalConfig
     from flywheel.runtime.round_builder import ProcessRoundBuilder
     from flywheel.services.build_round import build_round, embed_round_texts
+    from flywheel.services.recut import purge, recut
     from flywheel.services.rollback import promote, register_consumption, restore, rollback
     from store.db import conninfo
     from store.embeddings import PostgresTextEmbeddings
@@ -108,10 +120,13 @@ def rounds_wiring(root: Path, *, announce: Announcer | None = None, builder: Rou
     def bind(conn: psycopg.AsyncConnection) -> RoundOps:
         rounds = PostgresRounds(conn)
         source, embeddings = PostgresRoundSource(conn, rules), PostgresTextEmbeddings(conninfo(conn))
+        build = partial(build_round, source=source, builder=builder or ProcessRoundBuilder(), files=files,
+                        announce=told, embeddings=embeddings, embedder=embedder)
         return RoundOps(
-            build=partial(build_round, source=source, builder=builder or ProcessRoundBuilder(), files=files,
-                          announce=told, embeddings=embeddings, embedder=embedder),
+            build=build,
             embed=None if embedder is None else partial(embed_round_texts, source, embeddings, embedder),
+            recut=partial(recut, build=build, rounds=rounds, files=files, announce=told),
+            purge=partial(purge, rounds=rounds, files=files, announce=told),
             rollback=partial(rollback, rounds=rounds, files=files, announce=told),
             restore=partial(restore, rounds=rounds, files=files, announce=told),
             register_consumption=partial(register_consumption, rounds=rounds, files=files),

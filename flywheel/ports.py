@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
@@ -54,12 +54,32 @@ class RoundState:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Erasures:
+    """The erasure list as it stands, which every build applies whatever its watermark: its content-named
+    `version`, how many users are erased and withdrawn, and what a build leaves out for it: the log events of
+    withdrawn users (a record with any of them as a source goes) and the prompt groups of their interactions (no
+    candidate group of them). Erased users' rows have already left the read models (store.erase)."""
+
+    version: str = ""
+    erased_users: int = 0
+    withdrawn_users: int = 0
+    events: frozenset[str] = frozenset()
+    prompt_keys: frozenset[str] = frozenset()
+
+    def excludes(self, kind: str, data: dict[str, Any]) -> bool:
+        if kind == "group":
+            return data.get("prompt_key") in self.prompt_keys
+        return not self.events.isdisjoint(data.get("source_event_ids", ()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Quarantine:
     """The quarantine list as it stands: its content-named version, its items and the active rollback slices."""
 
     version: str
     items: QuarantineList
     slices: list[dict[str, Any]]
+    erasures: Erasures = field(default_factory=Erasures)
 
 
 class InteractionFacts(NamedTuple):
@@ -265,6 +285,10 @@ class RoundFiles(Protocol):
 
     def write_consumption(self, number: int, consumptions: Sequence[dict[str, Any]]) -> None:
         """Write the round's consumption.json beside its files (manifest.json is never rewritten)."""
+        ...
+
+    def purge(self, number: int) -> int:
+        """Delete round `number`'s data files, keeping its manifest and report; returns how many went."""
         ...
 
 

@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     # A worker with nothing to read for this long is caught up (see store.ingest.expire_parked).
     idle_seconds: float = 60.0
     sweep_interval: float = 5.0
+    # Dead letters and parked messages keep their original bytes (encrypted under the user's key when the user can
+    # be read) this long; then the bytes are nulled and the rows kept, so counts still reconcile.
+    raw_retention_days: float = Field(default=14.0, ge=0)
     # On Ctrl-C, `flywheel up` lets its worker read what the broker still holds for at most this long (the local
     # broker keeps messages in memory only: what is left unread when it stops is gone).
     drain_seconds: float = Field(default=10.0, ge=0)

@@ -81,6 +81,8 @@ def create_schema(url: str, *, role_passwords: Mapping[str, str] | None = None) 
                 _renew_outdated_followers(conn)
                 SQLModel.metadata.create_all(conn)
                 _scheduler_jobs_table().create(conn, checkfirst=True)
+                for ddl in _INDEXES:
+                    conn.execute(text(ddl))
             except ProgrammingError as e:
                 if getattr(e.orig, "sqlstate", None) != "42501":  # insufficient_privilege
                     raise
@@ -92,6 +94,18 @@ def create_schema(url: str, *, role_passwords: Mapping[str, str] | None = None) 
                 _grant_roles(conn, role_passwords or {})
     finally:
         eng.dispose()
+
+
+# Indexes added since their table was first released (create_all makes them only with a new table).
+_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ix_interactions_user_id_hash ON interactions (user_id_hash)",
+    "CREATE INDEX IF NOT EXISTS ix_feedback_user_id_hash ON feedback (user_id_hash)",
+    # A comparison counts on both interactions it compares: an erasure recounts them by either side.
+    "CREATE INDEX IF NOT EXISTS ix_feedback_chosen ON feedback ((payload ->> 'chosen_interaction_id'), position)"
+    " WHERE type = 'comparison'",
+    "CREATE INDEX IF NOT EXISTS ix_feedback_rejected ON feedback ((payload ->> 'rejected_interaction_id'), position)"
+    " WHERE type = 'comparison'",
+)
 
 
 def _scheduler_jobs_table() -> Table:
@@ -154,6 +168,15 @@ _ADDED: dict[tuple[str, str], list[str]] = {
         "ALTER TABLE dead_letters ADD COLUMN topic_id text NOT NULL DEFAULT ''",
         "ALTER TABLE dead_letters DROP CONSTRAINT IF EXISTS dead_letters_topic_partition_offset_key",
         'ALTER TABLE dead_letters ADD UNIQUE (topic, topic_id, partition, "offset")',
+    ],
+    ("dead_letters", "sealed_for"): [
+        "ALTER TABLE dead_letters ADD COLUMN sealed_for text",
+        "ALTER TABLE dead_letters ALTER COLUMN original DROP NOT NULL",
+    ],
+    ("parked", "user_id_hash"): [
+        "ALTER TABLE parked ADD COLUMN user_id_hash text",
+        "ALTER TABLE parked ALTER COLUMN original DROP NOT NULL",
+        "UPDATE parked SET user_id_hash = data -> 'user' ->> 'id_hash'",
     ],
     # Filled from the log, as a replay would; the signals were derived without them (no finish reasons in their
     # lineage), so they are derived again: the table goes, the checkpoint with it, and the projector starts over.

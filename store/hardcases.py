@@ -16,6 +16,7 @@ from sampling.hardcases import PromptCandidate, prompt_text
 from sampling.verifiers import SCALES
 from store.audits import latest_probe_audits, user_pairs
 from store.candidates import unselected
+from store.erasures import erasure_list
 from store.rounds import load_quarantine
 from store.signals import checkpoint
 from store.unit_of_work import PostgresLog
@@ -25,14 +26,17 @@ async def prompt_candidates(
     conn: psycopg.AsyncConnection, watermark: int
 ) -> tuple[list[PromptCandidate], dict[str, list[dict[str, Any]]]]:
     """Every prompt with negative feedback, a regeneration, a substantive edit, a disagreement or a prior
-    reward margin, as the log stood at `watermark`; and each one's conversation (for generation)."""
+    reward margin, as the log stood at `watermark`; and each one's conversation (for generation). A prompt that
+    a user whose training consent is withdrawn wrote or judged counts as without consent: the sampler leaves it
+    out."""
+    withdrawn = sorted((await erasure_list(conn)).excluded)
     cur = await conn.execute(
         """
         WITH judged AS (
             SELECT i.prompt_key,
                    count(*) FILTER (WHERE f.type = 'thumbs' AND f.payload ->> 'value' = 'down') AS thumbs_down,
                    count(*) FILTER (WHERE f.type = 'regenerate') AS regenerations,
-                   bool_and(f.consent_training) AS consent
+                   bool_and(f.consent_training AND f.user_id_hash <> ALL(%(withdrawn)s)) AS consent
             FROM feedback f JOIN interactions i USING (interaction_id)
             WHERE f.position <= %(w)s AND i.position <= %(w)s
             GROUP BY i.prompt_key
@@ -60,7 +64,8 @@ async def prompt_candidates(
                (array_agg(i.app_id ORDER BY i.position DESC))[1],
                (array_agg(i.model_version ORDER BY i.position DESC))[1],
                (array_agg(i.interaction_id ORDER BY i.position DESC))[1],
-               bool_and(i.consent_training) AND coalesce(min(j.consent::int), 1) = 1,
+               bool_and(i.consent_training AND i.user_id_hash <> ALL(%(withdrawn)s))
+               AND coalesce(min(j.consent::int), 1) = 1,
                coalesce(min(j.thumbs_down), 0), coalesce(min(j.regenerations), 0),
                coalesce(min(d.edits), 0), coalesce(min(d.disagreements), 0), min(m.margin),
                min(m.decided_by), max(i.position)
@@ -73,7 +78,7 @@ async def prompt_candidates(
         GROUP BY i.prompt_key
         ORDER BY i.prompt_key
         """,
-        {"w": watermark},
+        {"w": watermark, "withdrawn": withdrawn},
     )
     rows = await cur.fetchall()
     latest = [row[4] for row in rows]

@@ -22,7 +22,10 @@ from flywheel.domain.validation import (
     InvalidEvent,
     decode,
 )
+from store import keys
+from store.erase import erase_user
 from store.eventstore import append
+from store.keys import KeyRing, is_erased, user_of
 from store.projections import project
 
 
@@ -43,6 +46,16 @@ class DeadLetter:
     detail: str
     source: Incoming
     topic_id: str = ""  # the id of the topic it was read from ("": not known)
+
+    @property
+    def user(self) -> str | None:
+        """The user the message names, when it is JSON that does (its bytes are then stored under their key)."""
+        try:
+            obj = orjson.loads(self.source.value)
+        except orjson.JSONDecodeError:
+            return None
+        user = user_of(obj) if isinstance(obj, dict) else None
+        return user if isinstance(user, str) else None
 
     def envelope(self) -> bytes:
         """The dead-letter topic's message: the reason, where it came from, and the original bytes."""
@@ -149,26 +162,48 @@ async def ingest_batch(
             accepted.append((m, a))
 
         await _advance(conn, consumer_group, [d.message for d in fresh], accepted)
-        ready, parked = await _resolve_references(conn, accepted, dead)
-        out.parked = await _park(conn, parked, broker.topic_ids)
+        # Every key the batch needs, in one round trip and before the log's lock (an erasure takes a user's key
+        # row, then that lock).
+        ring = await keys.load(conn, [user_of(a.data) for _, a in accepted] + [d.user for d in dead], create=True)
+        # An app's erasure runs once the batch's events are in (they are then erased with the rest of the user's).
+        erasures = [(m, a) for m, a in accepted if a.event.type == ERASURE]
+        accepted = [(m, a) for m, a in accepted if a.event.type != ERASURE]
+        # An erased user's events are stored as erased at once: they derive nothing, so they wait for nothing.
+        gone = [(m, a) for m, a in accepted if ring.erased(user_of(a.data))]
+        ready, parked = await _resolve_references(conn, [(m, a) for m, a in accepted
+                                                         if not ring.erased(user_of(a.data))], dead)
+        ready += gone
+        out.parked = await _park(conn, parked, broker.topic_ids, ring)
         out.duplicates += len(parked) - out.parked
         # What this batch's interactions release is taken before the append, and appended with the batch: the
         # log's lock is then held for one append and one projection, not two.
         arriving = [a.event.interaction_id for _, a in ready if a.event.type == "interaction"]
         released = await take_released(conn, arriving)
-        stored = await append(conn, [NewEvent.of(a.data) for _, a in ready] + [NewEvent.of(d) for d in released])
-        await project(conn, stored)
+        await _add_keys(conn, ring, released)
+        logged = [ring.seal(a.data) for _, a in ready]
+        readable = {e["event_id"]: e if is_erased(e) else a.data for (_, a), e in zip(ready, logged, strict=True)}
+        readable.update((d["event_id"], ring.open(d)) for d in released)
+        stored = await append(conn, [NewEvent.of(e) for e in logged] + [NewEvent.of(d) for d in released])
+        await project(conn, [replace(e, data=readable[e.event_id]) for e in stored])
         released_ids = {d["event_id"] for d in released}
         out.released = sum(1 for e in stored if e.event_id in released_ids)
         out.duplicates += len(ready) - (len(stored) - out.released)
         out.stored.update(e.type for e in stored)
+        for _, a in erasures:
+            erased = await erase_user(conn, a.event.user.id_hash, reason=a.data["payload"]["reason"],
+                                      by=f"app {a.data['app_id']}", event=a.data)
+            if erased.new:
+                out.stored[ERASURE] += 1
+            else:
+                out.duplicates += 1
 
         await record_dead_letters(conn, [replace(d, topic_id=broker.topic_ids.get(d.source.topic, "")) for d in dead],
-                                  publish)
+                                  publish, ring)
         out.dead.update(d.reason for d in dead)
     return out
 
 
+ERASURE = "erasure"  # the wire type of an app's erasure of a user
 _SKIP = 2**63  # no offset exceeds it: the floor of a partition being rewound
 
 
@@ -278,21 +313,37 @@ async def _resolve_references(
     return ready, parked
 
 
+async def _add_keys(conn: psycopg.AsyncConnection, ring: KeyRing, events: Sequence[dict[str, Any]]) -> None:
+    """Load into `ring` the keys of these events' users it lacks."""
+    more = await keys.load(conn, [u for d in events if (u := user_of(d)) is not None and u not in ring.keys],
+                           create=False)
+    ring.keys.update(more.keys)
+
+
 async def _park(conn: psycopg.AsyncConnection, parked: list[tuple[Incoming, Accepted]],
-                topic_ids: dict[str, str]) -> int:
+                topic_ids: dict[str, str], ring: KeyRing) -> int:
+    """Park in log form: personal fields and the original bytes sealed under the user's key."""
     if not parked:
         return 0
     async with conn.cursor() as cur:
         await cur.executemany(
-            'INSERT INTO parked (event_id, topic, topic_id, partition, "offset", key, original, data, waiting_for,'
-            " occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s) ON CONFLICT DO NOTHING",
+            'INSERT INTO parked (event_id, topic, topic_id, partition, "offset", key, original, data, user_id_hash,'
+            " waiting_for, occurred_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)"
+            " ON CONFLICT DO NOTHING",
             [
-                (a.data["event_id"], m.topic, topic_ids.get(m.topic, ""), m.partition, m.offset, m.key, m.value,
-                 orjson.dumps(a.data).decode(), list(a.event.referenced_interactions()), a.data["occurred_at"])
+                (a.data["event_id"], m.topic, topic_ids.get(m.topic, ""), m.partition, m.offset, m.key,
+                 ring.seal_bytes(user, m.value, _context(m)), orjson.dumps(ring.seal(a.data)).decode(), user,
+                 list(a.event.referenced_interactions()), a.data["occurred_at"])
                 for m, a in parked
+                for user in [a.event.user.id_hash]
             ],
         )
         return cur.rowcount
+
+
+def _context(m: Incoming) -> bytes:
+    """What sealed original bytes belong to: the message they were read as."""
+    return f"{m.topic}/{m.partition}/{m.offset}".encode()
 
 
 # Of a parked event `p`: an interaction it waits for that is not stored.
@@ -323,8 +374,11 @@ async def take_released(conn: psycopg.AsyncConnection, arriving: list[str] | Non
 
 async def release_parked(conn: psycopg.AsyncConnection) -> list[StoredEvent]:
     """Append every parked event whose interactions are all stored now."""
-    stored = await append(conn, [NewEvent.of(data) for data in await take_released(conn, None)])
-    await project(conn, stored)
+    released = await take_released(conn, None)
+    ring = KeyRing()
+    await _add_keys(conn, ring, released)
+    stored = await append(conn, [NewEvent.of(data) for data in released])
+    await project(conn, [replace(e, data=ring.open(e.data)) for e in stored])
     return stored
 
 
@@ -357,19 +411,23 @@ async def expire_parked(
                    < (SELECT watermark FROM progress w WHERE w.topic = p.topic)
                    OR (%(caught_up)s AND p.parked_at < now() - make_interval(secs => %(grace)s)))
               AND EXISTS ({_MISSING})
-            RETURNING p.topic, p.partition, p."offset", p.key, p.original, p.waiting_for, p.topic_id
+            RETURNING p.topic, p.partition, p."offset", p.key, p.original, p.waiting_for, p.topic_id, p.user_id_hash
             """,
             {"group": consumer_group, "grace": grace_seconds, "caught_up": caught_up,
              "partitions": orjson.dumps(partitions).decode()},
         )
         rows = sorted(await cur.fetchall(), key=_source)
+        # Past the log's lock (the release above): read, not locked, as only bytes about to be dead-lettered use them.
+        ring = await keys.load(conn, [row[-1] for row in rows], create=False, lock=False)
         dead = [
             DeadLetter(UNKNOWN_INTERACTION,
                        f"interaction(s) {', '.join(waiting)} not stored within the {grace_seconds:g}s grace period",
-                       Incoming(topic, partition, offset, key, original), topic_id)
-            for topic, partition, offset, key, original, waiting, topic_id in rows
+                       source, topic_id)
+            for topic, partition, offset, key, original, waiting, topic_id, user in rows
+            for source in [Incoming(topic, partition, offset, key, b"")]
+            for source in [replace(source, value=_unsealed(ring, user, original, source))]
         ]
-        await record_dead_letters(conn, dead, publish)
+        await record_dead_letters(conn, dead, publish, ring)
     return released, dead
 
 
@@ -377,16 +435,50 @@ def _source(row: tuple[Any, ...]) -> tuple[str, int, int]:
     return (row[0], row[1], row[2])
 
 
-async def record_dead_letters(conn: psycopg.AsyncConnection, dead: Sequence[DeadLetter], publish: Publish) -> None:
+def _unsealed(ring: KeyRing, user: str | None, original: bytes | None, source: Incoming) -> bytes:
+    """A parked message's bytes in the clear (b"" once nulled, or once its user is erased)."""
+    if original is None:
+        return b""
+    if user is None:
+        return bytes(original)
+    return ring.open_bytes(user, bytes(original), _context(source)) or b""
+
+
+async def record_dead_letters(conn: psycopg.AsyncConnection, dead: Sequence[DeadLetter], publish: Publish,
+                             ring: KeyRing) -> None:
     """Dead letters in the store (once per source message: a topic's id tells a recreated topic's offsets from the
-    old one's) and on the dead-letter topic."""
+    old one's) and on the dead-letter topic. The original bytes are stored encrypted under the key of the user they
+    name, when `ring` holds it (loaded before the log's lock), and in the clear when no user can be read."""
     if not dead:
         return
+    rows = []
+    for d in dead:
+        user = d.user
+        original: bytes | None = d.source.value
+        if user is not None and user in ring.keys:
+            original = ring.seal_bytes(user, d.source.value, _context(d.source))
+        else:
+            user = None
+        rows.append((d.reason, d.detail, d.source.topic, d.topic_id, d.source.partition, d.source.offset,
+                     d.source.key, original, user))
     async with conn.cursor() as cur:
         await cur.executemany(
-            'INSERT INTO dead_letters (reason, detail, topic, topic_id, partition, "offset", key, original)'
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            [(d.reason, d.detail, d.source.topic, d.topic_id, d.source.partition, d.source.offset, d.source.key,
-              d.source.value) for d in dead],
+            'INSERT INTO dead_letters (reason, detail, topic, topic_id, partition, "offset", key, original,'
+            " sealed_for) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            rows,
         )
     await publish(dead)
+
+
+async def expire_raw_bytes(conn: psycopg.AsyncConnection, retention_days: float) -> int:
+    """Null the original bytes of dead letters and parked messages older than the retention (the rows stay, so
+    counts still reconcile); returns how many were nulled."""
+    async with conn.transaction():
+        cur = await conn.execute(
+            "UPDATE dead_letters SET original = NULL, key = NULL WHERE original IS NOT NULL"
+            " AND dead_lettered_at < now() - make_interval(secs => %s)", [retention_days * 86400])
+        nulled = cur.rowcount
+        cur = await conn.execute(
+            "UPDATE parked SET original = NULL, key = NULL WHERE original IS NOT NULL"
+            " AND parked_at < now() - make_interval(secs => %s)", [retention_days * 86400])
+        return nulled + cur.rowcount

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 import psycopg
 
 from flywheel.domain.events import CandidatesGenerated, CandidatesSelected, InternalEvent
 from flywheel.domain.signals import SignalConfig, prompt_key
+from store import keys
 from store.audits import AUDIT_EVENT_TYPES, project_audits
 from store.candidates import project_candidates
+from store.erasures import ERASURE_EVENT_TYPES, project_erasures
 from store.eventstore import NewEvent, StoredEvent, append, head, lock_appends, read
 from store.rounds import ROUND_EVENT_TYPES, project_rounds
 from store.signals import CHECKPOINT, checkpoint, derive_groups, touched_groups
@@ -49,7 +51,22 @@ def _counter(e: StoredEvent) -> str:
 
 async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
     """Apply events (in position order) to interactions, feedback and candidate_groups, inside the caller's
-    transaction (signals follow later: store.signals.catch_up)."""
+    transaction (signals follow later: store.signals.catch_up). Events are in their readable form (personal fields
+    opened: store.keys); an erased user's events derive nothing."""
+    events = [e for e in events if not keys.is_erased(e.data)]
+    if any(e.type in ERASURE_EVENT_TYPES for e in events):
+        # In log order around each: an erasure removes what the events before it projected.
+        run: list[StoredEvent] = []
+        for e in events:
+            if e.type in ERASURE_EVENT_TYPES:
+                await project(conn, run)
+                run = []
+                async with conn.cursor() as cur:
+                    await project_erasures(cur, [e])
+            else:
+                run.append(e)
+        await project(conn, run)
+        return
     generated = [e for e in events if e.type in _CANDIDATE_EVENT_TYPES]
     rounds = [e for e in events if e.type in ROUND_EVENT_TYPES]
     audits = [e for e in events if e.type in AUDIT_EVENT_TYPES]
@@ -126,7 +143,8 @@ async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig,
     of each chunk of events projected."""
     count = 0
     async for chunk in read(conn):
-        await project(conn, chunk)
+        ring = await keys.load(conn, [keys.user_of(e.data) for e in chunk], create=False, lock=False)
+        await project(conn, [replace(e, data=ring.open(e.data)) for e in chunk])
         count += len(chunk)
         if progress:
             progress(len(chunk))
@@ -145,7 +163,8 @@ async def rebuild(conn: psycopg.AsyncConnection, config: SignalConfig,
         await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0) ON CONFLICT DO NOTHING",
                            [CHECKPOINT])
         await conn.execute("SELECT 1 FROM checkpoints WHERE name = %s FOR UPDATE", [CHECKPOINT])
-        await conn.execute(f"TRUNCATE {', '.join(_read_models())}")
+        # Erased prompt groups waiting for the projector are derived with every other group here.
+        await conn.execute(f"TRUNCATE {', '.join(_read_models())}, rederive")
         count = await _project_log(conn, config, progress)
         await conn.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [await head(conn), CHECKPOINT])
         return count

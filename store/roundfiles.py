@@ -59,6 +59,12 @@ class RoundDirectories:
     def clear_rolled_back(self, number: int) -> None:
         (round_dir(self.root, number) / MARKER).unlink(missing_ok=True)
 
+    def purge(self, number: int) -> int:
+        files = sorted(round_dir(self.root, number).glob("*/*.jsonl"))
+        for f in files:
+            f.unlink()
+        return len(files)
+
     def write_consumption(self, number: int, consumptions: Sequence[dict[str, Any]]) -> None:
         runs = sorted(c["run_id"] for c in consumptions)
         (round_dir(self.root, number) / "consumption.json").write_bytes(orjson.dumps(

@@ -48,6 +48,13 @@ async def watermark_time(conn: psycopg.AsyncConnection, watermark: int) -> datet
     return row[0] if row else None
 
 
+async def _rederiving(conn: psycopg.AsyncConnection) -> bool:
+    """Whether an erasure left prompt groups for the projector to derive again (their rows are not the log's yet)."""
+    cur = await conn.execute("SELECT EXISTS (SELECT 1 FROM rederive)")
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
 def _decided(pair: PreferencePair, at: datetime | None) -> PreferencePair:
     """A pending regeneration pair with nothing contrary before the watermark's time counts as accepted."""
     if pair.status == "pending" and at is not None and pair.decided_after is not None and pair.decided_after <= at:
@@ -78,7 +85,7 @@ async def stream_rows(
     model is read as it stands when it was derived with `config` (`derived_with`) up to `watermark`, else the rows
     are derived anew."""
     at = await watermark_time(conn, watermark)
-    if config == derived_with and await checkpoint(conn) == watermark:
+    if config == derived_with and await checkpoint(conn) == watermark and not await _rederiving(conn):
         signals = _read_signals(conn, at, copies=copies)
     else:
         signals = _derive_signals(conn, watermark, config, at)

@@ -16,8 +16,10 @@ from flywheel.domain.events import (
     RoundConsumed,
     RoundPromoted,
     RoundPublished,
+    RoundPurged,
     RoundRestored,
     RoundRolledBack,
+    RoundSuperseded,
 )
 from flywheel.domain.log import StoredEvent
 from flywheel.domain.rounds import QuarantineItem, QuarantineList
@@ -77,6 +79,11 @@ async def project_rounds(cur: psycopg.AsyncCursor[Any], events: Sequence[StoredE
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (p["run_id"], e.position, p["started_at"], e.data["occurred_at"], p["status"],
                  orjson.dumps(p["steps"]).decode(), p["error"]))
+        elif e.type == RoundSuperseded.TYPE:
+            await cur.execute("UPDATE rounds SET state = 'superseded' WHERE number = %s", (p["round"],))
+            await _history(cur, p["round"], {"what": f"superseded by round {p['by_round']}"}, e)
+        elif e.type == RoundPurged.TYPE:
+            await _history(cur, p["round"], {"what": f"purged ({p['files']} data files deleted)"}, e)
         elif e.type == RoundConsumed.TYPE:
             consumed = RoundConsumed.of(p)
             await cur.execute(
@@ -162,3 +169,20 @@ async def rolled_back_since(conn: psycopg.AsyncConnection, position: int) -> lis
     cur = await conn.execute("SELECT number FROM rounds WHERE rolled_back AND rolled_back_position > %s"
                              " ORDER BY number", [position])
     return [int(n) for n, in await cur.fetchall()]
+
+
+async def erasure_exposure(conn: psycopg.AsyncConnection) -> dict[int, dict[str, int]]:
+    """Rounds that hold rows of users erased, or with training consent withdrawn, since they were published: round
+    number -> {"rows", "users"} (counts only). A round re-cut since (superseded) stays flagged until it is purged."""
+    cur = await conn.execute(
+        """
+        SELECT r.number, sum((e.data -> 'exposure' ->> r.number::text)::bigint), count(*)
+        FROM erasures x
+        JOIN events e ON e.position = CASE WHEN x.erased THEN x.erased_position ELSE x.position END
+        JOIN rounds r ON r.position < e.position AND e.data -> 'exposure' ? r.number::text
+        WHERE (x.erased OR x.withdrawn)
+          AND NOT EXISTS (
+              SELECT 1 FROM jsonb_array_elements(r.history) h WHERE h ->> 'what' LIKE 'purged%%')
+        GROUP BY r.number
+        """)
+    return {int(n): {"rows": int(rows), "users": int(users)} for n, rows, users in await cur.fetchall()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +14,7 @@ from flywheel.domain.quality import Judgement
 from flywheel.domain.signals import SignalConfig
 from flywheel.ports import BuilderBusy, Quarantine, RoundState, SourceRow
 from store.db import connect, conninfo
+from store.erasures import build_erasures
 from store.eventstore import head
 from store.roundrows import stream_rows
 from store.rounds import current_round, load_quarantine
@@ -56,7 +58,7 @@ class PostgresSnapshot:
         return None if found is None else round_state(found)
 
     async def quarantine(self) -> Quarantine:
-        return await load_quarantine(self.conn)
+        return dataclasses.replace(await load_quarantine(self.conn), erasures=await build_erasures(self.conn))
 
     def rows(self, watermark: int, signals: SignalConfig | None, *, copies: bool) -> AsyncIterator[list[SourceRow]]:
         return stream_rows(self.conn, watermark, signals or self.signals, derived_with=self.signals, copies=copies)

@@ -38,7 +38,7 @@ CHECKPOINT = "signals"
 _COLUMNS = (
     "signal_id, kind, prompt_key, rule, rule_version, interaction_id, app_id, model_version, prompt_version,"
     " consent, disagreement, status, sort_key, position, occurred_at, copy_key, tie, margin, chosen_length,"
-    " rejected_length, data"
+    " rejected_length, sources, data"
 )
 
 
@@ -62,7 +62,8 @@ class Progress:
 
 async def touched_groups(cur: psycopg.AsyncCursor[Any], after: int, upto: int) -> list[str]:
     """Prompt groups whose signals events in (after, upto] may have changed: the groups of every
-    interaction judged there, and groups that got a second response there."""
+    interaction judged there, groups that got a second response there, and groups an erasure changed
+    (store.erase) that the projector has not derived again yet."""
     await cur.execute(
         """
         SELECT DISTINCT prompt_key FROM interactions WHERE interaction_id IN (
@@ -73,6 +74,8 @@ async def touched_groups(cur: psycopg.AsyncCursor[Any], after: int, upto: int) -
         SELECT prompt_key FROM interactions
         WHERE prompt_key IN (SELECT prompt_key FROM interactions WHERE position > %(after)s AND position <= %(upto)s)
         GROUP BY prompt_key HAVING count(*) > 1
+        UNION
+        SELECT prompt_key FROM rederive
         """,
         {"after": after, "upto": upto},
     )
@@ -139,7 +142,7 @@ def rows(key: str, records: Iterable[Record], g: PromptGroup) -> Iterator[tuple[
             r.consent, getattr(r, "disagreement", kind == "disagreement"), getattr(r, "status", None),
             prefix + order_key(r, g.positions, g.interaction_positions), position, occurred_at, copy_key(r),
             *((pair.tie, pair.margin, len(pair.chosen), len(pair.rejected)) if pair else (None,) * 4),
-            orjson.dumps(r).decode(),
+            list(r.source_event_ids), orjson.dumps(r).decode(),
         )
 
 
@@ -196,6 +199,13 @@ class GroupCache:
         if self.position != checkpoint:
             self.clear()
             self.position = checkpoint
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Groups changed other than by new events (an erasure): derived whole on their next run."""
+        for key in keys:
+            known = self._groups.pop(key, None)
+            if known is not None:
+                self._records -= known.counted
 
     def get(self, key: str) -> _Known | None:
         return self._groups.get(key)
@@ -329,11 +339,16 @@ async def catch_up(
             await cur.execute("SELECT coalesce(max(position), 0) FROM events")
             head = await cur.fetchone()
             upto = min(int(head[0]) if head else 0, after + max_events)
-            if upto <= after:
+            # Groups an erasure changed: taken (and so owned by this run) in one statement.
+            await cur.execute("DELETE FROM rederive RETURNING prompt_key")
+            erased = sorted({row[0] for row in await cur.fetchall()})
+            if upto <= after and not erased:
                 return Progress(after, after, 0, 0)
+            upto = max(upto, after)
             if cache is not None:
                 cache.start(after)
-            keys = await touched_groups(cur, after, upto)
+                cache.forget(erased)
+            keys = sorted(set(await touched_groups(cur, after, upto)) | set(erased))
             count, known = await derive_groups(cur, keys, config, upto=upto, cache=cache)
             await cur.execute("UPDATE checkpoints SET position = %s WHERE name = %s", [upto, CHECKPOINT])
     except BaseException:

@@ -28,6 +28,9 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
     projected = conn.execute("SELECT position FROM checkpoints WHERE name = 'signals'").fetchone()
     read_models = {t: int(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]) for t in READ_MODELS}  # type: ignore[index]
     tracking = tracked(conn)
+    rights = conn.execute("SELECT count(*) FILTER (WHERE erased), count(*) FILTER (WHERE withdrawn AND NOT erased)"
+                          " FROM erasures").fetchone()
+    as_erased = conn.execute("SELECT count(*) FROM events WHERE data ? 'erased'").fetchone()
     return {
         "events": {"total": sum(events.values()), "by_type": events, "head_position": int(head[0]) if head else 0},
         "dead_lettered": {"total": sum(dead.values()), "by_reason": dead},
@@ -36,6 +39,10 @@ def store_stats(conn: psycopg.Connection) -> dict[str, Any]:
         # log positions the signals projector has still to apply (it runs a moment behind ingest)
         "signals_behind": (int(head[0]) if head else 0) - (int(projected[0]) if projected else 0),
         "consumers": tracking,
+        # erasure and consent events are in events.by_type; these are the users they leave out now
+        "privacy": {"erased_users": int(rights[0]) if rights else 0,
+                    "withdrawn_users": int(rights[1]) if rights else 0,
+                    "events_stored_as_erased": int(as_erased[0]) if as_erased else 0},
     }
 
 

@@ -84,7 +84,10 @@ class DeadLetterRow(SQLModel, table=True):
     partition: int
     offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
     key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
-    original: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # The message's bytes, encrypted under `sealed_for`'s key when its user could be read (store.keys); NULL once
+    # the retention has passed or the user is erased. The row stays, so counts still reconcile.
+    original: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    sealed_for: str | None = Field(default=None, sa_column=Column(Text))
     dead_lettered_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
     )
@@ -101,13 +104,37 @@ class ParkedRow(SQLModel, table=True):
     partition: int
     offset: int = Field(sa_column=Column("offset", BigInteger, nullable=False))
     key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
-    original: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    # Encrypted under the user's key (store.keys), as `data` is the event's log form; NULL after the retention.
+    original: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
     data: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    user_id_hash: str | None = Field(default=None, sa_column=Column(Text, index=True))
     waiting_for: list[str] = Field(sa_column=Column(ARRAY(Text), nullable=False))
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     parked_at: datetime = Field(
         sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
     )
+
+
+class UserKeyRow(SQLModel, table=True):
+    """Each user's data key (store.keys): NULL once the user is erased. Not a projection: no replay rebuilds it."""
+
+    __tablename__ = "user_keys"
+
+    user_id_hash: str = Field(primary_key=True)
+    key: bytes | None = Field(default=None, sa_column=Column(LargeBinary))
+    created_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=func.now())
+    )
+    erased_at: datetime | None = Field(default=None, sa_column=Column(DateTime(timezone=True)))
+
+
+class RederiveRow(SQLModel, table=True):
+    """Prompt groups an erasure changed, for the signals projector to derive again once it passes `position`."""
+
+    __tablename__ = "rederive"
+
+    prompt_key: str = Field(primary_key=True)
+    position: int = Field(sa_column=Column(BigInteger, primary_key=True, autoincrement=False))
 
 
 # ---- read models: pure projections of the log, rebuilt identically by `flywheel replay` ----
@@ -123,7 +150,7 @@ class InteractionView(SQLModel, table=True):
     model_version: str = Field(index=True)
     prompt_version: str
     prompt_key: str = Field(index=True)  # hash of the conversation: the prompt group signals derive over
-    user_id_hash: str
+    user_id_hash: str = Field(index=True)  # an erasure finds a user's rows by it
     consent_training: bool
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     messages: list[dict[str, Any]] = Field(sa_column=Column(JSONB, nullable=False))
@@ -152,7 +179,7 @@ class FeedbackView(SQLModel, table=True):
     app_id: str
     model_version: str
     prompt_version: str
-    user_id_hash: str
+    user_id_hash: str = Field(index=True)
     consent_training: bool
     occurred_at: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
     payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
@@ -191,6 +218,8 @@ class SignalView(SQLModel, table=True):
     margin: float | None = Field(default=None, sa_column=Column(Double))
     chosen_length: int | None = None
     rejected_length: int | None = None
+    # The record's source events (its lineage's source_event_ids): what an erasure finds a user's records by.
+    sources: list[str] = Field(default_factory=list, sa_column=Column(ARRAY(Text), nullable=False))
     # json, not jsonb: the record is kept as the projector wrote it, and a round reads most records whole, as
     # text (jsonb would be converted back on every read: 0.9 s of Postgres CPU per build at 300k events).
     data: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
@@ -314,8 +343,22 @@ class ScorerAuditView(SQLModel, table=True):
     payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
 
 
+class ErasureView(SQLModel, table=True):
+    """The erasure list: each user erased or with training consent withdrawn (erasure and consent events). Every
+    round build applies all of it, whatever its watermark."""
+
+    __tablename__ = "erasures"
+
+    user_id_hash: str = Field(primary_key=True)
+    erased: bool = False
+    erased_position: int | None = Field(default=None, sa_column=Column(BigInteger))
+    reason: str | None = None
+    withdrawn: bool = False  # training consent withdrawn (scope training)
+    position: int = Field(sa_column=Column(BigInteger, nullable=False))  # the newest event about the user
+
+
 READ_MODELS = ("interactions", "feedback", "signals", "candidate_groups", "rounds", "quarantine_items",
-               "quarantine_slices", "nightly_runs", "scorer_probes", "scorer_audits")
+               "quarantine_slices", "nightly_runs", "scorer_probes", "scorer_audits", "erasures")
 
 
 class TextEmbeddingRow(SQLModel, table=True):

@@ -19,7 +19,15 @@ from flywheel.domain.tracking import TrackedBeyondLogEnd, next_offset
 from flywheel.settings import Endpoints, Settings
 from store.db import connect
 from store.eventstore import head
-from store.ingest import BrokerView, DeadLetter, Decoded, Incoming, decode_message, expire_parked
+from store.ingest import (
+    BrokerView,
+    DeadLetter,
+    Decoded,
+    Incoming,
+    decode_message,
+    expire_parked,
+    expire_raw_bytes,
+)
 from store.signals import checkpoint
 from streams.datadir import faust_datadir
 from streams.ingestion import Ingestion, OpenIngestion, StoreIngestion
@@ -248,6 +256,16 @@ def create_app(
             metrics.stored.labels(s.type).inc()
         for d in dead:
             metrics.dead_lettered.labels(d.reason).inc()
+
+    @app.timer(max(settings.sweep_interval, 60.0))
+    async def expire_raw() -> None:
+        conn = await open_db()
+        try:
+            nulled = await expire_raw_bytes(conn, settings.raw_retention_days)
+        finally:
+            await conn.close()
+        if nulled:
+            log.info("nulled the original bytes of %d dead letters and parked messages past their retention", nulled)
 
     @app.task
     async def derive_signals() -> None:

@@ -25,6 +25,7 @@ from flywheel.domain.events import CandidatesGenerated
 from flywheel.ports import EventLog
 from flywheel.settings import Endpoints, Settings
 from sampling.generation import CandidateGroup, Generator, SamplingSpec, TransientEngineError, retry_delays
+from store import keys
 from store.db import connect
 from store.ingest import DeadLetter, Incoming, Publish, record_dead_letters
 from store.unit_of_work import PostgresLog
@@ -85,7 +86,9 @@ def create_generation_app(settings: Settings, endpoints: Endpoints, make_generat
         conn = await connect(endpoints.database_url, autocommit=True)
         try:
             async with conn.transaction():
-                await record_dead_letters(conn, letters, publish)
+                # A request's bytes are sealed under the key of the user a letter names, as ingest's are.
+                ring = await keys.load(conn, [d.user for d in letters], create=False, lock=False)
+                await record_dead_letters(conn, letters, publish, ring)
         finally:
             await conn.close()
 

@@ -92,7 +92,8 @@ class FeedbackClient:
         value = orjson.dumps(to_wire(model))
         if len(value) > self.max_event_bytes:
             raise InvalidEvent(OVERSIZE, f"{len(value)} bytes > limit {self.max_event_bytes}")
-        self._put(model.interaction_id.encode(), value)
+        # Keyed by its interaction; an erasure, about none, by its user.
+        self._put((model.interaction_id or model.user.id_hash).encode(), value)
 
     def send_raw(self, key: bytes | None, value: bytes) -> None:
         """Queue bytes unvalidated: for replaying captured traffic and for testing the dead-letter path."""

@@ -55,3 +55,20 @@ class PromoteRound:
     round: int
     reason: str
     by: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecutRound:
+    """Build a new round at a round's watermark under the erasure list as it stands now; the old one is superseded."""
+
+    round: int
+    config: RoundConfig = field(default_factory=RoundConfig)
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PurgeRound:
+    """Delete a superseded or rolled-back round's data files; its manifest stays."""
+
+    round: int
+    by: str = ""

@@ -261,9 +261,46 @@ class NightClaimed(InternalEvent):
         return {"night": self.night, "run_id": self.run_id}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundSuperseded(InternalEvent):
+    """A round re-cut at its watermark under the erasure list as it stood (`rounds recut`): `by_round` replaces it,
+    and it never is current again."""
+
+    TYPE: ClassVar[str] = "round_superseded"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    by_round: int
+    erasure_version: str
+    by: str = ""
+
+    def identity(self) -> str:
+        return f"{self.round}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round, "by_round": self.by_round, "erasure_version": self.erasure_version,
+                **_by(self.by)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPurged(InternalEvent):
+    """A round's data files deleted (`rounds purge`); its manifest and report stay."""
+
+    TYPE: ClassVar[str] = "round_purged"
+    NAMESPACE: ClassVar[uuid.UUID] = _ROUNDS
+    round: int
+    files: int
+    by: str = ""
+
+    def identity(self) -> str:
+        return f"{self.round}"
+
+    def payload(self) -> dict[str, Any]:
+        return {"round": self.round, "files": self.files, **_by(self.by)}
+
+
 ROUND_EVENTS: tuple[type[InternalEvent], ...] = (
     QuarantineItemsAdded, RoundPublished, RoundPromoted, RoundRolledBack, RoundRestored, RoundConsumed,
-    NightlyRunFinished)
+    NightlyRunFinished, RoundSuperseded, RoundPurged)
 
 
 # ---- the hard-case loop ----
@@ -456,3 +493,64 @@ class TrackingReset(InternalEvent):
                 "previous_offset": self.previous_offset, "offset": self.offset, "reason": self.reason,
                 "by": self.by, "topic_id": self.topic_id, "previous_topic_id": self.previous_topic_id,
                 "note": self.note}
+
+
+# ---- the rights of the users whose data it is ----
+
+_PRIVACY = uuid.UUID("8e2f4a6c-1b3d-4e5f-9a7b-0c2d4e6f8a1b")
+SCOPE_TRAINING = "training"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UserErased(InternalEvent):
+    """A user's erasure (`flywheel erase`, or an app's `erasure` event of the same form): their data key is gone,
+    their events read as erased, and no later round holds their rows. Erasing a user twice names the same event."""
+
+    TYPE: ClassVar[str] = "erasure"
+    NAMESPACE: ClassVar[uuid.UUID] = _PRIVACY
+    user_id_hash: str
+    reason: str
+    by: str = ""
+    # Rounds published by then that held the user's rows: round number (as text) -> rows (training records and
+    # candidate groups at or before its watermark). Counts only: what `rounds list` flags.
+    exposure: dict[str, int] = field(default_factory=dict, hash=False)
+    # The prompt groups of the user's interactions: their candidate groups leave the read model with this event.
+    prompt_keys: tuple[str, ...] = field(default=(), hash=False)
+
+    def identity(self) -> str:
+        return self.user_id_hash
+
+    def fields(self) -> dict[str, Any]:
+        return {"user": {"id_hash": self.user_id_hash}, "exposure": self.exposure,
+                "prompt_keys": list(self.prompt_keys)}
+
+    def payload(self) -> dict[str, Any]:
+        return {"reason": self.reason, **_by(self.by)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsentChanged(InternalEvent):
+    """A user's consent for `scope` withdrawn or granted again (`flywheel consent`). While withdrawn, none of their
+    data, past or future, is used for training, sampling or generation; the data itself is kept. `change` counts the
+    user's consent events before this one, so a repeated command names the same event."""
+
+    TYPE: ClassVar[str] = "consent"
+    NAMESPACE: ClassVar[uuid.UUID] = _PRIVACY
+    user_id_hash: str
+    granted: bool
+    change: int
+    scope: str = SCOPE_TRAINING
+    by: str = ""
+    exposure: dict[str, int] = field(default_factory=dict, hash=False)  # as UserErased's, on a withdrawal
+
+    def identity(self) -> str:
+        return f"{self.user_id_hash}:{self.scope}:{self.change}"
+
+    def fields(self) -> dict[str, Any]:
+        return {"user": {"id_hash": self.user_id_hash}, "exposure": self.exposure}
+
+    def payload(self) -> dict[str, Any]:
+        return {"scope": self.scope, "granted": self.granted, "change": self.change, **_by(self.by)}
+
+
+PRIVACY_EVENT_TYPES = frozenset({UserErased.TYPE, ConsentChanged.TYPE})

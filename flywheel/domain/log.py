@@ -28,7 +28,7 @@ class NewEvent:
     def of(cls, data: dict[str, Any]) -> NewEvent:
         """The log entry of a stored-form feedback event (flywheel.domain.validation.Accepted.data)."""
         return cls(event_id=data["event_id"], type=data["type"], occurred_at=data["occurred_at"], data=data,
-                   interaction_id=data["interaction_id"], app_id=data["app_id"])
+                   interaction_id=data.get("interaction_id"), app_id=data["app_id"])
 
 
 @dataclass(frozen=True, slots=True)

@@ -171,7 +171,7 @@ def redact_event(event: FeedbackEvent, redactor: Redactor | None = None) -> Acce
                         function[field] = redact_json(function[field], r)
         case "edit":
             p["edited_response"] = r(p["edited_response"])
-        case "thumbs" if "reason" in p:
+        case "thumbs" | "erasure" if "reason" in p:
             p["reason"] = r(p["reason"])
     return Accepted(event=event, data=data, redactions=sum(r.counts.values()) - before)
 

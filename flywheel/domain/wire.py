@@ -18,7 +18,9 @@ from pydantic_core import PydanticCustomError
 from flywheel.domain.messages import role_order_problem
 
 SCHEMA_VERSION = 1
-EVENT_TYPES = ("interaction", "thumbs", "edit", "regenerate", "rating", "comparison")
+# Feedback about a response; and every type the topic carries: feedback and a user's erasure.
+FEEDBACK_TYPES = ("interaction", "thumbs", "edit", "regenerate", "rating", "comparison")
+EVENT_TYPES = (*FEEDBACK_TYPES, "erasure")
 
 Id = Annotated[str, Field(min_length=1, max_length=200)]
 Text = Annotated[str, Field(max_length=200_000)]
@@ -229,7 +231,31 @@ class Comparison(BaseEvent):
         return (self.payload.chosen_interaction_id, self.payload.rejected_interaction_id)
 
 
-FeedbackEvent = Interaction | Thumbs | Edit | Regenerate | Rating | Comparison
+class ErasurePayload(_Wire):
+    reason: Text
+
+
+class ErasureUser(_Wire):
+    id_hash: Id
+    consent_training: bool | None = None
+
+
+class Erasure(BaseEvent):
+    """A user's erasure, asked for by an app: keyed by user.id_hash; about no interaction, model or prompt. Every
+    personal field of the user becomes unreadable and leaves every later round (store.erase)."""
+
+    type: Literal["erasure"]
+    interaction_id: Id | None = None  # type: ignore[assignment]  # about no interaction
+    model_version: Id | None = None  # type: ignore[assignment]
+    prompt_version: Id | None = None  # type: ignore[assignment]
+    user: ErasureUser  # type: ignore[assignment]  # no consent to state
+    payload: ErasurePayload
+
+    def referenced_interactions(self) -> tuple[str, ...]:
+        return ()
+
+
+FeedbackEvent = Interaction | Thumbs | Edit | Regenerate | Rating | Comparison | Erasure
 
 EVENT_CLASSES: dict[str, type[BaseEvent]] = {
     "interaction": Interaction,
@@ -238,6 +264,7 @@ EVENT_CLASSES: dict[str, type[BaseEvent]] = {
     "regenerate": Regenerate,
     "rating": Rating,
     "comparison": Comparison,
+    "erasure": Erasure,
 }
 
 

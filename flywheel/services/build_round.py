@@ -48,6 +48,7 @@ from flywheel.ports import (
     Announcer,
     BuilderBusy,
     Embedder,
+    Erasures,
     Progress,
     Quarantine,
     RoundBuilder,
@@ -64,6 +65,7 @@ __all__ = ["BuilderBusy", "Published", "build_round"]
 
 _CHUNK = 500
 _KIND: dict[str, Kind] = {"pair": "dpo", "kto": "kto", "sft": "sft"}
+_ERASED_KIND = {**_KIND, "group": "groups"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,21 +82,28 @@ class Published:
     held_because: list[str] = field(default_factory=list)
     removed: dict[str, int] = field(default_factory=dict)  # rows each gate took out, all kinds together
     semantic_seconds: float | None = None  # the semantic check's step (embedding what was missing, comparing)
+    erasure_version: str = ""  # the erasure list it was cut under
 
 
 async def _rows(source: AsyncIterator[list[SourceRow]], slices: list[dict[str, Any]], sliced: list[int],
                 prepare: Prepare, poor: frozenset[tuple[str, str]] = frozenset(),
-                disagreed: Counter[tuple[str, str]] | None = None,
-                progress: Progress | None = None) -> AsyncIterator[list[Entry]]:
+                disagreed: Counter[tuple[str, str]] | None = None, erasures: Erasures | None = None,
+                erased: Counter[str] | None = None, progress: Progress | None = None) -> AsyncIterator[list[Entry]]:
     """The rows of `source` in chunks, through the first gates (`prepare`): what the builder process gets. Human
     feedback rows (signal records) of an (app, model version) slice in `poor` are left out and counted in
-    `disagreed`: its raters do not agree enough to train on."""
+    `disagreed`: its raters do not agree enough to train on. Rows the erasure list excludes (a withdrawn user's)
+    are left out and counted in `erased` by kind."""
     chunk: list[Entry] = []
     no_row: set[bytes] = set()  # copy keys of records that make no row (an undecided pair)
+    excluding = erasures is not None and bool(erasures.events or erasures.prompt_keys)
     async for batch in source:
         if progress:
             progress(len(batch))
         for row in batch:
+            if excluding and row.data is not None and erasures is not None and erasures.excludes(row.kind, row.data):
+                if erased is not None:
+                    erased[row.kind] += 1
+                continue
             if not row.consent:  # unread (only without slices: RoundSnapshot.rows)
                 chunk.append(prepare.without_consent(_KIND[row.kind], row.copy_key, row.position))
                 continue
@@ -143,16 +152,19 @@ async def _then(chunks: AsyncIterator[list[Entry]], read: Callable[[], None]) ->
 async def _cut(
     snapshot: RoundSnapshot, builder: RoundBuilder, staged: Path, command: BuildRound, quarantine: Quarantine, *,
     watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
-    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], semantic: SemanticHits | None,
-    progress: Progress | None,
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], erased: Counter[str],
+    semantic: SemanticHits | None, progress: Progress | None,
 ) -> tuple[RoundResult, dict[str, Any], int]:
     """The round's files under `staged`, its report's figures and the rows left out by rollback slices, all from
     one snapshot."""
     sliced = [0]
     slices = quarantine.slices
-    # Exact copies come unread unless a rollback slice or a low-agreement slice may leave out the row they copy.
-    chunks = _rows(snapshot.rows(watermark, command.signals, copies=not slices and not poor), slices,
-                   sliced, Prepare(command.config), poor, disagreed, progress)
+    erasures = quarantine.erasures
+    # Exact copies come unread unless a rollback slice, a low-agreement slice or the erasure list may leave out the
+    # row they copy.
+    copies = not slices and not poor and not erasures.events and not erasures.prompt_keys
+    chunks = _rows(snapshot.rows(watermark, command.signals, copies=copies), slices,
+                   sliced, Prepare(command.config), poor, disagreed, erasures, erased, progress)
     # The report's aggregates run in this snapshot once every row is read, while the builder process works
     # through the last of them and this one would wait; so does the announcer's getting ready.
     report: asyncio.Task[dict[str, Any]] | None = None
@@ -180,8 +192,9 @@ async def _cut(
 async def _cut_checked(
     snapshot: RoundSnapshot, builder: RoundBuilder, files: RoundFiles, command: BuildRound, quarantine: Quarantine, *,
     watermark: int, parent: RoundState | None, number: int, announce: Announcer | None,
-    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], embeddings: TextEmbeddings | None,
-    embedder: Embedder | None, semantic_seconds: list[float], progress: Progress | None,
+    poor: frozenset[tuple[str, str]], disagreed: Counter[tuple[str, str]], erased: Counter[str],
+    embeddings: TextEmbeddings | None, embedder: Embedder | None, semantic_seconds: list[float],
+    progress: Progress | None,
 ) -> tuple[Path, RoundResult, dict[str, Any], int]:
     """`_cut` with the semantic check when the config asks for it: the kept embeddings are compared with the
     quarantine items first (its time added to `semantic_seconds`). A cut that meets texts without a kept embedding
@@ -198,11 +211,12 @@ async def _cut_checked(
     while True:
         staged = files.staging(number)
         disagreed.clear()
+        erased.clear()
         try:
             result, audits, sliced_out = await _cut(snapshot, builder, staged, command, quarantine,
                                                     watermark=watermark, parent=parent, number=number,
                                                     announce=announce, poor=poor, disagreed=disagreed,
-                                                    semantic=semantic, progress=progress)
+                                                    erased=erased, semantic=semantic, progress=progress)
         except BaseException:
             files.discard(number, staged)
             raise
@@ -266,11 +280,13 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                 agreement = agreement_gates(await snapshot.judgements(watermark), command.config.promotion,
                                             config_version=command.config.version())
                 disagreed: Counter[tuple[str, str]] = Counter()
+                erased: Counter[str] = Counter()
                 semantic_took = [0.0]
                 staged, result, audits, sliced_out = await _cut_checked(
                     snapshot, builder, files, command, quarantine, watermark=watermark, parent=parent,
                     number=number, announce=announce, poor=failing_slices(agreement), disagreed=disagreed,
-                    embeddings=embeddings, embedder=embedder, semantic_seconds=semantic_took, progress=progress)
+                    erased=erased, embeddings=embeddings, embedder=embedder, semantic_seconds=semantic_took,
+                    progress=progress)
                 semantic_seconds = round(semantic_took[0], 3) if command.config.semantic else None
             if derived != watermark:  # an older watermark: the round's rows were derived anew, the audits' not
                 audits["signals_checkpoint"] = derived
@@ -280,6 +296,10 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
             promotion = [g.as_dict() for g in gates]
             manifest["promotion"] = {"state": verdict, "gates": promotion,
                                      "left_out_for_agreement": sum(disagreed.values())}
+            e = quarantine.erasures
+            erasure = {"version": e.version, "erased_users": e.erased_users, "withdrawn_users": e.withdrawn_users,
+                       "rows_removed": {_ERASED_KIND.get(k, k): n for k, n in sorted(erased.items())}}
+            manifest["erasures"] = erasure
             (staged / MANIFEST).write_bytes(orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2)
                                             + b"\n")
             (staged / "report.html").write_text(report_html(manifest, audits))
@@ -289,6 +309,7 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
                        "model_versions": sources["model_versions"], "rows_in": result.rows_in,
                        "rows_out": result.rows_out, "sliced_out": sliced_out,
                        "left_out_for_agreement": sum(disagreed.values()),
+                       "erasures": erasure,
                        "sources": sources["sources_by_kind"],
                        "by_app": _counts(processing["distribution"]["by_app"]),
                        "by_model_version": _counts(processing["distribution"]["by_model_version"]),
@@ -325,7 +346,8 @@ async def build_round(command: BuildRound, *, source: RoundSource, builder: Roun
     return Published(round=number, path=final, content_hash=result.content_hash, watermark=watermark,
                      rows_in=result.rows_in, rows_out=result.rows_out, sliced_out=sliced_out, state=state,
                      promotion=promotion, held_because=held_because, semantic_seconds=semantic_seconds,
-                     removed={gate: sum(by_kind.values()) for gate, by_kind in summary["removed"].items()})
+                     removed={gate: sum(by_kind.values()) for gate, by_kind in summary["removed"].items()},
+                     erasure_version=e.version)
 
 
 def _counts(shares: dict[str, dict[str, Any]]) -> dict[str, int]:

@@ -13,6 +13,7 @@ from flywheel.domain.signals import SignalConfig
 from flywheel.settings import Endpoints
 from store.db import connect, connect_sync
 from store.ingest import BrokerView, DeadLetter, Incoming, decode_message, expire_parked, ingest_batch
+from store.keys import decrypt
 from store.projections import check, rebuild
 from store.tables import READ_MODELS
 from tests.factories import comparison, interaction, raw, thumbs
@@ -81,8 +82,13 @@ def test_bad_input_is_dead_lettered_with_reason_and_original_bytes(endpoints: En
 
     assert dict(out.dead) == {"bad_encoding": 1, "bad_json": 1, "unknown_schema_version": 1}
     assert [d.source.value for d in sent.sent] == bad
-    assert query(url, "SELECT reason, original FROM dead_letters ORDER BY \"offset\"") == [
-        ("bad_encoding", bad[0]), ("bad_json", bad[1]), ("unknown_schema_version", bad[2])]
+    rows = query(url, "SELECT reason, original, sealed_for, \"offset\" FROM dead_letters ORDER BY \"offset\"")
+    # Bytes naming no readable user stay as they came; those of a user are stored under the user's key.
+    assert [r[:3] for r in rows[:2]] == [("bad_encoding", bad[0], None), ("bad_json", bad[1], None)]
+    reason, sealed, user, offset = rows[2]
+    assert (reason, user) == ("unknown_schema_version", "u1") and sealed != bad[2]
+    [(key,)] = query(url, "SELECT key FROM user_keys WHERE user_id_hash = 'u1'")
+    assert decrypt(key, sealed, f"feedback/0/{offset}".encode()) == bad[2]
 
 
 def test_a_second_interaction_with_the_same_id_is_refused(endpoints: Endpoints) -> None:
@@ -261,3 +267,22 @@ def test_feedback_whose_interaction_is_stored_by_then_is_never_dead_lettered(
     assert [e.type for e in released] == ["thumbs"] and dead == []
     assert query(url, "SELECT count(*) FROM dead_letters") == [(0,)]
     assert query(url, "SELECT thumbs_up FROM interactions WHERE interaction_id = 'i1'") == [(1,)]
+
+
+def test_raw_bytes_are_nulled_after_their_retention_and_the_rows_stay(endpoints: Endpoints) -> None:
+    url = endpoints.database_url
+    ingest(url, messages([b"{nope", raw(thumbs("never-stored", "down"))]))
+    assert query(url, "SELECT count(*) FROM dead_letters WHERE original IS NOT NULL") == [(1,)]
+    assert query(url, "SELECT count(*) FROM parked WHERE original IS NOT NULL") == [(1,)]
+
+    async def expire(days: float) -> int:
+        conn = await connect(url, autocommit=True)
+        try:
+            return await store.ingest.expire_raw_bytes(conn, days)
+        finally:
+            await conn.close()
+
+    assert asyncio.run(expire(14)) == 0  # younger than the retention
+    assert asyncio.run(expire(0)) == 2
+    assert query(url, "SELECT count(*), count(original), count(key) FROM dead_letters") == [(1, 0, 0)]
+    assert query(url, "SELECT count(*), count(original) FROM parked") == [(1, 0)]

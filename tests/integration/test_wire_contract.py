@@ -13,6 +13,7 @@ from kafka import KafkaProducer
 from flywheel.domain.wire import EVENT_TYPES
 from flywheel.settings import Settings
 from store.db import connect_sync
+from store.keys import PERSONAL, SEALED, KeyRing
 from streams.topics import ensure_topics
 from tests.conftest import wait_until
 from tests.readme_examples import wire_examples
@@ -33,7 +34,8 @@ def test_every_readme_example_sent_as_raw_bytes_is_stored(
     second = {**first, "event_id": "6f1e2d3c-4b5a-4968-8776-a5b4c3d2e1f0", "interaction_id": regenerated,
               "occurred_at": "2026-12-01T09:31:41Z",
               "payload": {**first["payload"], "response": "Open Settings, then Security, then Reset password."}}
-    messages = [(e["interaction_id"].encode(), raw) for e, raw in zip(examples, raws, strict=True)]
+    messages = [((e.get("interaction_id") or e["user"]["id_hash"]).encode(), raw)
+                for e, raw in zip(examples, raws, strict=True)]
     messages.insert(1, (regenerated.encode(), json.dumps(second).encode()))
 
     ensure_topics(settings.kafka_bootstrap, settings)
@@ -55,9 +57,19 @@ def test_every_readme_example_sent_as_raw_bytes_is_stored(
     wait_until(lambda: worker.poll() is None and len(stored()) == len(ids), timeout=120,
                what="every README example stored")
     rows = stored()
+    with connect_sync(settings.database_url) as conn:
+        ring = KeyRing({u: None if k is None else bytes(k)
+                        for u, k in conn.execute("SELECT user_id_hash, key FROM user_keys").fetchall()})
     for example in examples:
         row = rows[example["event_id"]]
         assert row["type"] == example["type"]
-        assert row["data"] == example, f"{example['type']} is stored as sent (nothing in it to redact)"
+        # The log holds the personal fields sealed under the user's key (store.keys): opened, the event is as sent.
+        personal = [f for f in PERSONAL.get(example["type"], ()) if f in example["payload"]]
+        assert (SEALED in row["data"]) == bool(personal)
+        assert not any(f in row["data"]["payload"] for f in personal)
+        # An erasure is stored with what it removed from rounds published before it (none here), counts only.
+        opened = {k: v for k, v in ring.open(row["data"]).items() if example["type"] != "erasure"
+                  or k not in ("exposure", "prompt_keys")}
+        assert opened == example, f"{example['type']} is stored as sent (nothing in it to redact)"
     with connect_sync(settings.database_url) as conn:
         assert conn.execute("SELECT count(*) FROM dead_letters").fetchone() == (0,)

@@ -11,7 +11,15 @@ import pytest
 from pydantic import ValidationError
 
 from flywheel.domain.validation import INVALID_FIELD, InvalidEvent, parse
-from flywheel.domain.wire import EVENT_CLASSES, EVENT_TYPES, FeedbackEvent, Interaction, Rating, to_wire
+from flywheel.domain.wire import (
+    EVENT_CLASSES,
+    EVENT_TYPES,
+    FEEDBACK_TYPES,
+    FeedbackEvent,
+    Interaction,
+    Rating,
+    to_wire,
+)
 from flywheel.simulator import generate
 from tests.factories import comparison, event, thumbs
 
@@ -36,6 +44,9 @@ VALID: dict[str, dict[str, Any]] = {
     "regenerate": event("regenerate", ASKED, {"new_interaction_id": OTHER}),
     "rating": event("rating", ASKED, {"score": 4, "scale": 5, "dimension": "helpfulness"}),
     "comparison": comparison(ASKED, OTHER, "slightly"),
+    "erasure": {"event_id": "5d2c1b0a-9f8e-4d7c-8b6a-5f4e3d2c1b0a", "type": "erasure", "schema_version": 1,
+                "occurred_at": "2026-11-23T12:00:00+00:00", "app_id": "support-bot",
+                "user": {"id_hash": "u1"}, "payload": {"reason": "asked to be forgotten"}},
 }
 
 
@@ -101,7 +112,7 @@ def test_simulated_traffic_round_trips() -> None:
         assert e is not None
         assert parsed(to_wire(e)) == e
         seen.add(e.type)
-    assert seen == set(EVENT_TYPES)
+    assert seen == set(FEEDBACK_TYPES)  # the simulator's users give feedback; none asks to be forgotten
 
 
 @pytest.mark.parametrize(

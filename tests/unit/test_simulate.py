@@ -12,7 +12,7 @@ import pytest
 from flywheel.domain.redact import Redactor
 from flywheel.domain.validation import OVERSIZE, REASONS, UNKNOWN_INTERACTION, InvalidEvent, decode, parse
 from flywheel.domain.wire import (
-    EVENT_TYPES,
+    FEEDBACK_TYPES,
     Comparison,
     Edit,
     FeedbackEvent,
@@ -223,7 +223,7 @@ def test_traffic_has_the_variety_production_has(clean: list[Simulated]) -> None:
     for e in interactions:
         by_app.setdefault(e.app_id, set()).add((e.model_version, e.prompt_version))
 
-    assert {e.type for e in events} == set(EVENT_TYPES)
+    assert {e.type for e in events} == set(FEEDBACK_TYPES)
     assert len(by_app) >= 3
     assert all(len({m for m, _ in v}) >= 2 and len({p for _, p in v}) >= 2 for v in by_app.values())
     tags = {t for e in interactions for t in e.payload.tags}

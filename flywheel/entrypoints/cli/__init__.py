@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from flywheel.entrypoints.cli import candidates, inspection, ops, run, schema, traffic
+from flywheel.entrypoints.cli import candidates, inspection, ops, privacy, run, schema, traffic
+from flywheel.entrypoints.cli.privacy import consent_app
 from flywheel.entrypoints.cli.quarantine import quarantine_app
 from flywheel.entrypoints.cli.rounds import rounds_app
 from flywheel.entrypoints.cli.stack import stack_app
@@ -24,12 +25,14 @@ app.command()(candidates.generate)
 app.command("generation-worker")(candidates.generation_worker)
 app.command("select")(candidates.select_cmd)
 app.command()(schema.schema)
+app.command()(privacy.erase)
 app.command()(ops.setup)
 app.command()(ops.doctor)
 app.add_typer(stack_app, name="stack")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(rounds_app, name="rounds")
 app.add_typer(tracking_app, name="tracking")
+app.add_typer(consent_app, name="consent")
 
 
 def main() -> None:

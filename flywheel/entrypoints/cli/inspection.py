@@ -42,6 +42,9 @@ def _describe_stats(d: dict[str, Any]) -> str:
     lines.append("read models")
     lines += [f"  {k:<16} {v:>9}" for k, v in d["read_models"].items()]
     lines.append(f"signals behind     {d['signals_behind']:>9} events")
+    p = d["privacy"]
+    lines.append(f"users erased       {p['erased_users']:>9}   ({p['events_stored_as_erased']} events as erased)")
+    lines.append(f"consent withdrawn  {p['withdrawn_users']:>9}   users (scope training)")
     lines.append("consumers")
     for c in d["consumers"]:
         lag = "n/a" if c.get("lag") is None else c["lag"]

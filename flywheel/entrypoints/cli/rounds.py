@@ -47,6 +47,9 @@ def _describe_round(r: dict[str, Any], *, gates: bool = False) -> str:
     for c in r.get("consumptions") or ():
         lines.append(f"            consumed by run {c['run_id']}: model {c.get('model_version') or 'not said'}, "
                      f"stage {c.get('stage') or 'not said'}")
+    if exposed := r.get("erasure_exposure"):
+        lines.append(f"            HOLDS ERASED OR WITHDRAWN DATA: {exposed['rows']} rows of {exposed['users']} users"
+                     f" (rounds recut {r['number']}, then rounds purge {r['number']})")
     if failed and not gates:
         lines.append("            failed gates: " + ", ".join(
             f"{g['name']}{' (blocking)' if g['blocking'] else ''}" for g in failed))
@@ -130,14 +133,17 @@ def rounds_embed(as_json: bool = typer.Option(False, "--json")) -> None:
 def rounds_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """Every round, newest last, with its state, and the run history of the nightly pipeline (failed runs
     with their error)."""
-    from store.rounds import nightly_runs, rounds
+    from store.rounds import erasure_exposure, nightly_runs, rounds
 
     async def both(conn: Any) -> dict[str, Any]:
-        return {"rounds": await rounds(conn), "nightly_runs": await nightly_runs(conn)}
+        return {"rounds": await rounds(conn), "nightly_runs": await nightly_runs(conn),
+                "exposure": await erasure_exposure(conn)}
 
     data = _in_store(both)
+    exposure = data.pop("exposure")
     for r in data["rounds"]:
         r["shown_state"] = _state(r)
+        r["erasure_exposure"] = exposure.get(r["number"])
     human = "\n".join(_describe_round(r) for r in data["rounds"]) or "no rounds yet"
     if data["nightly_runs"]:
         human += "\nnightly runs (newest last)\n" + "\n".join(_describe_run(r) for r in data["nightly_runs"])
@@ -258,6 +264,47 @@ def rounds_restore(number: int = typer.Argument(...), by: str = typer.Option(Non
         out = _in_store(lambda conn: _wiring(settings)(conn).restore(
             RestoreRound(round=number, by=_operator(by, settings))), schema=False)
     _say_change(out, as_json, "restored" if out.changed else "was not rolled back")
+
+
+@rounds_app.command("recut")
+def rounds_recut(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
+    """Build a new round at round N's watermark under the erasure list as it stands; N is superseded, `current`
+    moves off it, and both are announced on the rounds topic."""
+    from flywheel.domain.commands import RecutRound
+    from flywheel.ports import BuilderBusy
+
+    settings = _settings()
+    command = RecutRound(round=number, config=settings.round_config(), by=_operator(by, settings))
+    try:
+        out = _in_store(lambda conn: _wiring(settings)(conn).recut(command))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except (BuilderBusy, ValueError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    _print({"round": out.round, "by_round": out.by_round, "current": out.current}, as_json,
+           f"round {out.round} superseded by round {out.by_round}; current round: "
+           f"{out.current if out.current is not None else 'none'}")
+
+
+@rounds_app.command("purge")
+def rounds_purge(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP)) -> None:
+    """Delete a superseded (or rolled-back) round's data files; its manifest and report stay."""
+    from flywheel.domain.commands import PurgeRound
+
+    settings = _settings()
+    try:
+        deleted = _in_store(lambda conn: _wiring(settings)(conn).purge(
+            PurgeRound(round=number, by=_operator(by, settings))))
+    except LookupError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"round {number}: {deleted} data files deleted; manifest kept")
 
 
 @rounds_app.command("consume")
