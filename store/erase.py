@@ -12,7 +12,7 @@ from flywheel.domain.events import ConsentChanged, UserErased
 from flywheel.domain.log import NewEvent
 from store import keys
 from store.erasures import consent_changes
-from store.eventstore import append
+from store.eventstore import append, lock_appends
 from store.projections import project, record
 from store.signals import CHECKPOINT
 
@@ -43,7 +43,7 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
         # signals checkpoint (a projector run in progress has read the user's rows: it finishes before they go).
         async with conn.pipeline():
             await keys.shred(conn, user)
-            await conn.execute("LOCK TABLE events IN EXCLUSIVE MODE")
+            await lock_appends(conn)
             known = await conn.execute("SELECT erased FROM erasures WHERE user_id_hash = %s", [user])
             await conn.execute("INSERT INTO checkpoints (name, position) VALUES (%s, 0)"
                                " ON CONFLICT (name) DO UPDATE SET position = checkpoints.position", [CHECKPOINT])
