@@ -81,8 +81,6 @@ def create_schema(url: str, *, role_passwords: Mapping[str, str] | None = None) 
                 _renew_outdated_followers(conn)
                 SQLModel.metadata.create_all(conn)
                 _scheduler_jobs_table().create(conn, checkfirst=True)
-                for ddl in _INDEXES:
-                    conn.execute(text(ddl))
             except ProgrammingError as e:
                 if getattr(e.orig, "sqlstate", None) != "42501":  # insufficient_privilege
                     raise
@@ -91,6 +89,8 @@ def create_schema(url: str, *, role_passwords: Mapping[str, str] | None = None) 
                     "`flywheel setup` as the database's owner first") from None
             if conn.execute(text("SELECT pg_has_role(tableowner, 'USAGE') FROM pg_tables WHERE tablename = :t"
                                  " AND schemaname = current_schema()"), {"t": LOG_TABLE}).scalar():
+                for ddl in _INDEXES:  # only a table's owner may index it, even when the index exists
+                    conn.execute(text(ddl))
                 _grant_roles(conn, role_passwords or {})
     finally:
         eng.dispose()
