@@ -5,7 +5,6 @@ from __future__ import annotations
 from flywheel.domain.signals.config import SignalConfig
 from flywheel.domain.signals.derive import (
     EVENT_HANDLERS,
-    JUDGES,
     WINDOW_RULES,
     Unit,
     derive,
@@ -18,6 +17,7 @@ from flywheel.domain.signals.group import FEEDBACK_TYPES, Change, PromptGroup
 from flywheel.domain.signals.judgement import OVERALL
 from flywheel.domain.signals.order import order_key
 from flywheel.domain.signals.prompt import prompt_key
+from flywheel.domain.signals.reading import JUDGES
 from flywheel.domain.signals.records import (
     HARD_CASE_REASONS,
     Disagreement,

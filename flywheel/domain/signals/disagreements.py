@@ -9,8 +9,8 @@ from flywheel.domain.signals.records import Disagreement
 from flywheel.domain.signals.rules import digest
 
 if TYPE_CHECKING:
-    from flywheel.domain.signals.derive import Reading
     from flywheel.domain.signals.group import PromptGroup
+    from flywheel.domain.signals.reading import Reading
 
 
 def disagreements(g: PromptGroup, reading: Reading, iid: str) -> list[Disagreement]:

@@ -10,8 +10,8 @@ from flywheel.domain.signals.records import FeedbackRecord, HardCase
 from flywheel.domain.signals.rules import digest
 
 if TYPE_CHECKING:
-    from flywheel.domain.signals.derive import Reading
     from flywheel.domain.signals.group import PromptGroup
+    from flywheel.domain.signals.reading import Reading
 
 _REASON_OF = {"thumbs_down": "thumbs_down", "edit": "edited", "regenerate": "regenerated"}
 
