@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _print, _schema, _settings
+from flywheel.entrypoints.cli.common import _endpoints, _print, _schema, _settings, failing
 from flywheel.settings import Endpoints, Settings, mask_url
 
 
@@ -22,11 +22,8 @@ def setup(as_json: bool = typer.Option(False, "--json")) -> None:
         (INGEST_ROLE, settings.db_ingest_password), (REPORT_ROLE, settings.db_report_password),
         (TRAINER_ROLE, settings.db_trainer_password)) if secret.get_secret_value()}
     _schema(endpoints.database_url, passwords)
-    try:
+    with failing(BrokerUnreachable, code=2):
         topics = ensure_topics(endpoints.kafka_bootstrap, settings)
-    except BrokerUnreachable as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     roles = {role: "login" if role in passwords else "group" for role in ROLES}
     data = {"schema": "current", "roles": roles, "topics": topics}
     _print(data, as_json, "schema current\nroles   " + ", ".join(f"{r} ({k})" for r, k in roles.items())

