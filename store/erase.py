@@ -13,11 +13,8 @@ from flywheel.domain.log import NewEvent
 from store import keys
 from store.erasures import consent_changes
 from store.eventstore import append, lock_appends
-from store.projections import project, record
+from store.projections import COUNTERS, counted, project, record
 from store.signals import CHECKPOINT
-
-_COUNTERS = ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons")
-_COUNTER = {"edit": "edits", "regenerate": "regenerations", "rating": "ratings", "comparison": "comparisons"}
 
 
 @dataclass
@@ -144,19 +141,17 @@ async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[list[Any]]) -> 
     """Take deleted feedback out of the counters of the interactions it was about (as if it had never been
     projected: store.projections.project), and their newest event where it was one of these; returns the prompt
     groups of those interactions."""
-    deltas: dict[str, list[int]] = defaultdict(lambda: [0] * len(_COUNTERS))
+    deltas: dict[str, list[int]] = defaultdict(lambda: [0] * len(COUNTERS))
     for _, _, kind, interaction_id, payload in feedback:
-        column = ("thumbs_up" if payload["value"] == "up" else "thumbs_down") if kind == "thumbs" else _COUNTER[kind]
-        about = (payload["chosen_interaction_id"], payload["rejected_interaction_id"]) if kind == "comparison" \
-            else (interaction_id,)
+        column, about = counted(kind, interaction_id, payload)
         for iid in about:
-            deltas[iid][_COUNTERS.index(column)] += 1
+            deltas[iid][column] += 1
     if not deltas:
         return set()
     ids = list(deltas)
     columns = [list(col) for col in zip(*deltas.values(), strict=True)]
-    sets = ", ".join(f"{c} = i.{c} - d.{c}" for c in _COUNTERS)
-    arrays = ", ".join(["%s::int[]"] * len(_COUNTERS))
+    sets = ", ".join(f"{c} = i.{c} - d.{c}" for c in COUNTERS)
+    arrays = ", ".join(["%s::int[]"] * len(COUNTERS))
     # The newest event about each is recounted from what is left of its feedback (this statement sees the deletes).
     await cur.execute(
         f"""
@@ -167,7 +162,7 @@ async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[list[Any]]) -> 
                  WHERE f.type = 'comparison' AND f.payload ->> 'chosen_interaction_id' = i.interaction_id),
                 (SELECT max(f.position) FROM feedback f
                  WHERE f.type = 'comparison' AND f.payload ->> 'rejected_interaction_id' = i.interaction_id)) END
-        FROM unnest(%s::text[], {arrays}) AS d(interaction_id, {', '.join(_COUNTERS)})
+        FROM unnest(%s::text[], {arrays}) AS d(interaction_id, {', '.join(COUNTERS)})
         WHERE i.interaction_id = d.interaction_id
         RETURNING i.prompt_key
         """, [[row[0] for row in feedback], ids, *columns])

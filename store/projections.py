@@ -9,8 +9,9 @@ scratch copies.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 import orjson
 import psycopg
@@ -35,7 +36,8 @@ _FEEDBACK_COLUMNS = (
 )
 # feedback type → counter column on the interaction it is about
 _COUNTER = {"edit": "edits", "regenerate": "regenerations", "rating": "ratings", "comparison": "comparisons"}
-_COUNTERS = ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons")
+# The interactions read model's feedback counters (store.erase takes an erased user's feedback back out of them).
+COUNTERS = ("thumbs_up", "thumbs_down", "edits", "regenerations", "ratings", "comparisons")
 _CANDIDATE_EVENT_TYPES = (CandidatesGenerated.TYPE, CandidatesSelected.TYPE)
 
 
@@ -43,10 +45,13 @@ def _json(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def _counter(e: StoredEvent) -> str:
-    if e.type == "thumbs":
-        return "thumbs_up" if e.data["payload"]["value"] == "up" else "thumbs_down"
-    return _COUNTER[e.type]
+def counted(kind: str, interaction_id: str, payload: Mapping[str, Any]) -> tuple[int, tuple[str, ...]]:
+    """Which of COUNTERS a feedback event adds to (its index), and the interactions it counts on: both sides of a
+    comparison, else the one it is about."""
+    column = ("thumbs_up" if payload["value"] == "up" else "thumbs_down") if kind == "thumbs" else _COUNTER[kind]
+    about = (payload["chosen_interaction_id"], payload["rejected_interaction_id"]) if kind == "comparison" \
+        else (interaction_id,)
+    return COUNTERS.index(column), about
 
 
 async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
@@ -100,28 +105,22 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
                     d["prompt_version"], d["user"]["id_hash"], d["user"]["consent_training"],
                     d["occurred_at"], _json(d["payload"]),
                 ))
-        deltas: dict[str, list[int]] = defaultdict(lambda: [0] * (len(_COUNTERS) + 1))
+        deltas: dict[str, list[int]] = defaultdict(lambda: [0] * (len(COUNTERS) + 1))
         for e in feedback:
-            p = e.data["payload"]
-            about = (
-                (p["chosen_interaction_id"], p["rejected_interaction_id"])
-                if e.type == "comparison"
-                else (e.data["interaction_id"],)
-            )
-            column = _COUNTERS.index(_counter(e))
+            column, about = counted(e.type, e.data["interaction_id"], e.data["payload"])
             for interaction_id in about:
                 row = deltas[interaction_id]
                 row[column] += 1
                 row[-1] = max(row[-1], e.position)
         ids = list(deltas)
         columns = [list(col) for col in zip(*deltas.values(), strict=True)]
-        sets = ", ".join(f"{c} = i.{c} + d.{c}" for c in _COUNTERS)
-        arrays = ", ".join(["%s::int[]"] * len(_COUNTERS))
+        sets = ", ".join(f"{c} = i.{c} + d.{c}" for c in COUNTERS)
+        arrays = ", ".join(["%s::int[]"] * len(COUNTERS))
         await cur.execute(
             f"""
             UPDATE interactions i SET {sets}, last_position = greatest(i.last_position, d.last_position)
             FROM unnest(%s::text[], {arrays}, %s::bigint[])
-                 AS d(interaction_id, {", ".join(_COUNTERS)}, last_position)
+                 AS d(interaction_id, {", ".join(COUNTERS)}, last_position)
             WHERE i.interaction_id = d.interaction_id
             """,
             [ids, *columns],
