@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from flywheel.domain.log import StoredEvent
 from flywheel.ports import InteractionFacts, Quarantine
 from sampling.hardcases import PromptCandidate, prompt_text
 from sampling.verifiers import SCALES
+from store import keys
 from store.audits import latest_probe_audits, user_pairs
 from store.candidates import unselected
 from store.erasures import erasure_list
@@ -108,7 +110,7 @@ def share_of_scale(margin: float, decided_by: str | None) -> float:
 
 
 async def load_sample(conn: psycopg.AsyncConnection, event_id: str | None) -> StoredEvent | None:
-    """A recorded sample by id, or the newest one."""
+    """A recorded sample by id, or the newest one, its cases' conversations opened (an erased user's gone)."""
     where, params = ("AND event_id = %s::uuid", [event_id]) if event_id else ("", [])
     cur = await conn.execute(
         f"SELECT position, event_id::text, type, data FROM events WHERE type = '{HardCasesSampled.TYPE}' {where}"
@@ -116,7 +118,11 @@ async def load_sample(conn: psycopg.AsyncConnection, event_id: str | None) -> St
         params,
     )
     row = await cur.fetchone()
-    return StoredEvent(*row) if row else None
+    if row is None:
+        return None
+    found = StoredEvent(*row)
+    ring = await keys.load(conn, keys.readers(found.data), create=False, lock=False)
+    return replace(found, data=ring.open(found.data))
 
 
 async def interaction_facts(conn: psycopg.AsyncConnection, interaction_ids: Sequence[str]) -> list[InteractionFacts]:

@@ -4,6 +4,10 @@ An event's personal fields (PERSONAL) are stored in the log as one AES-GCM ciphe
 bound to the event's id. Erasing a user deletes the key: the log stays immutable and replayable, and the user's
 events read back as erased, their text gone for good. Keys live in `user_keys` (one row per user; `key` NULL once
 erased), are loaded once per batch for all its users, and are never projected or replayed.
+
+The system's own events that carry users' words (SYSTEM_PERSONAL: a sample's conversations, generated candidates
+and their selections) are sealed the same way, under the key of a user whose conversation the words came from,
+named in the sealed part (`sealed_for`); store.sealing chooses that user.
 """
 
 from __future__ import annotations
@@ -29,6 +33,14 @@ PERSONAL: Mapping[str, tuple[str, ...]] = {
 _RIGHTS = frozenset({"erasure", "consent"})
 SEALED = "sealed"  # the member of a log entry holding its personal fields' ciphertext
 ERASED = "erased"  # true on the log form of an event whose user was erased
+SEALED_FOR = "sealed_for"  # in a system event's sealed part: the user whose key sealed it
+# The system's events that carry users' words, and the payload fields holding them (each case of a sample apart).
+SAMPLED = "hard_cases_sampled"
+CASE_PERSONAL = ("messages",)
+SYSTEM_PERSONAL: Mapping[str, tuple[str, ...]] = {
+    "candidates_generated": ("prompt", "candidates"),
+    "candidates_selected": ("sft", "pair", "scores"),
+}
 _NONCE = 12
 
 
@@ -40,6 +52,17 @@ def user_of(data: Mapping[str, Any]) -> str | None:
     """The user an event belongs to (None: the system's own events)."""
     user = data.get("user")
     return user.get("id_hash") if isinstance(user, dict) else None
+
+
+def readers(data: Mapping[str, Any]) -> list[str]:
+    """The users whose keys open a log entry: its user's, or those its sealed parts name (a system event)."""
+    if data["type"] == SAMPLED:
+        return [c[SEALED_FOR] for c in data["payload"]["chosen"] if SEALED_FOR in c]
+    if data["type"] in SYSTEM_PERSONAL:
+        user = data["payload"].get(SEALED_FOR)
+        return [] if user is None else [user]
+    user = user_of(data)
+    return [] if user is None else [user]
 
 
 def encrypt(key: bytes, plaintext: bytes, context: bytes) -> bytes:
@@ -97,7 +120,9 @@ class KeyRing:
     def open(self, data: dict[str, Any]) -> dict[str, Any]:
         """The stored form of a log entry: personal fields decrypted; marked erased when its user's key is gone."""
         user = user_of(data)
-        if user is None or data.get(ERASED) or data["type"] in _RIGHTS:
+        if user is None:
+            return self.open_system(data)
+        if data.get(ERASED) or data["type"] in _RIGHTS:
             return data
         if self.erased(user):
             rest = {k: v for k, v in data.items() if k != SEALED}
@@ -116,6 +141,65 @@ class KeyRing:
                 from None
         rest = {k: v for k, v in data.items() if k != SEALED}
         return {**rest, "payload": {**data["payload"], **personal}}
+
+    def seal_system(self, data: dict[str, Any], users: Mapping[str, str | None]) -> dict[str, Any]:
+        """The log form of a system event (SYSTEM_PERSONAL, SAMPLED) whose words came from `users`: prompt key →
+        user for a sample's cases, event id → user for the others (None or absent: from no user, left as is).
+        A part whose user is erased loses its words and is marked erased, and so is the whole event but a sample."""
+        event_id = data["event_id"]
+        if data["type"] == SAMPLED:
+            chosen = [self._seal_part(c, CASE_PERSONAL, users.get(c["prompt_key"]), f"{event_id}:{c['prompt_key']}")
+                      for c in data["payload"]["chosen"]]
+            return {**data, "payload": {**data["payload"], "chosen": chosen}}
+        names = SYSTEM_PERSONAL.get(data["type"])
+        if names is None:
+            return data
+        payload = self._seal_part(data["payload"], names, users.get(event_id), event_id)
+        return {**data, "payload": payload, **({ERASED: True} if payload.get(ERASED) else {})}
+
+    def open_system(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The stored form of a system event's log entry: its sealed parts opened, or marked erased."""
+        event_id = data["event_id"]
+        if data["type"] == SAMPLED:
+            chosen = [self._open_part(c, f"{event_id}:{c['prompt_key']}") for c in data["payload"]["chosen"]]
+            return {**data, "payload": {**data["payload"], "chosen": chosen}}
+        if data["type"] not in SYSTEM_PERSONAL or data.get(ERASED):
+            return data
+        payload = self._open_part(data["payload"], event_id)
+        return {**data, "payload": payload, **({ERASED: True} if payload.get(ERASED) else {})}
+
+    def _seal_part(self, part: dict[str, Any], names: tuple[str, ...], user: str | None,
+                   context: str) -> dict[str, Any]:
+        if user is None:
+            return part
+        if user not in self.keys:
+            raise KeyError(f"no key loaded for user {user}")
+        key = self.keys[user]
+        personal = {f: part[f] for f in names if f in part}
+        rest = {k: v for k, v in part.items() if k not in personal}
+        if key is None:
+            return {**rest, SEALED_FOR: user, ERASED: True}
+        nonce = os.urandom(_NONCE)
+        sealed = nonce + self._cipher(user, key).encrypt(nonce, orjson.dumps(personal), context.encode())
+        return {**rest, SEALED_FOR: user, SEALED: base64.b64encode(sealed).decode()}
+
+    def _open_part(self, part: dict[str, Any], context: str) -> dict[str, Any]:
+        if SEALED not in part:
+            return part
+        user = part[SEALED_FOR]
+        rest = {k: v for k, v in part.items() if k not in (SEALED, SEALED_FOR)}
+        key = self.keys.get(user)
+        if self.erased(user):
+            return {**rest, ERASED: True}
+        if key is None:
+            raise Unreadable(f"{context}: no key for user {user}")
+        sealed = base64.b64decode(part[SEALED])
+        try:
+            personal = orjson.loads(self._cipher(user, key).decrypt(sealed[:_NONCE], sealed[_NONCE:],
+                                                                    context.encode()))
+        except InvalidTag:
+            raise Unreadable(f"{context}: its sealed words do not open with the key of the user named") from None
+        return {**rest, **personal}
 
     def seal_bytes(self, user: str, raw: bytes, context: bytes) -> bytes | None:
         """`raw` encrypted under the user's key (dead letters, parked originals); None once the user is erased."""

@@ -18,11 +18,11 @@ import psycopg
 
 from flywheel.domain.events import CandidatesGenerated, CandidatesSelected, InternalEvent
 from flywheel.domain.signals import SignalConfig, prompt_key
-from store import keys
+from store import keys, sealing
 from store.audits import AUDIT_EVENT_TYPES, project_audits
 from store.candidates import project_candidates
 from store.erasures import ERASURE_EVENT_TYPES, project_erasures
-from store.eventstore import NewEvent, StoredEvent, append, head, lock_appends, read
+from store.eventstore import NewEvent, StoredEvent, append, entries, head, lock_appends, read
 from store.rounds import ROUND_EVENT_TYPES, project_rounds
 from store.signals import CHECKPOINT, checkpoint, derive_groups, touched_groups
 
@@ -131,8 +131,9 @@ async def record(conn: psycopg.AsyncConnection, events: Sequence[NewEvent | Inte
     """Append and project in one transaction (the caller's, when it has one): the log and the read models
     move together. Returns the events that were new."""
     async with conn.transaction():
-        stored = await append(conn, events)
-        await project(conn, stored)
+        logged, ring = await sealing.seal(conn, entries(events))
+        stored = await append(conn, logged)
+        await project(conn, [replace(e, data=ring.open(e.data)) for e in stored])
     return stored
 
 
@@ -142,7 +143,7 @@ async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig,
     of each chunk of events projected."""
     count = 0
     async for chunk in read(conn):
-        ring = await keys.load(conn, [keys.user_of(e.data) for e in chunk], create=False, lock=False)
+        ring = await keys.load(conn, [u for e in chunk for u in keys.readers(e.data)], create=False, lock=False)
         await project(conn, [replace(e, data=ring.open(e.data)) for e in chunk])
         count += len(chunk)
         if progress:

@@ -20,3 +20,12 @@ def in_store(url: str, work: Callable[[Any], Awaitable[Any]]) -> Any:
             await conn.close()
 
     return asyncio.run(go())
+
+
+def sampled_cases(url: str, sample_id: str) -> list[dict[str, Any]]:
+    """A recorded sample's chosen cases as the store reads them: each conversation opened from its sealed form."""
+    from store.hardcases import PostgresHardCases
+
+    sampled = in_store(url, lambda conn: PostgresHardCases(conn).sample(sample_id))
+    assert sampled is not None, f"no sample {sample_id}"
+    return list(sampled.chosen)

@@ -335,6 +335,11 @@ class HardCasesSampled(InternalEvent):
                    chosen=[{**asdict(c), "messages": prompts[c.prompt_key]} for c in result.chosen],
                    quarantine_version=quarantine_version)
 
+    def cases(self) -> list[tuple[int, dict[str, Any]]]:
+        """(rank, case) of each chosen case that still has its conversation: a case whose user was erased since
+        it was chosen reads without one, and is not generated for."""
+        return [(rank, case) for rank, case in enumerate(self.chosen) if "messages" in case]
+
     @classmethod
     def of(cls, payload: Mapping[str, Any]) -> HardCasesSampled:
         return cls(watermark=payload["watermark"], seed=payload["seed"], config=payload["config"],

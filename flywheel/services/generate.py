@@ -28,11 +28,11 @@ async def generate_candidates(
     sampled = await store.sample(sample_id)
     if sampled is None:
         raise LookupError(f"no hard-case sample {sample_id}" if sample_id else "no hard-case sample recorded yet")
-    chosen = sampled.chosen
     done = await store.generated(sampled.event_id, generator.name, generator.model_version, spec.to_payload())
     # Hard case number r of the sample is always sampled with spec.prompt_seed(r), however the work is batched
     # or resumed.
-    todo = [(rank, case) for rank, case in enumerate(chosen) if case["prompt_key"] not in done]
+    live = sampled.cases()
+    todo = [(rank, case) for rank, case in live if case["prompt_key"] not in done]
     batches = [todo[start:start + batch] for start in range(0, len(todo), batch)]
     new = candidates = tokens = 0
     for cases in batches:
@@ -46,5 +46,5 @@ async def generate_candidates(
         tokens += sum(p["completion_tokens"] for p in payloads)
         if progress:
             progress(len(cases))
-    return GenerateOutcome(sample_id=sampled.event_id, prompts=len(chosen), groups_new=new, candidates=candidates,
+    return GenerateOutcome(sample_id=sampled.event_id, prompts=len(live), groups_new=new, candidates=candidates,
                            completion_tokens=tokens)

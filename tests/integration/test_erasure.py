@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -19,13 +19,20 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as examples
 from hypothesis import strategies as st
 
-from flywheel.bootstrap import round_ops
+from flywheel.bootstrap import hard_cases, round_ops
 from flywheel.domain.commands import BuildRound, RecutRound
 from flywheel.domain.rounds import RoundConfig
 from flywheel.domain.rounds.promotion import PromotionConfig
 from flywheel.domain.signals import SignalConfig
+from flywheel.services.generate import generate_candidates
+from flywheel.services.sample import sample_hard_cases
+from flywheel.services.select import Scoring, select_candidates
 from flywheel.settings import Endpoints, Settings
 from flywheel.simulator import generate
+from sampling.generation import Candidate, CandidateGroup, SamplingSpec
+from sampling.hardcases import SamplerConfig
+from sampling.selection import SelectionConfig
+from sampling.verifiers import JsonFormatVerifier
 from store.db import connect, connect_sync, create_schema
 from store.erase import change_consent, erase_user
 from store.hardcases import prompt_candidates
@@ -35,7 +42,7 @@ from store.signals import catch_up
 from tests.conftest import settings_env
 from tests.factories import event, interaction, raw, thumbs
 from tests.integration.test_signals_store import ingest_all
-from tests.store_helpers import in_store
+from tests.store_helpers import in_store, sampled_cases
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +84,39 @@ def contains(text: str, needle: str) -> bool:
     return needle in text or needle.encode().hex() in text
 
 
+class EchoGenerator:
+    """Candidates that repeat the prompt's last words (as a model may quote a user): one valid JSON, two not."""
+
+    name = "echo"
+    model_version = "echo-1"
+
+    def load(self) -> None: ...
+
+    def unload(self) -> None: ...
+
+    def generate(self, prompts: Sequence[Sequence[dict[str, Any]]], spec: SamplingSpec,
+                 seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
+        def group(i: int, prompt: Sequence[dict[str, Any]]) -> CandidateGroup:
+            said = str(prompt[-1]["content"])
+            texts = [json.dumps({"echo": said}), f"you said: {said}", f"{said}?"]
+            return CandidateGroup(prompt=tuple(prompt), candidates=tuple(
+                Candidate(text=t, token_count=len(t.split()), cumulative_logprob=None, finish_reason="stop")
+                for t in texts), spec=spec, seed=(seeds or [0] * len(prompts))[i], model_version=self.model_version,
+                prompt_tokens=None, generator=self.name)
+        return [group(i, p) for i, p in enumerate(prompts)]
+
+
+def sample_generate_select(url: str, spec: SamplingSpec) -> str:
+    """Sample every hard case, generate echoing candidates for each and select among them; the sample's id."""
+    sampled = in_store(url, lambda conn: sample_hard_cases(
+        hard_cases(conn), SamplerConfig(budget=10_000, seed=1, max_cluster_share=1.0)))
+    in_store(url, lambda conn: generate_candidates(hard_cases(conn), EchoGenerator(), spec))
+    scoring = Scoring(config=SelectionConfig(sft_threshold=1.0, min_margin=0.5, length_guard_margin=0.5),
+                      scorers=[JsonFormatVerifier()])
+    in_store(url, lambda conn: select_candidates(hard_cases(conn), scoring))
+    return str(sampled.sample_id)
+
+
 def round_text(path: Path) -> str:
     return "\n".join(f.read_text() for f in sorted(path.glob("*/*.jsonl")))
 
@@ -100,9 +140,9 @@ def drifts(url: str) -> list[Any]:
     return [d for d in in_store(url, lambda conn: check(conn, SignalConfig())) if d.missing or d.extra]
 
 
-def query(url: str, sql: str) -> list[tuple[Any, ...]]:
+def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with connect_sync(url) as conn:
-        return conn.execute(sql).fetchall()
+        return conn.execute(sql, params).fetchall()
 
 
 @contextmanager
@@ -124,8 +164,15 @@ def fresh_database(server_url: str) -> Iterator[str]:
 def test_an_erased_users_words_are_nowhere_in_postgres_nor_in_a_later_round(endpoints: Endpoints,
                                                                              tmp_path: Path) -> None:
     url = endpoints.database_url
-    values = traffic()
+    values = traffic() + [raw(thumbs("forget-1", "down", user=USER))]  # the user's first prompt: a hard case
     ingest_all(url, values, [300])
+    # The system's own events carry the user's words too: a sample's conversations, candidates that quote them,
+    # and the selection's pair and SFT sample.
+    sample_id = sample_generate_select(url, SamplingSpec(n=3, seed=7))
+    mine = [c for c in sampled_cases(url, sample_id) if MARK in json.dumps(c["messages"])]
+    assert len(mine) == 1, "the user's conversation is no hard case: the checks below would prove nothing"
+    assert query(url, "SELECT count(*) FROM candidate_groups WHERE selection::text LIKE %s", [f"%{MARK}%"]) \
+        == [(1,)]
     stored = everything_as_text(url)
     # Sealed from the start: the log, parked events and dead letters hold no plaintext even before the erasure.
     assert not contains(query(url, "SELECT string_agg(data::text, ' ') FROM events")[0][0], MARK)
@@ -136,7 +183,8 @@ def test_an_erased_users_words_are_nowhere_in_postgres_nor_in_a_later_round(endp
     assert MARK in round_text(before.path), "the test's user made no row: the check below would prove nothing"
 
     out = in_store(url, lambda conn: erase_user(conn, "user-to-forget", reason="ticket 88"))
-    assert out.new and out.removed["interactions"] == 2 and out.removed["feedback"] == 2
+    assert out.new and out.removed["interactions"] == 2 and out.removed["feedback"] == 3
+    assert out.removed["candidate_groups"] >= 1
     assert out.removed["parked"] == 1 and out.removed["signals"] > 0 and out.groups > 0
     again = in_store(url, lambda conn: erase_user(conn, "user-to-forget", reason="ticket 88"))
     assert not again.new and sum(again.removed.values()) == 0
@@ -149,6 +197,14 @@ def test_an_erased_users_words_are_nowhere_in_postgres_nor_in_a_later_round(endp
 
     assert not contains(everything_as_text(url), MARK)
     assert drifts(url) == []
+    # The sample read after the erasure: the user's case has lost its conversation, and is not generated for.
+    cases = sampled_cases(url, sample_id)
+    gone = {c["prompt_key"] for c in cases if c.get("erased") and "messages" not in c}
+    assert mine[0]["prompt_key"] in gone and len(gone) == 2  # both of the user's prompts were hard cases
+    again_out = in_store(url, lambda conn: generate_candidates(hard_cases(conn), EchoGenerator(),
+                                                                 SamplingSpec(n=2, seed=7), sample_id=sample_id))
+    assert again_out.prompts == again_out.groups_new == len(cases) - 2
+    assert not contains(everything_as_text(url), MARK)
     after = build(url, tmp_path / "rounds")
     assert after.rows_out > 0 and MARK not in round_text(after.path)
     manifest = (after.path / "manifest.json").read_text()

@@ -20,7 +20,7 @@ from sampling.verifiers import JsonFormatVerifier
 from store.db import connect_sync
 from store.projections import check, record
 from tests.integration.test_signals_store import ingest_all
-from tests.store_helpers import in_store
+from tests.store_helpers import in_store, sampled_cases
 
 pytestmark = pytest.mark.integration
 
@@ -51,7 +51,11 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
                  [keys]) == [(0,)]
     [(payload,)] = query(url, "SELECT data -> 'payload' FROM events WHERE event_id = %s::uuid", [first.sample_id])
     assert payload["watermark"] == first.result.watermark and len(payload["chosen"]) == len(keys)
-    assert all(c["messages"] for c in payload["chosen"])
+    # In the log each case's conversation is sealed under the key of a user who wrote it; the store opens it.
+    assert all("messages" not in c and c["sealed"] and c["sealed_for"] for c in payload["chosen"])
+    chosen = sampled_cases(url, first.sample_id)
+    assert [c["prompt_key"] for c in chosen] == keys
+    assert all(c["messages"] for c in chosen)
 
     # Two candidate groups as a generator would return them: one with a clear winner, one all-equal.
     spec = SamplingSpec(n=3, seed=7)
@@ -59,9 +63,9 @@ def test_sample_generate_select_through_the_log(endpoints: Endpoints) -> None:
     groups = [CandidateGroup(prompt=tuple(c["messages"]), candidates=tuple(
         Candidate(text=t, token_count=len(t.split()), cumulative_logprob=None, finish_reason="stop") for t in ts),
         spec=spec, seed=spec.prompt_seed(i), model_version="m-test", prompt_tokens=10, generator="vllm")
-        for i, (c, ts) in enumerate(zip(payload["chosen"], texts, strict=False))]
+        for i, (c, ts) in enumerate(zip(chosen, texts, strict=False))]
     events = [CandidatesGenerated.for_case(first.sample_id, c, g.to_event_payload())
-              for c, g in zip(payload["chosen"], groups, strict=False)]
+              for c, g in zip(chosen, groups, strict=False)]
     assert len(in_store(url, lambda conn: record(conn, events))) == 2
     assert in_store(url, lambda conn: record(conn, events)) == []  # a re-run appends nothing
 

@@ -31,7 +31,7 @@ from streams.topics import ensure_topics
 from tests.conftest import wait_until
 from tests.integration.test_hardcase_loop import query
 from tests.integration.test_signals_store import ingest_all
-from tests.store_helpers import in_store
+from tests.store_helpers import in_store, sampled_cases
 
 pytestmark = pytest.mark.integration
 
@@ -181,8 +181,7 @@ def candidate_groups(settings: Settings, texts: list[list[str]], model_version: 
     url = settings.database_url
     sampled = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), SamplerConfig(budget=len(texts),
                                                                                             seed=1)))
-    [(payload,)] = query(url, "SELECT data -> 'payload' FROM events WHERE event_id = %s::uuid", [sampled.sample_id])
-    cases = payload["chosen"]
+    cases = sampled_cases(url, sampled.sample_id)
     assert len(cases) == len(texts)
     spec = SamplingSpec(n=len(texts[0]), seed=7)
     events = [CandidatesGenerated.for_case(sampled.sample_id, case, CandidateGroup(

@@ -31,7 +31,7 @@ from store.audits import flagged_scorers
 from store.db import connect_sync
 from store.projections import check, record
 from tests.integration.test_signals_store import ingest_all
-from tests.store_helpers import in_store
+from tests.store_helpers import in_store, sampled_cases
 
 pytestmark = pytest.mark.integration
 
@@ -82,8 +82,7 @@ def test_a_selection_run_audits_its_scorers_and_the_figures_reach_signals_and_th
     url = endpoints.database_url
     ingest_all(url, [m.value for m in generate(2500, seed=5) if m.expected_reason is None], [500])
     sampled = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), SamplerConfig(budget=40, seed=2)))
-    [(payload,)] = query(url, "SELECT data -> 'payload' FROM events WHERE event_id = %s::uuid", [sampled.sample_id])
-    cases = payload["chosen"]
+    cases = sampled_cases(url, sampled.sample_id)
     keys = [c["prompt_key"] for c in cases]
     with_pairs = {r[0] for r in query(url, "SELECT DISTINCT prompt_key FROM signals WHERE kind = 'pair'"
                                             " AND consent AND prompt_key = ANY(%s)", [keys])}

@@ -20,7 +20,7 @@ from sampling.hardcases import SamplerConfig
 from store.projections import record
 from tests.integration.test_hardcase_loop import query
 from tests.integration.test_signals_store import ingest_all
-from tests.store_helpers import in_store
+from tests.store_helpers import in_store, sampled_cases
 
 pytestmark = pytest.mark.integration
 
@@ -35,8 +35,7 @@ def test_select_scores_checkable_prompts_with_their_verifiers(
     url = settings.database_url
     ingest_all(url, [m.value for m in generate(1500, seed=3) if m.expected_reason is None], [500])
     sampled = in_store(url, lambda conn: sample_hard_cases(hard_cases(conn), SamplerConfig(budget=3, seed=1)))
-    [(sample,)] = query(url, "SELECT data -> 'payload' FROM events WHERE event_id = %s::uuid", [sampled.sample_id])
-    cases = sample["chosen"]
+    cases = sampled_cases(url, sampled.sample_id)
     chosen = [c["messages"] for c in cases]
     assert len(chosen) == 3
     spec = SamplingSpec(n=3, seed=7)

@@ -101,8 +101,8 @@ def _send_generation_requests(settings: Settings, spec: Any, sample_id: str | No
         fail("no hard-case sample recorded yet (flywheel sample)")
     producer = kafka_producer(endpoints.kafka_bootstrap, settings.kafka_security())
     try:
-        chosen = sampled.chosen
-        for rank, case in enumerate(chosen):
+        chosen = sampled.cases()
+        for rank, case in chosen:
             producer.send(settings.generation_topic, key=case["prompt_key"].encode(),
                           value=request(sampled.event_id, rank, case, spec))
         producer.flush()
