@@ -59,16 +59,15 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
         event_ids = [e for _, e in gone] + [row[1] for row in feedback]
         async with conn.cursor() as cur:
             groups |= await _uncount(cur, feedback)
-            keys_ = sorted(groups)
-            await cur.execute(
-                f"DELETE FROM signals s USING unnest(%s::text[]) k(key) WHERE s.prompt_key = k.key AND {_SOURCED}"
-                " RETURNING s.kind, s.position", [keys_, event_ids])
+            await cur.execute(f"DELETE FROM signals s WHERE {_SOURCED} RETURNING s.kind, s.position, s.prompt_key",
+                              [event_ids])
             signals = await cur.fetchall()
             out.removed["signals"] = len(signals)
+            keys_ = sorted(groups | {k for *_, k in signals})
             # Candidate groups of the user's prompts go with the erasure's projection (a replay does the same).
             prompts = sorted({k for k, _ in gone})
             out.removed["candidate_groups"], exposure = await _exposure(
-                cur, [p for kind, p in signals if kind in TRAINING_KINDS], prompts)
+                cur, [p for kind, p, _ in signals if kind in TRAINING_KINDS], prompts)
             out.groups = len(keys_)
         # The erasure, and the user's parked events stored as erased (so counts still reconcile).
         erasure = UserErased(user_id_hash=user, reason=reason, by=by, exposure=exposure, prompt_keys=tuple(prompts))
@@ -98,9 +97,8 @@ _DELETE_USERS_ROWS = """
            (SELECT coalesce(json_agg(json_build_array(position, event_id, type, interaction_id, payload)), '[]')
             FROM f)
 """
-# A signal row `s` with one of the given events among its sources. Each prompt group by its index, then a hashed
-# lookup per source (`sources && ids` led the planner to test every signal row of the log).
-_SOURCED = "EXISTS (SELECT 1 FROM unnest(s.sources) src WHERE src = ANY(%s::text[]))"
+# A signal row `s` with one of the given events among its sources, found through the GIN index on `sources`.
+_SOURCED = "s.sources && %s::text[]"
 
 
 async def _exposure(cur: psycopg.AsyncCursor[Any], positions: list[int],
@@ -129,10 +127,8 @@ async def user_exposure(conn: psycopg.AsyncConnection, user: str) -> dict[str, i
             " SELECT i.prompt_key, f.event_id::text FROM feedback f JOIN interactions i USING (interaction_id)"
             " WHERE f.user_id_hash = %s", [user, user])
         rows = await cur.fetchall()
-        await cur.execute(
-            f"SELECT s.position FROM signals s JOIN unnest(%s::text[]) k(key) ON s.prompt_key = k.key"
-            f" WHERE s.kind = ANY(%s) AND {_SOURCED}",
-            [sorted({k for k, _ in rows}), list(TRAINING_KINDS), [e for _, e in rows]])
+        await cur.execute(f"SELECT s.position FROM signals s WHERE s.kind = ANY(%s) AND {_SOURCED}",
+                          [list(TRAINING_KINDS), [e for _, e in rows]])
         positions = [p for (p,) in await cur.fetchall()]
         return (await _exposure(cur, positions, sorted({k for k, _ in rows})))[1]
 

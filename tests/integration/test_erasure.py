@@ -315,7 +315,9 @@ def test_on_call_erases_recuts_and_purges_a_round_from_the_command_line(settings
 
     old = Path(rounds[1]["path"])
     files = len(list(old.glob("*/*.jsonl")))
-    assert files and f"{files} data files deleted" in run_cli("rounds", "purge", "1").stdout
+    assert files and json.loads(run_cli("rounds", "purge", "1", "--json").stdout) == {"round": 1,
+                                                                                    "files_deleted": files}
+    assert "0 data files deleted; manifest kept" in run_cli("rounds", "purge", "1").stdout  # again: none left
     assert not list(old.glob("*/*.jsonl")) and (old / "manifest.json").exists()
     assert json.loads(run_cli("rounds", "list", "--json").stdout)["rounds"][0]["erasure_exposure"] is None
     assert "DRIFT" not in run_cli("replay", "--check").stdout

@@ -19,15 +19,13 @@ from flywheel.simulator import generate
 from streams.topics import ensure_topics
 from tests.integration.test_hardcase_loop import query
 from tests.integration.test_signals_store import ingest_all
+from tests.store_helpers import sampled_cases
 
 pytestmark = pytest.mark.integration
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
-def chosen_cases(url: str, sample_id: str) -> list[dict[str, Any]]:
-    [(payload,)] = query(url, "SELECT data -> 'payload' FROM events WHERE event_id = %s::uuid", [sample_id])
-    return list(payload["chosen"])
 
 
 def slice_interactions(url: str, cases: list[dict[str, Any]], app: str, model: str) -> int:
@@ -43,7 +41,7 @@ def test_the_cli_and_the_nightly_sampler_leave_out_quarantined_prompts_and_rolle
     ensure_topics(settings.kafka_bootstrap, settings)
     ingest_all(url, [m.value for m in generate(1500, seed=6) if m.expected_reason is None], [500])
     before = json.loads(run_cli("sample", "--budget", "1000", "--json").stdout)
-    cases = chosen_cases(url, before["sample_id"])
+    cases = sampled_cases(url, before["sample_id"])
     assert before["quarantine"] == {"version": "", "contaminated_prompts": 0, "items": {},
                                     "sliced_interactions": 0}
 
@@ -70,7 +68,7 @@ def test_the_cli_and_the_nightly_sampler_leave_out_quarantined_prompts_and_rolle
                                              after["quarantine"]["sliced_interactions"]),
                                             (nightly["sample_id"], nightly["contaminated"], nightly["sliced"])):
         assert sample_id != before["sample_id"]  # another quarantine list: another sample
-        chosen = chosen_cases(url, sample_id)
+        chosen = sampled_cases(url, sample_id)
         assert chosen and contaminated >= 1 and sliced > 0
         assert target["prompt_key"] not in {c["prompt_key"] for c in chosen}
         assert not any(index.hits(turns_text(c["messages"])) for c in chosen)

@@ -283,7 +283,8 @@ def rounds_recut(number: int = typer.Argument(...), by: str = typer.Option(None,
 
 
 @rounds_app.command("purge")
-def rounds_purge(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP)) -> None:
+def rounds_purge(number: int = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP),
+                 as_json: bool = typer.Option(False, "--json")) -> None:
     """Delete a superseded (or rolled-back) round's data files; its manifest and report stay."""
     from flywheel.domain.commands import PurgeRound
 
@@ -291,7 +292,8 @@ def rounds_purge(number: int = typer.Argument(...), by: str = typer.Option(None,
     with failing(LookupError), failing(ValueError, code=2):
         deleted = _in_store(lambda conn: _wiring(settings)(conn).purge(
             PurgeRound(round=number, by=_operator(by, settings))))
-    typer.echo(f"round {number}: {deleted} data files deleted; manifest kept")
+    _print({"round": number, "files_deleted": deleted}, as_json,
+           f"round {number}: {deleted} data files deleted; manifest kept")
 
 
 @rounds_app.command("consume")
