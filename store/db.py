@@ -105,7 +105,7 @@ _INDEXES = (
     " WHERE type = 'comparison'",
     "CREATE INDEX IF NOT EXISTS ix_feedback_rejected ON feedback ((payload ->> 'rejected_interaction_id'), position)"
     " WHERE type = 'comparison'",
-    "CREATE INDEX IF NOT EXISTS ix_signals_sources ON signals USING gin (sources)",
+    "CREATE INDEX IF NOT EXISTS ix_signals_sources ON signals USING gin (sources) WITH (fastupdate = off)",
 )
 
 
