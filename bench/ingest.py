@@ -13,6 +13,8 @@ realistic traffic once, then measures in the same run:
                the rate up to the last event in the log, for comparison)
 All rates are steady-state: from the first record seen to the last, so group joins are not counted.
 Target: pipeline (2 workers, signals) >= 0.5 x min(raw drain, raw COPY).
+Then the store alone with personal fields sealed and in the clear, in turns (bench/ingest_crypto.py; target:
+sealed >= 0.9 x clear).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from kafka import KafkaProducer
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._stack import bench_stack, fresh_database  # noqa: E402
+from bench.ingest_crypto import compare, report  # noqa: E402
 from flywheel.settings import Settings  # noqa: E402
 from flywheel.simulator import generate  # noqa: E402
 from streams.topics import ensure_topics  # noqa: E402
@@ -156,6 +159,8 @@ def main() -> None:
     # As the pipeline scales out: a worker per core in one consumer group (the raw baseline stays one consumer).
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--crypto-repeat", type=int, default=4,
+                    help="turns of the store sealed and in the clear (bench/ingest_crypto.py); 0: skip them")
     args = ap.parse_args()
 
     base = Settings()
@@ -185,6 +190,12 @@ def main() -> None:
             ratio = pipe_rate / min(drain_rate, copy_rate)
             print(f"ratio pipeline / min(raw drain, raw COPY), {label}: {ratio:.2f}"
                   + ("   (target >= 0.5)" if workers == 2 else ""), flush=True)
+        if args.crypto_repeat:
+            # Sealing is the store's work: the store alone, sealed and in the clear, the same events in turns.
+            print("store sealed and in the clear …", flush=True)
+            clear, sealed = compare(server_url, args.events, repeat=args.crypto_repeat,
+                                    say=lambda line: print(line, flush=True))
+            report(args.events, args.crypto_repeat, clear, sealed)
 
 
 if __name__ == "__main__":

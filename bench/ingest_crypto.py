@@ -17,7 +17,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -65,6 +65,34 @@ async def store_all(url: str, decoded: list[Decoded], batch: int) -> float:
         await conn.close()
 
 
+def compare(server_url: str, events: int, *, batch: int = 2000, repeat: int = 4, seed: int = 11,
+            say: Callable[[str], None] = print) -> tuple[float, float]:
+    """(clear, sealed) median rates in events/s, storing the same decoded traffic in turns into fresh databases
+    on the server of `server_url`."""
+    decoded = [decode_message(Incoming("feedback", 0, i, sim.key, sim.value), max_event_bytes=1 << 20)
+               for i, sim in enumerate(generate(events, seed=seed, bad_fraction=0.0))]
+    sealed_keys = store.ingest.keys
+    clear_keys = SimpleNamespace(load=_clear_load)
+    times: dict[str, list[float]] = {"sealed": [], "clear": []}
+    try:
+        for turn in range(repeat):
+            # ABBA: the order changes every turn, so a machine warming up or getting busier favours neither.
+            for mode in ("clear", "sealed") if turn % 2 == 0 else ("sealed", "clear"):
+                store.ingest.keys = clear_keys if mode == "clear" else sealed_keys  # type: ignore[assignment]
+                with fresh_database(server_url, f"bench_crypto_{uuid.uuid4().hex[:8]}") as url:
+                    times[mode].append(asyncio.run(store_all(url, decoded, batch)))
+                say(f"  {mode:<6} {events / times[mode][-1]:9,.0f} events/s")
+    finally:
+        store.ingest.keys = sealed_keys
+    return events / statistics.median(times["clear"]), events / statistics.median(times["sealed"])
+
+
+def report(events: int, repeat: int, clear: float, sealed: float) -> None:
+    print(f"store, personal fields in the clear    {clear:9,.0f} events/s (median of {repeat}, {events} events)")
+    print(f"store, personal fields sealed          {sealed:9,.0f} events/s   "
+          f"ratio {sealed / clear:5.2f}   (target >= 0.90)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=50_000)
@@ -73,24 +101,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=11)
     args = ap.parse_args()
 
-    decoded = [decode_message(Incoming("feedback", 0, i, sim.key, sim.value), max_event_bytes=1 << 20)
-               for i, sim in enumerate(generate(args.events, seed=args.seed, bad_fraction=0.0))]
-    sealed_keys = store.ingest.keys
-    clear_keys = SimpleNamespace(load=_clear_load)
-    times: dict[str, list[float]] = {"sealed": [], "clear": []}
     with bench_stack(Settings(), "flywheel-bench-crypto-") as (server_url, _):
-        for turn in range(args.repeat):
-            # ABBA: the order changes every turn, so a machine warming up or getting busier favours neither.
-            for mode in ("clear", "sealed") if turn % 2 == 0 else ("sealed", "clear"):
-                store.ingest.keys = clear_keys if mode == "clear" else sealed_keys  # type: ignore[assignment]
-                with fresh_database(server_url, f"bench_crypto_{uuid.uuid4().hex[:8]}") as url:
-                    times[mode].append(asyncio.run(store_all(url, decoded, args.batch)))
-                print(f"  {mode:<6} {args.events / times[mode][-1]:9,.0f} events/s", flush=True)
-    store.ingest.keys = sealed_keys
-    clear, sealed = statistics.median(times["clear"]), statistics.median(times["sealed"])
-    print(f"ingest, personal fields in the clear   {args.events / clear:9,.0f} events/s (median of {args.repeat})")
-    print(f"ingest, personal fields sealed         {args.events / sealed:9,.0f} events/s   "
-          f"ratio {clear / sealed:5.2f}   (target >= 0.90)")
+        clear, sealed = compare(server_url, args.events, batch=args.batch, repeat=args.repeat, seed=args.seed,
+                                say=lambda line: print(line, flush=True))
+    report(args.events, args.repeat, clear, sealed)
 
 
 if __name__ == "__main__":
