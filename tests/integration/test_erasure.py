@@ -295,7 +295,8 @@ def test_on_call_erases_recuts_and_purges_a_round_from_the_command_line(settings
     assert "erased: removed" in erased
     assert "already erased" in run_cli("erase", "user-to-forget", "--reason", "ticket 88").stdout
     assert "training consent withdrawn" in run_cli("consent", "withdraw", "someone-else").stdout
-    assert "already withdrawn" in run_cli("consent", "withdraw", "someone-else").stdout
+    assert json.loads(run_cli("consent", "withdraw", "someone-else", "--json").stdout) == {"consent": "withdrawn",
+                                                                                          "changed": False}
     stats = json.loads(run_cli("stats", "--json").stdout)
     assert stats["events"]["by_type"]["erasure"] == 1 and stats["events"]["by_type"]["consent"] == 1
     assert stats["privacy"]["erased_users"] == 1 and stats["privacy"]["withdrawn_users"] == 1

@@ -28,27 +28,30 @@ def erase(
     _print(data, as_json, human)
 
 
-def _change(user_id_hash: str, *, granted: bool, by: str | None) -> None:
+def _change(user_id_hash: str, *, granted: bool, by: str | None, as_json: bool) -> None:
     from store.erase import change_consent
 
     who = _operator(by, _settings())
     changed = _in_store(lambda conn: change_consent(conn, user_id_hash, granted=granted, by=who))
     state = "granted" if granted else "withdrawn"
-    typer.echo(f"training consent {state}" if changed else f"training consent already {state}; nothing recorded")
+    _print({"consent": state, "changed": changed}, as_json,
+           f"training consent {state}" if changed else f"training consent already {state}; nothing recorded")
 
 
 @consent_app.command("withdraw")
 def consent_withdraw(
     user_id_hash: str = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Withdraw a user's training consent: none of their data, past or future, goes into a round, the sampler or
     generation until it is granted again (the data itself is kept)."""
-    _change(user_id_hash, granted=False, by=by)
+    _change(user_id_hash, granted=False, by=by, as_json=as_json)
 
 
 @consent_app.command("grant")
 def consent_grant(
     user_id_hash: str = typer.Argument(...), by: str = typer.Option(None, "--by", help=BY_HELP),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Grant a user's training consent again: their data is used as before from the next round on."""
-    _change(user_id_hash, granted=True, by=by)
+    _change(user_id_hash, granted=True, by=by, as_json=as_json)
