@@ -57,7 +57,11 @@ def test_requests_through_kafka_become_candidate_groups(
     assert worker.poll() is None
     with connect_sync(url) as conn:
         counts = conn.execute("SELECT jsonb_array_length(candidates) FROM candidate_groups").fetchall()
+        logged = conn.execute("SELECT data -> 'payload' FROM events WHERE type = 'candidates_generated'").fetchall()
     assert counts == [(2,)] * 5
+    # In the log, each group's prompt and candidates are sealed under the key of its case's user.
+    assert len(logged) == 5 and all("prompt" not in p and "candidates" not in p and p["sealed_for"] and p["sealed"]
+                                    for (p,) in logged)
 
     consumer = KafkaConsumer(settings.deadletter_topic, bootstrap_servers=settings.kafka_bootstrap,
                              auto_offset_reset="earliest", consumer_timeout_ms=5000)
