@@ -9,6 +9,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -34,20 +35,30 @@ def stack() -> Iterator[Endpoints]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@contextmanager
+def fresh_database(server_url: str, *, schema: bool = True) -> Iterator[str]:
+    """A new database on the server of `server_url` (with the schema, unless not `schema`), its URL; dropped
+    afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    base = server_url.rsplit("/", 1)[0]
+    with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    try:
+        if schema:
+            from store.db import create_schema
+
+            create_schema(f"{base}/{name}")
+        yield f"{base}/{name}"
+    finally:
+        with psycopg.connect(f"{base}/postgres", autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def endpoints(stack: Endpoints) -> Iterator[Endpoints]:
     """A fresh database on the session's server; dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin_url = stack.database_url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    from store.db import create_schema
-
-    url = stack.database_url.rsplit("/", 1)[0] + f"/{name}"
-    create_schema(url)
-    yield Endpoints(url, stack.kafka_bootstrap, embedded=True)
-    with psycopg.connect(admin_url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(stack.database_url) as url:
+        yield Endpoints(url, stack.kafka_bootstrap, embedded=True)
 
 
 @pytest.fixture

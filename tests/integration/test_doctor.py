@@ -15,6 +15,7 @@ from kafka.structs import OffsetAndMetadata
 
 from flywheel.settings import Endpoints, Settings
 from infra.stack import free_port
+from tests.conftest import fresh_database
 
 pytestmark = pytest.mark.integration
 
@@ -91,17 +92,10 @@ def test_a_topic_with_other_partitions_than_configured(ready: Settings) -> None:
 
 
 def test_the_schema_missing_or_outdated(ready: Settings, stack: Endpoints, endpoints: Endpoints) -> None:
-    bare = endpoints.database_url + "_bare"
-    admin = stack.database_url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {bare.rsplit('/', 1)[1]}")
-    try:
+    with fresh_database(stack.database_url, schema=False) as bare:
         code, report, _ = doctor(ready, FLYWHEEL_DATABASE_URL=bare)
         assert code == 1 and statuses(report)["schema"] == "fail"
         assert detail(report, "schema").startswith("tables missing: candidate_groups, checkpoints")
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {bare.rsplit('/', 1)[1]} WITH (FORCE)")
     with psycopg.connect(endpoints.database_url, autocommit=True) as conn:
         conn.execute("ALTER TABLE tracking DROP COLUMN topic_id")
     code, report, _ = doctor(ready)

@@ -8,8 +8,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,17 @@ from flywheel.services.sample import sample_hard_cases
 from flywheel.services.select import Scoring, select_candidates
 from flywheel.settings import Endpoints, Settings
 from flywheel.simulator import generate
-from sampling.generation import Candidate, CandidateGroup, SamplingSpec
+from sampling.generation import Candidate, CandidateGroup, Messages, SamplingSpec
 from sampling.hardcases import SamplerConfig
 from sampling.selection import SelectionConfig
 from sampling.verifiers import JsonFormatVerifier
-from store.db import connect, connect_sync, create_schema
+from store.db import connect, connect_sync
 from store.erase import change_consent, erase_user
 from store.hardcases import prompt_candidates
 from store.projections import check
 from store.roundfiles import round_dir
 from store.signals import catch_up
-from tests.conftest import settings_env
+from tests.conftest import fresh_database, settings_env
 from tests.factories import event, interaction, raw, thumbs
 from tests.integration.test_signals_store import ingest_all
 from tests.store_helpers import in_store, sampled_cases
@@ -94,9 +93,9 @@ class EchoGenerator:
 
     def unload(self) -> None: ...
 
-    def generate(self, prompts: Sequence[Sequence[dict[str, Any]]], spec: SamplingSpec,
+    def generate(self, prompts: Sequence[Messages], spec: SamplingSpec,
                  seeds: Sequence[int] | None = None) -> list[CandidateGroup]:
-        def group(i: int, prompt: Sequence[dict[str, Any]]) -> CandidateGroup:
+        def group(i: int, prompt: Messages) -> CandidateGroup:
             said = str(prompt[-1]["content"])
             texts = [json.dumps({"echo": said}), f"you said: {said}", f"{said}?"]
             return CandidateGroup(prompt=tuple(prompt), candidates=tuple(
@@ -143,22 +142,6 @@ def drifts(url: str) -> list[Any]:
 def query(url: str, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with connect_sync(url) as conn:
         return conn.execute(sql, params).fetchall()
-
-
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    """A fresh database on the test server, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = server_url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    url = server_url.rsplit("/", 1)[0] + f"/{name}"
-    create_schema(url)
-    try:
-        yield url
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def test_an_erased_users_words_are_nowhere_in_postgres_nor_in_a_later_round(endpoints: Endpoints,

@@ -17,7 +17,7 @@ from flywheel.settings import Endpoints, Settings
 from store.db import INGEST_ROLE, REPORT_ROLE, TRAINER_ROLE, SchemaNotCurrent, connect_sync, create_schema
 from store.eventstore import append
 from store.stats import store_stats
-from tests.conftest import wait_until
+from tests.conftest import fresh_database, wait_until
 from tests.store_helpers import in_store
 
 pytestmark = pytest.mark.integration
@@ -65,13 +65,8 @@ def test_report_and_trainer_roles_read_only(endpoints: Endpoints, role: str) -> 
 @pytest.fixture
 def bare_database(stack: Endpoints) -> Iterator[str]:
     """A database with no schema yet."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = stack.database_url.rsplit("/", 1)[0] + "/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
-    yield stack.database_url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with fresh_database(stack.database_url, schema=False) as url:
+        yield url
 
 
 def login(url: str, role: str) -> str:
