@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,7 +12,7 @@ from flywheel.domain.log import NewEvent
 from store import keys
 from store.erasures import consent_changes
 from store.eventstore import append, lock_appends
-from store.projections import COUNTERS, counted, project, record
+from store.projections import COUNTERS, counter_deltas, project, record
 from store.signals import CHECKPOINT
 
 
@@ -137,15 +136,9 @@ async def _uncount(cur: psycopg.AsyncCursor[Any], feedback: list[list[Any]]) -> 
     """Take deleted feedback out of the counters of the interactions it was about (as if it had never been
     projected: store.projections.project), and their newest event where it was one of these; returns the prompt
     groups of those interactions."""
-    deltas: dict[str, list[int]] = defaultdict(lambda: [0] * len(COUNTERS))
-    for _, _, kind, interaction_id, payload in feedback:
-        column, about = counted(kind, interaction_id, payload)
-        for iid in about:
-            deltas[iid][column] += 1
-    if not deltas:
+    ids, columns, _ = counter_deltas((kind, iid, payload, position) for position, _, kind, iid, payload in feedback)
+    if not ids:
         return set()
-    ids = list(deltas)
-    columns = [list(col) for col in zip(*deltas.values(), strict=True)]
     sets = ", ".join(f"{c} = i.{c} - d.{c}" for c in COUNTERS)
     arrays = ", ".join(["%s::int[]"] * len(COUNTERS))
     # The newest event about each is recounted from what is left of its feedback (this statement sees the deletes).

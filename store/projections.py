@@ -9,7 +9,7 @@ scratch copies.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -52,6 +52,21 @@ def counted(kind: str, interaction_id: str, payload: Mapping[str, Any]) -> tuple
     about = (payload["chosen_interaction_id"], payload["rejected_interaction_id"]) if kind == "comparison" \
         else (interaction_id,)
     return COUNTERS.index(column), about
+
+
+def counter_deltas(feedback: Iterable[tuple[str, str, Mapping[str, Any], int]],
+                   ) -> tuple[list[str], list[list[int]], list[int]]:
+    """What feedback events (type, interaction id, payload, position) add to the counters of the interactions they
+    count on: those interactions' ids, a column of counts for each of COUNTERS, and the newest position about each."""
+    deltas: dict[str, list[int]] = defaultdict(lambda: [0] * (len(COUNTERS) + 1))
+    for kind, interaction_id, payload, position in feedback:
+        column, about = counted(kind, interaction_id, payload)
+        for iid in about:
+            row = deltas[iid]
+            row[column] += 1
+            row[-1] = max(row[-1], position)
+    columns = [list(col) for col in zip(*deltas.values(), strict=True)] or [[] for _ in range(len(COUNTERS) + 1)]
+    return list(deltas), columns[:-1], columns[-1]
 
 
 async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> None:
@@ -105,15 +120,8 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
                     d["prompt_version"], d["user"]["id_hash"], d["user"]["consent_training"],
                     d["occurred_at"], _json(d["payload"]),
                 ))
-        deltas: dict[str, list[int]] = defaultdict(lambda: [0] * (len(COUNTERS) + 1))
-        for e in feedback:
-            column, about = counted(e.type, e.data["interaction_id"], e.data["payload"])
-            for interaction_id in about:
-                row = deltas[interaction_id]
-                row[column] += 1
-                row[-1] = max(row[-1], e.position)
-        ids = list(deltas)
-        columns = [list(col) for col in zip(*deltas.values(), strict=True)]
+        ids, columns, newest = counter_deltas(
+            (e.type, e.data["interaction_id"], e.data["payload"], e.position) for e in feedback)
         sets = ", ".join(f"{c} = i.{c} + d.{c}" for c in COUNTERS)
         arrays = ", ".join(["%s::int[]"] * len(COUNTERS))
         await cur.execute(
@@ -123,7 +131,7 @@ async def project(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) 
                  AS d(interaction_id, {", ".join(COUNTERS)}, last_position)
             WHERE i.interaction_id = d.interaction_id
             """,
-            [ids, *columns],
+            [ids, *columns, newest],
         )
 
 
