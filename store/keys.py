@@ -113,9 +113,7 @@ class KeyRing:
             return {**data, "payload": rest, ERASED: True}
         if not personal:
             return data
-        nonce = os.urandom(_NONCE)
-        sealed = nonce + self._cipher(user, key).encrypt(nonce, orjson.dumps(personal), data["event_id"].encode())
-        return {**data, "payload": rest, SEALED: base64.b64encode(sealed).decode()}
+        return {**data, "payload": rest, SEALED: self._lock(user, key, personal, data["event_id"])}
 
     def open(self, data: dict[str, Any]) -> dict[str, Any]:
         """The stored form of a log entry: personal fields decrypted; marked erased when its user's key is gone."""
@@ -129,16 +127,7 @@ class KeyRing:
             return {**rest, ERASED: True}
         if SEALED not in data:
             return data
-        key = self.keys.get(user)
-        if key is None:
-            raise Unreadable(f"event {data['event_id']}: no key for user {user}")
-        sealed = base64.b64decode(data[SEALED])
-        try:
-            personal = orjson.loads(self._cipher(user, key).decrypt(sealed[:_NONCE], sealed[_NONCE:],
-                                                                    data["event_id"].encode()))
-        except InvalidTag:
-            raise Unreadable(f"event {data['event_id']}: its personal fields do not open with its user's key") \
-                from None
+        personal = self._unlock(user, data[SEALED], data["event_id"], what=f"event {data['event_id']}")
         rest = {k: v for k, v in data.items() if k != SEALED}
         return {**rest, "payload": {**data["payload"], **personal}}
 
@@ -179,27 +168,35 @@ class KeyRing:
         rest = {k: v for k, v in part.items() if k not in personal}
         if key is None:
             return {**rest, SEALED_FOR: user, ERASED: True}
-        nonce = os.urandom(_NONCE)
-        sealed = nonce + self._cipher(user, key).encrypt(nonce, orjson.dumps(personal), context.encode())
-        return {**rest, SEALED_FOR: user, SEALED: base64.b64encode(sealed).decode()}
+        return {**rest, SEALED_FOR: user, SEALED: self._lock(user, key, personal, context)}
 
     def _open_part(self, part: dict[str, Any], context: str) -> dict[str, Any]:
         if SEALED not in part:
             return part
         user = part[SEALED_FOR]
         rest = {k: v for k, v in part.items() if k not in (SEALED, SEALED_FOR)}
-        key = self.keys.get(user)
         if self.erased(user):
             return {**rest, ERASED: True}
+        return {**rest, **self._unlock(user, part[SEALED], context, what=context)}
+
+    def _lock(self, user: str, key: bytes, personal: Mapping[str, Any], context: str) -> str:
+        """`personal` as JSON, encrypted under the user's key and bound to `context` (what it belongs to), base64."""
+        nonce = os.urandom(_NONCE)
+        return base64.b64encode(nonce + self._cipher(user, key).encrypt(nonce, orjson.dumps(personal),
+                                                                        context.encode())).decode()
+
+    def _unlock(self, user: str, sealed: str, context: str, *, what: str) -> dict[str, Any]:
+        """What _lock sealed; Unreadable (naming `what`) without the user's key or when it does not open with it."""
+        key = self.keys.get(user)
         if key is None:
-            raise Unreadable(f"{context}: no key for user {user}")
-        sealed = base64.b64decode(part[SEALED])
+            raise Unreadable(f"{what}: no key for user {user}")
+        raw = base64.b64decode(sealed)
         try:
-            personal = orjson.loads(self._cipher(user, key).decrypt(sealed[:_NONCE], sealed[_NONCE:],
-                                                                    context.encode()))
+            opened: dict[str, Any] = orjson.loads(self._cipher(user, key).decrypt(raw[:_NONCE], raw[_NONCE:],
+                                                                                  context.encode()))
         except InvalidTag:
-            raise Unreadable(f"{context}: its sealed words do not open with the key of the user named") from None
-        return {**rest, **personal}
+            raise Unreadable(f"{what}: its sealed fields do not open with its user's key") from None
+        return opened
 
     def seal_bytes(self, user: str, raw: bytes, context: bytes) -> bytes | None:
         """`raw` encrypted under the user's key (dead letters, parked originals); None once the user is erased."""
