@@ -90,14 +90,20 @@ ROWS = {
 }
 
 
-def test_a_round_leaves_out_a_reworded_benchmark_prompt_and_answer_and_keeps_the_rest(
-        endpoints: Endpoints, tmp_path: Path) -> None:
-    url = endpoints.database_url
+def rows_and_benchmark(url: str) -> RoundConfig:
+    """ROWS ingested, each with a thumbs up, and the benchmark item quarantined; a round config with the semantic
+    check on, whose promotion gate does not hold a round for its contamination rate."""
     values = [raw(e) for key, (prompt, response) in ROWS.items()
               for e in (interaction(key, prompt=prompt, response=response), thumbs(key))]
     ingest_all(url, values, [len(values)])
     in_store(url, lambda conn: record(conn, [QuarantineItemsAdded.listing("bench", [(BENCH_PROMPT, BENCH_ANSWER)])]))
-    config = RoundConfig(semantic=True, promotion=PromotionConfig(max_contamination_rate=1.0))
+    return RoundConfig(semantic=True, promotion=PromotionConfig(max_contamination_rate=1.0))
+
+
+def test_a_round_leaves_out_a_reworded_benchmark_prompt_and_answer_and_keeps_the_rest(
+        endpoints: Endpoints, tmp_path: Path) -> None:
+    url = endpoints.database_url
+    config = rows_and_benchmark(url)
 
     built = in_store(url, lambda conn: round_ops(conn, tmp_path / "rounds").build(BuildRound(config=config)))
 
@@ -126,11 +132,7 @@ def test_a_round_leaves_out_a_reworded_benchmark_prompt_and_answer_and_keeps_the
 def test_a_build_without_the_embedder_stops_on_texts_nobody_embedded_and_compares_once_they_are(
         settings: Settings, run_cli: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
     url = settings.database_url
-    values = [raw(e) for key, (prompt, response) in ROWS.items()
-              for e in (interaction(key, prompt=prompt, response=response), thumbs(key))]
-    ingest_all(url, values, [len(values)])
-    in_store(url, lambda conn: record(conn, [QuarantineItemsAdded.listing("bench", [(BENCH_PROMPT, BENCH_ANSWER)])]))
-    config = RoundConfig(semantic=True, promotion=PromotionConfig(max_contamination_rate=1.0))
+    config = rows_and_benchmark(url)
 
     async def build_here(conn: Any) -> Any:  # as the main virtualenv builds: no embedder
         return await build_round(BuildRound(config=config), source=PostgresRoundSource(conn, SignalConfig()),
