@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -118,11 +117,7 @@ async def load_sample(conn: psycopg.AsyncConnection, event_id: str | None) -> St
         params,
     )
     row = await cur.fetchone()
-    if row is None:
-        return None
-    found = StoredEvent(*row)
-    ring = await keys.load(conn, keys.readers(found.data), create=False, lock=False)
-    return replace(found, data=ring.open(found.data))
+    return None if row is None else (await keys.opened(conn, [StoredEvent(*row)]))[0]
 
 
 async def interaction_facts(conn: psycopg.AsyncConnection, interaction_ids: Sequence[str]) -> list[InteractionFacts]:

@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import base64
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
 import psycopg
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from flywheel.domain.events import (
+    CandidatesGenerated,
+    CandidatesSelected,
+    ConsentChanged,
+    HardCasesSampled,
+    UserErased,
+)
+from flywheel.domain.log import StoredEvent
 
 # Payload fields holding a user's own words, by event type.
 PERSONAL: Mapping[str, tuple[str, ...]] = {
@@ -30,16 +39,15 @@ PERSONAL: Mapping[str, tuple[str, ...]] = {
     "edit": ("edited_response",),
 }
 # Events about a user's rights (erasure, consent) hold nothing of theirs to seal, and stay readable once erased.
-_RIGHTS = frozenset({"erasure", "consent"})
+_RIGHTS = frozenset({UserErased.TYPE, ConsentChanged.TYPE})
 SEALED = "sealed"  # the member of a log entry holding its personal fields' ciphertext
 ERASED = "erased"  # true on the log form of an event whose user was erased
 SEALED_FOR = "sealed_for"  # in a system event's sealed part: the user whose key sealed it
 # The system's events that carry users' words, and the payload fields holding them (each case of a sample apart).
-SAMPLED = "hard_cases_sampled"
 CASE_PERSONAL = ("messages",)
 SYSTEM_PERSONAL: Mapping[str, tuple[str, ...]] = {
-    "candidates_generated": ("prompt", "candidates"),
-    "candidates_selected": ("sft", "pair", "scores"),
+    CandidatesGenerated.TYPE: ("prompt", "candidates"),
+    CandidatesSelected.TYPE: ("sft", "pair", "scores"),
 }
 _NONCE = 12
 
@@ -56,7 +64,7 @@ def user_of(data: Mapping[str, Any]) -> str | None:
 
 def readers(data: Mapping[str, Any]) -> list[str]:
     """The users whose keys open a log entry: its user's, or those its sealed parts name (a system event)."""
-    if data["type"] == SAMPLED:
+    if data["type"] == HardCasesSampled.TYPE:
         return [c[SEALED_FOR] for c in data["payload"]["chosen"] if SEALED_FOR in c]
     if data["type"] in SYSTEM_PERSONAL:
         user = data["payload"].get(SEALED_FOR)
@@ -132,11 +140,11 @@ class KeyRing:
         return {**rest, "payload": {**data["payload"], **personal}}
 
     def seal_system(self, data: dict[str, Any], users: Mapping[str, str | None]) -> dict[str, Any]:
-        """The log form of a system event (SYSTEM_PERSONAL, SAMPLED) whose words came from `users`: prompt key →
+        """The log form of a system event (SYSTEM_PERSONAL, a sample) whose words came from `users`: prompt key →
         user for a sample's cases, event id → user for the others (None or absent: from no user, left as is).
         A part whose user is erased loses its words and is marked erased, and so is the whole event but a sample."""
         event_id = data["event_id"]
-        if data["type"] == SAMPLED:
+        if data["type"] == HardCasesSampled.TYPE:
             chosen = [self._seal_part(c, CASE_PERSONAL, users.get(c["prompt_key"]), f"{event_id}:{c['prompt_key']}")
                       for c in data["payload"]["chosen"]]
             return {**data, "payload": {**data["payload"], "chosen": chosen}}
@@ -149,7 +157,7 @@ class KeyRing:
     def open_system(self, data: dict[str, Any]) -> dict[str, Any]:
         """The stored form of a system event's log entry: its sealed parts opened, or marked erased."""
         event_id = data["event_id"]
-        if data["type"] == SAMPLED:
+        if data["type"] == HardCasesSampled.TYPE:
             chosen = [self._open_part(c, f"{event_id}:{c['prompt_key']}") for c in data["payload"]["chosen"]]
             return {**data, "payload": {**data["payload"], "chosen": chosen}}
         if data["type"] not in SYSTEM_PERSONAL or data.get(ERASED):
@@ -244,6 +252,13 @@ async def load(conn: psycopg.AsyncConnection, users: Iterable[str | None], *, cr
                 for user, key in await cur.fetchall():
                     ring.keys[user] = None if key is None else bytes(key)
     return ring
+
+
+async def opened(conn: psycopg.AsyncConnection, events: Sequence[StoredEvent]) -> list[StoredEvent]:
+    """Log entries as read from the log, in their stored form (KeyRing.open), with the keys of every user they
+    name loaded in one query, not locked."""
+    ring = await load(conn, [u for e in events for u in readers(e.data)], create=False, lock=False)
+    return [replace(e, data=ring.open(e.data)) for e in events]
 
 
 async def shred(conn: psycopg.AsyncConnection, user: str) -> None:

@@ -151,8 +151,7 @@ async def _project_log(conn: psycopg.AsyncConnection, config: SignalConfig,
     of each chunk of events projected."""
     count = 0
     async for chunk in read(conn):
-        ring = await keys.load(conn, [u for e in chunk for u in keys.readers(e.data)], create=False, lock=False)
-        await project(conn, [replace(e, data=ring.open(e.data)) for e in chunk])
+        await project(conn, await keys.opened(conn, chunk))
         count += len(chunk)
         if progress:
             progress(len(chunk))

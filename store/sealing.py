@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import psycopg
 
+from flywheel.domain.events import CandidatesGenerated, CandidatesSelected, HardCasesSampled
 from flywheel.domain.log import NewEvent
 from store import keys
 
@@ -22,9 +23,9 @@ async def seal(conn: psycopg.AsyncConnection, rows: Sequence[NewEvent]) -> tuple
     SHARE until the caller's transaction ends (an erasure waits, or has already shredded the key: the words are
     then dropped and the part marked erased). Call before taking the log's lock, as store.keys.load says."""
     samples = {e.event_id: [c["prompt_key"] for c in e.data["payload"]["chosen"]]
-               for e in rows if e.type == keys.SAMPLED}
-    generated = [e for e in rows if e.type == "candidates_generated"]
-    selected = [e for e in rows if e.type == "candidates_selected"]
+               for e in rows if e.type == HardCasesSampled.TYPE}
+    generated = [e for e in rows if e.type == CandidatesGenerated.TYPE]
+    selected = [e for e in rows if e.type == CandidatesSelected.TYPE]
     if not (samples or generated or selected):
         return list(rows), keys.KeyRing()
     users: dict[str, dict[str, str | None]] = {}
