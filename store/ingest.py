@@ -162,12 +162,16 @@ async def ingest_batch(
             accepted.append((m, a))
 
         await _advance(conn, consumer_group, [d.message for d in fresh], accepted)
-        # Every key the batch needs, in one round trip and before the log's lock (an erasure takes a user's key
-        # row, then that lock).
-        ring = await keys.load(conn, [user_of(a.data) for _, a in accepted] + [d.user for d in dead], create=True)
-        # An app's erasure runs once the batch's events are in (they are then erased with the rest of the user's).
+        # An app's erasure shreds the user's key first: every key row is locked before the log's lock, here as in
+        # store.erase (a shred after this batch's append would wait for another batch's FOR SHARE on the row
+        # while that batch waits for the log's lock). The batch's own events of that user are stored as erased.
         erasures = [(m, a) for m, a in accepted if a.event.type == ERASURE]
         accepted = [(m, a) for m, a in accepted if a.event.type != ERASURE]
+        for user in sorted({a.event.user.id_hash for _, a in erasures}):
+            await keys.shred(conn, user)
+        # Every key the batch needs, in one round trip and before the log's lock.
+        ring = await keys.load(conn, [user_of(a.data) for _, a in accepted] + [d.user for d in dead], create=True)
+        # The erasure itself runs once the batch's events are in (they are then erased with the rest of the user's).
         # An erased user's events are stored as erased at once: they derive nothing, so they wait for nothing.
         gone = [(m, a) for m, a in accepted if ring.erased(user_of(a.data))]
         ready, parked = await _resolve_references(conn, [(m, a) for m, a in accepted
