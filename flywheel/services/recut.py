@@ -15,7 +15,7 @@ from flywheel.domain.commands import BuildRound, PurgeRound, RecutRound
 from flywheel.domain.events import RoundPurged, RoundSuperseded
 from flywheel.ports import Announcer, RoundFiles, Rounds
 from flywheel.services.build_round import Published
-from flywheel.services.rollback import _existing
+from flywheel.services.rollback import _existing, _point_current
 
 SUPERSEDED = "superseded"
 
@@ -40,9 +40,7 @@ async def recut(command: RecutRound, *, build: Callable[[BuildRound], Awaitable[
     async with rounds.change() as change:
         await change.record([RoundSuperseded(round=number, by_round=new.round, erasure_version=new.erasure_version,
                                              by=command.by)])
-        now = await change.current()
-    current = None if now is None else now.number
-    files.point_current(current)
+    current = await _point_current(rounds, files)
     announce({"type": "round_superseded", "round": number, "by_round": new.round, "current": current,
               "erasure_version": new.erasure_version, "by": command.by})
     return Recut(round=number, by_round=new.round, current=current)
