@@ -88,11 +88,12 @@ def _endpoints(settings: Settings, *, start: bool = False) -> Endpoints:
     return endpoints
 
 
-def _prepare(settings: Settings, endpoints: Endpoints) -> dict[str, int]:
-    """Schema and topics; returns each topic's partition count."""
+def _prepare(settings: Settings, endpoints: Endpoints,
+             role_passwords: dict[str, str] | None = None) -> dict[str, int]:
+    """Schema (with the roles' passwords, when given) and topics; returns each topic's partition count."""
     from streams.topics import BrokerUnreachable, ensure_topics
 
-    _schema(endpoints.database_url)
+    _schema(endpoints.database_url, role_passwords)
     with failing(BrokerUnreachable, code=2):
         partitions = ensure_topics(endpoints.kafka_bootstrap, settings)
     return partitions

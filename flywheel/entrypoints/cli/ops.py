@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import typer
 
-from flywheel.entrypoints.cli.common import _endpoints, _print, _schema, _settings, failing
+from flywheel.entrypoints.cli.common import _endpoints, _prepare, _print, _settings
 from flywheel.settings import Endpoints, Settings, mask_url
 
 
@@ -14,16 +14,13 @@ def setup(as_json: bool = typer.Option(False, "--json")) -> None:
     """Create the schema, the least-privilege roles and their grants, and the topics. Run it as the database's
     owner before processes that connect as flywheel_ingest start (they create nothing)."""
     from store.db import INGEST_ROLE, REPORT_ROLE, ROLES, TRAINER_ROLE
-    from streams.topics import BrokerUnreachable, ensure_topics
 
     settings = _settings()
     endpoints = _endpoints(settings)
     passwords = {role: secret.get_secret_value() for role, secret in (
         (INGEST_ROLE, settings.db_ingest_password), (REPORT_ROLE, settings.db_report_password),
         (TRAINER_ROLE, settings.db_trainer_password)) if secret.get_secret_value()}
-    _schema(endpoints.database_url, passwords)
-    with failing(BrokerUnreachable, code=2):
-        topics = ensure_topics(endpoints.kafka_bootstrap, settings)
+    topics = _prepare(settings, endpoints, passwords)
     roles = {role: "login" if role in passwords else "group" for role in ROLES}
     data = {"schema": "current", "roles": roles, "topics": topics}
     _print(data, as_json, "schema current\nroles   " + ", ".join(f"{r} ({k})" for r, k in roles.items())
