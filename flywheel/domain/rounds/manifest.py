@@ -33,6 +33,7 @@ def round_manifest(config: RoundConfig, quarantine: QuarantineList, index: Quara
     training consumption and evaluation isolation manifests."""
     files = {path: entry["sha256"] for path, entry in files_manifest.items()}
     config_version = config.version()
+    hits = tally.hit_records()
     manifest: dict[str, Any] = {
         "round": round_number,
         "parent": parent,
@@ -58,9 +59,9 @@ def round_manifest(config: RoundConfig, quarantine: QuarantineList, index: Quara
             "whole_texts": index.whole_texts,
             "hits": dict(sorted(tally.item_hits.items())),
             "hits_by_list": dict(sorted(tally.list_hits.items())),
-            "hits_by_method": _counted(tally.hit_records(), "method"),
-            "hits_by_side": _counted(tally.hit_records(), "side"),
-            "hit_records": tally.hit_records(),
+            "hits_by_method": _counted(hits, "method"),
+            "hits_by_side": _counted(hits, "side"),
+            "hit_records": hits,
         },
     }
     if semantic is not None:

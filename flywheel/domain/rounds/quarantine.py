@@ -229,11 +229,7 @@ class QuarantineIndex:
         """The ids of the quarantine items found in `text` (empty when none)."""
         if not self._side_items and not self._whole:
             return set()
-        return self.hits_words(words(text))
-
-    def hits_words(self, tokens: list[str]) -> set[str]:
-        """`hits` of a text already split by `words`."""
-        return {m.item for m in self.matches_words(tokens)}
+        return {m.item for m in self.matches_words(words(text))}
 
     def matches_words(self, tokens: list[str]) -> tuple[Match, ...]:
         """The quarantine items found in a text already split by `words`, each once (by the first check that

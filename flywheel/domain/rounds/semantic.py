@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING
 
 import orjson
 
-from flywheel.domain.rounds.quarantine import QuarantineList, normalise
+from flywheel.domain.rounds.quarantine import ANSWER, PROMPT, QuarantineList, normalise
 
 if TYPE_CHECKING:
     import numpy as np
 
 METHOD = "semantic"
-PROMPT, ANSWER = "prompt", "answer"
 _BLOCK = 16_384  # texts compared per matrix product: bounds the similarity matrix held at once
 
 
