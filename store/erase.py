@@ -50,11 +50,14 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
         assert row is not None
         parked_rows, gone, feedback = row
         out = Erased(new=False)
-        parked = [keys.KeyRing({user: None}).open(data) for *_, data in sorted(parked_rows, key=lambda r: r[:3])]
+        shredded = keys.KeyRing({user: None})
+        parked = [shredded.open(data) for *_, data in sorted(parked_rows, key=lambda r: r[:3])]
         out.removed["parked"] = len(parked)
         out.removed["interactions"] = len(gone)
         out.removed["feedback"] = len(feedback)
-        groups = {k for k, _ in gone}
+        # Candidate groups of the user's prompts go with the erasure's projection (a replay does the same).
+        prompts = sorted({k for k, _ in gone})
+        groups = set(prompts)
         event_ids = [e for _, e in gone] + [row[1] for row in feedback]
         async with conn.cursor() as cur:
             groups |= await _uncount(cur, feedback)
@@ -63,8 +66,6 @@ async def erase_user(conn: psycopg.AsyncConnection, user: str, *, reason: str, b
             signals = await cur.fetchall()
             out.removed["signals"] = len(signals)
             keys_ = sorted(groups | {k for *_, k in signals})
-            # Candidate groups of the user's prompts go with the erasure's projection (a replay does the same).
-            prompts = sorted({k for k, _ in gone})
             out.removed["candidate_groups"], exposure = await _exposure(
                 cur, [p for kind, p, _ in signals if kind in TRAINING_KINDS], prompts)
             out.groups = len(keys_)
