@@ -173,9 +173,11 @@ async def ingest_batch(
         ring = await keys.load(conn, [user_of(a.data) for _, a in accepted] + [d.user for d in dead], create=True)
         # The erasure itself runs once the batch's events are in (they are then erased with the rest of the user's).
         # An erased user's events are stored as erased at once: they derive nothing, so they wait for nothing.
-        gone = [(m, a) for m, a in accepted if ring.erased(user_of(a.data))]
-        ready, parked = await _resolve_references(conn, [(m, a) for m, a in accepted
-                                                         if not ring.erased(user_of(a.data))], dead)
+        gone: list[tuple[Incoming, Accepted]] = []
+        living: list[tuple[Incoming, Accepted]] = []
+        for m, a in accepted:
+            (gone if ring.erased(user_of(a.data)) else living).append((m, a))
+        ready, parked = await _resolve_references(conn, living, dead)
         ready += gone
         out.parked = await _park(conn, parked, broker.topic_ids, ring)
         out.duplicates += len(parked) - out.parked
